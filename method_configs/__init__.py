@@ -1,0 +1,1 @@
+"""nerfstudio MethodSpecifications of nerfqat-plugin, named by its entry points."""

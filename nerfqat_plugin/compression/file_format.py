@@ -1,0 +1,135 @@
+"""The compressed-field file: safetensors tensors plus a versioned JSON header.
+
+Layout (a valid safetensors file, so any safetensors reader can inspect it)::
+
+    u64 little-endian header length | JSON header | raw tensor bytes
+
+The JSON header's ``__metadata__`` holds:
+
+* ``format``: :data:`FORMAT_NAME`, to reject foreign safetensors files;
+* ``format_version``: an integer; readers refuse versions newer than :data:`FORMAT_VERSION`;
+* ``payload``: JSON describing how to rebuild the field (method, configuration, tensor encodings);
+* ``sha256``: digest of the tensor bytes, so a flipped bit is caught at load time.
+
+No pickle is involved anywhere: loading a file can never execute code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import torch
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_save
+
+from nerfqat_plugin.errors import UserInputError
+
+FORMAT_NAME = "nerfqat-plugin/compressed-field"
+FORMAT_VERSION = 1
+_HEADER_LEN_BYTES = 8
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+class CompressedFileError(UserInputError, ValueError):
+    """A compressed-field file is missing, truncated, corrupt, foreign or too new."""
+
+
+def _digest(tensors: Dict[str, torch.Tensor]) -> str:
+    sha = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().contiguous().cpu()
+        sha.update(name.encode())
+        sha.update(str(tensor.dtype).encode())
+        sha.update(str(tuple(tensor.shape)).encode())
+        sha.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return sha.hexdigest()
+
+
+def write_compressed(path: Path, tensors: Dict[str, torch.Tensor], payload: Dict[str, Any]) -> int:
+    """Write ``tensors`` and ``payload`` atomically to ``path``; returns the file's size in bytes.
+
+    The file is written to a temporary sibling and renamed into place, so an interrupted export
+    never leaves a half-written file under the final name.
+    """
+    path = Path(path)
+    cpu_tensors = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "payload": json.dumps(payload, sort_keys=True, separators=(",", ":")),
+        "sha256": _digest(cpu_tensors),
+    }
+    blob = safetensors_save(cpu_tensors, metadata=metadata)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp_name, 0o666 & ~_current_umask())  # mkstemp creates 0600; use the usual mode
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(blob)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return len(blob)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _read_metadata(path: Path, blob: bytes) -> Dict[str, str]:
+    if len(blob) < _HEADER_LEN_BYTES:
+        raise CompressedFileError(f"{path}: file is truncated ({len(blob)} bytes)")
+    (header_len,) = struct.unpack("<Q", blob[:_HEADER_LEN_BYTES])
+    if header_len > _MAX_HEADER_BYTES or _HEADER_LEN_BYTES + header_len > len(blob):
+        raise CompressedFileError(f"{path}: not a compressed field file (bad or truncated header)")
+    try:
+        header = json.loads(blob[_HEADER_LEN_BYTES : _HEADER_LEN_BYTES + header_len])
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CompressedFileError(f"{path}: not a compressed field file (header is not JSON)") from err
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
+        raise CompressedFileError(f"{path}: not a nerfqat-plugin compressed field file")
+    return metadata
+
+
+def read_compressed(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """Read and verify a file written by :func:`write_compressed`; returns ``(tensors, payload)``."""
+    path = Path(path)
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError as err:
+        raise CompressedFileError(f"{path}: file not found") from err
+    except OSError as err:
+        raise CompressedFileError(f"{path}: cannot read file ({err.strerror})") from err
+    metadata = _read_metadata(path, blob)
+    try:
+        version = int(metadata.get("format_version", ""))
+    except ValueError as err:
+        raise CompressedFileError(f"{path}: missing or invalid format version") from err
+    if version > FORMAT_VERSION:
+        raise CompressedFileError(
+            f"{path}: format version {version} is newer than this nerfqat-plugin supports "
+            f"({FORMAT_VERSION}); upgrade nerfqat-plugin to read it"
+        )
+    try:
+        tensors = safetensors_load(blob)
+    except Exception as err:  # safetensors raises its own error type for any malformed body
+        raise CompressedFileError(f"{path}: corrupt or truncated tensor data ({err})") from err
+    if _digest(tensors) != metadata.get("sha256"):
+        raise CompressedFileError(f"{path}: checksum mismatch, the file is corrupt")
+    try:
+        payload = json.loads(metadata["payload"])
+    except (KeyError, json.JSONDecodeError) as err:
+        raise CompressedFileError(f"{path}: missing or invalid payload description") from err
+    return tensors, payload

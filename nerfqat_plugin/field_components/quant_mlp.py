@@ -1,0 +1,176 @@
+"""Quantization-aware Linear blocks and the MLP built from them.
+
+The reusable piece is :class:`QuantLinear`: a Linear layer, optionally followed by a ReLU that is
+*fused* into it, whose weights are fake-quantized per output channel (symmetric) and whose output
+is fake-quantized per tensor. Fusion decides where the activation quantizer sits:
+
+* fused (``Linear -> ReLU -> quantize``): the quantizer observes only non-negative values, so all
+  ``2**bits`` levels are spent on what the next layer sees;
+* unfused (``Linear -> quantize -> ReLU``): the quantizer's range also covers the negative
+  pre-activations the ReLU is about to discard, wasting about half of the levels. This is the
+  paper's ablation, where quality collapses (30.79 dB fused vs 24.59 dB unfused on fern).
+
+Any nerfstudio Field can use :class:`QuantMLP` in place of ``nerfstudio.field_components.mlp.MLP``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Iterator, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nerfqat_plugin.field_components.quantizers import ActivationQuantizer, PerChannelWeightQuantizer
+
+MIN_QUANT_BITS = 2
+MAX_QUANT_BITS = 8
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How a block is quantized."""
+
+    bits: int = 8
+    """Bits of the stored weights and of the activations (4 to 8 are the supported range)."""
+    fuse_relu: bool = True
+    """Fuse each Linear with its ReLU before quantizing its output (see module docstring)."""
+
+    def __post_init__(self) -> None:
+        if not MIN_QUANT_BITS <= self.bits <= MAX_QUANT_BITS:
+            raise ValueError(f"quantization bits must be in [{MIN_QUANT_BITS}, {MAX_QUANT_BITS}], got {self.bits}")
+
+
+class QuantLinear(nn.Module):
+    """``Linear (+ ReLU)`` with per-channel weight and per-tensor output fake quantization.
+
+    Args:
+        in_features: input width.
+        out_features: output width.
+        spec: bits and fusion.
+        relu: follow the Linear with a ReLU.
+        quantize_output: fake-quantize the output (off for heads feeding a float activation).
+    """
+
+    def __init__(
+        self, in_features: int, out_features: int, spec: QuantSpec, relu: bool, quantize_output: bool = True
+    ) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features)
+        self.spec = spec
+        self.relu = relu
+        self.weight_quantizer = PerChannelWeightQuantizer(out_features, spec.bits)
+        self.output_quantizer: Optional[ActivationQuantizer] = (
+            ActivationQuantizer(spec.bits) if quantize_output else None
+        )
+        self.quant_enabled = True
+        """Fake quantization on (QAT and the quantized model) or off (float warm-up, float viewing)."""
+
+    def get_extra_state(self) -> Dict[str, bool]:
+        return {"quant_enabled": self.quant_enabled}
+
+    def set_extra_state(self, state: Dict[str, bool]) -> None:
+        self.quant_enabled = bool(state.get("quant_enabled", True))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.quant_enabled:
+            y = self.linear(x)
+            return F.relu(y) if self.relu else y
+        y = F.linear(x, self.weight_quantizer(self.linear.weight), self.linear.bias)
+        if self.relu and self.spec.fuse_relu:
+            y = F.relu(y)
+        if self.output_quantizer is not None:
+            y = self.output_quantizer(y)
+        if self.relu and not self.spec.fuse_relu:
+            y = F.relu(y)
+        return y
+
+    def integer_weight(self) -> Tensor:
+        """Stored integers: ``fake_quant(weight) == integer_weight * weight_quantizer.scale[:, None]``."""
+        return self.weight_quantizer.integer_weight(self.linear.weight)
+
+
+class QuantMLP(nn.Module):
+    """A NeRF-style MLP of :class:`QuantLinear` blocks with optional skip connections.
+
+    Args:
+        in_dim: input width.
+        num_layers: number of hidden Linear+ReLU blocks.
+        layer_width: hidden width.
+        spec: quantization of every block.
+        out_dim: if given, a final Linear (no ReLU) to this width.
+        skip_connections: block indices whose input is ``cat(hidden, mlp_input)``, as in NeRF.
+        quantize_out: fake-quantize the final Linear's output (when the next consumer is another
+            quantized block rather than a float activation).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        num_layers: int,
+        layer_width: int,
+        spec: QuantSpec,
+        out_dim: Optional[int] = None,
+        skip_connections: Sequence[int] = (),
+        quantize_out: bool = False,
+    ) -> None:
+        super().__init__()
+        self.in_dim = in_dim
+        self.skip_connections = frozenset(skip_connections)
+        self.input_quantizer = ActivationQuantizer(spec.bits)
+        layers = []
+        for i in range(num_layers):
+            width_in = in_dim if i == 0 else layer_width
+            if i in self.skip_connections and i > 0:
+                width_in += in_dim
+            layers.append(QuantLinear(width_in, layer_width, spec, relu=True))
+        self.layers = nn.ModuleList(layers)
+        self.out_layer = (
+            QuantLinear(layer_width if num_layers else in_dim, out_dim, spec, relu=False, quantize_output=quantize_out)
+            if out_dim is not None
+            else None
+        )
+        self.out_dim = out_dim if out_dim is not None else layer_width
+        self.quant_enabled = True
+
+    def get_extra_state(self) -> Dict[str, bool]:
+        return {"quant_enabled": self.quant_enabled}
+
+    def set_extra_state(self, state: Dict[str, bool]) -> None:
+        self.quant_enabled = bool(state.get("quant_enabled", True))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.quant_enabled:
+            x = self.input_quantizer(x)
+        h = x
+        for i, layer in enumerate(self.layers):
+            if i in self.skip_connections and i > 0:
+                h = torch.cat([h, x], dim=-1)
+            h = layer(h)
+        return self.out_layer(h) if self.out_layer is not None else h
+
+    def blocks(self) -> Iterator[QuantLinear]:
+        yield from self.layers
+        if self.out_layer is not None:
+            yield self.out_layer
+
+
+def iter_quant_modules(module: nn.Module) -> Iterator[nn.Module]:
+    """All modules below ``module`` that carry a ``quant_enabled`` switch."""
+    for child in module.modules():
+        if isinstance(child, (QuantLinear, QuantMLP)):
+            yield child
+
+
+def set_quantization(module: nn.Module, enabled: bool) -> None:
+    """Switch fake quantization on or off for every quantized block below ``module``."""
+    for child in iter_quant_modules(module):
+        child.quant_enabled = enabled
+
+
+def set_observers(module: nn.Module, enabled: bool) -> None:
+    """Let activation range observers below ``module`` update (calibration) or freeze them."""
+    for child in module.modules():
+        if isinstance(child, ActivationQuantizer):
+            child.observer_enabled = enabled

@@ -1,0 +1,114 @@
+"""Fake quantizers built on PyTorch's native fake-quant ops.
+
+``torch.fake_quantize_per_channel_affine`` and ``torch.fake_quantize_per_tensor_affine`` round in
+the forward pass and pass gradients straight through (zeroed outside the representable range), in
+one fused kernel each. The classes here only decide *which* scale and zero point to use.
+
+State that must survive a checkpoint (observed ranges, whether quantization is on) lives in
+buffers, as in ``torch.ao.quantization.FakeQuantize``, so ``ns-eval`` and the viewer see the same
+quantized model that training ended with.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+from torch import nn
+
+_EPS = 1e-8
+
+
+def symmetric_range(bits: int) -> Tuple[int, int]:
+    """Signed symmetric integer range, e.g. ``(-127, 127)`` for 8 bits, ``(-7, 7)`` for 4 bits."""
+    qmax = (1 << (bits - 1)) - 1
+    return -qmax, qmax
+
+
+def unsigned_range(bits: int) -> Tuple[int, int]:
+    """Unsigned integer range, e.g. ``(0, 255)`` for 8 bits."""
+    return 0, (1 << bits) - 1
+
+
+class PerChannelWeightQuantizer(nn.Module):
+    """Symmetric per-output-channel weight fake quantizer (scale = max |w| of the row / qmax).
+
+    While ``observer_enabled`` the scale follows the current weights (weights change every step);
+    a model rebuilt from a compressed file freezes it to the stored scale (``scale_frozen``).
+    """
+
+    def __init__(self, num_channels: int, bits: int) -> None:
+        super().__init__()
+        self.bits = bits
+        self.quant_min, self.quant_max = symmetric_range(bits)
+        self.register_buffer("scale", torch.ones(num_channels))
+        self.register_buffer("zero_point", torch.zeros(num_channels, dtype=torch.int32))
+        # A Python flag, not a buffer, so the hot path never synchronises with the GPU to read it.
+        self.scale_frozen = False
+
+    def get_extra_state(self) -> Dict[str, bool]:
+        return {"scale_frozen": self.scale_frozen}
+
+    def set_extra_state(self, state: Dict[str, bool]) -> None:
+        self.scale_frozen = bool(state.get("scale_frozen", False))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if not self.scale_frozen:
+            with torch.no_grad():
+                self.scale.copy_(weight.abs().amax(dim=1).clamp_min(_EPS) / self.quant_max)
+        return torch.fake_quantize_per_channel_affine(
+            weight, self.scale, self.zero_point, 0, self.quant_min, self.quant_max
+        )
+
+    def integer_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """The integers the fake-quantized weight stands for (``fake_quant(w) == q * scale``)."""
+        with torch.no_grad():
+            return torch.round(self.forward(weight) / self.scale[:, None]).to(torch.int32)
+
+
+class ActivationQuantizer(nn.Module):
+    """Per-tensor affine activation fake quantizer with an exponential-moving-average range observer.
+
+    ``signed=False`` is for outputs of a fused Linear+ReLU: the observed range starts at 0, so all
+    ``2**bits`` levels cover the non-negative values the next layer actually sees.
+    """
+
+    def __init__(self, bits: int, averaging_constant: float = 0.01) -> None:
+        super().__init__()
+        self.bits = bits
+        self.quant_min, self.quant_max = unsigned_range(bits)
+        self.averaging_constant = averaging_constant
+        self.register_buffer("running_min", torch.tensor(float("inf")))
+        self.register_buffer("running_max", torch.tensor(float("-inf")))
+        self.register_buffer("scale", torch.ones(()))
+        self.register_buffer("zero_point", torch.zeros((), dtype=torch.int32))
+        self.observer_enabled = True
+
+    def get_extra_state(self) -> Dict[str, bool]:
+        return {"observer_enabled": self.observer_enabled}
+
+    def set_extra_state(self, state: Dict[str, bool]) -> None:
+        self.observer_enabled = bool(state.get("observer_enabled", True))
+
+    @torch.no_grad()
+    def observe(self, x: torch.Tensor) -> None:
+        """Update the range with ``x`` and recompute scale and zero point (asymmetric, 0 exact)."""
+        lo, hi = torch.aminmax(x.detach().float())
+        first = torch.isinf(self.running_min)
+        a = self.averaging_constant
+        self.running_min.copy_(torch.where(first, lo, self.running_min + a * (lo - self.running_min)))
+        self.running_max.copy_(torch.where(first, hi, self.running_max + a * (hi - self.running_max)))
+        lo = torch.clamp(self.running_min, max=0.0)
+        hi = torch.clamp(self.running_max, min=0.0)
+        scale = ((hi - lo) / (self.quant_max - self.quant_min)).clamp_min(_EPS)
+        zero_point = (self.quant_min - torch.round(lo / scale)).clamp(self.quant_min, self.quant_max)
+        self.scale.copy_(scale)
+        self.zero_point.copy_(zero_point.to(torch.int32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.observer_enabled:
+            self.observe(x)
+        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.quant_min, self.quant_max)
+
+    def export_state(self) -> Dict[str, torch.Tensor]:
+        return {"scale": self.scale.detach().clone(), "zero_point": self.zero_point.detach().clone()}

@@ -1,0 +1,111 @@
+"""NeRF's radiance field with every Linear layer quantization-aware (the nerf-qat field)."""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from nerfstudio.cameras.rays import RaySamples
+from nerfstudio.field_components.encodings import NeRFEncoding
+from nerfstudio.field_components.field_heads import FieldHeadNames
+from nerfstudio.fields.base_field import Field
+from torch import Tensor
+
+from nerfqat_plugin.field_components.quant_mlp import QuantLinear, QuantMLP, QuantSpec
+
+VIEW_DIRECTIONS_KEY = "view_directions"
+"""RaySamples metadata key holding world-space viewing directions when positions live in NDC."""
+
+
+def nerf_frequency_encoding(num_frequencies: int) -> NeRFEncoding:
+    """NeRF's encoding ``(x, sin(2^k x), cos(2^k x))`` for k < num_frequencies.
+
+    nerfstudio's :class:`NeRFEncoding` multiplies its input by 2*pi; callers divide by 2*pi first
+    (see :meth:`QuantNeRFField.encode`) so the frequencies are the paper's powers of two.
+    """
+    return NeRFEncoding(
+        in_dim=3,
+        num_frequencies=num_frequencies,
+        min_freq_exp=0.0,
+        max_freq_exp=float(num_frequencies - 1),
+        include_input=True,
+    )
+
+
+class QuantNeRFField(Field):
+    """NeRF's MLP (8x256, skip at layer 4, density and view-dependent colour heads) built from
+    quantization-aware fused Linear+ReLU blocks.
+
+    Args:
+        spec: bits and fusion of every block.
+        num_layers: trunk depth.
+        layer_width: trunk width.
+        skip_connections: trunk blocks that re-read the encoded position.
+        head_width: width of the view-dependent colour layer.
+        position_frequencies: positional-encoding frequencies of positions (NeRF: 10).
+        direction_frequencies: positional-encoding frequencies of view directions (NeRF: 4).
+    """
+
+    def __init__(
+        self,
+        spec: QuantSpec,
+        num_layers: int = 8,
+        layer_width: int = 256,
+        skip_connections: Tuple[int, ...] = (4,),
+        head_width: int = 128,
+        position_frequencies: int = 10,
+        direction_frequencies: int = 4,
+    ) -> None:
+        super().__init__()
+        self.position_encoding = nerf_frequency_encoding(position_frequencies)
+        self.direction_encoding = nerf_frequency_encoding(direction_frequencies)
+        self.trunk = QuantMLP(
+            in_dim=self.position_encoding.get_out_dim(),
+            num_layers=num_layers,
+            layer_width=layer_width,
+            spec=spec,
+            skip_connections=skip_connections,
+        )
+        self.density_head = QuantLinear(layer_width, 1, spec, relu=False, quantize_output=False)
+        # NeRF's bottleneck has no activation; its output is quantized because it feeds a block.
+        self.bottleneck = QuantLinear(layer_width, layer_width, spec, relu=False, quantize_output=True)
+        self.color_head = QuantMLP(
+            in_dim=layer_width + self.direction_encoding.get_out_dim(),
+            num_layers=1,
+            layer_width=head_width,
+            spec=spec,
+            out_dim=3,
+        )
+
+    @staticmethod
+    def encode(encoding: NeRFEncoding, x: Tensor) -> Tensor:
+        return encoding(x / (2.0 * math.pi))
+
+    def density_and_features(self, positions: Tensor) -> Tuple[Tensor, Tensor]:
+        """Raw field evaluation on flat ``[N, 3]`` positions: ``(density [N, 1], features [N, W])``."""
+        h = self.trunk(self.encode(self.position_encoding, positions))
+        density = F.softplus(self.density_head(h))
+        return density, h
+
+    def color(self, features: Tensor, directions: Tensor) -> Tensor:
+        """View-dependent colour from trunk features and unit world directions (flat ``[N, ...]``)."""
+        x = torch.cat([self.bottleneck(features), self.encode(self.direction_encoding, directions)], dim=-1)
+        return torch.sigmoid(self.color_head(x))
+
+    def get_density(self, ray_samples: RaySamples) -> Tuple[Tensor, Tensor]:
+        positions = ray_samples.frustums.get_positions()
+        density, features = self.density_and_features(positions.reshape(-1, 3))
+        batch_shape = positions.shape[:-1]
+        return density.view(*batch_shape, 1), features.view(*batch_shape, -1)
+
+    def get_outputs(
+        self, ray_samples: RaySamples, density_embedding: Optional[Tensor] = None
+    ) -> Dict[FieldHeadNames, Tensor]:
+        assert density_embedding is not None
+        metadata = ray_samples.metadata or {}
+        directions = metadata.get(VIEW_DIRECTIONS_KEY, ray_samples.frustums.directions)
+        directions = directions.expand(*density_embedding.shape[:-1], 3)
+        rgb = self.color(density_embedding.reshape(-1, density_embedding.shape[-1]), directions.reshape(-1, 3))
+        return {FieldHeadNames.RGB: rgb.view(*density_embedding.shape[:-1], 3)}

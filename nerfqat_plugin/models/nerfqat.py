@@ -1,0 +1,288 @@
+"""The nerf-qat model: NeRF (coarse + fine) with quantization-aware fused Linear+ReLU fields."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, Iterator, List, Literal, Optional, Tuple, Type
+
+import torch
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.field_components.field_heads import FieldHeadNames
+from nerfstudio.model_components.losses import MSELoss
+from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
+from nerfstudio.model_components.renderers import RGBRenderer
+from nerfstudio.models.base_model import ModelConfig
+from nerfstudio.utils import colormaps
+from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerCheckbox, ViewerText
+from torch import Tensor
+from torch.nn import Parameter
+
+from nerfqat_plugin.compression.quantized_state import decode_quantized_module, encode_quantized_module
+from nerfqat_plugin.field_components.quant_mlp import QuantSpec, set_observers, set_quantization
+from nerfqat_plugin.fields.nerfqat_field import QuantNeRFField
+from nerfqat_plugin.model_components.ndc import NDCSpace
+from nerfqat_plugin.model_components.ray_setup import make_sampling_rays
+from nerfqat_plugin.models.compressible import CompressibleModel, register_compressible, scene_box_from_payload
+
+NDC_METADATA_KEY = "ndc"
+NEAR_FAR_METADATA_KEY = "near_far"
+
+
+@dataclass
+class NeRFQATModelConfig(ModelConfig):
+    """nerf-qat: NeRF trained with quantization-aware training of fused Linear+ReLU blocks."""
+
+    _target: Type = field(default_factory=lambda: NeRFQATModel)
+    enable_collider: bool = False
+    """Sampling bounds come from NDC or from ``near_plane``/``far_plane``, not a collider."""
+    num_layers: int = 8
+    """Depth of the trunk MLP (NeRF: 8)."""
+    layer_width: int = 256
+    """Width of the trunk MLP (NeRF: 256)."""
+    skip_connections: Tuple[int, ...] = (4,)
+    """Trunk blocks that re-read the encoded position (NeRF: 4)."""
+    head_width: int = 128
+    """Width of the view-dependent colour layer (NeRF: 128)."""
+    position_frequencies: int = 10
+    """Positional-encoding frequencies of positions (NeRF: 10)."""
+    direction_frequencies: int = 4
+    """Positional-encoding frequencies of view directions (NeRF: 4)."""
+    num_coarse_samples: int = 64
+    """Stratified samples per ray for the coarse field."""
+    num_importance_samples: int = 64
+    """Extra samples per ray drawn from the coarse weights for the fine field."""
+    quantize: bool = True
+    """Quantization-aware training; False trains the same field in fp32 (the baseline)."""
+    bits: int = 8
+    """Bits of weights and activations (4 to 8)."""
+    fuse_relu: bool = True
+    """Fuse each Linear with its ReLU before quantizing (False reproduces the paper's unfused ablation)."""
+    float_warmup_steps: int = 1000
+    """Steps trained in float before fake quantization switches on."""
+    calibration_steps: int = 1000
+    """Steps, once quantization is on, during which activation ranges are observed; then they freeze."""
+    near_plane: float = 2.0
+    """Near bound for scenes without NDC when the dataparser gives none."""
+    far_plane: float = 6.0
+    """Far bound for scenes without NDC when the dataparser gives none."""
+    background_color: Literal["auto", "black", "white", "last_sample", "random"] = "auto"
+    """'auto': the last sample's colour in NDC (NeRF's infinitely deep last interval), else white."""
+    compile: bool = True
+    """torch.compile the field MLPs on CUDA (fake-quant ops fuse with their neighbours)."""
+
+    def to_payload(self) -> Dict[str, Any]:
+        """The options that define the rendered model, as JSON."""
+        keys = ("num_layers", "layer_width", "skip_connections", "head_width", "position_frequencies")
+        keys += (
+            "direction_frequencies",
+            "num_coarse_samples",
+            "num_importance_samples",
+            "quantize",
+            "bits",
+            "fuse_relu",
+        )
+        keys += ("near_plane", "far_plane", "background_color")
+        return {k: list(v) if isinstance(v, tuple) else v for k in keys for v in [getattr(self, k)]}
+
+    @classmethod
+    def from_payload(cls, payload: Dict[str, Any]) -> NeRFQATModelConfig:
+        known = {f.name for f in fields(cls)}
+        options = {k: v for k, v in payload.items() if k in known}
+        if "skip_connections" in options:
+            options["skip_connections"] = tuple(options["skip_connections"])
+        return cls(**options, compile=False)
+
+
+@register_compressible("nerf-qat")
+class NeRFQATModel(CompressibleModel):
+    """NeRF with QAT fields, sampled in NDC for forward-facing scenes."""
+
+    config: NeRFQATModelConfig
+
+    def populate_modules(self) -> None:
+        super().populate_modules()
+        metadata = self.kwargs.get("metadata") or {}
+        ndc = metadata.get(NDC_METADATA_KEY)
+        self.ndc: Optional[NDCSpace] = NDCSpace(**ndc) if ndc else None
+        near_far = metadata.get(NEAR_FAR_METADATA_KEY)
+        self.near, self.far = near_far if near_far else (self.config.near_plane, self.config.far_plane)
+
+        spec = QuantSpec(bits=self.config.bits, fuse_relu=self.config.fuse_relu)
+        self.field_coarse = self._make_field(spec)
+        self.field_fine = self._make_field(spec)
+        if not self.config.quantize:
+            set_quantization(self, False)
+
+        self.sampler_uniform = UniformSampler(num_samples=self.config.num_coarse_samples)
+        self.sampler_pdf = PDFSampler(num_samples=self.config.num_importance_samples)
+        background = self.config.background_color
+        if background == "auto":
+            background = "last_sample" if self.ndc is not None else "white"
+        self.renderer_rgb = RGBRenderer(background_color=background)
+        self.rgb_loss = MSELoss()
+        self._compiled = False
+        self._view_float = False
+
+        self.viewer_float_weights = ViewerCheckbox(
+            name="Show float weights (not quantized)",
+            default_value=False,
+            cb_hook=lambda element: setattr(self, "_view_float", bool(element.value)),
+        )
+        self.viewer_exported_size = ViewerText(
+            name="Exported size", default_value=self._exported_size_text(), disabled=True
+        )
+        self.viewer_measure_size = ViewerButton(name="Measure exported size", cb_hook=self._show_exported_size)
+
+    def _make_field(self, spec: QuantSpec) -> QuantNeRFField:
+        cfg = self.config
+        return QuantNeRFField(
+            spec,
+            num_layers=cfg.num_layers,
+            layer_width=cfg.layer_width,
+            skip_connections=cfg.skip_connections,
+            head_width=cfg.head_width,
+            position_frequencies=cfg.position_frequencies,
+            direction_frequencies=cfg.direction_frequencies,
+        )
+
+    # -- training schedule ----------------------------------------------------------------------
+    def _apply_quant_schedule(self, step: int) -> None:
+        if not self.config.quantize:
+            return
+        quant_on = step >= self.config.float_warmup_steps
+        set_quantization(self, quant_on)
+        set_observers(self, quant_on and step < self.config.float_warmup_steps + self.config.calibration_steps)
+
+    def get_training_callbacks(
+        self, training_callback_attributes: TrainingCallbackAttributes
+    ) -> List[TrainingCallback]:
+        return [
+            TrainingCallback(
+                where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
+                update_every_num_iters=1,
+                func=self._apply_quant_schedule,
+            )
+        ]
+
+    def update_to_step(self, step: int) -> None:
+        self._apply_quant_schedule(step)
+
+    def get_param_groups(self) -> Dict[str, List[Parameter]]:
+        return {"fields": list(self.field_coarse.parameters()) + list(self.field_fine.parameters())}
+
+    # -- rendering ------------------------------------------------------------------------------
+    def _maybe_compile(self, device: torch.device) -> None:
+        if self._compiled or not self.config.compile or device.type != "cuda":
+            return
+        for fld in (self.field_coarse, self.field_fine):
+            fld.density_and_features = torch.compile(fld.density_and_features)  # type: ignore[method-assign]
+            fld.color = torch.compile(fld.color)  # type: ignore[method-assign]
+        self._compiled = True
+
+    @contextlib.contextmanager
+    def _viewer_precision(self) -> Iterator[None]:
+        """While the viewer asks for float weights, render (never train) without fake quantization."""
+        if not (self._view_float and not self.training and self.config.quantize):
+            yield
+            return
+        set_quantization(self, False)
+        try:
+            yield
+        finally:
+            set_quantization(self, True)
+
+    def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
+        self._maybe_compile(ray_bundle.origins.device)
+        with self._viewer_precision():
+            return self._render(ray_bundle)
+
+    def _render(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
+        rays = make_sampling_rays(ray_bundle, self.ndc, self.near, self.far)
+        samples_coarse = self.sampler_uniform(rays.bundle)
+        out_coarse = self.field_coarse(samples_coarse)
+        weights_coarse = samples_coarse.get_weights(out_coarse[FieldHeadNames.DENSITY])
+        rgb_coarse = self.renderer_rgb(rgb=out_coarse[FieldHeadNames.RGB], weights=weights_coarse)
+
+        samples_fine = self.sampler_pdf(rays.bundle, samples_coarse, weights_coarse)
+        out_fine = self.field_fine(samples_fine)
+        weights_fine = samples_fine.get_weights(out_fine[FieldHeadNames.DENSITY])
+        rgb_fine = self.renderer_rgb(rgb=out_fine[FieldHeadNames.RGB], weights=weights_fine)
+
+        accumulation = weights_fine.sum(dim=-2)
+        midpoints = (samples_fine.frustums.starts + samples_fine.frustums.ends) / 2
+        distances = rays.world_distance(midpoints, ray_bundle, self.ndc)
+        depth = (weights_fine * distances).sum(dim=-2) / accumulation.clamp_min(1e-10)
+        return {
+            "rgb": rgb_fine,
+            "rgb_coarse": rgb_coarse,
+            "accumulation": accumulation,
+            "accumulation_coarse": weights_coarse.sum(dim=-2),
+            "depth": depth,
+        }
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
+        image = batch["image"].to(outputs["rgb"].device)
+        losses = {}
+        for name, key in (("rgb_loss_coarse", "rgb_coarse"), ("rgb_loss_fine", "rgb")):
+            accumulation = outputs[key.replace("rgb", "accumulation")]
+            pred, gt = self.renderer_rgb.blend_background_for_loss_computation(
+                pred_image=outputs[key], pred_accumulation=accumulation, gt_image=image
+            )
+            losses[name] = self.rgb_loss(gt, pred)
+        return losses
+
+    def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
+        image = batch["image"].to(outputs["rgb"].device)
+        image = self.renderer_rgb.blend_background(image)
+        mse = torch.mean((outputs["rgb"].detach() - image) ** 2)
+        return {"psnr": -10.0 * torch.log10(mse.clamp_min(1e-10))}
+
+    def get_image_metrics_and_images(
+        self, outputs: Dict[str, Tensor], batch: Dict[str, Tensor]
+    ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
+        image = self.renderer_rgb.blend_background(batch["image"].to(outputs["rgb"].device))
+        metrics = self.offline_safe_image_metrics(image, outputs["rgb"])
+        metrics["coarse_psnr"] = image_psnr(image, outputs["rgb_coarse"])
+        depth = colormaps.apply_depth_colormap(outputs["depth"], accumulation=outputs["accumulation"])
+        images = {"img": torch.cat([image, outputs["rgb"]], dim=1), "depth": depth}
+        return metrics, images
+
+    # -- compressed form ------------------------------------------------------------------------
+    def compressed_state(self) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
+        tensors: Dict[str, Tensor] = {}
+        layout: Dict[str, Any] = {}
+        for prefix, fld in (("coarse.", self.field_coarse), ("fine.", self.field_fine)):
+            t, lay = encode_quantized_module(fld, prefix)
+            tensors.update(t)
+            layout.update(lay)
+        payload = {
+            "model": self.config.to_payload(),
+            "ndc": self.ndc.to_dict() if self.ndc is not None else None,
+            "near_far": [self.near, self.far],
+            "tensors": layout,
+        }
+        return tensors, payload
+
+    @classmethod
+    def from_compressed_state(cls, tensors: Dict[str, Tensor], payload: Dict[str, Any]) -> NeRFQATModel:
+        config = NeRFQATModelConfig.from_payload(payload["model"])
+        metadata: Dict[str, Any] = {NEAR_FAR_METADATA_KEY: tuple(payload["near_far"])}
+        if payload.get("ndc"):
+            metadata[NDC_METADATA_KEY] = payload["ndc"]
+        model = cls(config=config, scene_box=scene_box_from_payload(payload), num_train_data=0, metadata=metadata)
+        decode_quantized_module(model.field_coarse, "coarse.", tensors, payload["tensors"])
+        decode_quantized_module(model.field_fine, "fine.", tensors, payload["tensors"])
+        return model
+
+    def _exported_size_text(self) -> str:
+        return f"{self.compressed_size_bytes() / 1e6:.3f} MB"
+
+    def _show_exported_size(self, _element: ViewerButton) -> None:
+        self.viewer_exported_size.value = self._exported_size_text()
+
+
+def image_psnr(gt: Tensor, pred: Tensor) -> float:
+    mse = torch.mean((pred.clamp(0, 1) - gt) ** 2)
+    return float(-10.0 * torch.log10(mse.clamp_min(1e-10)))

@@ -1,0 +1,46 @@
+"""``ns-export-compressed``: write a trained run's field as one self-contained compressed file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import tyro
+from nerfstudio.utils.eval_utils import eval_setup
+from nerfstudio.utils.rich_utils import CONSOLE
+
+from nerfqat_plugin.errors import UserInputError
+from nerfqat_plugin.models.compressible import CompressibleModel
+
+
+@dataclass
+class ExportCompressed:
+    """Export a nerf-qat or vqad run to a compressed-field file (safetensors + JSON header, no pickle)."""
+
+    load_config: Path
+    """Path to the run's config.yml."""
+    output_path: Path
+    """File to write (written atomically: an interrupted export leaves no partial file)."""
+
+    def main(self) -> int:
+        if not self.load_config.is_file():
+            raise UserInputError(f"{self.load_config}: config file not found")
+        _, pipeline, checkpoint, _ = eval_setup(self.load_config, test_mode="inference")
+        model = pipeline.model
+        if not isinstance(model, CompressibleModel):
+            raise UserInputError(
+                f"{self.load_config}: method {type(model).__name__} has no compressed form (use nerf-qat or vqad)"
+            )
+        size = model.export_compressed(self.output_path)
+        CONSOLE.print(f"Exported {checkpoint.name} to {self.output_path}: {size} bytes ({size / 1e6:.3f} MB)")
+        return size
+
+
+def entrypoint() -> None:
+    """Console-script entry point."""
+    tyro.extras.set_accent_color("bright_yellow")
+    tyro.cli(ExportCompressed).main()
+
+
+if __name__ == "__main__":
+    entrypoint()
