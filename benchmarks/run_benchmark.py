@@ -1,0 +1,193 @@
+"""Train a method on a scene within a budget, evaluate the test views *from the exported file*, and
+append one JSON row per run.
+
+    python benchmarks/run_benchmark.py --data ../shared/data/fern --label int8-fused \
+        --method nerf-qat --iterations 12000 --budget-s 480 -- --pipeline.model.bits 8
+
+Everything after ``--`` is passed to ``ns-train METHOD`` unchanged. The row records method, options,
+iterations, training seconds, iterations/s, PSNR, SSIM, LPIPS (null where the pretrained AlexNet is
+unavailable), file bytes, render fps at the test resolution, GPU name, date and the command.
+``--speed-only`` trains a peer method (e.g. nerfstudio's vanilla-nerf) only to measure iterations/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+import torch
+
+
+def gpu_name() -> str:
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+@contextlib.contextmanager
+def peer_lpips_disabled() -> Iterator[None]:
+    """nerfstudio's own models build LPIPS(AlexNet) at construction and fail offline. For speed-only
+    peer runs its metric is replaced by one that raises if used, so no LPIPS value is ever made up."""
+    import torchmetrics.image.lpip as lpip_module
+
+    class _NoLPIPS(torch.nn.Module):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__()
+
+        def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+            raise RuntimeError("LPIPS is unavailable in speed-only peer runs")
+
+    original = lpip_module.LearnedPerceptualImagePatchSimilarity
+    lpip_module.LearnedPerceptualImagePatchSimilarity = _NoLPIPS  # type: ignore[misc,assignment]
+    try:
+        yield
+    finally:
+        lpip_module.LearnedPerceptualImagePatchSimilarity = original  # type: ignore[misc]
+
+
+def make_config(method: str, data: Path, output_dir: Path, iterations: int, extra: List[str]):
+    import tyro
+    from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
+
+    args = [method, "--data", str(data), "--output-dir", str(output_dir), "--vis", "tensorboard"]
+    args += ["--max-num-iterations", str(iterations), "--steps-per-save", str(iterations)]
+    args += ["--steps-per-eval-batch", str(10**9), "--steps-per-eval-image", str(10**9)]
+    args += ["--steps-per-eval-all-images", str(10**9), "--viewer.quit-on-train-completion", "True"]
+    config = tyro.cli(AnnotatedBaseConfigUnion, args=args + extra)
+    config.pipeline.datamanager.data = data  # what ns-train does with --data
+    for group in config.optimizers.values():  # decay the learning rate over the planned run
+        scheduler = group.get("scheduler")
+        if scheduler is not None and hasattr(scheduler, "max_steps"):
+            scheduler.max_steps = iterations
+    return config
+
+
+def train(config, budget_s: float) -> Dict[str, Any]:
+    """Run nerfstudio's Trainer; stop early (and save) if the wall-clock budget runs out."""
+    from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
+
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    state = {"start": None, "steps": 0, "stopped_early": False}
+
+    def on_step(step: int) -> None:
+        if state["start"] is None:
+            state["start"] = time.perf_counter()
+        state["steps"] = step + 1
+        if time.perf_counter() - state["start"] > budget_s:
+            state["stopped_early"] = True
+            trainer.stop_training = True
+
+    trainer.callbacks.append(
+        TrainingCallback(where_to_run=[TrainingCallbackLocation.AFTER_TRAIN_ITERATION], func=on_step)
+    )
+    wall_start = time.perf_counter()
+    trainer.train()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - wall_start
+    return {"trainer": trainer, "train_seconds": seconds, "iterations": state["steps"], **state}
+
+
+def evaluate_file(path: Path, pipeline, device: torch.device) -> Dict[str, Any]:
+    """PSNR/SSIM/LPIPS and render fps of every test view, rendered from the compressed file."""
+    from nerfqat_plugin.metrics.image_metrics import image_metrics
+    from nerfqat_plugin.models.compressible import load_compressed_model
+
+    model = load_compressed_model(path, device)
+    model.config.eval_num_rays_per_chunk = 1 << 16
+    dataset = pipeline.datamanager.eval_dataset
+    per_view, times = [], []
+    for i in range(len(dataset)):
+        camera = dataset.cameras[i : i + 1].to(device)
+        gt = dataset.get_image_float32(i).to(device)[..., :3]
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        outputs = model.get_outputs_for_camera(camera)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+        per_view.append(image_metrics(gt, outputs["rgb"]))
+    # Time a second pass so compilation and allocation stay out of the fps figure.
+    camera = dataset.cameras[0:1].to(device)
+    start = time.perf_counter()
+    model.get_outputs_for_camera(camera)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    render_s = time.perf_counter() - start
+
+    def mean(key: str) -> Optional[float]:
+        values = [m[key] for m in per_view]
+        return None if any(v is None for v in values) else sum(values) / len(values)
+
+    return {
+        "psnr": mean("psnr"),
+        "ssim": mean("ssim"),
+        "lpips": mean("lpips"),
+        "per_view_psnr": [m["psnr"] for m in per_view],
+        "render_fps": 1.0 / render_s,
+        "render_resolution": [int(dataset.cameras.width[0]), int(dataset.cameras.height[0])],
+        "num_test_views": len(per_view),
+    }
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: List[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1 :]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--method", default="nerf-qat")
+    parser.add_argument("--label", required=True, help="name of this configuration in the results")
+    parser.add_argument("--iterations", type=int, required=True)
+    parser.add_argument("--budget-s", type=float, default=540.0, help="training wall-clock limit")
+    parser.add_argument("--output-dir", type=Path, default=Path("outputs/benchmarks"))
+    parser.add_argument("--results", type=Path, default=Path("benchmarks/results/rows.jsonl"))
+    parser.add_argument("--speed-only", action="store_true", help="measure iterations/s only (peer methods)")
+    args = parser.parse_args(argv)
+
+    import nerfqat_plugin  # noqa: F401  (offline-safe checkpoint loading, error reporting)
+
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and newer
+    config = make_config(args.method, args.data, args.output_dir / args.label, args.iterations, extra)
+    print(f"[benchmark] {args.label}: training {args.method} for {args.iterations} iterations", flush=True)
+    guard = peer_lpips_disabled() if args.speed_only else contextlib.nullcontext()
+    with guard:
+        run = train(config, args.budget_s)
+    trainer = run["trainer"]
+    row: Dict[str, Any] = {
+        "label": args.label,
+        "method": args.method,
+        "options": extra,
+        "scene": args.data.name,
+        "iterations": run["iterations"],
+        "iterations_planned": args.iterations,
+        "stopped_early": run["stopped_early"],
+        "train_seconds": round(run["train_seconds"], 2),
+        "iterations_per_s": round(run["iterations"] / run["train_seconds"], 3),
+        "rays_per_iteration": trainer.pipeline.datamanager.get_train_rays_per_batch(),
+        "gpu": gpu_name(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python benchmarks/run_benchmark.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+    }
+    if not args.speed_only:
+        path = args.output_dir / args.label / "model.nqz"
+        row["file_bytes"] = trainer.pipeline.model.export_compressed(path)
+        row.update(evaluate_file(path, trainer.pipeline, trainer.pipeline.device))
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    with args.results.open("a", encoding="utf8") as handle:
+        handle.write(json.dumps(row) + "\n")
+    print("[benchmark] " + json.dumps({k: v for k, v in row.items() if k not in ("options", "command")}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
