@@ -67,19 +67,38 @@ def make_config(method: str, data: Path, output_dir: Path, iterations: int, extr
     return config
 
 
-def train(config, budget_s: float) -> Dict[str, Any]:
-    """Run nerfstudio's Trainer; stop early (and save) if the wall-clock budget runs out."""
+def train(config, budget_s: float, fit_budget: bool) -> Dict[str, Any]:
+    """Run nerfstudio's Trainer within a wall-clock budget.
+
+    With ``fit_budget`` the run measures its speed between steps 100 and 300 (after compilation),
+    then sets the iteration count, and the learning-rate decay, to what fits in the budget.
+    """
     from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
-    state = {"start": None, "steps": 0, "stopped_early": False}
+    schedulers = [g["scheduler"] for g in config.optimizers.values() if g.get("scheduler") is not None]
+    state: Dict[str, Any] = {"start": None, "steps": 0, "stopped_early": False, "stop_at": None, "t100": None}
 
     def on_step(step: int) -> None:
+        now = time.perf_counter()
         if state["start"] is None:
-            state["start"] = time.perf_counter()
+            state["start"] = now
         state["steps"] = step + 1
-        if time.perf_counter() - state["start"] > budget_s:
+        elapsed = now - state["start"]
+        if step == 100:
+            state["t100"] = now
+        if fit_budget and step == 300:
+            rate = 200 / (now - state["t100"])
+            total = int(step + 0.97 * (budget_s - elapsed) * rate)
+            state["stop_at"] = total
+            for scheduler in schedulers:
+                if hasattr(scheduler, "max_steps"):
+                    scheduler.max_steps = total
+            print(f"[benchmark] {rate:.2f} it/s: planning {total} iterations in the budget", flush=True)
+        if state["stop_at"] is not None and step + 1 >= state["stop_at"]:
+            trainer.stop_training = True
+        elif elapsed > budget_s:
             state["stopped_early"] = True
             trainer.stop_training = True
 
@@ -90,7 +109,10 @@ def train(config, budget_s: float) -> Dict[str, Any]:
     trainer.train()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - wall_start
+    end = time.perf_counter()
+    seconds = end - wall_start
+    if state["t100"] is not None and state["steps"] > 101:
+        state["steady_iterations_per_s"] = (state["steps"] - 101) / (end - state["t100"])
     return {"trainer": trainer, "train_seconds": seconds, "iterations": state["steps"], **state}
 
 
@@ -151,6 +173,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--budget-s", type=float, default=540.0, help="training wall-clock limit")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/benchmarks"))
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/rows.jsonl"))
+    parser.add_argument("--fit-budget", action="store_true", help="fit iterations and lr decay to --budget-s")
     parser.add_argument("--speed-only", action="store_true", help="measure iterations/s only (peer methods)")
     args = parser.parse_args(argv)
 
@@ -161,7 +184,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"[benchmark] {args.label}: training {args.method} for {args.iterations} iterations", flush=True)
     guard = peer_lpips_disabled() if args.speed_only else contextlib.nullcontext()
     with guard:
-        run = train(config, args.budget_s)
+        run = train(config, args.budget_s, args.fit_budget)
     trainer = run["trainer"]
     row: Dict[str, Any] = {
         "label": args.label,
@@ -171,8 +194,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         "iterations": run["iterations"],
         "iterations_planned": args.iterations,
         "stopped_early": run["stopped_early"],
+        "budget_s": args.budget_s,
         "train_seconds": round(run["train_seconds"], 2),
         "iterations_per_s": round(run["iterations"] / run["train_seconds"], 3),
+        "steady_iterations_per_s": round(run.get("steady_iterations_per_s") or 0.0, 3) or None,
         "rays_per_iteration": trainer.pipeline.datamanager.get_train_rays_per_batch(),
         "gpu": gpu_name(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

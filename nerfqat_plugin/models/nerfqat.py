@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Iterator, List, Literal, Optional, Tuple, Type
 
 import torch
-from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.model_components.losses import MSELoss
@@ -15,12 +15,13 @@ from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
 from nerfstudio.model_components.renderers import RGBRenderer
 from nerfstudio.models.base_model import ModelConfig
 from nerfstudio.utils import colormaps
+from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerCheckbox, ViewerText
 from torch import Tensor
 from torch.nn import Parameter
 
 from nerfqat_plugin.compression.quantized_state import decode_quantized_module, encode_quantized_module
-from nerfqat_plugin.field_components.quant_mlp import QuantSpec, set_observers, set_quantization
+from nerfqat_plugin.field_components.quant_mlp import QuantSpec, iter_quant_modules, set_observers, set_quantization
 from nerfqat_plugin.fields.nerfqat_field import QuantNeRFField
 from nerfqat_plugin.model_components.ndc import NDCSpace
 from nerfqat_plugin.model_components.ray_setup import make_sampling_rays
@@ -71,6 +72,9 @@ class NeRFQATModelConfig(ModelConfig):
     """'auto': the last sample's colour in NDC (NeRF's infinitely deep last interval), else white."""
     compile: bool = True
     """torch.compile the field MLPs on CUDA (fake-quant ops fuse with their neighbours)."""
+    train_bf16: bool = True
+    """Run the field MLPs under bf16 autocast while training on CUDA (about half the activation
+    traffic); evaluation, export and rendering stay in fp32."""
 
     def to_payload(self) -> Dict[str, Any]:
         """The options that define the rendered model, as JSON."""
@@ -194,19 +198,28 @@ class NeRFQATModel(CompressibleModel):
             set_quantization(self, True)
 
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
-        self._maybe_compile(ray_bundle.origins.device)
+        device = ray_bundle.origins.device
+        self._maybe_compile(device)
         with self._viewer_precision():
             return self._render(ray_bundle)
+
+    def _evaluate_field(self, fld: QuantNeRFField, samples: RaySamples) -> Dict[FieldHeadNames, Tensor]:
+        """Field outputs in fp32; the MLPs themselves run under bf16 autocast when training on CUDA."""
+        device = samples.frustums.origins.device
+        use_bf16 = self.training and self.config.train_bf16 and device.type == "cuda"
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            outputs = fld(samples)
+        return {name: value.float() for name, value in outputs.items()}
 
     def _render(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
         rays = make_sampling_rays(ray_bundle, self.ndc, self.near, self.far)
         samples_coarse = self.sampler_uniform(rays.bundle)
-        out_coarse = self.field_coarse(samples_coarse)
+        out_coarse = self._evaluate_field(self.field_coarse, samples_coarse)
         weights_coarse = samples_coarse.get_weights(out_coarse[FieldHeadNames.DENSITY])
         rgb_coarse = self.renderer_rgb(rgb=out_coarse[FieldHeadNames.RGB], weights=weights_coarse)
 
         samples_fine = self.sampler_pdf(rays.bundle, samples_coarse, weights_coarse)
-        out_fine = self.field_fine(samples_fine)
+        out_fine = self._evaluate_field(self.field_fine, samples_fine)
         weights_fine = samples_fine.get_weights(out_fine[FieldHeadNames.DENSITY])
         rgb_fine = self.renderer_rgb(rgb=out_fine[FieldHeadNames.RGB], weights=weights_fine)
 
@@ -250,7 +263,16 @@ class NeRFQATModel(CompressibleModel):
         return metrics, images
 
     # -- compressed form ------------------------------------------------------------------------
+    def is_quantized(self) -> bool:
+        """Whether the fields currently run quantized (False during the float warm-up)."""
+        return all(m.quant_enabled for m in iter_quant_modules(self))
+
     def compressed_state(self) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
+        quantized = self.is_quantized()
+        if self.config.quantize and not quantized:
+            CONSOLE.print(
+                "[bold yellow]Quantization has not started yet (float warm-up); the export holds float weights."
+            )
         tensors: Dict[str, Tensor] = {}
         layout: Dict[str, Any] = {}
         for prefix, fld in (("coarse.", self.field_coarse), ("fine.", self.field_fine)):
@@ -258,7 +280,7 @@ class NeRFQATModel(CompressibleModel):
             tensors.update(t)
             layout.update(lay)
         payload = {
-            "model": self.config.to_payload(),
+            "model": {**self.config.to_payload(), "quantize": quantized},
             "ndc": self.ndc.to_dict() if self.ndc is not None else None,
             "near_far": [self.near, self.far],
             "tensors": layout,
