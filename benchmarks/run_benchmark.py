@@ -50,7 +50,7 @@ def peer_lpips_disabled() -> Iterator[None]:
         lpip_module.LearnedPerceptualImagePatchSimilarity = original  # type: ignore[misc]
 
 
-def make_config(method: str, data: Path, output_dir: Path, iterations: int, extra: List[str]):
+def make_config(method: str, data: Path, output_dir: Path, iterations: int, extra: List[str], lr: Optional[float]):
     import tyro
     from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
 
@@ -60,6 +60,9 @@ def make_config(method: str, data: Path, output_dir: Path, iterations: int, extr
     args += ["--steps-per-eval-all-images", str(10**9), "--viewer.quit-on-train-completion", "True"]
     config = tyro.cli(AnnotatedBaseConfigUnion, args=args + extra)
     config.pipeline.datamanager.data = data  # what ns-train does with --data
+    if lr is not None:
+        for group in config.optimizers.values():
+            group["optimizer"].lr = lr
     for group in config.optimizers.values():  # decay the learning rate over the planned run
         scheduler = group.get("scheduler")
         if scheduler is not None and hasattr(scheduler, "max_steps"):
@@ -71,7 +74,8 @@ def train(config, budget_s: float, fit_budget: bool) -> Dict[str, Any]:
     """Run nerfstudio's Trainer within a wall-clock budget.
 
     With ``fit_budget`` the run measures its speed between steps 100 and 300 (after compilation),
-    then sets the iteration count, and the learning-rate decay, to what fits in the budget.
+    then sets the iteration count, and the learning-rate decay, to what fits in the budget; it plans
+    again every 1000 steps, since quantization switching on changes the speed.
     """
     from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 
@@ -79,6 +83,7 @@ def train(config, budget_s: float, fit_budget: bool) -> Dict[str, Any]:
     trainer.setup()
     schedulers = [g["scheduler"] for g in config.optimizers.values() if g.get("scheduler") is not None]
     state: Dict[str, Any] = {"start": None, "steps": 0, "stopped_early": False, "stop_at": None, "t100": None}
+    window: Dict[str, float] = {}
 
     def on_step(step: int) -> None:
         now = time.perf_counter()
@@ -88,14 +93,16 @@ def train(config, budget_s: float, fit_budget: bool) -> Dict[str, Any]:
         elapsed = now - state["start"]
         if step == 100:
             state["t100"] = now
-        if fit_budget and step == 300:
-            rate = 200 / (now - state["t100"])
+        if fit_budget and step % 1000 == 100:
+            window["step"], window["time"] = step, now
+        if fit_budget and "step" in window and (step == 300 or step % 1000 == 0) and step > window["step"]:
+            rate = (step - window["step"]) / (now - window["time"])
             total = int(step + 0.97 * (budget_s - elapsed) * rate)
             state["stop_at"] = total
             for scheduler in schedulers:
                 if hasattr(scheduler, "max_steps"):
                     scheduler.max_steps = total
-            print(f"[benchmark] {rate:.2f} it/s: planning {total} iterations in the budget", flush=True)
+            print(f"[benchmark] step {step}, {rate:.2f} it/s: planning {total} iterations", flush=True)
         if state["stop_at"] is not None and step + 1 >= state["stop_at"]:
             trainer.stop_training = True
         elif elapsed > budget_s:
@@ -173,6 +180,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--budget-s", type=float, default=540.0, help="training wall-clock limit")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/benchmarks"))
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/rows.jsonl"))
+    parser.add_argument("--lr", type=float, default=None, help="initial learning rate of every parameter group")
     parser.add_argument("--fit-budget", action="store_true", help="fit iterations and lr decay to --budget-s")
     parser.add_argument("--speed-only", action="store_true", help="measure iterations/s only (peer methods)")
     args = parser.parse_args(argv)
@@ -180,7 +188,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     import nerfqat_plugin  # noqa: F401  (offline-safe checkpoint loading, error reporting)
 
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and newer
-    config = make_config(args.method, args.data, args.output_dir / args.label, args.iterations, extra)
+    config = make_config(args.method, args.data, args.output_dir / args.label, args.iterations, extra, args.lr)
     print(f"[benchmark] {args.label}: training {args.method} for {args.iterations} iterations", flush=True)
     guard = peer_lpips_disabled() if args.speed_only else contextlib.nullcontext()
     with guard:
@@ -189,7 +197,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     row: Dict[str, Any] = {
         "label": args.label,
         "method": args.method,
-        "options": extra,
+        "options": extra + ([f"lr={args.lr}"] if args.lr is not None else []),
         "scene": args.data.name,
         "iterations": run["iterations"],
         "iterations_planned": args.iterations,

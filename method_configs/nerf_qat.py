@@ -27,6 +27,7 @@ nerf_qat_method = MethodSpecification(
             datamanager=VanillaDataManagerConfig(
                 dataparser=AutoDataParserConfig(),
                 train_num_rays_per_batch=4096,
+                images_on_gpu=True,  # sample pixels on the GPU: the CPU sampler is the bottleneck otherwise
                 eval_num_rays_per_batch=4096,
             ),
             model=NeRFQATModelConfig(eval_num_rays_per_chunk=1 << 14),

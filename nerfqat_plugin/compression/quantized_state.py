@@ -1,7 +1,8 @@
 """Turning a module holding :class:`QuantLinear` blocks into file tensors and back.
 
-Every QuantLinear weight whose block is quantized is stored as bit-packed integers plus one fp32
-scale per output channel; everything else the forward pass needs (biases, activation scales and
+Every QuantLinear weight whose block is quantized is stored as bit-packed integers plus one fp16
+scale per output channel, and its bias as fp16 (the blocks train with exactly these fp16 values);
+everything else the forward pass needs (biases, activation scales and
 zero points, float weights of unquantized models) is stored as-is. Observer statistics and other
 training-only state are left out.
 """
@@ -20,16 +21,19 @@ from nerfqat_plugin.field_components.quantizers import ActivationQuantizer
 _TRAINING_ONLY_SUFFIXES = ("running_min", "running_max", "_extra_state")
 
 Layout = Dict[str, Dict[str, Any]]
+"""Encoding of every tensor that is not stored as-is (``raw``, the default)."""
 
 
 def encode_quantized_module(module: nn.Module, prefix: str) -> Tuple[Dict[str, torch.Tensor], Layout]:
     """Encode ``module``'s inference state; tensor names are ``prefix + state_dict key``."""
     packed_weights: Dict[str, QuantLinear] = {}
+    half_precision = set()  # biases and weight scales of quantized blocks: the blocks use fp16 values
     unused_prefixes = []  # quantizer state of blocks that run in float is not needed to render
     for name, child in module.named_modules():
         dot = f"{name}." if name else ""
         if isinstance(child, QuantLinear) and child.quant_enabled:
             packed_weights[f"{dot}linear.weight"] = child
+            half_precision.update({f"{dot}linear.bias", f"{dot}weight_quantizer.scale"})
         elif isinstance(child, QuantLinear):
             unused_prefixes += [f"{dot}weight_quantizer.", f"{dot}output_quantizer."]
         elif isinstance(child, QuantMLP) and not child.quant_enabled:
@@ -45,9 +49,10 @@ def encode_quantized_module(module: nn.Module, prefix: str) -> Tuple[Dict[str, t
             integers = block.integer_weight()
             tensors[prefix + key] = pack_signed(integers, block.spec.bits)
             layout[prefix + key] = {"encoding": "packed-int", "bits": block.spec.bits, "shape": list(integers.shape)}
+        elif key in half_precision:
+            tensors[prefix + key] = value.detach().cpu().half().contiguous()
         else:
             tensors[prefix + key] = value.detach().cpu().contiguous()
-            layout[prefix + key] = {"encoding": "raw"}
     return tensors, layout
 
 
@@ -58,11 +63,11 @@ def decode_quantized_module(module: nn.Module, prefix: str, tensors: Dict[str, t
     are frozen, so the rebuilt module computes exactly what the trained quantized one did.
     """
     state: Dict[str, torch.Tensor] = {}
-    for name, spec in layout.items():
+    for name, tensor in tensors.items():
         if not name.startswith(prefix):
             continue
         key = name[len(prefix) :]
-        tensor = tensors[name]
+        spec = layout.get(name, {"encoding": "raw"})
         if spec["encoding"] == "packed-int":
             shape = [int(s) for s in spec["shape"]]
             num = 1
@@ -71,7 +76,9 @@ def decode_quantized_module(module: nn.Module, prefix: str, tensors: Dict[str, t
             integers = unpack_signed(tensor, int(spec["bits"]), num).view(*shape)
             scale_key = prefix + key.replace("linear.weight", "weight_quantizer.scale")
             tensor = integers.to(torch.float32) * tensors[scale_key].to(torch.float32)[:, None]
-        state[key] = tensor
+        elif spec["encoding"] != "raw":
+            raise ValueError(f"unknown tensor encoding {spec['encoding']!r} of {name}")
+        state[key] = tensor.float() if tensor.dtype == torch.float16 else tensor
     missing, unexpected = module.load_state_dict(state, strict=False)
     real_missing = [k for k in missing if not k.endswith(_TRAINING_ONLY_SUFFIXES) and "quantizer." not in k]
     if real_missing or unexpected:

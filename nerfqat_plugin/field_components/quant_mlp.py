@@ -77,7 +77,7 @@ class QuantLinear(nn.Module):
         if not self.quant_enabled:
             y = self.linear(x)
             return F.relu(y) if self.relu else y
-        y = F.linear(x, self.weight_quantizer(self.linear.weight), self.linear.bias)
+        y = F.linear(x, self.weight_quantizer(self.linear.weight), self.stored_bias())
         if self.relu and self.spec.fuse_relu:
             y = F.relu(y)
         if self.output_quantizer is not None:
@@ -85,6 +85,11 @@ class QuantLinear(nn.Module):
         if self.relu and not self.spec.fuse_relu:
             y = F.relu(y)
         return y
+
+    def stored_bias(self) -> Tensor:
+        """The bias as the compressed file stores it (fp16), with a straight-through gradient."""
+        bias = self.linear.bias
+        return bias.detach().half().float() + (bias - bias.detach())  # exact fp16 values, gradient of identity
 
     def integer_weight(self) -> Tensor:
         """Stored integers: ``fake_quant(weight) == integer_weight * weight_quantizer.scale[:, None]``."""

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 _EPS = 1e-8
+_MIN_FP16_SCALE = 1e-7  # above fp16's smallest subnormal, so a stored scale never becomes 0
 
 
 def symmetric_range(bits: int) -> Tuple[int, int]:
@@ -42,7 +43,8 @@ class PerChannelWeightQuantizer(nn.Module):
         self.bits = bits
         self.quant_min, self.quant_max = symmetric_range(bits)
         self.register_buffer("scale", torch.ones(num_channels))
-        self.register_buffer("zero_point", torch.zeros(num_channels, dtype=torch.int32))
+        # Symmetric: the zero point is always 0, so it is not part of the saved state.
+        self.register_buffer("zero_point", torch.zeros(num_channels, dtype=torch.int32), persistent=False)
         # A Python flag, not a buffer, so the hot path never synchronises with the GPU to read it.
         self.scale_frozen = False
 
@@ -55,7 +57,9 @@ class PerChannelWeightQuantizer(nn.Module):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if not self.scale_frozen:
             with torch.no_grad():
-                self.scale.copy_(weight.abs().amax(dim=1).clamp_min(_EPS) / self.quant_max)
+                # Scales are stored as fp16, so training uses fp16-representable scales too.
+                scale = (weight.detach().float().abs().amax(dim=1) / self.quant_max).clamp_min(_MIN_FP16_SCALE)
+                self.scale.copy_(scale.half().float())
         return torch.fake_quantize_per_channel_affine(
             weight, self.scale, self.zero_point, 0, self.quant_min, self.quant_max
         )
