@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from nerfqat_plugin.field_components.quantizers import ActivationQuantizer, PerChannelWeightQuantizer
 
-MIN_QUANT_BITS = 2
+MIN_QUANT_BITS = 4
 MAX_QUANT_BITS = 8
 
 

@@ -1,0 +1,49 @@
+"""``ns-compressed-info FILE``: verify a compressed-field file, rebuild its model and describe it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import tyro
+from nerfstudio.utils.rich_utils import CONSOLE
+
+from nerfqat_plugin.compression.file_format import read_compressed
+from nerfqat_plugin.models.compressible import load_compressed_model
+
+
+@dataclass
+class CompressedInfo:
+    """Check a compressed-field file (format, version, checksum, contents) and print what it holds."""
+
+    path: tyro.conf.Positional[Path]
+    """The compressed-field file."""
+    json_output: bool = False
+    """Print the description as JSON."""
+
+    def main(self) -> None:
+        _, payload = read_compressed(self.path)
+        model = load_compressed_model(self.path)
+        info = {
+            "path": str(self.path),
+            "size_bytes": self.path.stat().st_size,
+            "method": payload["method"],
+            "model": payload.get("model", {}),
+            "parameters": sum(p.numel() for p in model.parameters()),
+        }
+        if self.json_output:
+            print(json.dumps(info, indent=2))
+            return
+        CONSOLE.print(f"{self.path}: {info['method']}, {info['size_bytes']} bytes, {info['parameters']} parameters")
+        for key, value in sorted(info["model"].items()):
+            CONSOLE.print(f"  {key}: {value}")
+
+
+def entrypoint() -> None:
+    """Console-script entry point."""
+    tyro.cli(CompressedInfo).main()
+
+
+if __name__ == "__main__":
+    entrypoint()

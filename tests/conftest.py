@@ -1,0 +1,76 @@
+"""Shared fixtures: tiny generated scenes for fast CPU tests, and the real scenes when present."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TINY_WIDTH, TINY_HEIGHT, TINY_FACTOR, TINY_VIEWS = 32, 24, 8, 17
+
+
+def _image(i: int, width: int, height: int) -> np.ndarray:
+    """A smooth colour pattern that shifts with the view index (content need not be 3D-consistent)."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    r = 0.5 + 0.5 * np.sin(x / width * 6.28 + i * 0.1)
+    g = 0.5 + 0.5 * np.cos(y / height * 6.28)
+    b = np.full_like(r, (i % 5) / 5.0)
+    return (np.stack([r, g, b], -1) * 255).astype(np.uint8)
+
+
+def make_llff_scene(root: Path, views: int = TINY_VIEWS) -> Path:
+    """An LLFF folder: poses_bounds.npy (LLFF [down, right, back] columns) + images_8/ of 32x24 PNGs."""
+    folder = root / f"images_{TINY_FACTOR}"
+    folder.mkdir(parents=True)
+    full_w, full_h = TINY_WIDTH * TINY_FACTOR, TINY_HEIGHT * TINY_FACTOR
+    rows = []
+    for i in range(views):
+        # Camera looking down -z (OpenGL) written in LLFF column order: [down, right, back].
+        right, up, back = np.eye(3)[:, 0], np.eye(3)[:, 1], np.eye(3)[:, 2]
+        position = np.array([0.1 * (i % 4), 0.1 * (i // 4), 0.0])
+        llff = np.stack([-up, right, back, position, [full_h, full_w, 1.2 * full_w]], axis=1)
+        rows.append(np.concatenate([llff.reshape(-1), [2.0, 20.0]]))
+        Image.fromarray(_image(i, TINY_WIDTH, TINY_HEIGHT)).save(folder / f"image{i:03d}.png")
+    np.save(root / "poses_bounds.npy", np.array(rows))
+    return root
+
+
+def make_blender_scene(root: Path) -> Path:
+    """A minimal Blender folder: transforms_{train,val,test}.json and RGBA PNGs."""
+    for split in ("train", "val", "test"):
+        (root / split).mkdir(parents=True)
+        frames = []
+        for i in range(2):
+            pose = np.eye(4)
+            pose[2, 3] = 4.0
+            Image.fromarray(np.dstack([_image(i, 16, 16), np.full((16, 16), 255, np.uint8)])).save(
+                root / split / f"r_{i}.png"
+            )
+            frames.append({"file_path": f"./{split}/r_{i}", "transform_matrix": pose.tolist()})
+        (root / f"transforms_{split}.json").write_text(json.dumps({"camera_angle_x": 0.69, "frames": frames}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_llff(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_llff_scene(tmp_path_factory.mktemp("tiny_llff"))
+
+
+@pytest.fixture()
+def fern() -> Path:
+    path = SHARED_DATA / "fern"
+    if not (path / "poses_bounds.npy").exists():
+        pytest.skip(f"real scene not available at {path}")
+    return path
+
+
+@pytest.fixture()
+def lego() -> Path:
+    path = SHARED_DATA / "lego"
+    if not (path / "transforms_train.json").exists():
+        pytest.skip(f"real scene not available at {path}")
+    return path

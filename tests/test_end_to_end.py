@@ -1,0 +1,111 @@
+"""End to end through nerfstudio's own command-line tools on a tiny generated LLFF scene (CPU):
+ns-train nerf-qat -> ns-eval -> ns-export-compressed -> render from the file == model -> ns-export."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+import torch
+from conftest import make_llff_scene
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+TINY_MODEL = [
+    "--pipeline.model.num-layers", "2",
+    "--pipeline.model.layer-width", "16",
+    "--pipeline.model.skip-connections", "1",
+    "--pipeline.model.head-width", "8",
+    "--pipeline.model.position-frequencies", "4",
+    "--pipeline.model.direction-frequencies", "2",
+    "--pipeline.model.num-coarse-samples", "8",
+    "--pipeline.model.num-importance-samples", "8",
+    "--pipeline.model.float-warmup-steps", "3",
+    "--pipeline.model.calibration-steps", "3",
+]  # fmt: skip
+
+
+def run(tool: str, args: List[str], check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([str(BIN / tool), *args], capture_output=True, text=True, env=env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{tool} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("e2e")
+    scene = make_llff_scene(root / "scene")
+    run(
+        "ns-train",
+        ["nerf-qat", "--data", str(scene), "--output-dir", str(root / "out"), "--max-num-iterations", "12"]
+        + ["--steps-per-save", "12", "--machine.device-type", "cpu", "--vis", "tensorboard"]
+        + ["--viewer.quit-on-train-completion", "True", "--pipeline.datamanager.train-num-rays-per-batch", "128"]
+        + TINY_MODEL,
+    )
+    (config,) = (root / "out").glob("scene/nerf-qat/*/config.yml")
+    return config
+
+
+def test_train_eval_export_and_render_from_file(trained: Path, tmp_path: Path) -> None:
+    compressed = tmp_path / "scene.nqz"
+    run("ns-export-compressed", ["--load-config", str(trained), "--output-path", str(compressed)])
+    assert compressed.stat().st_size > 0
+
+    run("ns-eval", ["--load-config", str(trained), "--output-path", str(tmp_path / "eval.json")])
+    results = json.loads((tmp_path / "eval.json").read_text())["results"]
+    assert results["size_bytes"] == compressed.stat().st_size
+    assert 0 < results["psnr"] < 60 and 0 < results["ssim"] <= 1
+    assert "lpips" in results and (results["lpips"] is None or results["lpips"] >= 0)
+
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    from nerfqat_plugin.models.compressible import load_compressed_model
+
+    _, pipeline, _, _ = eval_setup(trained, test_mode="test")
+    loaded = load_compressed_model(compressed)
+    camera = pipeline.datamanager.eval_dataset.cameras[0:1]
+    with torch.no_grad():
+        expected = pipeline.model.get_outputs_for_camera(camera)
+        actual = loaded.get_outputs_for_camera(camera)
+    for key in ("rgb", "depth", "accumulation"):
+        assert torch.max(torch.abs(expected[key] - actual[key])) <= 1e-5, key
+
+
+def test_nerfstudio_exports(trained: Path, tmp_path: Path) -> None:
+    run("ns-export", ["cameras", "--load-config", str(trained), "--output-dir", str(tmp_path / "cams")])
+    assert json.loads((tmp_path / "cams" / "transforms_train.json").read_text())
+    run(
+        "ns-export",
+        ["pointcloud", "--load-config", str(trained), "--output-dir", str(tmp_path / "pc"), "--num-points", "500"]
+        + ["--remove-outliers", "False", "--normal-method", "open3d"],
+    )
+    assert (tmp_path / "pc" / "point_cloud.ply").stat().st_size > 0
+
+
+def test_help_lists_the_method() -> None:
+    assert "nerf-qat" in run("ns-train", ["--help"]).stdout
+
+
+def test_bad_scene_is_one_clear_error(tmp_path: Path) -> None:
+    scene = make_llff_scene(tmp_path / "scene")
+    (scene / "poses_bounds.npy").unlink()
+    args = ["nerf-qat", "--data", str(scene), "--machine.device-type", "cpu", "llff-data"]  # explicit subcommand
+    proc = run("ns-train", args, check=False)
+    assert proc.returncode != 0
+    assert f"error: {scene / 'poses_bounds.npy'}: poses_bounds.npy not found" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_corrupt_compressed_file_is_one_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.nqz"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    proc = run("ns-compressed-info", [str(bad)], check=False)
+    assert proc.returncode == 1
+    assert f"error: {bad}" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,129 @@
+"""nerf-qat model: QAT schedule, compressed export, and rendering from the file equal to the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict
+
+import pytest
+import torch
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.data.scene_box import SceneBox
+
+from nerfqat_plugin.compression.file_format import CompressedFileError, read_compressed
+from nerfqat_plugin.models.compressible import load_compressed_model
+from nerfqat_plugin.models.nerfqat import NeRFQATModel, NeRFQATModelConfig
+
+TINY = dict(num_layers=3, layer_width=24, skip_connections=(2,), head_width=12, position_frequencies=4)
+TINY.update(direction_frequencies=2, num_coarse_samples=8, num_importance_samples=8, compile=False)
+NDC = {"focal": 30.0, "width": 32.0, "height": 24.0, "near": 1.0}
+
+
+def _model(**overrides) -> NeRFQATModel:
+    config = NeRFQATModelConfig(**{**TINY, "float_warmup_steps": 2, "calibration_steps": 3, **overrides})
+    box = SceneBox(aabb=torch.tensor([[-2.0] * 3, [2.0] * 3]))
+    return NeRFQATModel(config=config, scene_box=box, num_train_data=4, metadata={"ndc": NDC})
+
+
+def _rays(n: int = 64, seed: int = 0) -> RayBundle:
+    g = torch.Generator().manual_seed(seed)
+    directions = torch.nn.functional.normalize(
+        torch.cat([0.3 * torch.randn(n, 2, generator=g), -torch.ones(n, 1)], -1), dim=-1
+    )
+    return RayBundle(
+        origins=0.05 * torch.randn(n, 3, generator=g),
+        directions=directions,
+        pixel_area=torch.ones(n, 1),
+        camera_indices=torch.zeros(n, 1, dtype=torch.long),
+    )
+
+
+def _train(model: NeRFQATModel, steps: int) -> None:
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    target = {"image": torch.rand(64, 3, generator=torch.Generator().manual_seed(1))}
+    model.train()
+    for step in range(steps):
+        model._apply_quant_schedule(step)
+        outputs = model(_rays(seed=step))
+        loss = sum(model.get_loss_dict(outputs, target).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+
+
+def _render(model: NeRFQATModel) -> Dict[str, torch.Tensor]:
+    with torch.no_grad():
+        return model(_rays(256, seed=99))
+
+
+@pytest.mark.parametrize(("bits", "fuse"), [(8, True), (4, True), (6, False)])
+def test_render_from_file_equals_trained_quantized_model(tmp_path: Path, bits: int, fuse: bool) -> None:
+    torch.manual_seed(0)
+    model = _model(bits=bits, fuse_relu=fuse)
+    _train(model, 8)
+    assert model.is_quantized()
+    path = tmp_path / "model.nqz"
+    size = model.export_compressed(path)
+    assert size == path.stat().st_size == model.compressed_size_bytes()
+    loaded = load_compressed_model(path)
+    expected, actual = _render(model), _render(loaded)
+    for key in ("rgb", "depth", "accumulation"):
+        assert torch.max(torch.abs(expected[key] - actual[key])) <= 1e-5, key
+    _, payload = read_compressed(path)
+    packed = [spec for spec in payload["tensors"].values() if spec["encoding"] == "packed-int"]
+    assert packed and all(spec["bits"] == bits for spec in packed)
+
+
+def test_sizes_shrink_with_bits_and_full_nerf_meets_the_size_targets() -> None:
+    sizes = {bits: _model(bits=bits).compressed_size_bytes() for bits in (4, 8)}
+    assert sizes[4] < sizes[8] < _model(quantize=False).compressed_size_bytes()
+    # NeRF's own sizes (coarse + fine, 2 x 593,408 weights): int8 <= 1.25 MB, int4 <= 0.70 MB.
+    box = SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3]))
+    for bits, limit in ((8, 1.25e6), (4, 0.70e6)):
+        config = NeRFQATModelConfig(bits=bits, compile=False)
+        model = NeRFQATModel(config=config, scene_box=box, num_train_data=1, metadata={"ndc": NDC})
+        assert model.compressed_size_bytes() <= limit
+
+
+def test_quant_schedule_warmup_then_calibration_then_frozen() -> None:
+    model = _model(float_warmup_steps=2, calibration_steps=3)
+    model._apply_quant_schedule(0)
+    assert not model.is_quantized()
+    model._apply_quant_schedule(2)
+    quantizer = model.field_fine.trunk.layers[0].output_quantizer
+    assert model.is_quantized() and quantizer.observer_enabled
+    model._apply_quant_schedule(5)
+    assert model.is_quantized() and not quantizer.observer_enabled
+
+
+def test_export_during_warmup_holds_float_weights(tmp_path: Path) -> None:
+    model = _model(float_warmup_steps=100)
+    _train(model, 3)
+    assert not model.is_quantized()
+    model.export_compressed(tmp_path / "warm.nqz")
+    _, payload = read_compressed(tmp_path / "warm.nqz")
+    assert payload["model"]["quantize"] is False and not payload["tensors"]
+    loaded = load_compressed_model(tmp_path / "warm.nqz")
+    assert torch.allclose(_render(model)["rgb"], _render(loaded)["rgb"], atol=1e-6)
+
+
+def test_viewer_float_toggle_renders_float_weights_without_touching_training_state() -> None:
+    model = _model()
+    _train(model, 8)
+    quantized = _render(model)["rgb"]
+    model.viewer_float_weights.cb_hook(type("E", (), {"value": True})())
+    floated = _render(model)["rgb"]
+    assert not torch.allclose(quantized, floated)
+    assert model.is_quantized()  # the switch is for viewing only
+    model.viewer_float_weights.cb_hook(type("E", (), {"value": False})())
+    assert torch.equal(_render(model)["rgb"], quantized)
+    assert model.viewer_exported_size.value.endswith("MB")
+
+
+def test_loading_a_file_of_an_unknown_method(tmp_path: Path) -> None:
+    from nerfqat_plugin.compression.file_format import write_compressed
+
+    write_compressed(tmp_path / "x.nqz", {"w": torch.zeros(1)}, {"method": "mystery"})
+    with pytest.raises(CompressedFileError, match="unknown method 'mystery'"):
+        load_compressed_model(tmp_path / "x.nqz")

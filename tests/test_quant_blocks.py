@@ -1,0 +1,110 @@
+"""The quantized Linear block: round trip, straight-through gradients, per-channel scales, fusion."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nerfqat_plugin.field_components.quant_mlp import QuantLinear, QuantMLP, QuantSpec, set_observers
+from nerfqat_plugin.field_components.quantizers import ActivationQuantizer, PerChannelWeightQuantizer
+
+
+@pytest.mark.parametrize("bits", [4, 5, 6, 7, 8])
+def test_weight_round_trip_is_integers_times_per_channel_scale(bits: int) -> None:
+    torch.manual_seed(bits)
+    weight = torch.randn(16, 9)
+    quantizer = PerChannelWeightQuantizer(16, bits)
+    fake = quantizer(weight)
+    integers = quantizer.integer_weight(weight)
+    qmax = 2 ** (bits - 1) - 1
+    assert integers.abs().max() <= qmax
+    assert torch.equal(integers.abs().amax(dim=1), torch.full((16,), qmax, dtype=torch.int32))
+    assert torch.allclose(fake, integers.float() * quantizer.scale[:, None], atol=0, rtol=0)
+    # Error of each element is at most half a quantization step of its own row.
+    assert torch.all((fake - weight).abs() <= quantizer.scale[:, None] / 2 + 1e-6)
+
+
+def test_per_channel_scales_follow_each_row() -> None:
+    weight = torch.randn(4, 32)
+    weight[1] *= 10.0
+    quantizer = PerChannelWeightQuantizer(4, 8)
+    quantizer(weight)
+    expected = (weight.abs().amax(dim=1) / 127).half().float()
+    assert torch.equal(quantizer.scale, expected)
+    assert quantizer.scale[1] > 5 * quantizer.scale[0]
+
+
+def test_straight_through_gradient() -> None:
+    weight = torch.randn(8, 8, requires_grad=True)
+    PerChannelWeightQuantizer(8, 4)(weight).mul(torch.arange(8.0)).sum().backward()
+    assert torch.equal(weight.grad, torch.arange(8.0).expand(8, 8))
+
+    x = torch.linspace(-1.0, 3.0, 101, requires_grad=True)
+    act = ActivationQuantizer(8)
+    act.train()
+    act(x).sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))  # inside the observed range the gradient passes
+    act.eval()
+    x2 = torch.tensor([5.0, 1.0], requires_grad=True)  # 5.0 lies outside the frozen range
+    act(x2).sum().backward()
+    assert x2.grad.tolist() == [0.0, 1.0]
+
+
+def _block_with_identity(fuse: bool) -> QuantLinear:
+    block = QuantLinear(4, 4, QuantSpec(bits=8, fuse_relu=fuse), relu=True)
+    with torch.no_grad():
+        block.linear.weight.copy_(torch.eye(4))
+        block.linear.bias.zero_()
+    return block
+
+
+def test_fused_block_spends_all_levels_on_non_negative_values() -> None:
+    pre_activation = torch.linspace(-2.0, 1.0, 4000).reshape(-1, 4)
+    fused, unfused = _block_with_identity(True), _block_with_identity(False)
+    fused.train()
+    unfused.train()
+    out_fused, out_unfused = fused(pre_activation), unfused(pre_activation)
+
+    negative = pre_activation < 0
+    assert torch.all(out_fused[negative] == 0) and torch.all(out_unfused[negative] == 0)
+    assert torch.all(out_fused >= 0) and torch.all(out_unfused >= 0)
+    # Fused: the quantizer saw only [0, 1]; unfused: it saw [-2, 1], a 3x coarser step.
+    assert int(fused.output_quantizer.zero_point) == 0
+    assert int(unfused.output_quantizer.zero_point) > 0
+    assert unfused.output_quantizer.scale > 2.5 * fused.output_quantizer.scale
+    positive = ~negative
+    err_fused = (out_fused - pre_activation.clamp_min(0))[positive].abs().max()
+    err_unfused = (out_unfused - pre_activation.clamp_min(0))[positive].abs().max()
+    assert err_unfused > 2.5 * err_fused
+
+
+def test_observers_freeze_and_quantization_switches_off() -> None:
+    mlp = QuantMLP(3, 2, 8, QuantSpec(bits=8), out_dim=2)
+    mlp.train()
+    mlp(torch.randn(64, 3))
+    set_observers(mlp, False)
+    frozen = mlp.layers[0].output_quantizer.scale.clone()
+    mlp(10 * torch.randn(64, 3))
+    assert torch.equal(mlp.layers[0].output_quantizer.scale, frozen)
+    x = torch.randn(5, 3)
+    quantized = mlp(x)
+    for block in mlp.blocks():
+        block.quant_enabled = False
+    mlp.quant_enabled = False
+    assert not torch.allclose(mlp(x), quantized)
+
+
+def test_quantization_state_survives_state_dict() -> None:
+    a = QuantMLP(3, 2, 8, QuantSpec(bits=6), out_dim=2)
+    set_observers(a, False)
+    a.layers[1].quant_enabled = False
+    b = QuantMLP(3, 2, 8, QuantSpec(bits=6), out_dim=2)
+    b.load_state_dict(a.state_dict())
+    assert b.layers[1].quant_enabled is False
+    assert b.layers[0].output_quantizer.observer_enabled is False
+
+
+@pytest.mark.parametrize("bits", [1, 3, 9, 16])
+def test_unsupported_bits_are_rejected(bits: int) -> None:
+    with pytest.raises(ValueError, match="bits"):
+        QuantSpec(bits=bits)
