@@ -60,17 +60,18 @@ def tiny_llff(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_llff_scene(tmp_path_factory.mktemp("tiny_llff"))
 
 
-@pytest.fixture()
-def fern() -> Path:
-    path = SHARED_DATA / "fern"
-    if not (path / "poses_bounds.npy").exists():
+def _shared_scene(name: str, marker: str) -> Path:
+    path = SHARED_DATA / name
+    if not (path / marker).exists():
         pytest.skip(f"real scene not available at {path}")
     return path
+
+
+@pytest.fixture()
+def fern() -> Path:
+    return _shared_scene("fern", "poses_bounds.npy")
 
 
 @pytest.fixture()
 def lego() -> Path:
-    path = SHARED_DATA / "lego"
-    if not (path / "transforms_train.json").exists():
-        pytest.skip(f"real scene not available at {path}")
-    return path
+    return _shared_scene("lego", "transforms_train.json")

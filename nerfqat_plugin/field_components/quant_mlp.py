@@ -42,7 +42,26 @@ class QuantSpec:
             raise ValueError(f"quantization bits must be in [{MIN_QUANT_BITS}, {MAX_QUANT_BITS}], got {self.bits}")
 
 
-class QuantLinear(nn.Module):
+class QuantSwitch(nn.Module):
+    """A module whose fake quantization can be switched off; the switch is saved in checkpoints.
+
+    The switch is a Python attribute rather than a buffer so that the forward pass never reads a
+    GPU tensor to decide (that would synchronise every step); ``extra_state`` persists it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.quant_enabled = True
+        """Fake quantization on (QAT and the quantized model) or off (float warm-up, float viewing)."""
+
+    def get_extra_state(self) -> Dict[str, bool]:
+        return {"quant_enabled": self.quant_enabled}
+
+    def set_extra_state(self, state: Dict[str, bool]) -> None:
+        self.quant_enabled = bool(state.get("quant_enabled", True))
+
+
+class QuantLinear(QuantSwitch):
     """``Linear (+ ReLU)`` with per-channel weight and per-tensor output fake quantization.
 
     Args:
@@ -64,14 +83,6 @@ class QuantLinear(nn.Module):
         self.output_quantizer: Optional[ActivationQuantizer] = (
             ActivationQuantizer(spec.bits) if quantize_output else None
         )
-        self.quant_enabled = True
-        """Fake quantization on (QAT and the quantized model) or off (float warm-up, float viewing)."""
-
-    def get_extra_state(self) -> Dict[str, bool]:
-        return {"quant_enabled": self.quant_enabled}
-
-    def set_extra_state(self, state: Dict[str, bool]) -> None:
-        self.quant_enabled = bool(state.get("quant_enabled", True))
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.quant_enabled:
@@ -96,7 +107,7 @@ class QuantLinear(nn.Module):
         return self.weight_quantizer.integer_weight(self.linear.weight)
 
 
-class QuantMLP(nn.Module):
+class QuantMLP(QuantSwitch):
     """A NeRF-style MLP of :class:`QuantLinear` blocks with optional skip connections.
 
     Args:
@@ -137,13 +148,6 @@ class QuantMLP(nn.Module):
             else None
         )
         self.out_dim = out_dim if out_dim is not None else layer_width
-        self.quant_enabled = True
-
-    def get_extra_state(self) -> Dict[str, bool]:
-        return {"quant_enabled": self.quant_enabled}
-
-    def set_extra_state(self, state: Dict[str, bool]) -> None:
-        self.quant_enabled = bool(state.get("quant_enabled", True))
 
     def forward(self, x: Tensor) -> Tensor:
         if self.quant_enabled:
@@ -164,7 +168,7 @@ class QuantMLP(nn.Module):
 def iter_quant_modules(module: nn.Module) -> Iterator[nn.Module]:
     """All modules below ``module`` that carry a ``quant_enabled`` switch."""
     for child in module.modules():
-        if isinstance(child, (QuantLinear, QuantMLP)):
+        if isinstance(child, QuantSwitch):
             yield child
 
 
