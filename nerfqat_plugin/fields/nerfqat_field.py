@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +13,7 @@ from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.fields.base_field import Field
 from torch import Tensor
 
+from nerfqat_plugin.field_components.compile import compile_fake_quant
 from nerfqat_plugin.field_components.quant_mlp import QuantLinear, QuantMLP, QuantSpec
 
 VIEW_DIRECTIONS_KEY = "view_directions"
@@ -71,6 +72,8 @@ class QuantNeRFField(Field):
         self.density_head = QuantLinear(layer_width, 1, spec, relu=False, quantize_output=False)
         # NeRF's bottleneck has no activation; its output is quantized because it feeds a block.
         self.bottleneck = QuantLinear(layer_width, layer_width, spec, relu=False, quantize_output=True)
+        self._train_density: Optional[Callable[[Tensor], Tuple[Tensor, Tensor]]] = None
+        self._train_color: Optional[Callable[[Tensor, Tensor], Tensor]] = None
         self.color_head = QuantMLP(
             in_dim=layer_width + self.direction_encoding.get_out_dim(),
             num_layers=1,
@@ -78,6 +81,12 @@ class QuantNeRFField(Field):
             spec=spec,
             out_dim=3,
         )
+
+    def compile_for_training(self) -> None:
+        """Use compiled MLPs (fake quantization fused, see ``field_components.compile``) while training;
+        evaluation keeps the eager path."""
+        self._train_density = compile_fake_quant(self.density_and_features)
+        self._train_color = compile_fake_quant(self.color)
 
     @staticmethod
     def encode(encoding: NeRFEncoding, x: Tensor) -> Tensor:
@@ -96,7 +105,8 @@ class QuantNeRFField(Field):
 
     def get_density(self, ray_samples: RaySamples) -> Tuple[Tensor, Tensor]:
         positions = ray_samples.frustums.get_positions()
-        density, features = self.density_and_features(positions.reshape(-1, 3))
+        evaluate = self._train_density if (self.training and self._train_density) else self.density_and_features
+        density, features = evaluate(positions.reshape(-1, 3))
         batch_shape = positions.shape[:-1]
         return density.view(*batch_shape, 1), features.view(*batch_shape, -1)
 
@@ -107,5 +117,6 @@ class QuantNeRFField(Field):
         metadata = ray_samples.metadata or {}
         directions = metadata.get(VIEW_DIRECTIONS_KEY, ray_samples.frustums.directions)
         directions = directions.expand(*density_embedding.shape[:-1], 3)
-        rgb = self.color(density_embedding.reshape(-1, density_embedding.shape[-1]), directions.reshape(-1, 3))
+        color = self._train_color if (self.training and self._train_color) else self.color
+        rgb = color(density_embedding.reshape(-1, density_embedding.shape[-1]), directions.reshape(-1, 3))
         return {FieldHeadNames.RGB: rgb.view(*density_embedding.shape[:-1], 3)}

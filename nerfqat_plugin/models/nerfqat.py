@@ -71,7 +71,7 @@ class NeRFQATModelConfig(ModelConfig):
     background_color: Literal["auto", "black", "white", "last_sample", "random"] = "auto"
     """'auto': the last sample's colour in NDC (NeRF's infinitely deep last interval), else white."""
     compile: bool = True
-    """torch.compile the field MLPs on CUDA (fake-quant ops fuse with their neighbours)."""
+    """torch.compile the field MLPs for training on CUDA, fake quantization fused with its neighbours."""
     train_bf16: bool = True
     """Run the field MLPs under bf16 autocast while training on CUDA (about half the activation
     traffic); evaluation, export and rendering stay in fp32."""
@@ -178,11 +178,12 @@ class NeRFQATModel(CompressibleModel):
 
     # -- rendering ------------------------------------------------------------------------------
     def _maybe_compile(self, device: torch.device) -> None:
-        if self._compiled or not self.config.compile or device.type != "cuda":
+        # Training only: evaluation stays eager so that the trained model and a model rebuilt from
+        # its file (never compiled) produce identical images.
+        if self._compiled or not self.config.compile or device.type != "cuda" or not self.training:
             return
         for fld in (self.field_coarse, self.field_fine):
-            fld.density_and_features = torch.compile(fld.density_and_features)  # type: ignore[method-assign]
-            fld.color = torch.compile(fld.color)  # type: ignore[method-assign]
+            fld.compile_for_training()
         self._compiled = True
 
     @contextlib.contextmanager
