@@ -13,7 +13,6 @@ from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.fields.base_field import Field
 from torch import Tensor
 
-from nerfqat_plugin.field_components.compile import compile_fake_quant
 from nerfqat_plugin.field_components.quant_mlp import QuantLinear, QuantMLP, QuantSpec
 
 VIEW_DIRECTIONS_KEY = "view_directions"
@@ -83,10 +82,10 @@ class QuantNeRFField(Field):
         )
 
     def compile_for_training(self) -> None:
-        """Use compiled MLPs (fake quantization fused, see ``field_components.compile``) while training;
-        evaluation keeps the eager path."""
-        self._train_density = compile_fake_quant(self.density_and_features)
-        self._train_color = compile_fake_quant(self.color)
+        """Use ``torch.compile``d MLPs while training; evaluation keeps the eager path, so a trained
+        model and one rebuilt from its file render identical images."""
+        self._train_density = torch.compile(self.density_and_features)
+        self._train_color = torch.compile(self.color)
 
     @staticmethod
     def encode(encoding: NeRFEncoding, x: Tensor) -> Tensor:

@@ -71,7 +71,7 @@ class NeRFQATModelConfig(ModelConfig):
     background_color: Literal["auto", "black", "white", "last_sample", "random"] = "auto"
     """'auto': the last sample's colour in NDC (NeRF's infinitely deep last interval), else white."""
     compile: bool = True
-    """torch.compile the field MLPs for training on CUDA, fake quantization fused with its neighbours."""
+    """torch.compile the field MLPs for training on CUDA."""
     train_bf16: bool = True
     """Run the field MLPs under bf16 autocast while training on CUDA (about half the activation
     traffic); evaluation, export and rendering stay in fp32."""
