@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import pytest
 import torch
@@ -19,10 +19,10 @@ TINY.update(direction_frequencies=2, num_coarse_samples=8, num_importance_sample
 NDC = {"focal": 30.0, "width": 32.0, "height": 24.0, "near": 1.0}
 
 
-def _model(**overrides) -> NeRFQATModel:
+def _model(metadata: Optional[dict] = None, **overrides) -> NeRFQATModel:
     config = NeRFQATModelConfig(**{**TINY, "float_warmup_steps": 2, "calibration_steps": 3, **overrides})
     box = SceneBox(aabb=torch.tensor([[-2.0] * 3, [2.0] * 3]))
-    return NeRFQATModel(config=config, scene_box=box, num_train_data=4, metadata={"ndc": NDC})
+    return NeRFQATModel(config=config, scene_box=box, num_train_data=4, metadata=metadata or {"ndc": NDC})
 
 
 def _rays(n: int = 64, seed: int = 0) -> RayBundle:
@@ -73,6 +73,21 @@ def test_render_from_file_equals_trained_quantized_model(tmp_path: Path, bits: i
     _, payload = read_compressed(path)
     packed = [spec for spec in payload["tensors"].values() if spec["encoding"] == "packed-int"]
     assert packed and all(spec["bits"] == bits for spec in packed)
+
+
+def test_bounded_scene_without_ndc_renders_from_file_too(tmp_path: Path) -> None:
+    """Blender-style scenes: world-space sampling between near and far, white background."""
+    torch.manual_seed(0)
+    model = _model(metadata={"near_far": (0.5, 3.0)})
+    assert model.ndc is None and model.renderer_rgb.background_color == "white"
+    _train(model, 8)
+    model.export_compressed(tmp_path / "bounded.nqz")
+    loaded = load_compressed_model(tmp_path / "bounded.nqz")
+    assert loaded.ndc is None and (loaded.near, loaded.far) == (0.5, 3.0)
+    expected, actual = _render(model), _render(loaded)
+    assert torch.max(torch.abs(expected["rgb"] - actual["rgb"])) <= 1e-5
+    # Depth is a world distance inside the sampled range.
+    assert torch.all((expected["depth"] >= 0.5 - 1e-4) & (expected["depth"] <= 3.0 + 1e-4))
 
 
 def test_sizes_shrink_with_bits_and_full_nerf_meets_the_size_targets() -> None:
