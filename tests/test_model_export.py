@@ -134,6 +134,12 @@ def test_viewer_float_toggle_renders_float_weights_without_touching_training_sta
     model.viewer_float_weights.cb_hook(type("E", (), {"value": False})())
     assert torch.equal(_render(model)["rgb"], quantized)
     assert model.viewer_exported_size.value.endswith("MB")
+    # During the float warm-up the switch must not turn quantization on when it is released.
+    warm = _model(float_warmup_steps=100)
+    _train(warm, 2)
+    warm.viewer_float_weights.cb_hook(type("E", (), {"value": True})())
+    _render(warm)
+    assert not warm.is_quantized()
 
 
 def test_loading_a_file_of_an_unknown_method(tmp_path: Path) -> None:

@@ -192,11 +192,13 @@ class NeRFQATModel(CompressibleModel):
         if not (self._view_float and not self.training and self.config.quantize):
             yield
             return
+        previous = [(module, module.quant_enabled) for module in iter_quant_modules(self)]
         set_quantization(self, False)
         try:
             yield
         finally:
-            set_quantization(self, True)
+            for module, enabled in previous:
+                module.quant_enabled = enabled
 
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
         device = ray_bundle.origins.device
