@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -101,4 +100,3 @@ def test_malformed_poses(scene_copy: Path) -> None:
     np.save(scene_copy / "poses_bounds.npy", np.zeros((17, 5)))
     with pytest.raises(DataError, match="N x 17"):
         _parse(scene_copy)
-    shutil.rmtree(scene_copy / "images_8")
