@@ -25,6 +25,12 @@ from typing import Any, Dict, Iterator, List, Optional
 import torch
 
 
+def synchronize() -> None:
+    """Wait for queued GPU work, so host clocks measure it (no-op on CPU)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def gpu_name() -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
@@ -60,11 +66,10 @@ def make_config(method: str, data: Path, output_dir: Path, iterations: int, extr
     args += ["--steps-per-eval-all-images", str(10**9), "--viewer.quit-on-train-completion", "True"]
     config = tyro.cli(AnnotatedBaseConfigUnion, args=args + extra)
     config.pipeline.datamanager.data = data  # what ns-train does with --data
-    if lr is not None:
-        for group in config.optimizers.values():
+    for group in config.optimizers.values():
+        if lr is not None:
             group["optimizer"].lr = lr
-    for group in config.optimizers.values():  # decay the learning rate over the planned run
-        scheduler = group.get("scheduler")
+        scheduler = group.get("scheduler")  # decay the learning rate over the planned run
         if scheduler is not None and hasattr(scheduler, "max_steps"):
             scheduler.max_steps = iterations
     return config
@@ -114,8 +119,7 @@ def train(config, budget_s: float, fit_budget: bool) -> Dict[str, Any]:
     )
     wall_start = time.perf_counter()
     trainer.train()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    synchronize()
     end = time.perf_counter()
     seconds = end - wall_start
     if state["t100"] is not None and state["steps"] > 101:
@@ -131,24 +135,17 @@ def evaluate_file(path: Path, pipeline, device: torch.device) -> Dict[str, Any]:
     model = load_compressed_model(path, device)
     model.config.eval_num_rays_per_chunk = 1 << 16
     dataset = pipeline.datamanager.eval_dataset
-    per_view, times = [], []
+    per_view = []
     for i in range(len(dataset)):
         camera = dataset.cameras[i : i + 1].to(device)
         gt = dataset.get_image_float32(i).to(device)[..., :3]
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        outputs = model.get_outputs_for_camera(camera)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-        per_view.append(image_metrics(gt, outputs["rgb"]))
-    # Time a second pass so compilation and allocation stay out of the fps figure.
+        per_view.append(image_metrics(gt, model.get_outputs_for_camera(camera)["rgb"]))
+    # Time a second render of the first view, so first-use allocation stays out of the fps figure.
     camera = dataset.cameras[0:1].to(device)
+    synchronize()
     start = time.perf_counter()
     model.get_outputs_for_camera(camera)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    synchronize()
     render_s = time.perf_counter() - start
 
     def mean(key: str) -> Optional[float]:

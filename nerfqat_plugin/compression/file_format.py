@@ -51,13 +51,8 @@ def _digest(tensors: Dict[str, torch.Tensor]) -> str:
     return sha.hexdigest()
 
 
-def write_compressed(path: Path, tensors: Dict[str, torch.Tensor], payload: Dict[str, Any]) -> int:
-    """Write ``tensors`` and ``payload`` atomically to ``path``; returns the file's size in bytes.
-
-    The file is written to a temporary sibling and renamed into place, so an interrupted export
-    never leaves a half-written file under the final name.
-    """
-    path = Path(path)
+def serialize_compressed(tensors: Dict[str, torch.Tensor], payload: Dict[str, Any]) -> bytes:
+    """The exact bytes :func:`write_compressed` writes (its length is the reported file size)."""
     cpu_tensors = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
     metadata = {
         "format": FORMAT_NAME,
@@ -65,7 +60,17 @@ def write_compressed(path: Path, tensors: Dict[str, torch.Tensor], payload: Dict
         "payload": json.dumps(payload, sort_keys=True, separators=(",", ":")),
         "sha256": _digest(cpu_tensors),
     }
-    blob = safetensors_save(cpu_tensors, metadata=metadata)
+    return safetensors_save(cpu_tensors, metadata=metadata)
+
+
+def write_compressed(path: Path, tensors: Dict[str, torch.Tensor], payload: Dict[str, Any]) -> int:
+    """Write ``tensors`` and ``payload`` atomically to ``path``; returns the file's size in bytes.
+
+    The file is written to a temporary sibling and renamed into place, so an interrupted export
+    never leaves a half-written file under the final name.
+    """
+    path = Path(path)
+    blob = serialize_compressed(tensors, payload)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

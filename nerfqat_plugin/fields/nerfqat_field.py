@@ -71,8 +71,6 @@ class QuantNeRFField(Field):
         self.density_head = QuantLinear(layer_width, 1, spec, relu=False, quantize_output=False)
         # NeRF's bottleneck has no activation; its output is quantized because it feeds a block.
         self.bottleneck = QuantLinear(layer_width, layer_width, spec, relu=False, quantize_output=True)
-        self._train_density: Optional[Callable[[Tensor], Tuple[Tensor, Tensor]]] = None
-        self._train_color: Optional[Callable[[Tensor, Tensor], Tensor]] = None
         self.color_head = QuantMLP(
             in_dim=layer_width + self.direction_encoding.get_out_dim(),
             num_layers=1,
@@ -80,6 +78,9 @@ class QuantNeRFField(Field):
             spec=spec,
             out_dim=3,
         )
+        # Compiled versions of density_and_features / color, used only while training.
+        self._train_density: Optional[Callable[[Tensor], Tuple[Tensor, Tensor]]] = None
+        self._train_color: Optional[Callable[[Tensor, Tensor], Tensor]] = None
 
     def compile_for_training(self) -> None:
         """Use ``torch.compile``d MLPs while training; evaluation keeps the eager path, so a trained

@@ -7,21 +7,18 @@ the file.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple, Type, TypeVar
 
 import torch
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.models.base_model import Model
-from safetensors.torch import save as safetensors_save
 from torch import Tensor
 
 from nerfqat_plugin.compression.file_format import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
     CompressedFileError,
     read_compressed,
+    serialize_compressed,
     write_compressed,
 )
 from nerfqat_plugin.metrics.image_metrics import image_metrics
@@ -73,10 +70,7 @@ class CompressibleModel(Model):
 
     def compressed_size_bytes(self) -> int:
         """Byte count the compressed file of the current weights has (the file is not written)."""
-        tensors, payload = self._full_payload()
-        metadata = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "sha256": "0" * 64}
-        metadata["payload"] = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-        return len(safetensors_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata))
+        return len(serialize_compressed(*self._full_payload()))
 
     def offline_safe_image_metrics(self, gt: Tensor, pred: Tensor) -> Dict[str, float]:
         """PSNR/SSIM/LPIPS for ``get_image_metrics_and_images``; LPIPS is omitted when unavailable

@@ -201,8 +201,7 @@ class NeRFQATModel(CompressibleModel):
                 module.quant_enabled = enabled
 
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
-        device = ray_bundle.origins.device
-        self._maybe_compile(device)
+        self._maybe_compile(ray_bundle.origins.device)
         with self._viewer_precision():
             return self._render(ray_bundle)
 
