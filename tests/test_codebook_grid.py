@@ -6,12 +6,30 @@ import pytest
 import torch
 
 from nerfqat_plugin.compression.bitpack import pack_unsigned, unpack_unsigned
-from nerfqat_plugin.field_components.codebook_grid import LearnedIndexCodebookGrid
+from nerfqat_plugin.field_components.codebook_grid import LearnedIndexCodebookGrid, hashed_indices
 
 
-def _grid(bits: int = 4) -> LearnedIndexCodebookGrid:
+def _grid(bits: int = 4, **kwargs) -> LearnedIndexCodebookGrid:
     torch.manual_seed(0)
-    return LearnedIndexCodebookGrid(resolutions=(3, 5), bits=bits, feature_dim=6)
+    return LearnedIndexCodebookGrid(resolutions=(3, (5, 4, 6)), bits=bits, feature_dim=6, **kwargs)
+
+
+def _reference(grid: LearnedIndexCodebookGrid, positions: torch.Tensor, levels: int) -> torch.Tensor:
+    """Trilinear interpolation of codebook[index] on each level's vertex lattice, levels summed."""
+    expected = torch.zeros(positions.shape[0], grid.feature_dim)
+    for level in range(levels):
+        res = torch.tensor(grid.resolutions[level])
+        codebook = grid.codebooks[level].detach().half().float()  # the file stores fp16 codebooks
+        table = codebook[grid.hard_indices(level)].reshape(*grid.resolutions[level], -1)
+        x = positions * (res - 1)
+        i0 = torch.minimum(x.floor().long(), res - 2)
+        f = x - i0
+        for corner in range(8):
+            c = torch.tensor([corner >> 2 & 1, corner >> 1 & 1, corner & 1])
+            w = torch.where(c.bool(), f, 1 - f).prod(-1, keepdim=True)
+            idx = i0 + c
+            expected += w * table[idx[:, 0], idx[:, 1], idx[:, 2]]
+    return expected
 
 
 def test_straight_through_gradient_reaches_codebook_and_logits() -> None:
@@ -32,37 +50,28 @@ def test_training_forward_equals_hard_lookup_and_hard_equals_argmax_table() -> N
     grid.eval()
     hard_forward = grid(positions)
     assert torch.allclose(soft_forward, hard_forward, atol=1e-6)  # the STE's forward value is the hard one
-
-    # Reference: trilinear interpolation of codebook[argmax] on the vertex lattice, level by level.
-    expected = torch.zeros(50, 6)
-    for level, res in enumerate(grid.resolutions):
-        table = grid.codebooks[level][grid.hard_indices(level)].reshape(res, res, res, 6)
-        x = positions * (res - 1)
-        i0 = x.floor().long().clamp(max=res - 2)
-        f = x - i0
-        for corner in range(8):
-            c = torch.tensor([corner >> 2 & 1, corner >> 1 & 1, corner & 1])
-            w = torch.where(c.bool(), f, 1 - f).prod(-1, keepdim=True)
-            idx = i0 + c
-            expected += w * table[idx[:, 0], idx[:, 1], idx[:, 2]]
-    assert torch.allclose(hard_forward, expected, atol=1e-5)
+    assert torch.allclose(hard_forward, _reference(grid, positions, 2), atol=1e-5)
 
 
 def test_vertex_values_are_reproduced_exactly_at_lattice_points() -> None:
     grid = _grid()
     grid.eval()
-    res = grid.resolutions[0]
-    vertex = torch.tensor([[1, 2, 0]])
-    features = grid.level_features(vertex.float() / (res - 1), 0, hard=True)
-    flat_id = (1 * res + 2) * res + 0
-    assert torch.allclose(features[0], grid.codebooks[0][grid.hard_indices(0)[flat_id]])
+    rx, ry, rz = grid.resolutions[1]
+    vertex = torch.tensor([[1, 2, 5]])
+    features = grid.level_features(vertex.float() / torch.tensor([rx - 1, ry - 1, rz - 1]), 1, hard=True)
+    flat_id = (1 * ry + 2) * rz + 5
+    assert torch.allclose(features[0], grid.codebooks[1][grid.hard_indices(1)[flat_id]].half().float())
 
 
-def test_fewer_levels_is_a_coarser_operating_point() -> None:
+def test_fewer_levels_and_level_masks_are_coarser_operating_points() -> None:
     grid = _grid()
     grid.eval()
     positions = torch.rand(10, 3)
-    assert torch.allclose(grid(positions, num_levels=1), grid.level_features(positions, 0, hard=True))
+    coarse = grid(positions, num_levels=1)
+    assert torch.allclose(coarse, grid.level_features(positions, 0, hard=True))
+    mask = torch.tensor([[1.0, 0.0]] * 5 + [[1.0, 1.0]] * 5)
+    masked = grid(positions, level_mask=mask)
+    assert torch.allclose(masked[:5], coarse[:5]) and torch.allclose(masked[5:], grid(positions)[5:])
     with pytest.raises(ValueError, match="num_levels"):
         grid(positions, num_levels=3)
 
@@ -77,8 +86,44 @@ def test_hard_indices_round_trip_through_bit_packing(bits: int) -> None:
     assert torch.equal(unpack_unsigned(packed, bits, indices.numel()), indices)
 
 
+def test_frozen_grid_with_stored_indices_renders_like_the_learned_one() -> None:
+    learned = _grid()
+    frozen = _grid(frozen=True)
+    frozen.codebooks.load_state_dict(learned.codebooks.state_dict())
+    for level in learned.levels:
+        frozen.set_hard_indices(level, learned.hard_indices(level))
+    assert len(frozen.logits) == 0  # no logits: memory is the indices only
+    positions = torch.rand(40, 3)
+    learned.eval()
+    assert torch.equal(frozen(positions), learned(positions))
+
+
+def test_random_indices_are_fixed_by_the_seed_and_not_stored() -> None:
+    a, b, c = _grid(index_mode="random", seed=3), _grid(index_mode="random", seed=3), _grid(index_mode="random")
+    assert torch.equal(a.hard_indices(1), b.hard_indices(1)) and not torch.equal(a.hard_indices(1), c.hard_indices(1))
+    assert all(key.startswith("codebooks.") for key in a.state_dict())
+    assert a.stored_index_bits(1) == 0 and _grid().stored_index_bits(1) == 5 * 4 * 6 * 4
+    a.train()
+    a(torch.rand(8, 3)).sum().backward()  # only the codebooks learn
+    assert a.codebooks[1].grad.abs().sum() > 0
+
+
+def test_hashed_indices_follow_the_spatial_hash() -> None:
+    grid = _grid(bits=3, index_mode="hashed")
+    corners = torch.tensor([[0, 0, 0], [1, 0, 0], [0, 1, 0], [4, 3, 5]])
+    expected = [(x ^ (y * 2654435761) ^ (z * 805459861)) % 8 for x, y, z in corners.tolist()]
+    assert hashed_indices(corners, 3).tolist() == expected
+    grid.eval()
+    positions = torch.rand(20, 3)
+    assert torch.allclose(grid(positions), _reference(grid, positions, 2), atol=1e-5)
+
+
 def test_bad_configuration_is_rejected() -> None:
     with pytest.raises(ValueError, match="at least 2"):
         LearnedIndexCodebookGrid(resolutions=(1,), bits=4, feature_dim=2)
+    with pytest.raises(ValueError, match="three"):
+        LearnedIndexCodebookGrid(resolutions=((4, 4),), bits=4, feature_dim=2)
     with pytest.raises(ValueError, match="bits"):
         LearnedIndexCodebookGrid(resolutions=(4,), bits=0, feature_dim=2)
+    with pytest.raises(ValueError, match="index_mode"):
+        LearnedIndexCodebookGrid(resolutions=(4,), bits=4, feature_dim=2, index_mode="octree")  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataPars
 
 from nerfqat_plugin.data.llff_dataparser import LLFFDataParserConfig
 from nerfqat_plugin.errors import DataError
+from nerfqat_plugin.model_components.ray_setup import NEAR_FAR_METADATA_KEY
 
 SceneFormat = Literal["llff", "blender", "nerfstudio"]
 
@@ -78,5 +79,5 @@ class AutoDataParser(DataParser):
         outputs = self._inner()._generate_dataparser_outputs(split)
         if fmt != "llff":
             near_far = BLENDER_NEAR_FAR if fmt == "blender" else NERFSTUDIO_NEAR_FAR
-            outputs.metadata = {**outputs.metadata, "near_far": near_far}
+            outputs.metadata = {**outputs.metadata, NEAR_FAR_METADATA_KEY: near_far}
         return outputs

@@ -22,6 +22,8 @@ from nerfstudio.data.scene_box import SceneBox
 from PIL import Image, UnidentifiedImageError
 
 from nerfqat_plugin.errors import DataError
+from nerfqat_plugin.model_components.ndc import NDCSpace
+from nerfqat_plugin.model_components.ray_setup import NDC_METADATA_KEY, NEAR_FAR_METADATA_KEY
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 NDC_NEAR = 1.0
@@ -146,9 +148,10 @@ class LLFF(DataParser):
         # A box around the cameras and the far bound; the viewer draws it, NDC sampling ignores it.
         extent = float(max(np.abs(poses[:, :3, 3]).max(), bounds.max()))
         scene_box = SceneBox(aabb=torch.tensor([[-extent] * 3, [extent] * 3], dtype=torch.float32))
-        metadata = {"near_far": (float(bounds.min()) * 0.9, float(bounds.max()))}
+        metadata = {NEAR_FAR_METADATA_KEY: (float(bounds.min()) * 0.9, float(bounds.max()))}
         if self.config.use_ndc:
-            metadata["ndc"] = {"focal": focal, "width": float(width), "height": float(height), "near": NDC_NEAR}
+            ndc = NDCSpace(focal=float(focal), width=float(width), height=float(height), near=NDC_NEAR)
+            metadata[NDC_METADATA_KEY] = ndc.to_dict()
         return DataparserOutputs(
             image_filenames=[images[i] for i in indices],
             cameras=cameras,

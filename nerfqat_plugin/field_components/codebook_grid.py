@@ -9,82 +9,186 @@ stored, bit-packed. Features are trilinearly interpolated per level and summed o
 first ``k`` levels alone already form a (coarser) field: that is the variable bitrate.
 
 Only the corners a batch touches are gathered, so a step costs ``points x 8 x 2**b`` per level,
-not ``vertices x 2**b``.
+not ``vertices x 2**b``. The logits themselves cost ``vertices x 2**b`` floats (plus optimizer
+state) while training; a grid built with ``frozen=True`` (a model loaded from its file) keeps only
+the integer indices.
+
+For the paper's ablation the indices can instead be fixed: ``random`` (drawn once from a seed) or
+``hashed`` (instant-NGP's spatial hash of the vertex). Neither needs storing, so at equal bytes
+their codebooks can be larger.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Literal, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nerfqat_plugin.field_components.half_precision import round_to_half
+
+IndexMode = Literal["learned", "random", "hashed"]
+Resolution = Tuple[int, int, int]
+
 _CORNERS = torch.tensor([[i >> 2 & 1, i >> 1 & 1, i & 1] for i in range(8)])
+# instant-NGP's spatial-hash primes (the first is 1 so that x alone maps coherently).
+_HASH_PRIMES = (1, 2654435761, 805459861)
 
 
-def _corner_lookup(positions: Tensor, resolution: int) -> tuple[Tensor, Tensor]:
-    """Flat vertex ids [N, 8] of the cell around each position in [0, 1]^3, and trilinear weights [N, 8]."""
-    scaled = positions.clamp(0.0, 1.0) * (resolution - 1)
-    base = scaled.floor().clamp(max=resolution - 2).long()
+def _as_resolution(resolution: Union[int, Sequence[int]]) -> Resolution:
+    if isinstance(resolution, int):
+        return (resolution, resolution, resolution)
+    values = tuple(int(r) for r in resolution)
+    if len(values) != 3:
+        raise ValueError(f"a level's resolution is one int or three (x, y, z), got {list(values)}")
+    return values  # type: ignore[return-value]
+
+
+def corner_lookup(positions: Tensor, resolution: Resolution) -> Tuple[Tensor, Tensor, Tensor]:
+    """Integer corners [N, 8, 3], flat vertex ids [N, 8] and trilinear weights [N, 8] of the cell
+    around each position in [0, 1]^3 on a grid of ``resolution`` vertices per axis."""
+    res = torch.tensor(resolution, device=positions.device)
+    scaled = positions.clamp(0.0, 1.0) * (res - 1)
+    base = torch.minimum(scaled.floor().long(), res - 2)
     frac = scaled - base
-    corners = base[:, None, :] + _CORNERS.to(positions.device)[None]
-    ids = (corners[..., 0] * resolution + corners[..., 1]) * resolution + corners[..., 2]
-    select = _CORNERS.to(positions.device)[None].bool()
-    weights = torch.where(select, frac[:, None, :], 1.0 - frac[:, None, :]).prod(dim=-1)
-    return ids, weights
+    corner_offsets = _CORNERS.to(positions.device)
+    corners = base[:, None, :] + corner_offsets[None]
+    ids = (corners[..., 0] * resolution[1] + corners[..., 1]) * resolution[2] + corners[..., 2]
+    weights = torch.where(corner_offsets[None].bool(), frac[:, None, :], 1.0 - frac[:, None, :]).prod(dim=-1)
+    return corners, ids, weights
+
+
+def hashed_indices(corners: Tensor, bits: int) -> Tensor:
+    """instant-NGP's spatial hash of integer vertex coordinates [..., 3] into ``2**bits`` slots."""
+    c = corners.long()
+    h = (c[..., 0] * _HASH_PRIMES[0]) ^ (c[..., 1] * _HASH_PRIMES[1]) ^ (c[..., 2] * _HASH_PRIMES[2])
+    return h & ((1 << bits) - 1)
 
 
 class LearnedIndexCodebookGrid(nn.Module):
     """Levels of dense 3D grids; each vertex selects one of ``2**bits`` codebook entries per level.
 
     Args:
-        resolutions: vertices per side of each level, coarse to fine (each at least 2).
-        bits: index width b; each level's codebook has ``2**bits`` entries.
+        resolutions: vertices per axis of each level, coarse to fine: an int (cubic) or (x, y, z),
+            each at least 2.
+        bits: log2 of the codebook size; for learned indices, the stored index width b.
         feature_dim: width of codebook entries (and of the output).
         init_std: standard deviation of the initial codebook entries.
+        index_mode: ``learned`` (the method), ``random`` or ``hashed`` (fixed indices, the ablation).
+        frozen: learned indices only: hold integer indices instead of logits (inference, loaded files).
+        seed: seed of the random indices.
     """
 
-    def __init__(self, resolutions: Sequence[int], bits: int, feature_dim: int, init_std: float = 0.1) -> None:
+    def __init__(
+        self,
+        resolutions: Sequence[Union[int, Sequence[int]]],
+        bits: int,
+        feature_dim: int,
+        init_std: float = 0.1,
+        index_mode: IndexMode = "learned",
+        frozen: bool = False,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
-        if not resolutions or min(resolutions) < 2:
-            raise ValueError(f"every level needs at least 2 vertices per side, got {list(resolutions)}")
-        if not 1 <= bits <= 16:
-            raise ValueError(f"index bits must be in [1, 16], got {bits}")
-        self.resolutions = [int(r) for r in resolutions]
+        self.resolutions: List[Resolution] = [_as_resolution(r) for r in resolutions]
+        if not self.resolutions or min(min(r) for r in self.resolutions) < 2:
+            raise ValueError(f"every level needs at least 2 vertices per axis, got {list(resolutions)}")
+        if not 1 <= bits <= 24:
+            raise ValueError(f"codebook bits must be in [1, 24], got {bits}")
+        if index_mode not in ("learned", "random", "hashed"):
+            raise ValueError(f"index_mode must be learned, random or hashed, got {index_mode!r}")
         self.bits = bits
         self.feature_dim = feature_dim
+        self.index_mode = index_mode
+        self.frozen = frozen or index_mode != "learned"
         size = 1 << bits
-        self.logits = nn.ParameterList([nn.Parameter(0.01 * torch.randn(r**3, size)) for r in self.resolutions])
         self.codebooks = nn.ParameterList(
             [nn.Parameter(init_std * torch.randn(size, feature_dim)) for _ in self.resolutions]
         )
+        self.logits = nn.ParameterList()
+        if index_mode == "learned" and not frozen:
+            self.logits.extend([nn.Parameter(0.01 * torch.randn(self.num_vertices(lvl), size)) for lvl in self.levels])
+        if index_mode == "learned" and frozen:
+            for lvl in self.levels:
+                self.register_buffer(f"indices_{lvl}", torch.zeros(self.num_vertices(lvl), dtype=torch.int32))
+        if index_mode == "random":
+            generator = torch.Generator().manual_seed(seed)
+            for lvl in self.levels:
+                indices = torch.randint(0, size, (self.num_vertices(lvl),), generator=generator, dtype=torch.int32)
+                # Not persistent: regenerated from the seed, so neither checkpoints nor files hold them.
+                self.register_buffer(f"indices_{lvl}", indices, persistent=False)
+
+    @property
+    def levels(self) -> range:
+        return range(len(self.resolutions))
 
     @property
     def num_levels(self) -> int:
         return len(self.resolutions)
 
+    def num_vertices(self, level: int) -> int:
+        x, y, z = self.resolutions[level]
+        return x * y * z
+
+    def stored_index_bits(self, level: int) -> int:
+        """Bits the file spends on this level's indices (only learned indices are stored)."""
+        return self.num_vertices(level) * self.bits if self.index_mode == "learned" else 0
+
     def hard_indices(self, level: int) -> Tensor:
-        """The stored indices of one level: argmax of every vertex's logits, int64 [vertices]."""
+        """Every vertex's codebook index on one level (the argmax of its logits when learned), int64."""
+        if self.index_mode == "hashed":
+            x, y, z = self.resolutions[level]
+            device = self.codebooks[level].device
+            grid = torch.stack(
+                torch.meshgrid(*(torch.arange(n, device=device) for n in (x, y, z)), indexing="ij"), dim=-1
+            )
+            return hashed_indices(grid.reshape(-1, 3), self.bits)
+        if self.frozen:
+            return getattr(self, f"indices_{level}").long()
         return self.logits[level].argmax(dim=-1)
+
+    def set_hard_indices(self, level: int, indices: Tensor) -> None:
+        """Load stored indices into a frozen learned grid."""
+        if not (self.index_mode == "learned" and self.frozen):
+            raise RuntimeError("only a frozen grid of learned indices takes stored indices")
+        buffer = getattr(self, f"indices_{level}")
+        if indices.numel() != buffer.numel():
+            raise ValueError(f"level {level}: {indices.numel()} indices for {buffer.numel()} vertices")
+        buffer.copy_(indices.reshape(-1).to(buffer))
 
     def level_features(self, positions: Tensor, level: int, hard: bool) -> Tensor:
         """Interpolated features [N, F] of one level at positions in [0, 1]^3 [N, 3]."""
-        ids, weights = _corner_lookup(positions, self.resolutions[level])
-        codebook = self.codebooks[level]
-        if hard:
-            vertex = codebook[self.logits[level].argmax(dim=-1)[ids]]
+        corners, ids, weights = corner_lookup(positions, self.resolutions[level])
+        codebook = round_to_half(self.codebooks[level])
+        if self.index_mode == "hashed":
+            vertex = codebook[hashed_indices(corners, self.bits)]
+        elif self.frozen:
+            vertex = codebook[getattr(self, f"indices_{level}")[ids].long()]
+        elif hard:
+            vertex = codebook[self.logits[level][ids].argmax(dim=-1)]
         else:
             soft = F.softmax(self.logits[level][ids], dim=-1)  # [N, 8, K]
-            one_hot = F.one_hot(soft.argmax(dim=-1), soft.shape[-1]).to(soft.dtype)
-            vertex = (one_hot - soft.detach() + soft) @ codebook  # straight-through estimator
+            hard_rows = codebook[soft.argmax(dim=-1)]
+            # Straight-through: the value is the hard lookup, the gradient that of the softmax mixture.
+            vertex = hard_rows + (soft - soft.detach()) @ codebook
         return (weights[..., None] * vertex).sum(dim=1)
 
-    def forward(self, positions: Tensor, num_levels: Optional[int] = None, hard: Optional[bool] = None) -> Tensor:
-        """Sum of the first ``num_levels`` levels' features [N, F]; hard lookups unless training."""
-        hard = (not self.training) if hard is None else hard
+    def forward(
+        self, positions: Tensor, num_levels: Optional[int] = None, level_mask: Optional[Tensor] = None
+    ) -> Tensor:
+        """Sum of the first ``num_levels`` levels' features [N, F] at positions in [0, 1]^3.
+
+        Training uses the straight-through soft lookup, evaluation the hard indices. ``level_mask``
+        [N, levels] (0/1) drops levels per point (training at random operating points)."""
         levels = self.num_levels if num_levels is None else num_levels
         if not 1 <= levels <= self.num_levels:
             raise ValueError(f"num_levels must be in [1, {self.num_levels}], got {levels}")
-        features: List[Tensor] = [self.level_features(positions, lvl, hard) for lvl in range(levels)]
-        return torch.stack(features).sum(dim=0)
+        hard = not self.training
+        out = self.level_features(positions, 0, hard)
+        for lvl in range(1, levels):
+            features = self.level_features(positions, lvl, hard)
+            if level_mask is not None:
+                features = features * level_mask[:, lvl : lvl + 1]
+            out = out + features
+        return out

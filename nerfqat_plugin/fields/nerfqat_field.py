@@ -14,9 +14,7 @@ from nerfstudio.fields.base_field import Field
 from torch import Tensor
 
 from nerfqat_plugin.field_components.quant_mlp import QuantLinear, QuantMLP, QuantSpec
-
-VIEW_DIRECTIONS_KEY = "view_directions"
-"""RaySamples metadata key holding world-space viewing directions when positions live in NDC."""
+from nerfqat_plugin.fields.view_directions import view_directions
 
 
 def nerf_frequency_encoding(num_frequencies: int) -> NeRFEncoding:
@@ -114,9 +112,7 @@ class QuantNeRFField(Field):
         self, ray_samples: RaySamples, density_embedding: Optional[Tensor] = None
     ) -> Dict[FieldHeadNames, Tensor]:
         assert density_embedding is not None
-        metadata = ray_samples.metadata or {}
-        directions = metadata.get(VIEW_DIRECTIONS_KEY, ray_samples.frustums.directions)
-        directions = directions.expand(*density_embedding.shape[:-1], 3)
+        directions = view_directions(ray_samples).expand(*density_embedding.shape[:-1], 3)
         color = self._train_color if (self.training and self._train_color) else self.color
         rgb = color(density_embedding.reshape(-1, density_embedding.shape[-1]), directions.reshape(-1, 3))
         return {FieldHeadNames.RGB: rgb.view(*density_embedding.shape[:-1], 3)}

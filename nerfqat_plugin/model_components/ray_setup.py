@@ -9,8 +9,13 @@ import torch
 from nerfstudio.cameras.rays import RayBundle
 from torch import Tensor
 
-from nerfqat_plugin.fields.nerfqat_field import VIEW_DIRECTIONS_KEY
+from nerfqat_plugin.fields.view_directions import VIEW_DIRECTIONS_KEY
 from nerfqat_plugin.model_components.ndc import NDCSpace
+
+NDC_METADATA_KEY = "ndc"
+"""Dataparser metadata: the NDC warp of a forward-facing scene (the fields of :class:`NDCSpace`)."""
+NEAR_FAR_METADATA_KEY = "near_far"
+"""Dataparser metadata: (near, far) sampling bounds of the scene in world units."""
 
 
 @dataclass

@@ -2,17 +2,23 @@
 
 A :class:`CompressibleModel` can write itself to the compressed-field file and be rebuilt from
 one. Rebuilt models are registered by method name, so :func:`load_compressed_model` needs only
-the file.
+the file. It also owns what both methods do with the scene the dataparser describes: NDC for
+forward-facing captures, near/far bounds otherwise, and the background that suits each.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple, Type, TypeVar
+from typing import Any, Callable, ClassVar, Dict, List, Literal, Optional, Tuple, Type, TypeVar
 
 import torch
+from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
-from nerfstudio.models.base_model import Model
+from nerfstudio.model_components.renderers import RGBRenderer
+from nerfstudio.models.base_model import Model, ModelConfig
+from nerfstudio.utils import colormaps
+from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerText
 from torch import Tensor
 
 from nerfqat_plugin.compression.file_format import (
@@ -22,6 +28,13 @@ from nerfqat_plugin.compression.file_format import (
     write_compressed,
 )
 from nerfqat_plugin.metrics.image_metrics import image_metrics
+from nerfqat_plugin.model_components.ndc import NDCSpace
+from nerfqat_plugin.model_components.ray_setup import (
+    NDC_METADATA_KEY,
+    NEAR_FAR_METADATA_KEY,
+    SamplingRays,
+    make_sampling_rays,
+)
 
 ModelT = TypeVar("ModelT", bound="CompressibleModel")
 _REGISTRY: Dict[str, Type[CompressibleModel]] = {}
@@ -38,14 +51,46 @@ def register_compressible(method_name: str) -> Callable[[Type[ModelT]], Type[Mod
     return wrap
 
 
+@dataclass
+class CompressibleModelConfig(ModelConfig):
+    """Options every compressible model shares; ``payload_keys`` name those its file must keep."""
+
+    payload_keys: ClassVar[Tuple[str, ...]] = ("near_plane", "far_plane", "background_color")
+    enable_collider: bool = False
+    """Sampling bounds come from NDC or from ``near_plane``/``far_plane``, not a collider."""
+    near_plane: float = 2.0
+    """Near bound for scenes without NDC when the dataparser gives none."""
+    far_plane: float = 6.0
+    """Far bound for scenes without NDC when the dataparser gives none."""
+    background_color: Literal["auto", "black", "white", "last_sample", "random"] = "auto"
+    """'auto': the last sample's colour in NDC (NeRF's infinitely deep last interval), else white."""
+
+    def to_payload(self) -> Dict[str, Any]:
+        """The options that define the rendered model, as JSON."""
+        return {k: list(v) if isinstance(v, tuple) else v for k in self.payload_keys for v in [getattr(self, k)]}
+
+    @classmethod
+    def from_payload(cls, payload: Dict[str, Any], **overrides: Any) -> CompressibleModelConfig:
+        """Rebuild the configuration from :meth:`to_payload` (JSON lists become tuples again)."""
+        tuple_fields = {f.name for f in fields(cls) if str(f.type).startswith(("Tuple", "Optional[Tuple"))}
+        options = {}
+        for f in fields(cls):
+            if f.name in payload:
+                value = payload[f.name]
+                options[f.name] = tuple(value) if f.name in tuple_fields and value is not None else value
+        return cls(**options, **overrides)
+
+
 class CompressibleModel(Model):
     """A nerfstudio Model with a self-contained compressed form."""
 
+    config: CompressibleModelConfig
     compressed_method_name: str = ""
 
     # -- to implement -------------------------------------------------------------------------
-    def compressed_state(self) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
-        """Tensors and JSON-able payload (configuration, tensor layout) that rebuild this model."""
+    def compressed_state(self, operating_point: Optional[str] = None) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
+        """Tensors and JSON-able payload (configuration, tensor layout) that rebuild this model,
+        at one of :meth:`operating_points` (None: the model as it renders now)."""
         raise NotImplementedError
 
     @classmethod
@@ -53,9 +98,91 @@ class CompressibleModel(Model):
         """Rebuild the model from :meth:`compressed_state`'s output."""
         raise NotImplementedError
 
+    def operating_points(self) -> List[str]:
+        """Names of the settings one trained model can render at and export (default: none)."""
+        return []
+
+    def set_operating_point(self, name: Optional[str]) -> None:
+        """Render at one of :meth:`operating_points` from now on (None: the full model)."""
+        if name is not None:
+            raise ValueError(f"{self.compressed_method_name} has no operating points (got {name!r})")
+
+    def check_operating_point(self, name: Optional[str]) -> None:
+        if name is not None and name not in self.operating_points():
+            known = ", ".join(self.operating_points()) or "none"
+            raise ValueError(f"unknown operating point {name!r} of {self.compressed_method_name} (known: {known})")
+
+    # -- scene space ----------------------------------------------------------------------------
+    def setup_scene_space(self) -> None:
+        """NDC and near/far bounds from the dataparser's metadata, and the matching background."""
+        metadata = self.kwargs.get("metadata") or {}
+        ndc = metadata.get(NDC_METADATA_KEY)
+        self.ndc: Optional[NDCSpace] = NDCSpace(**ndc) if ndc else None
+        near_far = metadata.get(NEAR_FAR_METADATA_KEY)
+        self.near, self.far = near_far if near_far else (self.config.near_plane, self.config.far_plane)
+        background = self.config.background_color
+        if background == "auto":
+            background = "last_sample" if self.ndc is not None else "white"
+        self.renderer_rgb = RGBRenderer(background_color=background)
+
+    def sampling_rays(self, ray_bundle: RayBundle) -> SamplingRays:
+        return make_sampling_rays(ray_bundle, self.ndc, self.near, self.far)
+
+    def scene_space_payload(self) -> Dict[str, Any]:
+        return {"ndc": self.ndc.to_dict() if self.ndc is not None else None, "near_far": [self.near, self.far]}
+
+    @staticmethod
+    def metadata_from_payload(payload: Dict[str, Any]) -> Dict[str, Any]:
+        """Dataparser-style metadata that makes a rebuilt model sample the scene as the trained one."""
+        metadata: Dict[str, Any] = {NEAR_FAR_METADATA_KEY: tuple(payload["near_far"])}
+        if payload.get("ndc"):
+            metadata[NDC_METADATA_KEY] = payload["ndc"]
+        return metadata
+
+    # -- losses and metrics shared by both methods --------------------------------------------
+    def rgb_losses(self, outputs: Dict[str, Tensor], image: Tensor, keys: Dict[str, str]) -> Dict[str, Tensor]:
+        """MSE of each rendered image ``outputs[key]`` (named ``loss_name``) against the batch image,
+        blended with the background as nerfstudio's renderer does."""
+        losses = {}
+        for loss_name, key in keys.items():
+            pred, gt = self.renderer_rgb.blend_background_for_loss_computation(
+                pred_image=outputs[key], pred_accumulation=outputs[key.replace("rgb", "accumulation")], gt_image=image
+            )
+            losses[loss_name] = torch.mean((gt - pred) ** 2)
+        return losses
+
+    def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
+        image = self.renderer_rgb.blend_background(batch["image"].to(outputs["rgb"].device))
+        mse = torch.mean((outputs["rgb"].detach() - image) ** 2)
+        return {"psnr": -10.0 * torch.log10(mse.clamp_min(1e-10))}
+
+    def get_image_metrics_and_images(
+        self, outputs: Dict[str, Tensor], batch: Dict[str, Tensor]
+    ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
+        image = self.renderer_rgb.blend_background(batch["image"].to(outputs["rgb"].device))
+        metrics = self.offline_safe_image_metrics(image, outputs["rgb"])
+        depth = colormaps.apply_depth_colormap(outputs["depth"], accumulation=outputs["accumulation"])
+        images = {"img": torch.cat([image, outputs["rgb"]], dim=1), "depth": depth}
+        return metrics, images
+
+    # -- viewer -----------------------------------------------------------------------------------
+    def add_size_viewer_elements(self) -> None:
+        """Viewer panel: the exported file's size and a button that measures it again."""
+        self.viewer_exported_size = ViewerText(
+            name="Exported size", default_value=self.exported_size_text(), disabled=True
+        )
+        self.viewer_measure_size = ViewerButton(name="Measure exported size", cb_hook=self._show_exported_size)
+
+    def exported_size_text(self) -> str:
+        return f"{self.compressed_size_bytes() / 1e6:.3f} MB"
+
+    def _show_exported_size(self, _element: ViewerButton) -> None:
+        self.viewer_exported_size.value = self.exported_size_text()
+
     # -- shared -------------------------------------------------------------------------------
-    def _full_payload(self) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
-        tensors, payload = self.compressed_state()
+    def _full_payload(self, operating_point: Optional[str] = None) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
+        self.check_operating_point(operating_point)
+        tensors, payload = self.compressed_state(operating_point)
         payload = {
             "method": self.compressed_method_name,
             "scene_box": self.scene_box.aabb.detach().cpu().tolist(),
@@ -63,14 +190,14 @@ class CompressibleModel(Model):
         }
         return tensors, payload
 
-    def export_compressed(self, path: Path) -> int:
+    def export_compressed(self, path: Path, operating_point: Optional[str] = None) -> int:
         """Write the compressed file atomically; returns its size in bytes."""
-        tensors, payload = self._full_payload()
+        tensors, payload = self._full_payload(operating_point)
         return write_compressed(path, tensors, payload)
 
-    def compressed_size_bytes(self) -> int:
+    def compressed_size_bytes(self, operating_point: Optional[str] = None) -> int:
         """Byte count the compressed file of the current weights has (the file is not written)."""
-        return len(serialize_compressed(*self._full_payload()))
+        return len(serialize_compressed(*self._full_payload(operating_point)))
 
     def offline_safe_image_metrics(self, gt: Tensor, pred: Tensor) -> Dict[str, float]:
         """PSNR/SSIM/LPIPS for ``get_image_metrics_and_images``; LPIPS is omitted when unavailable

@@ -3,41 +3,48 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field, fields
-from typing import Any, Dict, Iterator, List, Literal, Optional, Tuple, Type
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Dict, Iterator, List, Optional, Tuple, Type
 
 import torch
 from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.field_components.field_heads import FieldHeadNames
-from nerfstudio.model_components.losses import MSELoss
 from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
-from nerfstudio.model_components.renderers import RGBRenderer
-from nerfstudio.models.base_model import ModelConfig
-from nerfstudio.utils import colormaps
 from nerfstudio.utils.rich_utils import CONSOLE
-from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerCheckbox, ViewerText
+from nerfstudio.viewer.viewer_elements import ViewerCheckbox
 from torch import Tensor
 from torch.nn import Parameter
 
 from nerfqat_plugin.compression.quantized_state import decode_quantized_module, encode_quantized_module
 from nerfqat_plugin.field_components.quant_mlp import QuantSpec, iter_quant_modules, set_observers, set_quantization
 from nerfqat_plugin.fields.nerfqat_field import QuantNeRFField
-from nerfqat_plugin.model_components.ndc import NDCSpace
-from nerfqat_plugin.model_components.ray_setup import make_sampling_rays
-from nerfqat_plugin.models.compressible import CompressibleModel, register_compressible, scene_box_from_payload
-
-NDC_METADATA_KEY = "ndc"
-NEAR_FAR_METADATA_KEY = "near_far"
+from nerfqat_plugin.models.compressible import (
+    CompressibleModel,
+    CompressibleModelConfig,
+    register_compressible,
+    scene_box_from_payload,
+)
 
 
 @dataclass
-class NeRFQATModelConfig(ModelConfig):
+class NeRFQATModelConfig(CompressibleModelConfig):
     """nerf-qat: NeRF trained with quantization-aware training of fused Linear+ReLU blocks."""
 
+    payload_keys: ClassVar[Tuple[str, ...]] = CompressibleModelConfig.payload_keys + (
+        "num_layers",
+        "layer_width",
+        "skip_connections",
+        "head_width",
+        "position_frequencies",
+        "direction_frequencies",
+        "num_coarse_samples",
+        "num_importance_samples",
+        "quantize",
+        "bits",
+        "fuse_relu",
+    )
     _target: Type = field(default_factory=lambda: NeRFQATModel)
-    enable_collider: bool = False
-    """Sampling bounds come from NDC or from ``near_plane``/``far_plane``, not a collider."""
     num_layers: int = 8
     """Depth of the trunk MLP (NeRF: 8)."""
     layer_width: int = 256
@@ -64,39 +71,11 @@ class NeRFQATModelConfig(ModelConfig):
     """Steps trained in float before fake quantization switches on."""
     calibration_steps: int = 1000
     """Steps, once quantization is on, during which activation ranges are observed; then they freeze."""
-    near_plane: float = 2.0
-    """Near bound for scenes without NDC when the dataparser gives none."""
-    far_plane: float = 6.0
-    """Far bound for scenes without NDC when the dataparser gives none."""
-    background_color: Literal["auto", "black", "white", "last_sample", "random"] = "auto"
-    """'auto': the last sample's colour in NDC (NeRF's infinitely deep last interval), else white."""
     compile: bool = True
     """torch.compile the field MLPs for training on CUDA."""
     train_bf16: bool = True
     """Run the field MLPs under bf16 autocast while training on CUDA (about half the activation
     traffic); evaluation, export and rendering stay in fp32."""
-
-    def to_payload(self) -> Dict[str, Any]:
-        """The options that define the rendered model, as JSON."""
-        keys = ("num_layers", "layer_width", "skip_connections", "head_width", "position_frequencies")
-        keys += (
-            "direction_frequencies",
-            "num_coarse_samples",
-            "num_importance_samples",
-            "quantize",
-            "bits",
-            "fuse_relu",
-        )
-        keys += ("near_plane", "far_plane", "background_color")
-        return {k: list(v) if isinstance(v, tuple) else v for k in keys for v in [getattr(self, k)]}
-
-    @classmethod
-    def from_payload(cls, payload: Dict[str, Any]) -> NeRFQATModelConfig:
-        known = {f.name for f in fields(cls)}
-        options = {k: v for k, v in payload.items() if k in known}
-        if "skip_connections" in options:
-            options["skip_connections"] = tuple(options["skip_connections"])
-        return cls(**options, compile=False)
 
 
 @register_compressible("nerf-qat")
@@ -107,11 +86,7 @@ class NeRFQATModel(CompressibleModel):
 
     def populate_modules(self) -> None:
         super().populate_modules()
-        metadata = self.kwargs.get("metadata") or {}
-        ndc = metadata.get(NDC_METADATA_KEY)
-        self.ndc: Optional[NDCSpace] = NDCSpace(**ndc) if ndc else None
-        near_far = metadata.get(NEAR_FAR_METADATA_KEY)
-        self.near, self.far = near_far if near_far else (self.config.near_plane, self.config.far_plane)
+        self.setup_scene_space()
 
         spec = QuantSpec(bits=self.config.bits, fuse_relu=self.config.fuse_relu)
         self.field_coarse = self._make_field(spec)
@@ -121,11 +96,6 @@ class NeRFQATModel(CompressibleModel):
 
         self.sampler_uniform = UniformSampler(num_samples=self.config.num_coarse_samples)
         self.sampler_pdf = PDFSampler(num_samples=self.config.num_importance_samples)
-        background = self.config.background_color
-        if background == "auto":
-            background = "last_sample" if self.ndc is not None else "white"
-        self.renderer_rgb = RGBRenderer(background_color=background)
-        self.rgb_loss = MSELoss()
         self._compiled = False
         self._view_float = False
 
@@ -134,10 +104,7 @@ class NeRFQATModel(CompressibleModel):
             default_value=False,
             cb_hook=lambda element: setattr(self, "_view_float", bool(element.value)),
         )
-        self.viewer_exported_size = ViewerText(
-            name="Exported size", default_value=self._exported_size_text(), disabled=True
-        )
-        self.viewer_measure_size = ViewerButton(name="Measure exported size", cb_hook=self._show_exported_size)
+        self.add_size_viewer_elements()
 
     def _make_field(self, spec: QuantSpec) -> QuantNeRFField:
         cfg = self.config
@@ -214,7 +181,7 @@ class NeRFQATModel(CompressibleModel):
         return {name: value.float() for name, value in outputs.items()}
 
     def _render(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
-        rays = make_sampling_rays(ray_bundle, self.ndc, self.near, self.far)
+        rays = self.sampling_rays(ray_bundle)
         samples_coarse = self.sampler_uniform(rays.bundle)
         out_coarse = self._evaluate_field(self.field_coarse, samples_coarse)
         weights_coarse = samples_coarse.get_weights(out_coarse[FieldHeadNames.DENSITY])
@@ -239,29 +206,14 @@ class NeRFQATModel(CompressibleModel):
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
         image = batch["image"].to(outputs["rgb"].device)
-        losses = {}
-        for name, key in (("rgb_loss_coarse", "rgb_coarse"), ("rgb_loss_fine", "rgb")):
-            accumulation = outputs[key.replace("rgb", "accumulation")]
-            pred, gt = self.renderer_rgb.blend_background_for_loss_computation(
-                pred_image=outputs[key], pred_accumulation=accumulation, gt_image=image
-            )
-            losses[name] = self.rgb_loss(gt, pred)
-        return losses
-
-    def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
-        image = batch["image"].to(outputs["rgb"].device)
-        image = self.renderer_rgb.blend_background(image)
-        mse = torch.mean((outputs["rgb"].detach() - image) ** 2)
-        return {"psnr": -10.0 * torch.log10(mse.clamp_min(1e-10))}
+        return self.rgb_losses(outputs, image, {"rgb_loss_coarse": "rgb_coarse", "rgb_loss_fine": "rgb"})
 
     def get_image_metrics_and_images(
         self, outputs: Dict[str, Tensor], batch: Dict[str, Tensor]
     ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
+        metrics, images = super().get_image_metrics_and_images(outputs, batch)
         image = self.renderer_rgb.blend_background(batch["image"].to(outputs["rgb"].device))
-        metrics = self.offline_safe_image_metrics(image, outputs["rgb"])
         metrics["coarse_psnr"] = image_psnr(image, outputs["rgb_coarse"])
-        depth = colormaps.apply_depth_colormap(outputs["depth"], accumulation=outputs["accumulation"])
-        images = {"img": torch.cat([image, outputs["rgb"]], dim=1), "depth": depth}
         return metrics, images
 
     # -- compressed form ------------------------------------------------------------------------
@@ -269,7 +221,7 @@ class NeRFQATModel(CompressibleModel):
         """Whether the fields currently run quantized (False during the float warm-up)."""
         return all(m.quant_enabled for m in iter_quant_modules(self))
 
-    def compressed_state(self) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
+    def compressed_state(self, operating_point: Optional[str] = None) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
         quantized = self.is_quantized()
         if self.config.quantize and not quantized:
             CONSOLE.print(
@@ -283,28 +235,19 @@ class NeRFQATModel(CompressibleModel):
             layout.update(lay)
         payload = {
             "model": {**self.config.to_payload(), "quantize": quantized},
-            "ndc": self.ndc.to_dict() if self.ndc is not None else None,
-            "near_far": [self.near, self.far],
+            **self.scene_space_payload(),
             "tensors": layout,
         }
         return tensors, payload
 
     @classmethod
     def from_compressed_state(cls, tensors: Dict[str, Tensor], payload: Dict[str, Any]) -> NeRFQATModel:
-        config = NeRFQATModelConfig.from_payload(payload["model"])
-        metadata: Dict[str, Any] = {NEAR_FAR_METADATA_KEY: tuple(payload["near_far"])}
-        if payload.get("ndc"):
-            metadata[NDC_METADATA_KEY] = payload["ndc"]
+        config = NeRFQATModelConfig.from_payload(payload["model"], compile=False)
+        metadata = cls.metadata_from_payload(payload)
         model = cls(config=config, scene_box=scene_box_from_payload(payload), num_train_data=0, metadata=metadata)
         decode_quantized_module(model.field_coarse, "coarse.", tensors, payload["tensors"])
         decode_quantized_module(model.field_fine, "fine.", tensors, payload["tensors"])
         return model
-
-    def _exported_size_text(self) -> str:
-        return f"{self.compressed_size_bytes() / 1e6:.3f} MB"
-
-    def _show_exported_size(self, _element: ViewerButton) -> None:
-        self.viewer_exported_size.value = self._exported_size_text()
 
 
 def image_psnr(gt: Tensor, pred: Tensor) -> float:

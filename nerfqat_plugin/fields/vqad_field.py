@@ -1,0 +1,137 @@
+"""Fields of the vqad method: a learned-index codebook grid decoded by small MLPs.
+
+:class:`VQADField` is the radiance field (density and view-dependent colour); :class:`VQADProposalField`
+is the density-only field the proposal sampler reads. Both normalise positions by an axis-aligned box
+(the NDC cube for forward-facing scenes, the scene box for bounded ones) and decode with MLPs that
+compute with fp16-rounded weights, the values the compressed file stores.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+from nerfstudio.cameras.rays import RaySamples
+from nerfstudio.field_components.activations import trunc_exp
+from nerfstudio.field_components.encodings import SHEncoding
+from nerfstudio.field_components.field_heads import FieldHeadNames
+from nerfstudio.field_components.mlp import MLP
+from nerfstudio.fields.base_field import Field
+from torch import Tensor, nn
+
+from nerfqat_plugin.field_components.codebook_grid import LearnedIndexCodebookGrid
+from nerfqat_plugin.field_components.half_precision import train_as_half
+from nerfqat_plugin.fields.view_directions import view_directions
+
+ACTIVE_LEVELS_KEY = "active_levels"
+"""RaySamples metadata key: per-ray number of grid levels to use [..., 1] (training at random
+operating points); absent means the field's current operating point."""
+
+
+def _mlp(in_dim: int, num_layers: int, width: int, out_dim: int) -> MLP:
+    # torch implementation always: tcnn's fused MLPs compute in fp16 internally, and the trained
+    # model must render exactly like the one rebuilt from its file.
+    mlp = MLP(in_dim, num_layers, width, out_dim=out_dim, activation=nn.ReLU(), implementation="torch")
+    return train_as_half(mlp)
+
+
+class _BoxNormalizedField(Field):
+    """Maps positions in ``aabb`` to [0, 1]^3 for the grid; positions outside have no density
+    (bounded scenes; the NDC cube contains every sample by construction)."""
+
+    def __init__(self, aabb: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("aabb", aabb.detach().clone().float(), persistent=False)
+
+    def normalized(self, positions: Tensor) -> Tuple[Tensor, Tensor]:
+        """Flat positions in [0, 1]^3 [N, 3] and whether each lay inside the box [N, 1]."""
+        flat = positions.reshape(-1, 3)
+        unit = (flat - self.aabb[0]) / (self.aabb[1] - self.aabb[0])
+        inside = ((unit >= 0.0) & (unit <= 1.0)).all(dim=-1, keepdim=True)
+        return unit, inside
+
+
+class VQADField(_BoxNormalizedField):
+    """Density and colour from a :class:`LearnedIndexCodebookGrid` and two small MLPs.
+
+    Args:
+        aabb: the box the grid spans [2, 3].
+        grid: the codebook grid (its levels summed give the feature of a point).
+        hidden_dim: width of the density MLP.
+        geo_feat_dim: features passed from the density MLP to the colour MLP.
+        color_layers: depth of the colour MLP.
+        color_hidden_dim: width of the colour MLP.
+        sh_levels: spherical-harmonics levels of the view-direction encoding.
+    """
+
+    def __init__(
+        self,
+        aabb: Tensor,
+        grid: LearnedIndexCodebookGrid,
+        hidden_dim: int = 64,
+        geo_feat_dim: int = 15,
+        color_layers: int = 3,
+        color_hidden_dim: int = 64,
+        sh_levels: int = 4,
+    ) -> None:
+        super().__init__(aabb)
+        self.grid = grid
+        self.num_active_levels: Optional[int] = None
+        """Operating point: levels used when rays do not say (None: all)."""
+        self.geo_feat_dim = geo_feat_dim
+        self.density_mlp = _mlp(grid.feature_dim, 2, hidden_dim, 1 + geo_feat_dim)
+        self.direction_encoding = SHEncoding(levels=sh_levels, implementation="torch")
+        self.color_mlp = _mlp(geo_feat_dim + self.direction_encoding.get_out_dim(), color_layers, color_hidden_dim, 3)
+
+    def _level_mask(self, ray_samples: RaySamples, num_points: int) -> Optional[Tensor]:
+        active = (ray_samples.metadata or {}).get(ACTIVE_LEVELS_KEY)
+        if active is None:
+            return None
+        shape = ray_samples.frustums.starts.shape[:-1]
+        per_point = active.expand(*shape, 1).reshape(num_points, 1)
+        levels = torch.arange(self.grid.num_levels, device=active.device)
+        return (levels[None, :] < per_point).to(torch.float32)
+
+    def get_density(self, ray_samples: RaySamples) -> Tuple[Tensor, Tensor]:
+        positions = ray_samples.frustums.get_positions()
+        unit, inside = self.normalized(positions)
+        mask = self._level_mask(ray_samples, unit.shape[0])
+        features = self.grid(unit, num_levels=self.num_active_levels, level_mask=mask)
+        h = self.density_mlp(features)
+        density = trunc_exp(h[:, :1]) * inside
+        batch_shape = positions.shape[:-1]
+        return density.view(*batch_shape, 1), h[:, 1:].reshape(*batch_shape, self.geo_feat_dim)
+
+    def get_outputs(
+        self, ray_samples: RaySamples, density_embedding: Optional[Tensor] = None
+    ) -> Dict[FieldHeadNames, Tensor]:
+        assert density_embedding is not None
+        batch_shape = density_embedding.shape[:-1]
+        directions = view_directions(ray_samples).expand(*batch_shape, 3).reshape(-1, 3)
+        x = torch.cat([density_embedding.reshape(-1, self.geo_feat_dim), self.direction_encoding(directions)], dim=-1)
+        rgb = torch.sigmoid(self.color_mlp(x))
+        return {FieldHeadNames.RGB: rgb.view(*batch_shape, 3)}
+
+
+class VQADProposalField(_BoxNormalizedField):
+    """Density-only field for proposal sampling: a small codebook grid and a one-hidden-layer MLP.
+
+    Args:
+        aabb: the box the grid spans [2, 3].
+        grid: a (small) codebook grid.
+        hidden_dim: width of the density MLP.
+    """
+
+    def __init__(self, aabb: Tensor, grid: LearnedIndexCodebookGrid, hidden_dim: int = 16) -> None:
+        super().__init__(aabb)
+        self.grid = grid
+        self.density_mlp = _mlp(grid.feature_dim, 2, hidden_dim, 1)
+
+    def get_density(self, ray_samples: RaySamples) -> Tuple[Tensor, Tensor]:
+        positions = ray_samples.frustums.get_positions()
+        unit, inside = self.normalized(positions)
+        density = trunc_exp(self.density_mlp(self.grid(unit))) * inside
+        return density.view(*positions.shape[:-1], 1), torch.empty(0, device=positions.device)
+
+    def get_outputs(self, ray_samples: RaySamples, density_embedding: Optional[Tensor] = None) -> Dict:
+        return {}
