@@ -1,5 +1,5 @@
-"""End to end through nerfstudio's own command-line tools on a tiny generated LLFF scene (CPU):
-ns-train nerf-qat -> ns-eval -> ns-export-compressed -> render from the file == model -> ns-export."""
+"""End to end through nerfstudio's own command-line tools on a tiny generated LLFF scene (CPU), for
+both methods: ns-train -> ns-eval -> ns-export-compressed -> render from the file == model -> ns-export."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from conftest import make_llff_scene
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
-TINY_MODEL = [
+TINY_NERF_QAT = [
     "--pipeline.model.num-layers", "2",
     "--pipeline.model.layer-width", "16",
     "--pipeline.model.skip-connections", "1",
@@ -28,6 +28,17 @@ TINY_MODEL = [
     "--pipeline.model.float-warmup-steps", "3",
     "--pipeline.model.calibration-steps", "3",
 ]  # fmt: skip
+TINY_VQAD = [
+    "--pipeline.model.num-levels", "2",
+    "--pipeline.model.finest-resolution", "10", "8", "6",
+    "--pipeline.model.proposal-finest-resolution", "6", "6", "4",
+    "--pipeline.model.feature-dim", "4",
+    "--pipeline.model.hidden-dim", "16",
+    "--pipeline.model.color-hidden-dim", "16",
+    "--pipeline.model.num-proposal-samples", "16", "8",
+    "--pipeline.model.num-nerf-samples", "8",
+]  # fmt: skip
+TINY_MODELS = {"nerf-qat": TINY_NERF_QAT, "vqad": TINY_VQAD}
 
 
 def run(tool: str, args: List[str], check: bool = True) -> subprocess.CompletedProcess:
@@ -38,18 +49,19 @@ def run(tool: str, args: List[str], check: bool = True) -> subprocess.CompletedP
     return proc
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("e2e")
+@pytest.fixture(scope="module", params=sorted(TINY_MODELS))
+def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    method = request.param
+    root = tmp_path_factory.mktemp(f"e2e-{method}")
     scene = make_llff_scene(root / "scene")
     run(
         "ns-train",
-        ["nerf-qat", "--data", str(scene), "--output-dir", str(root / "out"), "--max-num-iterations", "12"]
+        [method, "--data", str(scene), "--output-dir", str(root / "out"), "--max-num-iterations", "12"]
         + ["--steps-per-save", "12", "--machine.device-type", "cpu", "--vis", "tensorboard"]
         + ["--viewer.quit-on-train-completion", "True", "--pipeline.datamanager.train-num-rays-per-batch", "128"]
-        + TINY_MODEL,
+        + TINY_MODELS[method],
     )
-    (config,) = (root / "out").glob("scene/nerf-qat/*/config.yml")
+    (config,) = (root / "out").glob(f"scene/{method}/*/config.yml")
     return config
 
 
@@ -77,6 +89,14 @@ def test_train_eval_export_and_render_from_file(trained: Path, tmp_path: Path) -
     for key in ("rgb", "depth", "accumulation"):
         assert torch.max(torch.abs(expected[key] - actual[key])) <= 1e-5, key
 
+    for point in pipeline.model.operating_points():  # vqad: every operating point in ns-eval, exportable
+        assert results[f"{point}/size_bytes"] == pipeline.model.compressed_size_bytes(point)
+        assert 0 < results[f"{point}/psnr"] < 60 and f"{point}/lpips" in results
+        out = tmp_path / f"{point}.nqz"
+        args = ["--load-config", str(trained), "--output-path", str(out), "--operating-point", point]
+        run("ns-export-compressed", args)
+        assert out.stat().st_size == results[f"{point}/size_bytes"]
+
 
 def test_nerfstudio_exports(trained: Path, tmp_path: Path) -> None:
     run("ns-export", ["cameras", "--load-config", str(trained), "--output-dir", str(tmp_path / "cams")])
@@ -89,8 +109,9 @@ def test_nerfstudio_exports(trained: Path, tmp_path: Path) -> None:
     assert (tmp_path / "pc" / "point_cloud.ply").stat().st_size > 0
 
 
-def test_help_lists_the_method() -> None:
-    assert "nerf-qat" in run("ns-train", ["--help"]).stdout
+def test_help_lists_the_methods() -> None:
+    listing = run("ns-train", ["--help"]).stdout
+    assert "nerf-qat" in listing and "vqad" in listing
 
 
 def test_bad_scene_is_one_clear_error(tmp_path: Path) -> None:

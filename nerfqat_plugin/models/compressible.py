@@ -102,6 +102,10 @@ class CompressibleModel(Model):
         """Names of the settings one trained model can render at and export (default: none)."""
         return []
 
+    def current_operating_point(self) -> Optional[str]:
+        """The operating point the model renders at (None when it has none)."""
+        return None
+
     def set_operating_point(self, name: Optional[str]) -> None:
         """Render at one of :meth:`operating_points` from now on (None: the full model)."""
         if name is not None:

@@ -2,7 +2,9 @@
 
 ``ns-eval`` averages whatever metrics the model returns per image. This pipeline adds the
 compressed file's byte count (``size_bytes``) and reports LPIPS as ``null`` when the pretrained
-backbone is unavailable, instead of failing or averaging meaningless values.
+backbone is unavailable, instead of failing or averaging meaningless values. For models with
+several operating points (vqad's levels) it evaluates every one and reports each as
+``<point>/psnr`` etc.; the unprefixed metrics are those of the model's configured operating point.
 """
 
 from __future__ import annotations
@@ -26,10 +28,31 @@ class CompressionPipeline(VanillaPipeline):
     """Adds ``size_bytes`` and a null-safe ``lpips`` to the averaged evaluation metrics."""
 
     def get_average_image_metrics(self, data_loader, image_prefix, step=None, output_path=None, get_std=False):
+        metrics = self._metrics_at(None, data_loader, image_prefix, step, output_path, get_std)
+        model = self.model
+        if isinstance(model, CompressibleModel) and model.operating_points():
+            current = model.current_operating_point()
+            try:
+                for name in model.operating_points():
+                    if name != current:
+                        model.set_operating_point(name)
+                        point = self._metrics_at(name, data_loader, image_prefix, step, None, False)
+                    else:
+                        point = metrics
+                    metrics.update({f"{name}/{key}": point[key] for key in ("psnr", "ssim", "lpips", "size_bytes")})
+            finally:
+                model.set_operating_point(current)
+        if not get_std:
+            # The trainer's periodic evaluation (get_std=False) hands these to nerfstudio's writers,
+            # which take numbers only; ns-eval (get_std=True) reports unavailable LPIPS as null.
+            metrics = {key: value for key, value in metrics.items() if value is not None}
+        return metrics
+
+    def _metrics_at(self, operating_point, data_loader, image_prefix, step, output_path, get_std):
         metrics = super().get_average_image_metrics(data_loader, image_prefix, step, output_path, get_std)
         metrics.setdefault("lpips", None)
         if get_std:
             metrics.setdefault("lpips_std", None)
         if isinstance(self.model, CompressibleModel):
-            metrics["size_bytes"] = self.model.compressed_size_bytes()
+            metrics["size_bytes"] = self.model.compressed_size_bytes(operating_point)
         return metrics

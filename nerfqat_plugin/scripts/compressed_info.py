@@ -31,6 +31,7 @@ class CompressedInfo:
             "method": payload["method"],
             "model": payload.get("model", {}),
             "parameters": sum(p.numel() for p in model.parameters()),
+            "operating_points": {name: model.compressed_size_bytes(name) for name in model.operating_points()},
         }
         if self.json_output:
             print(json.dumps(info, indent=2))
@@ -38,6 +39,8 @@ class CompressedInfo:
         CONSOLE.print(f"{self.path}: {info['method']}, {info['size_bytes']} bytes, {info['parameters']} parameters")
         for key, value in sorted(info["model"].items()):
             CONSOLE.print(f"  {key}: {value}")
+        for name, size in info["operating_points"].items():
+            CONSOLE.print(f"  operating point {name}: {size} bytes")
 
 
 def entrypoint() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import tyro
 from nerfstudio.utils.eval_utils import eval_setup
@@ -21,6 +22,8 @@ class ExportCompressed:
     """Path to the run's config.yml."""
     output_path: Path
     """File to write (written atomically: an interrupted export leaves no partial file)."""
+    operating_point: Optional[str] = None
+    """vqad: export only this operating point (e.g. levels=2); default: the full model."""
 
     def main(self) -> int:
         if not self.load_config.is_file():
@@ -31,7 +34,13 @@ class ExportCompressed:
             raise UserInputError(
                 f"{self.load_config}: method {type(model).__name__} has no compressed form (use nerf-qat or vqad)"
             )
-        size = model.export_compressed(self.output_path)
+        try:
+            model.check_operating_point(self.operating_point)
+        except ValueError as err:
+            raise UserInputError(f"{self.load_config}: {err}") from err
+        for name in model.operating_points():
+            CONSOLE.print(f"  operating point {name}: {model.compressed_size_bytes(name)} bytes")
+        size = model.export_compressed(self.output_path, self.operating_point)
         CONSOLE.print(f"Exported {checkpoint.name} to {self.output_path}: {size} bytes ({size / 1e6:.3f} MB)")
         return size
 

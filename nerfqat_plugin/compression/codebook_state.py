@@ -1,0 +1,76 @@
+"""Turning a module holding :class:`LearnedIndexCodebookGrid` s into file tensors and back.
+
+Learned indices are stored bit-packed (the argmax of each vertex's logits, ``bits`` bits each; the
+logits themselves are training-only), codebooks and every other float tensor (decoder MLPs) as fp16,
+the precision the model trains them at. Random and hashed indices are not stored at all: they are
+regenerated from the seed or the hash. ``keep_levels`` truncates grids to their first levels, which
+is how one trained model is exported at several operating points.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from nerfqat_plugin.compression.bitpack import pack_unsigned, unpack_unsigned
+from nerfqat_plugin.field_components.codebook_grid import LearnedIndexCodebookGrid
+
+Layout = Dict[str, Dict[str, Any]]
+
+
+def _index_level(key: str, grids: Mapping[str, LearnedIndexCodebookGrid]) -> Tuple[str, int, bool] | None:
+    """(grid path, level, holds indices) if ``key`` is a per-level tensor of one of ``grids``:
+    its codebook, or its indices (logits while training, integers once frozen)."""
+    for path in grids:
+        dot = f"{path}." if path else ""
+        for name, holds_indices in (("codebooks.", False), ("logits.", True), ("indices_", True)):
+            if key.startswith(dot + name) and key[len(dot + name) :].isdigit():
+                return path, int(key[len(dot + name) :]), holds_indices
+    return None
+
+
+def encode_codebook_module(
+    module: nn.Module, prefix: str, keep_levels: Mapping[str, int] | None = None
+) -> Tuple[Dict[str, Tensor], Layout]:
+    """Encode ``module``'s inference state; tensor names are ``prefix + state_dict key``.
+
+    ``keep_levels`` maps a grid's module path to how many of its levels to keep (default: all)."""
+    grids = {name: m for name, m in module.named_modules() if isinstance(m, LearnedIndexCodebookGrid)}
+    keep = {path: (keep_levels or {}).get(path, grid.num_levels) for path, grid in grids.items()}
+    tensors: Dict[str, Tensor] = {}
+    layout: Layout = {}
+    for key, value in module.state_dict().items():
+        level = _index_level(key, grids)
+        if level is not None and level[1] >= keep[level[0]]:
+            continue  # a level beyond the exported operating point
+        if level is not None and level[2]:
+            path, lvl, _ = level
+            grid = grids[path]
+            name = f"{prefix}{path + '.' if path else ''}indices_{lvl}"
+            tensors[name] = pack_unsigned(grid.hard_indices(lvl), grid.bits)
+            layout[name] = {"encoding": "packed-uint", "bits": grid.bits, "count": grid.num_vertices(lvl)}
+        elif value.is_floating_point():
+            tensors[prefix + key] = value.detach().cpu().half().contiguous()
+        else:
+            tensors[prefix + key] = value.detach().cpu().contiguous()
+    return tensors, layout
+
+
+def decode_codebook_module(module: nn.Module, prefix: str, tensors: Dict[str, Tensor], layout: Layout) -> None:
+    """Load tensors written by :func:`encode_codebook_module` into a freshly built ``module`` whose
+    learned grids are frozen (built to hold indices, not logits)."""
+    state: Dict[str, Tensor] = {}
+    for name, tensor in tensors.items():
+        if not name.startswith(prefix):
+            continue
+        spec = layout.get(name, {"encoding": "raw"})
+        if spec["encoding"] == "packed-uint":
+            tensor = unpack_unsigned(tensor, int(spec["bits"]), int(spec["count"])).to(torch.int32)
+        elif spec["encoding"] != "raw":
+            raise ValueError(f"unknown tensor encoding {spec['encoding']!r} of {name}")
+        state[name[len(prefix) :]] = tensor.float() if tensor.dtype == torch.float16 else tensor
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"compressed state does not match the model: missing {missing}, unexpected {unexpected}")

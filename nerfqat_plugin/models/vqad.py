@@ -1,0 +1,353 @@
+"""The vqad model: Variable Bitrate Neural Fields (Takikawa et al. 2022) on nerfstudio.
+
+A :class:`VQADField` (learned-index codebook grid + small decoder MLPs) is sampled with nerfstudio's
+proposal sampler, whose proposal density field is a small codebook grid of its own. Forward-facing
+scenes are sampled in NDC (the grid spans the NDC cube), bounded ones in the scene box.
+
+Variable bitrate: the grid's levels are summed, so its first ``k`` levels form a coarser field with a
+smaller file. Training renders a fraction of the rays with a random number of levels, so every
+operating point stays usable; the viewer switches between them, ``ns-eval`` reports each, and
+``ns-export-compressed --operating-point levels=k`` writes one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type
+
+import numpy as np
+import torch
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.field_components.field_heads import FieldHeadNames
+from nerfstudio.model_components.losses import distortion_loss, interlevel_loss
+from nerfstudio.model_components.ray_samplers import ProposalNetworkSampler, UniformSampler
+from nerfstudio.viewer.viewer_elements import ViewerDropdown
+from torch import Tensor
+from torch.nn import Parameter
+
+from nerfqat_plugin.compression.codebook_state import decode_codebook_module, encode_codebook_module
+from nerfqat_plugin.errors import UserInputError
+from nerfqat_plugin.field_components.codebook_grid import IndexMode, LearnedIndexCodebookGrid
+from nerfqat_plugin.fields.vqad_field import ACTIVE_LEVELS_KEY, VQADField, VQADProposalField
+from nerfqat_plugin.models.compressible import (
+    CompressibleModel,
+    CompressibleModelConfig,
+    register_compressible,
+    scene_box_from_payload,
+)
+
+Resolution = Tuple[int, int, int]
+NDC_BOX = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
+# Default finest resolutions. NDC: x/y follow a 4:3 image at about 2.6 pixels per cell at 504x378
+# and z (linear in disparity) is coarser; bounded: a cube. Both keep a 4-bit file under 1 MB.
+DEFAULT_FINEST_NDC: Resolution = (192, 144, 56)
+DEFAULT_FINEST_BOUNDED: Resolution = (112, 112, 112)
+DEFAULT_PROPOSAL_NDC: Resolution = (64, 48, 24)
+DEFAULT_PROPOSAL_BOUNDED: Resolution = (48, 48, 48)
+
+
+def level_resolutions(finest: Resolution, num_levels: int) -> List[Resolution]:
+    """Resolutions halving from ``finest`` towards the coarsest level (at least 2 per axis)."""
+    return [
+        tuple(max(2, round(r / 2 ** (num_levels - 1 - level))) for r in finest)  # type: ignore[misc]
+        for level in range(num_levels)
+    ]
+
+
+def operating_point_name(levels: int) -> str:
+    return f"levels={levels}"
+
+
+@dataclass
+class VQADModelConfig(CompressibleModelConfig):
+    """vqad: a learned-index codebook grid (Variable Bitrate Neural Fields) with proposal sampling."""
+
+    payload_keys: ClassVar[Tuple[str, ...]] = CompressibleModelConfig.payload_keys + (
+        "grid_resolutions",
+        "bits",
+        "feature_dim",
+        "index_mode",
+        "index_seed",
+        "hidden_dim",
+        "geo_feat_dim",
+        "color_layers",
+        "color_hidden_dim",
+        "sh_levels",
+        "proposal_resolutions",
+        "proposal_bits",
+        "proposal_feature_dim",
+        "proposal_hidden_dim",
+        "num_proposal_samples",
+        "num_nerf_samples",
+    )
+    _target: Type = field(default_factory=lambda: VQADModel)
+    num_levels: int = 4
+    """Grid levels (resolution halves per level); the first k form the operating point levels=k."""
+    finest_resolution: Optional[Tuple[int, int, int]] = None
+    """Vertices per axis (x, y, z) of the finest level; None: a default for NDC or bounded scenes."""
+    grid_resolutions: Optional[Tuple[Tuple[int, int, int], ...]] = None
+    """Every level's resolution explicitly (overrides num_levels and finest_resolution)."""
+    bits: int = 4
+    """Index bits b: each level's codebook has 2**b entries (4 to 8)."""
+    feature_dim: int = 8
+    """Width of codebook entries."""
+    index_mode: IndexMode = "learned"
+    """learned (the method), or the ablations: random (fixed, seeded) or hashed (instant-NGP hash)."""
+    index_seed: int = 0
+    """Seed of random indices."""
+    hidden_dim: int = 64
+    """Width of the density decoder."""
+    geo_feat_dim: int = 15
+    """Features passed from the density decoder to the colour decoder."""
+    color_layers: int = 3
+    """Layers of the colour decoder."""
+    color_hidden_dim: int = 64
+    """Width of the colour decoder."""
+    sh_levels: int = 4
+    """Spherical-harmonics levels encoding the view direction."""
+    proposal_levels: int = 2
+    """Levels of the proposal field's codebook grid."""
+    proposal_finest_resolution: Optional[Tuple[int, int, int]] = None
+    """Finest resolution of the proposal grid; None: a default for NDC or bounded scenes."""
+    proposal_resolutions: Optional[Tuple[Tuple[int, int, int], ...]] = None
+    """Every proposal level's resolution explicitly."""
+    proposal_bits: int = 4
+    """Index bits of the proposal grid."""
+    proposal_feature_dim: int = 4
+    """Codebook width of the proposal grid."""
+    proposal_hidden_dim: int = 16
+    """Width of the proposal density decoder."""
+    num_proposal_samples: Tuple[int, ...] = (256, 96)
+    """Samples per ray of each proposal round (one proposal field serves every round)."""
+    num_nerf_samples: int = 48
+    """Samples per ray of the radiance field."""
+    random_levels_fraction: float = 0.25
+    """Fraction of training rays rendered with a random number of levels, so that every operating
+    point is trained (0: only the full model)."""
+    interlevel_loss_mult: float = 1.0
+    """Weight of the proposal (interlevel) loss."""
+    distortion_loss_mult: float = 0.002
+    """Weight of mip-NeRF 360's distortion loss."""
+    proposal_update_every: int = 5
+    """Steps between proposal updates once warmed up."""
+    proposal_warmup: int = 1000
+    """Steps over which the proposal update interval grows to proposal_update_every."""
+    proposal_weights_anneal_max_num_iters: int = 1000
+    """Steps over which proposal weights are annealed (mip-NeRF 360, eq. 18)."""
+    proposal_weights_anneal_slope: float = 10.0
+    """Slope of that annealing."""
+    eval_levels: Optional[int] = None
+    """Operating point rendered by evaluation and the viewer at start (None: all levels)."""
+    max_training_logits_gib: float = 12.0
+    """Refuse grids whose logits and Adam state would exceed this (vertices x 2**bits x 16 bytes)."""
+
+    def resolved_grid(self, ndc: bool) -> List[Resolution]:
+        if self.grid_resolutions is not None:
+            return [tuple(int(v) for v in r) for r in self.grid_resolutions]  # type: ignore[misc]
+        finest = self.finest_resolution or (DEFAULT_FINEST_NDC if ndc else DEFAULT_FINEST_BOUNDED)
+        return level_resolutions(tuple(finest), self.num_levels)  # type: ignore[arg-type]
+
+    def resolved_proposal_grid(self, ndc: bool) -> List[Resolution]:
+        if self.proposal_resolutions is not None:
+            return [tuple(int(v) for v in r) for r in self.proposal_resolutions]  # type: ignore[misc]
+        finest = self.proposal_finest_resolution or (DEFAULT_PROPOSAL_NDC if ndc else DEFAULT_PROPOSAL_BOUNDED)
+        return level_resolutions(tuple(finest), self.proposal_levels)  # type: ignore[arg-type]
+
+
+@register_compressible("vqad")
+class VQADModel(CompressibleModel):
+    """Variable Bitrate Neural Fields: learned-index codebook grid, proposal sampling, NDC or box."""
+
+    config: VQADModelConfig
+
+    def populate_modules(self) -> None:
+        super().populate_modules()
+        self.setup_scene_space()
+        cfg = self.config
+        if not 1 <= cfg.bits <= 8 and cfg.index_mode == "learned":
+            raise UserInputError(f"vqad: index bits must be in [1, 8], got {cfg.bits}")
+        frozen = bool(self.kwargs.get("inference_only", False))
+        aabb = NDC_BOX if self.ndc is not None else self.scene_box.aabb
+        resolutions = cfg.resolved_grid(self.ndc is not None)
+        proposal_resolutions = cfg.resolved_proposal_grid(self.ndc is not None)
+        # Resolved once: a checkpoint or file rebuilds exactly these grids.
+        cfg.grid_resolutions = tuple(resolutions)
+        cfg.proposal_resolutions = tuple(proposal_resolutions)
+        if not frozen and cfg.index_mode == "learned":
+            self._check_logit_memory(resolutions, cfg.bits)
+        grid = LearnedIndexCodebookGrid(
+            resolutions, cfg.bits, cfg.feature_dim, index_mode=cfg.index_mode, frozen=frozen, seed=cfg.index_seed
+        )
+        self.field = VQADField(
+            aabb,
+            grid,
+            hidden_dim=cfg.hidden_dim,
+            geo_feat_dim=cfg.geo_feat_dim,
+            color_layers=cfg.color_layers,
+            color_hidden_dim=cfg.color_hidden_dim,
+            sh_levels=cfg.sh_levels,
+        )
+        proposal_grid = LearnedIndexCodebookGrid(
+            proposal_resolutions, cfg.proposal_bits, cfg.proposal_feature_dim, frozen=frozen
+        )
+        self.proposal_field = VQADProposalField(aabb, proposal_grid, hidden_dim=cfg.proposal_hidden_dim)
+        self.density_fns = [self.proposal_field.density_fn] * len(cfg.num_proposal_samples)
+
+        def update_schedule(step: int) -> float:
+            ramp = np.interp(step, [0, cfg.proposal_warmup], [0, cfg.proposal_update_every])
+            return float(np.clip(ramp, 1, cfg.proposal_update_every))
+
+        self.proposal_sampler = ProposalNetworkSampler(
+            num_nerf_samples_per_ray=cfg.num_nerf_samples,
+            num_proposal_samples_per_ray=cfg.num_proposal_samples,
+            num_proposal_network_iterations=len(cfg.num_proposal_samples),
+            single_jitter=False,
+            update_sched=update_schedule,
+            initial_sampler=UniformSampler(single_jitter=False),
+        )
+        self.set_operating_point(None if cfg.eval_levels is None else operating_point_name(cfg.eval_levels))
+        options = [self._operating_point_label(name) for name in self.operating_points()]
+        self.viewer_operating_point = ViewerDropdown(
+            name="Operating point",
+            default_value=self._operating_point_label(self.current_operating_point()),
+            options=options,
+            cb_hook=lambda element: self.set_operating_point(str(element.value).split(" ")[0]),
+        )
+        self.add_size_viewer_elements()
+
+    def _check_logit_memory(self, resolutions: List[Resolution], bits: int) -> None:
+        vertices = sum(x * y * z for x, y, z in resolutions)
+        gib = vertices * (1 << bits) * 16 / 2**30  # fp32 logits, their gradient and two Adam moments
+        if gib > self.config.max_training_logits_gib:
+            raise UserInputError(
+                f"vqad: {vertices} vertices with {bits}-bit indices need {gib:.1f} GiB of logits while training "
+                f"(limit {self.config.max_training_logits_gib} GiB): lower --pipeline.model.bits or the resolution, "
+                "or raise --pipeline.model.max-training-logits-gib"
+            )
+
+    # -- operating points -----------------------------------------------------------------------
+    @property
+    def active_levels(self) -> int:
+        return self.field.num_active_levels or self.field.grid.num_levels
+
+    def operating_points(self) -> List[str]:
+        return [operating_point_name(k) for k in range(1, self.field.grid.num_levels + 1)]
+
+    def current_operating_point(self) -> Optional[str]:
+        return operating_point_name(self.active_levels)
+
+    def set_operating_point(self, name: Optional[str]) -> None:
+        self.check_operating_point(name)
+        levels = None if name is None else int(name.split("=")[1])
+        self.field.num_active_levels = None if levels == self.field.grid.num_levels else levels
+
+    def _operating_point_label(self, name: str) -> str:
+        return f"{name} ({self.compressed_size_bytes(name) / 1e6:.3f} MB)"
+
+    def exported_size_text(self) -> str:
+        return f"{self.compressed_size_bytes(self.current_operating_point()) / 1e6:.3f} MB"
+
+    # -- training -------------------------------------------------------------------------------
+    def get_param_groups(self) -> Dict[str, List[Parameter]]:
+        return {"fields": list(self.field.parameters()), "proposal_networks": list(self.proposal_field.parameters())}
+
+    def get_training_callbacks(
+        self, training_callback_attributes: TrainingCallbackAttributes
+    ) -> List[TrainingCallback]:
+        cfg = self.config
+
+        def set_anneal(step: int) -> None:
+            fraction = np.clip(step / cfg.proposal_weights_anneal_max_num_iters, 0, 1)
+            slope = cfg.proposal_weights_anneal_slope
+            self.proposal_sampler.set_anneal(slope * fraction / ((slope - 1) * fraction + 1))
+
+        return [
+            TrainingCallback(
+                where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
+                update_every_num_iters=1,
+                func=set_anneal,
+            ),
+            TrainingCallback(
+                where_to_run=[TrainingCallbackLocation.AFTER_TRAIN_ITERATION],
+                update_every_num_iters=1,
+                func=self.proposal_sampler.step_cb,
+            ),
+        ]
+
+    # -- rendering ------------------------------------------------------------------------------
+    def _random_levels(self, num_rays: int, device: torch.device) -> Tensor:
+        """Per-ray level counts [R, 1]: all levels, except a random operating point for a fraction."""
+        levels = self.field.grid.num_levels
+        active = torch.full((num_rays, 1), float(levels), device=device)
+        if self.config.random_levels_fraction > 0 and levels > 1:
+            chosen = torch.rand(num_rays, 1, device=device) < self.config.random_levels_fraction
+            random = torch.randint(1, levels, (num_rays, 1), device=device).float()
+            active = torch.where(chosen, random, active)
+        return active
+
+    def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Any]:
+        rays = self.sampling_rays(ray_bundle)
+        bundle = rays.bundle
+        if self.training:
+            metadata = dict(bundle.metadata or {})
+            metadata[ACTIVE_LEVELS_KEY] = self._random_levels(len(bundle), bundle.origins.device)
+            bundle.metadata = metadata
+        ray_samples, weights_list, ray_samples_list = self.proposal_sampler(bundle, density_fns=self.density_fns)
+        field_outputs = self.field(ray_samples)
+        weights = ray_samples.get_weights(field_outputs[FieldHeadNames.DENSITY])
+        weights_list.append(weights)
+        ray_samples_list.append(ray_samples)
+        rgb = self.renderer_rgb(rgb=field_outputs[FieldHeadNames.RGB], weights=weights)
+        accumulation = weights.sum(dim=-2)
+        midpoints = (ray_samples.frustums.starts + ray_samples.frustums.ends) / 2
+        distances = rays.world_distance(midpoints, ray_bundle, self.ndc)
+        depth = (weights * distances).sum(dim=-2) / accumulation.clamp_min(1e-10)
+        outputs: Dict[str, Any] = {"rgb": rgb, "accumulation": accumulation, "depth": depth}
+        if self.training:
+            outputs["weights_list"] = weights_list
+            outputs["ray_samples_list"] = ray_samples_list
+        return outputs
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
+        image = batch["image"].to(outputs["rgb"].device)
+        losses = self.rgb_losses(outputs, image, {"rgb_loss": "rgb"})
+        if self.training:
+            weights, samples = outputs["weights_list"], outputs["ray_samples_list"]
+            losses["interlevel_loss"] = self.config.interlevel_loss_mult * interlevel_loss(weights, samples)
+            losses["distortion_loss"] = self.config.distortion_loss_mult * distortion_loss(weights, samples)
+        return losses
+
+    # -- compressed form ------------------------------------------------------------------------
+    def compressed_state(self, operating_point: Optional[str] = None) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
+        levels = self.active_levels if operating_point is None else int(operating_point.split("=")[1])
+        modules = {"field.": self.field, "proposal.": self.proposal_field}
+        tensors: Dict[str, Tensor] = {}
+        layout: Dict[str, Any] = {}
+        for prefix, module in modules.items():
+            keep = {"grid": levels} if module is self.field else None
+            t, lay = encode_codebook_module(module, prefix, keep)
+            tensors.update(t)
+            layout.update(lay)
+        model_payload = self.config.to_payload()
+        model_payload["grid_resolutions"] = [list(r) for r in self.field.grid.resolutions[:levels]]
+        model_payload["proposal_resolutions"] = [list(r) for r in self.proposal_field.grid.resolutions]
+        payload = {"model": model_payload, **self.scene_space_payload(), "tensors": layout}
+        return tensors, payload
+
+    @classmethod
+    def from_compressed_state(cls, tensors: Dict[str, Tensor], payload: Dict[str, Any]) -> VQADModel:
+        model_payload = dict(payload["model"])
+        for key in ("grid_resolutions", "proposal_resolutions"):
+            model_payload[key] = tuple(tuple(int(v) for v in r) for r in model_payload[key])
+        config = VQADModelConfig.from_payload(model_payload)
+        model = cls(
+            config=config,
+            scene_box=scene_box_from_payload(payload),
+            num_train_data=0,
+            metadata=cls.metadata_from_payload(payload),
+            inference_only=True,
+        )
+        decode_codebook_module(model.field, "field.", tensors, payload["tensors"])
+        decode_codebook_module(model.proposal_field, "proposal.", tensors, payload["tensors"])
+        return model

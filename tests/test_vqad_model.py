@@ -1,0 +1,178 @@
+"""vqad model: training step, operating points, compressed export and rendering from the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional
+
+import pytest
+import torch
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.data.scene_box import SceneBox
+
+from nerfqat_plugin.compression.file_format import read_compressed
+from nerfqat_plugin.errors import UserInputError
+from nerfqat_plugin.models.compressible import load_compressed_model
+from nerfqat_plugin.models.vqad import VQADModel, VQADModelConfig, level_resolutions
+from nerfqat_plugin.pipelines.compression_pipeline import CompressionPipeline
+
+TINY = dict(
+    grid_resolutions=((4, 4, 3), (8, 6, 5), (12, 10, 7)),
+    proposal_resolutions=((4, 4, 4), (6, 6, 6)),
+    feature_dim=4,
+    hidden_dim=16,
+    color_hidden_dim=16,
+    num_proposal_samples=(16, 8),
+    num_nerf_samples=8,
+)
+NDC = {"focal": 30.0, "width": 32.0, "height": 24.0, "near": 1.0}
+
+
+def _model(metadata: Optional[dict] = None, **overrides) -> VQADModel:
+    config = VQADModelConfig(**{**TINY, **overrides})
+    box = SceneBox(aabb=torch.tensor([[-1.5] * 3, [1.5] * 3]))
+    return VQADModel(config=config, scene_box=box, num_train_data=4, metadata=metadata or {"ndc": NDC})
+
+
+def _rays(n: int = 64, seed: int = 0, bounded: bool = False) -> RayBundle:
+    g = torch.Generator().manual_seed(seed)
+    directions = torch.nn.functional.normalize(
+        torch.cat([0.3 * torch.randn(n, 2, generator=g), -torch.ones(n, 1)], -1), dim=-1
+    )
+    origins = 0.05 * torch.randn(n, 3, generator=g) + (torch.tensor([0.0, 0.0, 4.0]) if bounded else 0.0)
+    return RayBundle(
+        origins=origins,
+        directions=directions,
+        pixel_area=torch.ones(n, 1),
+        camera_indices=torch.zeros(n, 1, dtype=torch.long),
+    )
+
+
+def _train(model: VQADModel, steps: int, bounded: bool = False) -> None:
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    target = {"image": torch.rand(64, 3, generator=torch.Generator().manual_seed(1))}
+    model.train()
+    for step in range(steps):
+        outputs = model(_rays(seed=step, bounded=bounded))
+        loss = sum(model.get_loss_dict(outputs, target).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        model.proposal_sampler.step_cb(step)
+    model.eval()
+
+
+def _render(model: VQADModel, bounded: bool = False) -> Dict[str, torch.Tensor]:
+    with torch.no_grad():
+        return model(_rays(256, seed=99, bounded=bounded))
+
+
+def test_level_resolutions_halve_towards_the_coarsest() -> None:
+    assert level_resolutions((192, 144, 56), 4) == [(24, 18, 7), (48, 36, 14), (96, 72, 28), (192, 144, 56)]
+    assert level_resolutions((4, 4, 4), 4)[0] == (2, 2, 2)
+
+
+def test_training_updates_logits_codebooks_decoders_and_proposals() -> None:
+    torch.manual_seed(0)
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _train(model, 3)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    for part in ("field.grid.logits.2", "field.grid.codebooks.0", "field.density_mlp", "field.color_mlp"):
+        assert any(k.startswith(part) for k in changed), part
+    assert any(k.startswith("proposal_field.grid.logits") for k in changed)
+
+
+@pytest.mark.parametrize("bounded", [False, True])
+def test_render_from_file_equals_hard_index_rendering(tmp_path: Path, bounded: bool) -> None:
+    torch.manual_seed(0)
+    model = _model(metadata={"near_far": (2.0, 6.0)} if bounded else None)
+    _train(model, 4, bounded)
+    path = tmp_path / "model.nqz"
+    size = model.export_compressed(path)
+    assert size == path.stat().st_size == model.compressed_size_bytes()
+    loaded = load_compressed_model(path)
+    assert len(loaded.field.grid.logits) == 0  # the loaded model holds integer indices only
+    expected, actual = _render(model, bounded), _render(loaded, bounded)
+    for key in ("rgb", "depth", "accumulation"):
+        assert torch.max(torch.abs(expected[key] - actual[key])) <= 1e-5, key
+    _, payload = read_compressed(path)
+    packed = {name: spec for name, spec in payload["tensors"].items() if spec["encoding"] == "packed-uint"}
+    expected_names = {f"field.grid.indices_{i}" for i in range(3)} | {f"proposal.grid.indices_{i}" for i in range(2)}
+    assert set(packed) == expected_names
+    assert packed["field.grid.indices_2"] == {"encoding": "packed-uint", "bits": 4, "count": 12 * 10 * 7}
+
+
+def test_operating_points_render_and_export_with_growing_size(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _model()
+    _train(model, 3)
+    names = model.operating_points()
+    assert names == ["levels=1", "levels=2", "levels=3"]
+    sizes = [model.compressed_size_bytes(name) for name in names]
+    assert sizes[0] < sizes[1] < sizes[2] == model.compressed_size_bytes()
+    # Index bytes grow by exactly the packed indices of the added level (4 bits per vertex)...
+    assert sizes[2] - sizes[1] >= 12 * 10 * 7 * 4 // 8
+    full = _render(model)["rgb"]
+    model.set_operating_point("levels=2")
+    coarse = _render(model)["rgb"]
+    assert not torch.allclose(full, coarse)
+    # ... and the file of an operating point renders what the model renders there.
+    path = tmp_path / "levels2.nqz"
+    assert model.export_compressed(path, "levels=2") == sizes[1]
+    loaded = load_compressed_model(path)
+    assert loaded.operating_points() == ["levels=1", "levels=2"]
+    assert torch.max(torch.abs(_render(loaded)["rgb"] - coarse)) <= 1e-5
+    with pytest.raises(ValueError, match="unknown operating point"):
+        model.set_operating_point("levels=9")
+
+
+def test_viewer_dropdown_switches_the_operating_point() -> None:
+    model = _model()
+    dropdown = model.viewer_operating_point
+    assert [o.split(" ")[0] for o in dropdown.options] == ["levels=1", "levels=2", "levels=3"]
+    assert dropdown.default_value.startswith("levels=3 (") and dropdown.default_value.endswith(" MB)")
+    dropdown.value = dropdown.options[0]
+    dropdown.cb_hook(dropdown)
+    assert model.current_operating_point() == "levels=1" and model.field.num_active_levels == 1
+    assert model.exported_size_text() == f"{model.compressed_size_bytes('levels=1') / 1e6:.3f} MB"
+
+
+def test_random_and_hashed_ablations_store_no_indices(tmp_path: Path) -> None:
+    learned = _model().compressed_size_bytes()
+    for mode in ("random", "hashed"):
+        torch.manual_seed(0)
+        model = _model(index_mode=mode)
+        _train(model, 2)
+        path = tmp_path / f"{mode}.nqz"
+        assert model.export_compressed(path) < learned
+        _, payload = read_compressed(path)
+        assert not any(name.startswith("field.grid.indices") for name in payload["tensors"])
+        assert torch.max(torch.abs(_render(model)["rgb"] - _render(load_compressed_model(path))["rgb"])) <= 1e-5
+
+
+def test_logit_memory_is_checked_before_allocating() -> None:
+    with pytest.raises(UserInputError, match="GiB of logits"):
+        _model(grid_resolutions=((512, 512, 512),), bits=8)
+
+
+def test_evaluation_reports_every_operating_point(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _model()
+    seen = []
+
+    def fake_average(self, data_loader, image_prefix, step=None, output_path=None, get_std=False):
+        seen.append(model.current_operating_point())
+        return {"psnr": float(model.active_levels), "ssim": 0.5, "num_rays_per_sec": 1.0}
+
+    monkeypatch.setattr("nerfstudio.pipelines.base_pipeline.VanillaPipeline.get_average_image_metrics", fake_average)
+    pipeline = CompressionPipeline.__new__(CompressionPipeline)
+    torch.nn.Module.__init__(pipeline)
+    pipeline._model = model
+    metrics = CompressionPipeline.get_average_image_metrics(pipeline, None, "")
+    assert seen == ["levels=3", "levels=1", "levels=2"]
+    assert metrics["psnr"] == 3.0 and metrics["levels=1/psnr"] == 1.0 and metrics["levels=2/psnr"] == 2.0
+    assert metrics["levels=1/size_bytes"] == model.compressed_size_bytes("levels=1")
+    assert "lpips" not in metrics  # periodic training evaluation: numbers only for the writers
+    with_std = CompressionPipeline.get_average_image_metrics(pipeline, None, "", get_std=True)
+    assert with_std["lpips"] is None and with_std["levels=2/lpips"] is None  # ns-eval: null
+    assert model.current_operating_point() == "levels=3"
