@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import os
 import shlex
 import sys
 import time
@@ -104,6 +105,7 @@ def train(config, budget_s: float, fit_budget: bool) -> Dict[str, Any]:
             rate = (step - window["step"]) / (now - window["time"])
             total = int(step + 0.97 * (budget_s - elapsed) * rate)
             state["stop_at"] = total
+            trainer.config.max_num_iterations = total  # what schedules read as the run's length
             for scheduler in schedulers:
                 if hasattr(scheduler, "max_steps"):
                     scheduler.max_steps = total
@@ -125,6 +127,24 @@ def train(config, budget_s: float, fit_budget: bool) -> Dict[str, Any]:
     if state["t100"] is not None and state["steps"] > 101:
         state["steady_iterations_per_s"] = (state["steps"] - 101) / (end - state["t100"])
     return {"trainer": trainer, "train_seconds": seconds, "iterations": state["steps"], **state}
+
+
+def export_and_evaluate(model, pipeline, directory: Path, device: torch.device) -> Dict[str, Any]:
+    """Export the full model and every operating point (vqad's levels); evaluate each from its file."""
+    path = directory / "model.nqz"
+    result: Dict[str, Any] = {"file_bytes": model.export_compressed(path)}
+    result.update(evaluate_file(path, pipeline, device))
+    points = []
+    for name in model.operating_points():
+        point_path = directory / f"model.{name.replace('=', '')}.nqz"
+        size = model.export_compressed(point_path, name)
+        metrics = evaluate_file(point_path, pipeline, device)
+        quality = {k: metrics[k] for k in ("psnr", "ssim", "lpips")}
+        points.append({"operating_point": name, "file_bytes": size, **quality})
+        print(f"[benchmark] operating point {name}: {size} bytes, PSNR {metrics['psnr']:.2f}", flush=True)
+    if points:
+        result["operating_points"] = points
+    return result
 
 
 def evaluate_file(path: Path, pipeline, device: torch.device) -> Dict[str, Any]:
@@ -207,11 +227,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         "gpu": gpu_name(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "python benchmarks/run_benchmark.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "code_commit": os.environ.get("CODE_COMMIT"),
     }
+    if torch.cuda.is_available():
+        row["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     if not args.speed_only:
-        path = args.output_dir / args.label / "model.nqz"
-        row["file_bytes"] = trainer.pipeline.model.export_compressed(path)
-        row.update(evaluate_file(path, trainer.pipeline, trainer.pipeline.device))
+        pipeline = trainer.pipeline
+        row.update(export_and_evaluate(pipeline.model, pipeline, args.output_dir / args.label, pipeline.device))
     args.results.parent.mkdir(parents=True, exist_ok=True)
     with args.results.open("a", encoding="utf8") as handle:
         handle.write(json.dumps(row) + "\n")

@@ -112,6 +112,21 @@ def test_quant_schedule_warmup_then_calibration_then_frozen() -> None:
     assert model.is_quantized() and not quantizer.observer_enabled
 
 
+def test_qat_can_start_at_a_fraction_of_the_run_read_from_the_trainer() -> None:
+    from types import SimpleNamespace
+
+    model = _model(qat_start_fraction=0.75, float_warmup_steps=1)
+    trainer = SimpleNamespace(config=SimpleNamespace(max_num_iterations=100))
+    model.get_training_callbacks(SimpleNamespace(trainer=trainer))
+    model._apply_quant_schedule(74)
+    assert not model.is_quantized()
+    model._apply_quant_schedule(75)
+    assert model.is_quantized()
+    trainer.config.max_num_iterations = 200  # a re-planned run moves the start
+    model._apply_quant_schedule(149)
+    assert not model.is_quantized()
+
+
 def test_export_during_warmup_holds_float_weights(tmp_path: Path) -> None:
     model = _model(float_warmup_steps=100)
     _train(model, 3)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, Iterator, List, Optional, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Tuple, Type
 
 import torch
 from nerfstudio.cameras.rays import RayBundle, RaySamples
@@ -69,6 +69,9 @@ class NeRFQATModelConfig(CompressibleModelConfig):
     """Fuse each Linear with its ReLU before quantizing (False reproduces the paper's unfused ablation)."""
     float_warmup_steps: int = 1000
     """Steps trained in float before fake quantization switches on."""
+    qat_start_fraction: Optional[float] = None
+    """Start quantization at this fraction of the run's iterations instead of after
+    float_warmup_steps (e.g. 0.75: float for three quarters of the run, QAT for the rest)."""
     calibration_steps: int = 1000
     """Steps, once quantization is on, during which activation ranges are observed; then they freeze."""
     compile: bool = True
@@ -98,6 +101,7 @@ class NeRFQATModel(CompressibleModel):
         self.sampler_pdf = PDFSampler(num_samples=self.config.num_importance_samples)
         self._compiled = False
         self._view_float = False
+        self._total_steps: Optional[Callable[[], int]] = None
 
         self.viewer_float_weights = ViewerCheckbox(
             name="Show float weights (not quantized)",
@@ -119,16 +123,28 @@ class NeRFQATModel(CompressibleModel):
         )
 
     # -- training schedule ----------------------------------------------------------------------
+    def float_steps(self) -> int:
+        """Steps trained in float before fake quantization switches on."""
+        fraction = self.config.qat_start_fraction
+        if fraction is None or self._total_steps is None:
+            return self.config.float_warmup_steps
+        return int(fraction * self._total_steps())
+
     def _apply_quant_schedule(self, step: int) -> None:
         if not self.config.quantize:
             return
-        quant_on = step >= self.config.float_warmup_steps
+        start = self.float_steps()
+        quant_on = step >= start
         set_quantization(self, quant_on)
-        set_observers(self, quant_on and step < self.config.float_warmup_steps + self.config.calibration_steps)
+        set_observers(self, quant_on and step < start + self.config.calibration_steps)
 
     def get_training_callbacks(
         self, training_callback_attributes: TrainingCallbackAttributes
     ) -> List[TrainingCallback]:
+        trainer = training_callback_attributes.trainer
+        if trainer is not None:
+            # Read at every step: a benchmark that re-plans the run length moves the QAT start too.
+            self._total_steps = lambda: trainer.config.max_num_iterations
         return [
             TrainingCallback(
                 where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Run several benchmark configurations on one GPU host, one configuration per GPU at a time.
+# Run from the repository root after: . benchmarks/gpu_env.sh
+# usage: bash benchmarks/gpu_suite.sh "LABEL|METHOD|DATA|BUDGET_S|NS-TRAIN ARGS" ...
+#   e.g. "int8-fused|nerf-qat|.gpu/fern|420|--pipeline.model.bits 8"
+# Rows go to $OUT/rows.jsonl, each run's log to $OUT/LABEL.log.
+set -u
+out=${OUT:-/tmp/out}
+mkdir -p "$out"
+ngpu=$(nvidia-smi -L | wc -l)
+i=0
+for entry in "$@"; do
+  IFS='|' read -r label method data budget opts <<< "$entry"
+  gpu=$((i % ngpu))
+  # shellcheck disable=SC2086
+  CUDA_VISIBLE_DEVICES=$gpu python3 benchmarks/run_benchmark.py --data "$data" --method "$method" --label "$label" \
+    --iterations 1000000 --fit-budget --budget-s "$budget" --results "$out/rows.jsonl" -- $opts \
+    > "$out/$label.log" 2>&1 &
+  i=$((i + 1))
+  if [ $((i % ngpu)) -eq 0 ]; then wait; fi
+done
+wait
+for entry in "$@"; do
+  label=${entry%%|*}
+  echo "== $label"; grep -h "^\[benchmark\]\|Error\|error:" "$out/$label.log" | tail -8
+done
