@@ -48,14 +48,16 @@ def _as_resolution(resolution: Union[int, Sequence[int]]) -> Resolution:
 def corner_lookup(positions: Tensor, resolution: Resolution) -> Tuple[Tensor, Tensor, Tensor]:
     """Integer corners [N, 8, 3], flat vertex ids [N, 8] and trilinear weights [N, 8] of the cell
     around each position in [0, 1]^3 on a grid of ``resolution`` vertices per axis."""
-    res = torch.tensor(resolution, device=positions.device)
-    scaled = positions.clamp(0.0, 1.0) * (res - 1)
-    base = torch.minimum(scaled.floor().long(), res - 2)
+    rx, ry, rz = resolution
+    device = positions.device
+    # Python-scalar bounds per axis: no host-to-device copies in the hot path.
+    scaled = torch.stack([positions[:, i].clamp(0.0, 1.0) * (r - 1) for i, r in enumerate(resolution)], dim=-1)
+    base = torch.stack([scaled[:, i].floor().clamp(max=r - 2) for i, r in enumerate(resolution)], dim=-1)
     frac = scaled - base
-    corner_offsets = _CORNERS.to(positions.device)
-    corners = base[:, None, :] + corner_offsets[None]
-    ids = (corners[..., 0] * resolution[1] + corners[..., 1]) * resolution[2] + corners[..., 2]
-    weights = torch.where(corner_offsets[None].bool(), frac[:, None, :], 1.0 - frac[:, None, :]).prod(dim=-1)
+    offsets = _CORNERS.to(device, non_blocking=True)
+    corners = base.long()[:, None, :] + offsets[None]
+    ids = (corners[..., 0] * ry + corners[..., 1]) * rz + corners[..., 2]
+    weights = torch.where(offsets[None].bool(), frac[:, None, :], 1.0 - frac[:, None, :]).prod(dim=-1)
     return corners, ids, weights
 
 
@@ -161,17 +163,17 @@ class LearnedIndexCodebookGrid(nn.Module):
         """Interpolated features [N, F] of one level at positions in [0, 1]^3 [N, 3]."""
         corners, ids, weights = corner_lookup(positions, self.resolutions[level])
         codebook = round_to_half(self.codebooks[level])
+        # Lookups go through F.embedding: its backward accumulates duplicate rows efficiently, where
+        # advanced indexing's backward serialises them (millions of samples share few rows).
         if self.index_mode == "hashed":
-            vertex = codebook[hashed_indices(corners, self.bits)]
-        elif self.frozen:
-            vertex = codebook[getattr(self, f"indices_{level}")[ids].long()]
-        elif hard:
-            vertex = codebook[self.logits[level][ids].argmax(dim=-1)]
+            vertex = F.embedding(hashed_indices(corners, self.bits), codebook)
+        elif self.frozen or hard:
+            vertex = F.embedding(self.hard_indices(level)[ids], codebook)
         else:
-            soft = F.softmax(self.logits[level][ids], dim=-1)  # [N, 8, K]
-            hard_rows = codebook[soft.argmax(dim=-1)]
+            soft = F.softmax(F.embedding(ids, self.logits[level]), dim=-1)  # [N, 8, K]
+            one_hot = F.one_hot(soft.argmax(dim=-1), soft.shape[-1]).to(soft.dtype)
             # Straight-through: the value is the hard lookup, the gradient that of the softmax mixture.
-            vertex = hard_rows + (soft - soft.detach()) @ codebook
+            vertex = (one_hot + (soft - soft.detach())) @ codebook
         return (weights[..., None] * vertex).sum(dim=1)
 
     def forward(
