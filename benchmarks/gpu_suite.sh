@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run several benchmark configurations on one GPU host, one configuration per GPU at a time.
 # Run from the repository root after: . benchmarks/gpu_env.sh
-# usage: bash benchmarks/gpu_suite.sh "LABEL|METHOD|DATA|BUDGET_S|NS-TRAIN ARGS" ...
+# usage: bash benchmarks/gpu_suite.sh "LABEL|METHOD|DATA|BUDGET_S|NS-TRAIN ARGS[|RUNNER ARGS]" ...
 #   e.g. "int8-fused|nerf-qat|.gpu/fern|420|--pipeline.model.bits 8"
 # Rows go to $OUT/rows.jsonl, each run's log to $OUT/LABEL.log.
 set -u
@@ -10,11 +10,11 @@ mkdir -p "$out"
 ngpu=$(nvidia-smi -L | wc -l)
 i=0
 for entry in "$@"; do
-  IFS='|' read -r label method data budget opts <<< "$entry"
+  IFS='|' read -r label method data budget opts runner_opts <<< "$entry"
   gpu=$((i % ngpu))
   # shellcheck disable=SC2086
   CUDA_VISIBLE_DEVICES=$gpu python3 benchmarks/run_benchmark.py --data "$data" --method "$method" --label "$label" \
-    --iterations 1000000 --fit-budget --budget-s "$budget" --results "$out/rows.jsonl" -- $opts \
+    --iterations 1000000 --fit-budget --budget-s "$budget" --results "$out/rows.jsonl" ${runner_opts:-} -- $opts \
     > "$out/$label.log" 2>&1 &
   i=$((i + 1))
   if [ $((i % ngpu)) -eq 0 ]; then wait; fi

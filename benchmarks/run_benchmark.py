@@ -129,16 +129,21 @@ def train(config, budget_s: float, fit_budget: bool) -> Dict[str, Any]:
     return {"trainer": trainer, "train_seconds": seconds, "iterations": state["steps"], **state}
 
 
-def export_and_evaluate(model, pipeline, directory: Path, device: torch.device) -> Dict[str, Any]:
+def export_and_evaluate(
+    model, pipeline, directory: Path, device: torch.device, operating_points: bool = True
+) -> Dict[str, Any]:
     """Export the full model and every operating point (vqad's levels); evaluate each from its file."""
     path = directory / "model.nqz"
     result: Dict[str, Any] = {"file_bytes": model.export_compressed(path)}
     result.update(evaluate_file(path, pipeline, device))
     points = []
-    for name in model.operating_points():
-        point_path = directory / f"model.{name.replace('=', '')}.nqz"
-        size = model.export_compressed(point_path, name)
-        metrics = evaluate_file(point_path, pipeline, device)
+    for name in model.operating_points() if operating_points else []:
+        if name == model.current_operating_point():
+            size, metrics = result["file_bytes"], result
+        else:
+            point_path = directory / f"model.{name.replace('=', '')}.nqz"
+            size = model.export_compressed(point_path, name)
+            metrics = evaluate_file(point_path, pipeline, device)
         quality = {k: metrics[k] for k in ("psnr", "ssim", "lpips")}
         points.append({"operating_point": name, "file_bytes": size, **quality})
         print(f"[benchmark] operating point {name}: {size} bytes, PSNR {metrics['psnr']:.2f}", flush=True)
@@ -200,6 +205,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--lr", type=float, default=None, help="initial learning rate of every parameter group")
     parser.add_argument("--fit-budget", action="store_true", help="fit iterations and lr decay to --budget-s")
     parser.add_argument("--speed-only", action="store_true", help="measure iterations/s only (peer methods)")
+    parser.add_argument(
+        "--no-operating-points", action="store_true", help="evaluate only the full model (saves time on big scenes)"
+    )
     args = parser.parse_args(argv)
 
     import nerfqat_plugin  # noqa: F401  (offline-safe checkpoint loading, error reporting)
@@ -233,7 +241,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         row["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     if not args.speed_only:
         pipeline = trainer.pipeline
-        row.update(export_and_evaluate(pipeline.model, pipeline, args.output_dir / args.label, pipeline.device))
+        directory = args.output_dir / args.label
+        row.update(
+            export_and_evaluate(pipeline.model, pipeline, directory, pipeline.device, not args.no_operating_points)
+        )
     args.results.parent.mkdir(parents=True, exist_ok=True)
     with args.results.open("a", encoding="utf8") as handle:
         handle.write(json.dumps(row) + "\n")
