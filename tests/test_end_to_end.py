@@ -25,7 +25,7 @@ TINY_NERF_QAT = [
     "--pipeline.model.direction-frequencies", "2",
     "--pipeline.model.num-coarse-samples", "8",
     "--pipeline.model.num-importance-samples", "8",
-    "--pipeline.model.float-warmup-steps", "3",
+    "--pipeline.model.qat-start-fraction", "0.5",
     "--pipeline.model.calibration-steps", "3",
 ]  # fmt: skip
 TINY_VQAD = [

@@ -68,11 +68,12 @@ class NeRFQATModelConfig(CompressibleModelConfig):
     fuse_relu: bool = True
     """Fuse each Linear with its ReLU before quantizing (False reproduces the paper's unfused ablation)."""
     float_warmup_steps: int = 1000
-    """Steps trained in float before fake quantization switches on."""
-    qat_start_fraction: Optional[float] = None
-    """Start quantization at this fraction of the run's iterations instead of after
-    float_warmup_steps (e.g. 0.75: float for three quarters of the run, QAT for the rest)."""
-    calibration_steps: int = 1000
+    """Steps trained in float before fake quantization switches on, when qat_start_fraction is None
+    or the run's length is unknown."""
+    qat_start_fraction: Optional[float] = 0.75
+    """Start quantization at this fraction of the run's iterations (float for three quarters of the
+    run, QAT for the rest; measured best on fern, see README); None: after float_warmup_steps."""
+    calibration_steps: int = 300
     """Steps, once quantization is on, during which activation ranges are observed; then they freeze."""
     compile: bool = True
     """torch.compile the field MLPs for training on CUDA."""

@@ -118,8 +118,9 @@ class VQADModelConfig(CompressibleModelConfig):
     """Codebook width of the proposal grid."""
     proposal_hidden_dim: int = 16
     """Width of the proposal density decoder."""
-    num_proposal_samples: Tuple[int, ...] = (256, 96)
-    """Samples per ray of each proposal round (one proposal field serves every round)."""
+    num_proposal_samples: Tuple[int, ...] = (128, 64)
+    """Samples per ray of each proposal round (one proposal field serves every round); (128, 64)
+    measured faster and no worse than nerfacto's (256, 96) on fern."""
     num_nerf_samples: int = 48
     """Samples per ray of the radiance field."""
     random_levels_fraction: float = 0.25
