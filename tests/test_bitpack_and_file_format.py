@@ -58,6 +58,12 @@ def test_round_trip_and_no_leftover_files(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["field.nqz"]
     header = json.loads(path.read_bytes()[8 : 8 + struct.unpack("<Q", path.read_bytes()[:8])[0]])
     assert header["__metadata__"]["format_version"] == str(file_format.FORMAT_VERSION)
+    # Reproducible bytes: sorted header keys (safetensors' writer orders them per process), and
+    # safetensors itself still reads the rewritten file.
+    assert list(header) == sorted(header) and list(header["__metadata__"]) == sorted(header["__metadata__"])
+    from safetensors.torch import load_file
+
+    assert torch.equal(load_file(path)["b"], tensors["b"])
 
 
 def test_failed_write_keeps_the_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,9 @@ The JSON header's ``__metadata__`` holds:
 * ``payload``: JSON describing how to rebuild the field (method, configuration, tensor encodings);
 * ``sha256``: digest of the tensor bytes, so a flipped bit is caught at load time.
 
-No pickle is involved anywhere: loading a file can never execute code.
+No pickle is involved anywhere: loading a file can never execute code. Files are reproducible
+byte for byte: the header's keys are written sorted (safetensors' own writer orders metadata by a
+per-process hash seed).
 """
 
 from __future__ import annotations
@@ -60,7 +62,17 @@ def serialize_compressed(tensors: Dict[str, torch.Tensor], payload: Dict[str, An
         "payload": json.dumps(payload, sort_keys=True, separators=(",", ":")),
         "sha256": _digest(cpu_tensors),
     }
-    return safetensors_save(cpu_tensors, metadata=metadata)
+    return _with_sorted_header(safetensors_save(cpu_tensors, metadata=metadata))
+
+
+def _with_sorted_header(blob: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted (padded to 8 bytes, as safetensors
+    does); tensor offsets are relative to the end of the header, so they stay valid."""
+    (length,) = struct.unpack("<Q", blob[:_HEADER_LEN_BYTES])
+    header = json.loads(blob[_HEADER_LEN_BYTES : _HEADER_LEN_BYTES + length])
+    encoded = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    return struct.pack("<Q", len(encoded)) + encoded + blob[_HEADER_LEN_BYTES + length :]
 
 
 def write_compressed(path: Path, tensors: Dict[str, torch.Tensor], payload: Dict[str, Any]) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Dict, Tuple
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 _EPS = 1e-8
@@ -70,6 +71,16 @@ class PerChannelWeightQuantizer(nn.Module):
             return torch.round(self.forward(weight) / self.scale[:, None]).to(torch.int32)
 
 
+def global_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(min, max) of ``x`` over every process of the default process group (just ``x`` without one)."""
+    lo, hi = torch.aminmax(x)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        bounds = torch.stack([-lo, hi])
+        dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
+        lo, hi = -bounds[0], bounds[1]
+    return lo, hi
+
+
 class ActivationQuantizer(nn.Module):
     """Per-tensor affine activation fake quantizer with an exponential-moving-average range observer.
 
@@ -96,8 +107,11 @@ class ActivationQuantizer(nn.Module):
 
     @torch.no_grad()
     def observe(self, x: torch.Tensor) -> None:
-        """Update the range with ``x`` and recompute scale and zero point (asymmetric, 0 exact)."""
-        lo, hi = torch.aminmax(x.detach().float())
+        """Update the range with ``x`` and recompute scale and zero point (asymmetric, 0 exact).
+
+        Under DDP every rank sees a different batch; the batch range is reduced over all ranks first,
+        so every rank applies the same update and all hold identical ranges and scales."""
+        lo, hi = global_range(x.detach().float())
         first = torch.isinf(self.running_min)
         a = self.averaging_constant
         self.running_min.copy_(torch.where(first, lo, self.running_min + a * (lo - self.running_min)))
