@@ -7,7 +7,8 @@ append one JSON row per run.
 Everything after ``--`` is passed to ``ns-train METHOD`` unchanged. The row records method, options,
 iterations, training seconds, iterations/s, PSNR, SSIM, LPIPS (null where the pretrained AlexNet is
 unavailable), file bytes, render fps at the test resolution, GPU name, date and the command.
-``--speed-only`` trains a peer method (e.g. nerfstudio's vanilla-nerf) only to measure iterations/s.
+Peer methods (nerfstudio's vanilla-nerf, nerfacto, ...) are evaluated as trained, with the same
+offline-safe metrics, and sized by their fp32 parameters; ``--speed-only`` only measures iterations/s.
 """
 
 from __future__ import annotations
@@ -99,6 +100,10 @@ def train(config, budget_s: float, fit_budget: bool) -> Dict[str, Any]:
         elapsed = now - state["start"]
         if step == 100:
             state["t100"] = now
+        if now - state.get("last_progress", state["start"]) >= 30.0:
+            state["last_progress"] = now
+            planned = state["stop_at"] or "?"
+            print(f"[benchmark] progress: step {step} of {planned}, {elapsed:.0f} s of {budget_s:.0f} s", flush=True)
         if fit_budget and step % 1000 == 100:
             window["step"], window["time"] = step, now
         if fit_budget and "step" in window and (step == 300 or step % 1000 == 0) and step > window["step"]:
@@ -154,17 +159,33 @@ def export_and_evaluate(
 
 def evaluate_file(path: Path, pipeline, device: torch.device) -> Dict[str, Any]:
     """PSNR/SSIM/LPIPS and render fps of every test view, rendered from the compressed file."""
-    from nerfqat_plugin.metrics.image_metrics import image_metrics
     from nerfqat_plugin.models.compressible import load_compressed_model
 
-    model = load_compressed_model(path, device)
+    return evaluate_model(load_compressed_model(path, device), pipeline, device)
+
+
+def parameter_bytes(model: torch.nn.Module) -> int:
+    """fp32 bytes of a peer model's trained parameters (metric networks are stubbed out in peer runs,
+    optimizer state is not part of the model)."""
+    return 4 * sum(p.numel() for p in model.parameters())
+
+
+def evaluate_model(model, pipeline, device: torch.device) -> Dict[str, Any]:
+    """PSNR/SSIM/LPIPS (offline-safe: null without pretrained weights) and render fps of every test view."""
+    from nerfqat_plugin.metrics.image_metrics import image_metrics
+
+    model.eval()
     model.config.eval_num_rays_per_chunk = 1 << 16
     dataset = pipeline.datamanager.eval_dataset
     per_view = []
     for i in range(len(dataset)):
         camera = dataset.cameras[i : i + 1].to(device)
-        gt = dataset.get_image_float32(i).to(device)[..., :3]
-        per_view.append(image_metrics(gt, model.get_outputs_for_camera(camera)["rgb"]))
+        gt = dataset.get_image_float32(i).to(device)
+        outputs = model.get_outputs_for_camera(camera)
+        rgb = outputs["rgb"] if "rgb" in outputs else outputs["rgb_fine"]  # vanilla-nerf: coarse and fine
+        if gt.shape[-1] == 4:  # RGBA (Blender): composite on the background the model renders
+            gt = model.renderer_rgb.blend_background(gt)
+        per_view.append(image_metrics(gt[..., :3], rgb))
     # Time a second render of the first view, so first-use allocation stays out of the fps figure.
     camera = dataset.cameras[0:1].to(device)
     synchronize()
@@ -211,11 +232,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     import nerfqat_plugin  # noqa: F401  (offline-safe checkpoint loading, error reporting)
+    from nerfqat_plugin.models.compressible import CompressibleModel
 
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and newer
     config = make_config(args.method, args.data, args.output_dir / args.label, args.iterations, extra, args.lr)
     print(f"[benchmark] {args.label}: training {args.method} for {args.iterations} iterations", flush=True)
-    guard = peer_lpips_disabled() if args.speed_only else contextlib.nullcontext()
+    # Peers build LPIPS(AlexNet) at construction (and fail offline); their metrics are computed here.
+    guard = peer_lpips_disabled() if args.method not in ("nerf-qat", "vqad") else contextlib.nullcontext()
     with guard:
         run = train(config, args.budget_s, args.fit_budget)
     trainer = run["trainer"]
@@ -239,12 +262,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     }
     if torch.cuda.is_available():
         row["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    if not args.speed_only:
-        pipeline = trainer.pipeline
+    pipeline = trainer.pipeline
+    if args.speed_only:
+        pass
+    elif isinstance(pipeline.model, CompressibleModel):
         directory = args.output_dir / args.label
         row.update(
             export_and_evaluate(pipeline.model, pipeline, directory, pipeline.device, not args.no_operating_points)
         )
+    else:  # a peer method: evaluated as trained, sized by its fp32 parameters
+        row["param_bytes"] = parameter_bytes(pipeline.model)
+        with torch.no_grad():
+            row.update(evaluate_model(pipeline.model, pipeline, pipeline.device))
     args.results.parent.mkdir(parents=True, exist_ok=True)
     with args.results.open("a", encoding="utf8") as handle:
         handle.write(json.dumps(row) + "\n")

@@ -1,0 +1,340 @@
+"""One command per scene: our methods and nerfstudio's own, same split, same wall-clock budget,
+then the paper's tables side by side, a size-PSNR plot and ``docs/benchmarks.md``.
+
+    python benchmarks/compare.py --scene fern --data .gpu/fern --budget-s 420 --deadline-s 560
+
+Every configuration runs through ``run_benchmark.py`` (one per GPU at a time) and appends its row to
+``benchmarks/results/<scene>_rows.jsonl``. The command resumes: configurations with a row for this
+budget are skipped, and no configuration starts unless it can finish before ``--deadline-s``, so
+each call fits in one 10-minute device run; call it again until it reports nothing left to run.
+While running it prints each configuration's step, planned iterations and remaining time; a failing
+configuration is reported with its log's last error line and the others go on. ``--report-only``
+rebuilds ``benchmarks/results/<scene>.json``, the plot and ``docs/benchmarks.md`` from the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+DOCS = ROOT / "docs"
+EVAL_MARGIN_S = 120.0  # start-up, compilation overshoot, export and evaluation after the budget
+
+# The NeRF-QAT paper's table (LLFF fern, its own protocol), drawn as "reported" points.
+REPORTED: List[Tuple[str, float, float]] = [
+    ("NeRF", 31.49, 4.78),
+    ("Plenoxels", 31.71, 778.0),
+    ("TensoRF", 33.14, 71.8),
+    ("Instant-NGP", 33.18, 64.1),
+    ("NeRF-QAT", 30.56, 1.33),
+]
+OURS = ("nerf-qat", "vqad")
+
+
+@dataclass
+class Job:
+    """One configuration: ``run_benchmark.py --method METHOD ... -- ARGS``."""
+
+    label: str
+    method: str
+    args: List[str] = field(default_factory=list)
+    runner_args: List[str] = field(default_factory=list)
+
+
+def near_far(data: Path) -> Optional[Tuple[float, float]]:
+    """World-space sampling bounds our dataparser derives for a scene (given to peers that need them)."""
+    from nerfqat_plugin.data.auto_dataparser import AutoDataParserConfig
+    from nerfqat_plugin.model_components.ray_setup import NEAR_FAR_METADATA_KEY
+
+    outputs = AutoDataParserConfig(data=data).setup().get_dataparser_outputs("train")
+    bounds = outputs.metadata.get(NEAR_FAR_METADATA_KEY)
+    return (float(bounds[0]), float(bounds[1])) if bounds else None
+
+
+def plan(scene: str, data: Path, bounds: Optional[Tuple[float, float]]) -> List[Job]:
+    """Table 1 and 2 configurations. Peers: camera optimizer off, torch implementations, our
+    dataparser (same split), and for forward-facing scenes the near/far of the scene."""
+    near, far = bounds or (2.0, 6.0)
+    peers_parser = ["auto-data"]
+    no_camera_opt = ["--pipeline.model.camera-optimizer.mode", "off"]
+    collider = ["--pipeline.model.collider-params", "near_plane", f"{near:.4f}", "far_plane", f"{far:.4f}"]
+    return [
+        Job("nerf-fp32", "nerf-qat", ["--pipeline.model.quantize", "False"]),
+        Job("nerf-qat-int8", "nerf-qat", ["--pipeline.model.bits", "8"]),
+        Job("nerf-qat-int8-unfused", "nerf-qat", ["--pipeline.model.bits", "8", "--pipeline.model.fuse-relu", "False"]),
+        Job("nerf-qat-int4", "nerf-qat", ["--pipeline.model.bits", "4"]),
+        Job("vqad", "vqad"),
+        Job("vanilla-nerf", "vanilla-nerf", collider + peers_parser),
+        Job(
+            "nerfacto",
+            "nerfacto",
+            no_camera_opt
+            + ["--pipeline.model.implementation", "torch", "--pipeline.model.near-plane", f"{near:.4f}"]
+            + peers_parser,
+        ),
+        Job(
+            "instant-ngp",
+            "instant-ngp",
+            ["--pipeline.model.near-plane", f"{near:.4f}", "--pipeline.model.far-plane", f"{far:.4f}"] + peers_parser,
+        ),
+        Job("tensorf", "tensorf", no_camera_opt + collider + peers_parser),
+    ]
+
+
+def rows_path(scene: str) -> Path:
+    return RESULTS / f"{scene}_rows.jsonl"
+
+
+def load_rows(scene: str, budget_s: Optional[float] = None) -> Dict[str, Dict[str, Any]]:
+    """The latest row of every label (for one budget if given)."""
+    path = rows_path(scene)
+    rows: Dict[str, Dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                if budget_s is None or float(row.get("budget_s", -1)) == float(budget_s):
+                    rows[row["label"]] = row
+    return rows
+
+
+def _last_line(path: Path, markers: Sequence[str]) -> str:
+    """The log's last line containing one of ``markers`` ("" if none)."""
+    if not path.is_file():
+        return ""
+    for line in reversed(path.read_text(errors="replace").splitlines()):
+        if any(marker in line for marker in markers):
+            return line.strip()
+    return ""
+
+
+def run_jobs(jobs: List[Job], args: argparse.Namespace, gpus: int) -> List[str]:
+    """Run ``jobs`` (one per GPU at a time) until done or the deadline; returns the failed labels."""
+    start = time.perf_counter()
+    log_dir = Path(args.log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    pending = list(jobs)
+    running: Dict[int, Tuple[Job, subprocess.Popen, float, Path]] = {}
+    failed: List[str] = []
+    last_report = 0.0
+    while pending or running:
+        for gpu in range(gpus):
+            if gpu in running or not pending:
+                continue
+            elapsed = time.perf_counter() - start
+            if elapsed + args.budget_s + EVAL_MARGIN_S > args.deadline_s:
+                print(f"[compare] {len(pending)} configuration(s) left for the next call (deadline)", flush=True)
+                pending.clear()
+                break
+            job = pending.pop(0)
+            log = log_dir / f"{args.scene}_{job.label}.log"
+            command = [sys.executable, str(ROOT / "benchmarks" / "run_benchmark.py"), "--data", str(args.data)]
+            command += ["--method", job.method, "--label", job.label, "--iterations", "1000000", "--fit-budget"]
+            command += ["--budget-s", str(args.budget_s), "--results", str(rows_path(args.scene))]
+            command += ["--output-dir", str(args.output_dir), *job.runner_args, "--", *job.args]
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu), "PYTHONUNBUFFERED": "1"}
+            print(f"[compare] start {job.label} on GPU {gpu}: {' '.join(command[1:])}", flush=True)
+            handle = log.open("w")
+            proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+            running[gpu] = (job, proc, time.perf_counter(), log)
+        time.sleep(args.poll_s)
+        now = time.perf_counter()
+        for gpu, (job, proc, started, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[gpu]
+            if proc.returncode == 0:
+                print(f"[compare] done {job.label} ({now - started:.0f} s)", flush=True)
+            else:
+                failed.append(job.label)
+                reason = _last_line(log, ("Error", "error:", "Exception"))
+                print(f"[compare] FAILED {job.label} (exit {proc.returncode}): {reason} (log: {log})", flush=True)
+        if running and now - last_report >= args.progress_s:
+            last_report = now
+            for job, _, started, log in running.values():
+                progress = _last_line(log, ("[benchmark] progress", "[benchmark] step"))
+                left = args.budget_s + 30.0 - (now - started)
+                when = f"about {left:.0f} s to go" if left > 0 else f"{-left:.0f} s over its budget (evaluating?)"
+                print(f"[compare] {job.label}: {progress or 'starting'}; {when}", flush=True)
+    return failed
+
+
+# -- report ----------------------------------------------------------------------------------------
+def table_rows(rows: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Table 2's rows: one per configuration, vqad once per operating point."""
+    out = []
+    for label, row in rows.items():
+        base = {
+            "train_seconds": row.get("train_seconds"),
+            "iterations_per_s": row.get("iterations_per_s"),
+            "render_fps": row.get("render_fps"),
+            "method": row.get("method"),
+            "ours": row.get("method") in OURS,
+        }
+        points = row.get("operating_points") or []
+        if points:
+            for point in points:
+                size = point["file_bytes"]
+                name = f"{label} ({point['operating_point']})"
+                quality = {k: point[k] for k in ("psnr", "ssim", "lpips")}
+                out.append({**base, "name": name, **quality, "bytes": size})
+            continue
+        size = row.get("file_bytes") or row.get("param_bytes")
+        quality = {k: row.get(k) for k in ("psnr", "ssim", "lpips")}
+        out.append({**base, "name": label, **quality, "bytes": size})
+    return out
+
+
+def _fmt(value: Any, digits: int) -> str:
+    return "null" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(scene: str, rows: Dict[str, Dict[str, Any]]) -> str:
+    lines = [f"## {scene}", ""]
+    any_row = next(iter(rows.values()), {})
+    lines.append(
+        f"GPU: {any_row.get('gpu', '?')}; budget {any_row.get('budget_s', '?')} s per configuration; "
+        f"rows from {min((r.get('date', '') for r in rows.values()), default='?')} to "
+        f"{max((r.get('date', '') for r in rows.values()), default='?')}."
+    )
+    lines += ["", "**Table 1** (nerf-qat int8, fused vs unfused)", ""]
+    lines += ["| configuration | PSNR | SSIM |", "|---|---|---|"]
+    for label in ("nerf-qat-int8", "nerf-qat-int8-unfused"):
+        if label in rows:
+            lines.append(f"| {label} | {_fmt(rows[label].get('psnr'), 2)} | {_fmt(rows[label].get('ssim'), 3)} |")
+    lines += ["", "**Table 2**", ""]
+    lines += ["| configuration | PSNR | SSIM | LPIPS | size (MB) | train s | it/s | render fps |"]
+    lines += ["|---|---|---|---|---|---|---|---|"]
+    for r in table_rows(rows):
+        size = None if r["bytes"] is None else r["bytes"] / 1e6
+        lines.append(
+            f"| {r['name']} | {_fmt(r['psnr'], 2)} | {_fmt(r['ssim'], 3)} | {_fmt(r['lpips'], 3)} | {_fmt(size, 3)} "
+            f"| {_fmt(r['train_seconds'], 0)} | {_fmt(r['iterations_per_s'], 1)} | {_fmt(r['render_fps'], 2)} |"
+        )
+    lines += ["", f"![PSNR against size on {scene}](benchmarks_{scene}.png)", "", "Commands:", ""]
+    lines += [f"- `{r['command']}`" for r in rows.values()]
+    reading = ROOT / "benchmarks" / "readings" / f"{scene}.md"
+    if reading.is_file():
+        lines += ["", reading.read_text().strip()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(scene: str, rows: Dict[str, Dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in table_rows(rows):
+        if r["psnr"] is None or not r["bytes"]:
+            continue
+        ax.scatter(r["bytes"] / 1e6, r["psnr"], marker="o" if r["ours"] else "s", color="C0" if r["ours"] else "C1")
+        ax.annotate(r["name"], (r["bytes"] / 1e6, r["psnr"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if scene == "fern":
+        for name, psnr, size in REPORTED:
+            ax.scatter(size, psnr, marker="x", color="gray")
+            label = f"{name} (reported)"
+            ax.annotate(label, (size, psnr), fontsize=7, color="gray", xytext=(3, -9), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("size (MB, log scale): our files / peers' fp32 parameters")
+    ax.set_ylabel("PSNR (dB)")
+    ax.set_title(f"{scene}: PSNR against size (o ours, s nerfstudio, x reported)")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(scenes: Sequence[str]) -> None:
+    """Write results/<scene>.json and the plot for each scene with rows, and docs/benchmarks.md."""
+    sections = [
+        "# Benchmarks",
+        "",
+        "Generated by `python benchmarks/compare.py --report-only` from "
+        "`benchmarks/results/<scene>_rows.jsonl`; every row holds its exact command, GPU and date.",
+        "",
+    ]
+    for scene in scenes:
+        rows = load_rows(scene)
+        if not rows:
+            continue
+        (RESULTS / f"{scene}.json").write_text(
+            json.dumps(
+                {
+                    "scene": scene,
+                    "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                    "table2": table_rows(rows),
+                    "rows": list(rows.values()),
+                },
+                indent=1,
+            )
+        )
+        plot(scene, rows, DOCS / f"benchmarks_{scene}.png")
+        sections.append(markdown(scene, rows))
+    DOCS.mkdir(exist_ok=True)
+    (DOCS / "benchmarks.md").write_text("\n".join(sections))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scene", required=True, help="name used for result files (fern, lego)")
+    parser.add_argument("--data", type=Path, help="the scene folder")
+    parser.add_argument("--budget-s", type=float, default=420.0, help="training budget of every configuration")
+    parser.add_argument("--deadline-s", type=float, default=560.0, help="start nothing that cannot end before this")
+    parser.add_argument("--only", default="", help="comma-separated labels to run (default: all)")
+    parser.add_argument("--common-args", default="", help="ns-train options for every configuration (quoted)")
+    parser.add_argument("--gpus", type=int, default=None, help="GPUs to use (default: all visible)")
+    parser.add_argument("--output-dir", type=Path, default=Path("outputs/compare"))
+    parser.add_argument("--log-dir", type=Path, default=Path(os.environ.get("OUT", "outputs/compare")))
+    parser.add_argument("--poll-s", type=float, default=5.0)
+    parser.add_argument("--progress-s", type=float, default=60.0)
+    parser.add_argument("--results-dir", type=Path, default=None, help="where rows go (default benchmarks/results)")
+    parser.add_argument("--docs-dir", type=Path, default=None, help="where benchmarks.md goes (default docs)")
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--dry-run", action="store_true", help="print what would run")
+    args = parser.parse_args(argv)
+    global RESULTS, DOCS
+    RESULTS, DOCS = args.results_dir or RESULTS, args.docs_dir or DOCS
+    RESULTS.mkdir(parents=True, exist_ok=True)
+
+    if not args.report_only:
+        if args.data is None or not args.data.is_dir():
+            parser.error(f"--data: scene folder {args.data} not found")
+        jobs = plan(args.scene, args.data, near_far(args.data))
+        for job in jobs:
+            job.args = shlex.split(args.common_args) + job.args
+        done = load_rows(args.scene, args.budget_s)
+        wanted = {s for s in args.only.split(",") if s}
+        todo = [j for j in jobs if j.label not in done and (not wanted or j.label in wanted)]
+        print(f"[compare] {args.scene}: {len(done)} of {len(jobs)} configurations done, {len(todo)} to run now")
+        if args.dry_run:
+            for job in todo:
+                print(f"[compare] would run {job.label}: {job.method} {' '.join(job.args)}")
+            return 0
+        if todo:
+            import torch
+
+            gpus = args.gpus or max(1, torch.cuda.device_count())
+            failed = run_jobs(todo, args, gpus)
+            if failed:
+                print(f"[compare] failed: {', '.join(failed)}", flush=True)
+    report(sorted({p.name[: -len("_rows.jsonl")] for p in RESULTS.glob("*_rows.jsonl")}))
+    print(f"[compare] wrote {DOCS / 'benchmarks.md'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,97 @@
+"""The comparison command (benchmarks/compare.py): plan, resume, failure reporting and the report."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import make_llff_scene
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("compare", ROOT / "benchmarks" / "compare.py")
+compare = importlib.util.module_from_spec(_spec)
+sys.modules["compare"] = compare  # dataclasses look their module up while the file executes
+_spec.loader.exec_module(compare)
+
+
+def _row(label: str, method: str, psnr: float, budget: float = 420.0, **extra) -> dict:
+    return {
+        "label": label,
+        "method": method,
+        "budget_s": budget,
+        "psnr": psnr,
+        "ssim": 0.7,
+        "lpips": None,
+        "train_seconds": 400.0,
+        "iterations_per_s": 30.0,
+        "render_fps": 1.0,
+        "gpu": "NVIDIA H200",
+        "date": "2026-11-21T00:00:00+00:00",
+        "command": f"python benchmarks/run_benchmark.py --label {label}",
+        **extra,
+    }
+
+
+@pytest.fixture
+def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(compare, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(compare, "DOCS", tmp_path / "docs")
+    (tmp_path / "results").mkdir()
+    return tmp_path
+
+
+def test_plan_covers_both_tables_and_configures_peers_fairly(tiny_llff: Path) -> None:
+    bounds = compare.near_far(tiny_llff)
+    jobs = {job.label: job for job in compare.plan("tiny", tiny_llff, bounds)}
+    assert {"nerf-fp32", "nerf-qat-int8", "nerf-qat-int8-unfused", "nerf-qat-int4", "vqad"} <= set(jobs)
+    assert {"vanilla-nerf", "nerfacto", "instant-ngp", "tensorf"} <= set(jobs)
+    for peer in ("nerfacto", "tensorf"):
+        args = jobs[peer].args
+        assert args[args.index("--pipeline.model.camera-optimizer.mode") + 1] == "off"
+    assert f"{bounds[0]:.4f}" in jobs["vanilla-nerf"].args and jobs["vanilla-nerf"].args[-1] == "auto-data"
+
+
+def test_resume_skips_configurations_with_a_row_for_the_same_budget(dirs: Path) -> None:
+    rows = [_row("vqad", "vqad", 22.0, budget=270.0), _row("nerf-fp32", "nerf-qat", 24.0)]
+    compare.rows_path("fern").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert set(compare.load_rows("fern", 420.0)) == {"nerf-fp32"}
+    assert set(compare.load_rows("fern")) == {"vqad", "nerf-fp32"}
+
+
+def test_report_has_both_tables_operating_points_null_lpips_and_the_plot(dirs: Path) -> None:
+    points = [
+        {"operating_point": f"levels={k}", "file_bytes": 10**k, "psnr": 18.0 + k, "ssim": 0.5, "lpips": None}
+        for k in (1, 2, 3)
+    ]
+    rows = [
+        _row("nerf-qat-int8", "nerf-qat", 24.0, file_bytes=1221512),
+        _row("nerf-qat-int8-unfused", "nerf-qat", 23.5, file_bytes=1221512),
+        _row("vqad", "vqad", 21.0, file_bytes=1000, operating_points=points),
+        _row("nerfacto", "nerfacto", 25.8, param_bytes=88_100_000, lpips=0.1),
+    ]
+    compare.rows_path("fern").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    compare.report(["fern"])
+    text = (dirs / "docs" / "benchmarks.md").read_text()
+    assert "| nerf-qat-int8 | 24.00 | 0.700 |" in text and "| nerf-qat-int8-unfused | 23.50 | 0.700 |" in text
+    assert "| vqad (levels=2) | 20.00 | 0.500 | null | 0.000 |" in text
+    assert "| nerfacto | 25.80 | 0.700 | 0.100 | 88.100 |" in text
+    assert (dirs / "docs" / "benchmarks_fern.png").stat().st_size > 10_000
+    result = json.loads((dirs / "results" / "fern.json").read_text())
+    assert len(result["table2"]) == 2 + 3 + 1 and len(result["rows"]) == 4
+
+
+def test_a_failing_configuration_is_reported_and_the_others_go_on(tmp_path: Path) -> None:
+    scene = make_llff_scene(tmp_path / "scene")
+    command = [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--scene", "tiny", "--data", str(scene)]
+    command += ["--results-dir", str(tmp_path / "results"), "--docs-dir", str(tmp_path / "docs")]
+    command += ["--log-dir", str(tmp_path / "logs"), "--gpus", "2", "--budget-s", "1", "--poll-s", "0.5"]
+    command += ["--only", "vqad,tensorf", "--common-args", "--no-such-option 1"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "[compare] FAILED vqad" in proc.stdout and "[compare] FAILED tensorf" in proc.stdout
+    assert "failed: vqad, tensorf" in proc.stdout or "failed: tensorf, vqad" in proc.stdout
+    assert (tmp_path / "logs" / "tiny_vqad.log").is_file()
