@@ -1,0 +1,53 @@
+"""What both methods' trainer configurations share."""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from nerfstudio.configs.base_config import ViewerConfig
+from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
+from nerfstudio.engine.optimizers import AdamOptimizerConfig
+from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
+from nerfstudio.engine.trainer import TrainerConfig
+
+from nerfqat_plugin.data.auto_dataparser import AutoDataParserConfig
+from nerfqat_plugin.models.compressible import CompressibleModelConfig
+from nerfqat_plugin.pipelines.compression_pipeline import CompressionPipelineConfig
+
+
+def adam(lr: float, lr_final: float, max_steps: int, eps: float = 1e-15) -> Dict[str, Any]:
+    """Adam with an exponential learning-rate decay over ``max_steps`` (the benchmark runner re-plans it)."""
+    return {
+        "optimizer": AdamOptimizerConfig(lr=lr, eps=eps),
+        "scheduler": ExponentialDecaySchedulerConfig(lr_final=lr_final, max_steps=max_steps),
+    }
+
+
+def compression_trainer(
+    method_name: str,
+    model: CompressibleModelConfig,
+    optimizers: Dict[str, Dict[str, Any]],
+    max_iterations: int,
+    rays_per_chunk: int,
+) -> TrainerConfig:
+    """nerfstudio's trainer with the compression pipeline, auto-detected data and 4096-ray batches."""
+    return TrainerConfig(
+        method_name=method_name,
+        steps_per_eval_batch=500,
+        steps_per_eval_image=2000,
+        steps_per_save=2000,
+        max_num_iterations=max_iterations,
+        mixed_precision=False,
+        pipeline=CompressionPipelineConfig(
+            datamanager=VanillaDataManagerConfig(
+                dataparser=AutoDataParserConfig(),
+                train_num_rays_per_batch=4096,
+                images_on_gpu=True,  # sample pixels on the GPU: the CPU sampler is the bottleneck otherwise
+                eval_num_rays_per_batch=4096,
+            ),
+            model=model,
+        ),
+        optimizers=optimizers,
+        viewer=ViewerConfig(num_rays_per_chunk=rays_per_chunk),
+        vis="viewer",
+    )
