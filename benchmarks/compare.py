@@ -62,34 +62,43 @@ def near_far(data: Path) -> Optional[Tuple[float, float]]:
     return (float(bounds[0]), float(bounds[1])) if bounds else None
 
 
-def plan(scene: str, data: Path, bounds: Optional[Tuple[float, float]]) -> List[Job]:
+def plan(scene: str, data: Path, bounds: Optional[Tuple[float, float]], forward_facing: bool = True) -> List[Job]:
     """Table 1 and 2 configurations. Peers: camera optimizer off, torch implementations, our
-    dataparser (same split), and for forward-facing scenes the near/far of the scene."""
+    dataparser (same split), the scene's near/far, and on bounded (Blender) scenes the white
+    background the test images are composited on."""
     near, far = bounds or (2.0, 6.0)
     peers_parser = ["auto-data"]
     no_camera_opt = ["--pipeline.model.camera-optimizer.mode", "off"]
     collider = ["--pipeline.model.collider-params", "near_plane", f"{near:.4f}", "far_plane", f"{far:.4f}"]
+    white = [] if forward_facing else ["--pipeline.model.background-color", "white"]
     return [
         Job("nerf-fp32", "nerf-qat", ["--pipeline.model.quantize", "False"]),
         Job("nerf-qat-int8", "nerf-qat", ["--pipeline.model.bits", "8"]),
         Job("nerf-qat-int8-unfused", "nerf-qat", ["--pipeline.model.bits", "8", "--pipeline.model.fuse-relu", "False"]),
         Job("nerf-qat-int4", "nerf-qat", ["--pipeline.model.bits", "4"]),
         Job("vqad", "vqad"),
-        Job("vanilla-nerf", "vanilla-nerf", collider + peers_parser),
+        Job("vanilla-nerf", "vanilla-nerf", collider + white + peers_parser),
         Job(
             "nerfacto",
             "nerfacto",
             no_camera_opt
             + ["--pipeline.model.implementation", "torch", "--pipeline.model.near-plane", f"{near:.4f}"]
+            + white
             + peers_parser,
         ),
         Job(
             "instant-ngp",
             "instant-ngp",
-            ["--pipeline.model.near-plane", f"{near:.4f}", "--pipeline.model.far-plane", f"{far:.4f}"] + peers_parser,
+            ["--pipeline.model.near-plane", f"{near:.4f}", "--pipeline.model.far-plane", f"{far:.4f}"]
+            + white
+            + peers_parser,
         ),
-        Job("tensorf", "tensorf", no_camera_opt + collider + peers_parser),
+        Job("tensorf", "tensorf", no_camera_opt + collider + white + peers_parser),
     ]
+
+
+def is_forward_facing(data: Path) -> bool:
+    return (data / "poses_bounds.npy").is_file()
 
 
 def rows_path(scene: str) -> Path:
@@ -313,7 +322,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.report_only:
         if args.data is None or not args.data.is_dir():
             parser.error(f"--data: scene folder {args.data} not found")
-        jobs = plan(args.scene, args.data, near_far(args.data))
+        jobs = plan(args.scene, args.data, near_far(args.data), is_forward_facing(args.data))
         for job in jobs:
             job.args = shlex.split(args.common_args) + job.args
         done = load_rows(args.scene, args.budget_s)

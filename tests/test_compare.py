@@ -53,6 +53,11 @@ def test_plan_covers_both_tables_and_configures_peers_fairly(tiny_llff: Path) ->
         args = jobs[peer].args
         assert args[args.index("--pipeline.model.camera-optimizer.mode") + 1] == "off"
     assert f"{bounds[0]:.4f}" in jobs["vanilla-nerf"].args and jobs["vanilla-nerf"].args[-1] == "auto-data"
+    assert "white" not in jobs["instant-ngp"].args  # forward-facing: the peers' own backgrounds
+    bounded = {job.label: job for job in compare.plan("lego", tiny_llff, (2.0, 6.0), forward_facing=False)}
+    for peer in ("vanilla-nerf", "nerfacto", "instant-ngp", "tensorf"):
+        args = bounded[peer].args
+        assert args[args.index("--pipeline.model.background-color") + 1] == "white"  # like the test images
 
 
 def test_resume_skips_configurations_with_a_row_for_the_same_budget(dirs: Path) -> None:

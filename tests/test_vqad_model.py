@@ -151,9 +151,12 @@ def test_random_and_hashed_ablations_store_no_indices(tmp_path: Path) -> None:
         assert torch.max(torch.abs(_render(model)["rgb"] - _render(load_compressed_model(path))["rgb"])) <= 1e-5
 
 
-def test_logit_memory_is_checked_before_allocating() -> None:
+def test_logit_memory_and_operating_point_are_checked_before_allocating() -> None:
     with pytest.raises(UserInputError, match="GiB of logits"):
         _model(grid_resolutions=((512, 512, 512),), bits=8)
+    with pytest.raises(UserInputError, match="eval_levels"):
+        _model(eval_levels=4)
+    assert _model(eval_levels=2).current_operating_point() == "levels=2"
 
 
 def test_evaluation_reports_every_operating_point(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -207,6 +207,8 @@ class VQADModel(CompressibleModel):
             update_sched=update_schedule,
             initial_sampler=UniformSampler(single_jitter=False),
         )
+        if cfg.eval_levels is not None and not 1 <= cfg.eval_levels <= grid.num_levels:
+            raise UserInputError(f"vqad: eval_levels must be in [1, {grid.num_levels}], got {cfg.eval_levels}")
         self.set_operating_point(None if cfg.eval_levels is None else operating_point_name(cfg.eval_levels))
         options = [self._operating_point_label(name) for name in self.operating_points()]
         self.viewer_operating_point = ViewerDropdown(
