@@ -12,6 +12,8 @@ from safetensors.torch import save_file
 
 from nerfqat_plugin.compression import file_format
 from nerfqat_plugin.compression.bitpack import (
+    decode_integers,
+    encode_integers,
     pack_signed,
     pack_unsigned,
     packed_num_bytes,
@@ -40,6 +42,31 @@ def test_packing_rejects_out_of_range_values_and_wrong_lengths() -> None:
         pack_unsigned(torch.tensor([16]), 4)
     with pytest.raises(ValueError, match="bytes"):
         unpack_unsigned(torch.zeros(3, dtype=torch.uint8), 4, 10)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_integer_encoding_deflates_only_when_smaller_and_round_trips(signed: bool) -> None:
+    g = torch.Generator().manual_seed(0)
+    noisy = torch.randint(-8 if signed else 0, 8 if signed else 16, (1000,), generator=g)
+    repetitive = torch.zeros(4000, dtype=torch.int64)
+    repetitive[::97] = 3
+    for values in (noisy, repetitive.view(40, 100)):
+        data, spec = encode_integers(values, 4, signed)
+        assert torch.equal(decode_integers(data, spec), values)
+        packed_bytes = (values.numel() * 4 + 7) // 8
+        assert data.numel() <= packed_bytes
+    assert spec["compression"] == "deflate" and data.numel() < 100  # 2000 packed bytes of mostly zeros
+    assert encode_integers(noisy, 4, signed)[1].get("compression") is None  # random bits do not shrink
+
+
+def test_deflated_stream_is_checked_and_bounded() -> None:
+    data, spec = encode_integers(torch.zeros(4000, dtype=torch.int64), 4, signed=False)
+    with pytest.raises(ValueError, match="expected"):
+        decode_integers(data, {**spec, "shape": [10]})  # inflates to more than announced: refused
+    with pytest.raises(ValueError, match="corrupt"):
+        decode_integers(torch.full((20,), 7, dtype=torch.uint8), spec)
+    with pytest.raises(ValueError, match="compression"):
+        decode_integers(data, {**spec, "compression": "lzma"})
 
 
 def _sample(tmp_path: Path) -> Path:

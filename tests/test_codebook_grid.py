@@ -127,3 +127,8 @@ def test_bad_configuration_is_rejected() -> None:
         LearnedIndexCodebookGrid(resolutions=(4,), bits=0, feature_dim=2)
     with pytest.raises(ValueError, match="index_mode"):
         LearnedIndexCodebookGrid(resolutions=(4,), bits=4, feature_dim=2, index_mode="octree")  # type: ignore[arg-type]
+
+
+def test_initial_index_bias_starts_every_vertex_on_entry_zero() -> None:
+    assert (_grid(initial_index_bias=0.1).hard_indices(1) == 0).all()
+    assert len(set(_grid().hard_indices(1).tolist())) > 4  # default: a random start

@@ -100,7 +100,7 @@ def test_render_from_file_equals_hard_index_rendering(tmp_path: Path, bounded: b
     packed = {name: spec for name, spec in payload["tensors"].items() if spec["encoding"] == "packed-uint"}
     expected_names = {f"field.grid.indices_{i}" for i in range(3)} | {f"proposal.grid.indices_{i}" for i in range(2)}
     assert set(packed) == expected_names
-    assert packed["field.grid.indices_2"] == {"encoding": "packed-uint", "bits": 4, "count": 12 * 10 * 7}
+    assert {k: packed["field.grid.indices_2"][k] for k in ("bits", "shape")} == {"bits": 4, "shape": [12 * 10 * 7]}
 
 
 def test_operating_points_render_and_export_with_growing_size(tmp_path: Path) -> None:
@@ -127,15 +127,15 @@ def test_operating_points_render_and_export_with_growing_size(tmp_path: Path) ->
         model.set_operating_point("levels=9")
 
 
-def test_viewer_dropdown_switches_the_operating_point() -> None:
+def test_viewer_dropdown_switches_the_operating_point_and_its_size() -> None:
     model = _model()
     dropdown = model.viewer_operating_point
-    assert [o.split(" ")[0] for o in dropdown.options] == ["levels=1", "levels=2", "levels=3"]
-    assert dropdown.default_value.startswith("levels=3 (") and dropdown.default_value.endswith(" MB)")
-    dropdown.value = dropdown.options[0]
+    assert dropdown.options == ["levels=1", "levels=2", "levels=3"] and dropdown.default_value == "levels=3"
+    dropdown.value = "levels=1"
     dropdown.cb_hook(dropdown)
     assert model.current_operating_point() == "levels=1" and model.field.num_active_levels == 1
-    assert model.exported_size_text() == f"{model.compressed_size_bytes('levels=1') / 1e6:.3f} MB"
+    expected = f"{model.compressed_size_bytes('levels=1') / 1e6:.3f} MB"
+    assert model.exported_size_text() == model.viewer_exported_size.value == expected
 
 
 def test_random_and_hashed_ablations_store_no_indices(tmp_path: Path) -> None:

@@ -1,11 +1,16 @@
-"""Packing of b-bit integers into a dense byte stream.
+"""Packing of b-bit integers into a dense byte stream, optionally deflated.
 
 Both methods store integers narrower than a byte: nerf-qat's int4..int8 weights and vqad's b-bit
 codebook indices. Values are packed little-endian bit by bit, so a tensor of n values of b bits
-occupies exactly ceil(n * b / 8) bytes.
+occupies exactly ceil(n * b / 8) bytes. :func:`encode_integers` then deflates the stream (zlib)
+when that makes it smaller: quantized weights cluster around zero and learned indices repeat in
+space, so their packed bits are far from random.
 """
 
 from __future__ import annotations
+
+import zlib
+from typing import Any, Dict, Tuple
 
 import numpy as np
 import torch
@@ -62,3 +67,40 @@ def pack_signed(values: torch.Tensor, bits: int) -> torch.Tensor:
 def unpack_signed(packed: torch.Tensor, bits: int, num_values: int) -> torch.Tensor:
     """Inverse of :func:`pack_signed`."""
     return unpack_unsigned(packed, bits, num_values) - (1 << (bits - 1))
+
+
+def encode_integers(values: torch.Tensor, bits: int, signed: bool) -> Tuple[torch.Tensor, Dict[str, Any]]:
+    """Pack ``values`` (deflated when smaller); returns the uint8 tensor and its layout entry."""
+    packed = pack_signed(values, bits) if signed else pack_unsigned(values, bits)
+    spec: Dict[str, Any] = {
+        "encoding": "packed-int" if signed else "packed-uint",
+        "bits": bits,
+        "shape": list(values.shape),
+    }
+    deflated = zlib.compress(packed.numpy().tobytes(), 9)
+    if len(deflated) < packed.numel():
+        spec["compression"] = "deflate"
+        packed = torch.frombuffer(bytearray(deflated), dtype=torch.uint8)
+    return packed, spec
+
+
+def decode_integers(data: torch.Tensor, spec: Dict[str, Any]) -> torch.Tensor:
+    """Inverse of :func:`encode_integers` (int64 values of the recorded shape)."""
+    bits = int(spec["bits"])
+    shape = [int(s) for s in spec["shape"]]
+    count = int(np.prod(shape)) if shape else 1
+    if spec.get("compression") == "deflate":
+        expected = packed_num_bytes(count, bits)
+        inflater = zlib.decompressobj()
+        try:
+            # Bounded: a hostile stream cannot inflate beyond the bytes the layout announces.
+            raw = inflater.decompress(data.numpy().tobytes(), expected + 1)
+        except zlib.error as err:
+            raise ValueError(f"corrupt deflated integer stream ({err})") from err
+        if len(raw) != expected or not inflater.eof:
+            raise ValueError(f"deflated integer stream holds {len(raw)} bytes, expected {expected}")
+        data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+    elif spec.get("compression") is not None:
+        raise ValueError(f"unknown compression {spec['compression']!r}")
+    unpack = unpack_signed if spec["encoding"] == "packed-int" else unpack_unsigned
+    return unpack(data, bits, count).view(*shape)

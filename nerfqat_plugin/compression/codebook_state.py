@@ -1,10 +1,11 @@
 """Turning a module holding :class:`LearnedIndexCodebookGrid` s into file tensors and back.
 
-Learned indices are stored bit-packed (the argmax of each vertex's logits, ``bits`` bits each; the
-logits themselves are training-only), codebooks and every other float tensor (decoder MLPs) as fp16,
-the precision the model trains them at. Random and hashed indices are not stored at all: they are
-regenerated from the seed or the hash. ``keep_levels`` truncates grids to their first levels, which
-is how one trained model is exported at several operating points.
+Learned indices are stored bit-packed (the argmax of each vertex's logits, ``bits`` bits each,
+deflated when that is smaller; the logits themselves are training-only), codebooks and every other
+float tensor (decoder MLPs) as fp16, the precision the model trains them at. Random and hashed
+indices are not stored at all: they are regenerated from the seed or the hash. ``keep_levels``
+truncates grids to their first levels, which is how one trained model is exported at several
+operating points.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, Dict, Mapping, Tuple
 import torch
 from torch import Tensor, nn
 
-from nerfqat_plugin.compression.bitpack import pack_unsigned, unpack_unsigned
+from nerfqat_plugin.compression.bitpack import decode_integers, encode_integers
 from nerfqat_plugin.field_components.codebook_grid import LearnedIndexCodebookGrid
 
 Layout = Dict[str, Dict[str, Any]]
@@ -49,8 +50,7 @@ def encode_codebook_module(
             path, lvl, _ = level
             grid = grids[path]
             name = f"{prefix}{path + '.' if path else ''}indices_{lvl}"
-            tensors[name] = pack_unsigned(grid.hard_indices(lvl), grid.bits)
-            layout[name] = {"encoding": "packed-uint", "bits": grid.bits, "count": grid.num_vertices(lvl)}
+            tensors[name], layout[name] = encode_integers(grid.hard_indices(lvl), grid.bits, signed=False)
         elif value.is_floating_point():
             tensors[prefix + key] = value.detach().cpu().half().contiguous()
         else:
@@ -67,7 +67,7 @@ def decode_codebook_module(module: nn.Module, prefix: str, tensors: Dict[str, Te
             continue
         spec = layout.get(name, {"encoding": "raw"})
         if spec["encoding"] == "packed-uint":
-            tensor = unpack_unsigned(tensor, int(spec["bits"]), int(spec["count"])).to(torch.int32)
+            tensor = decode_integers(tensor, spec).to(torch.int32)
         elif spec["encoding"] != "raw":
             raise ValueError(f"unknown tensor encoding {spec['encoding']!r} of {name}")
         state[name[len(prefix) :]] = tensor.float() if tensor.dtype == torch.float16 else tensor

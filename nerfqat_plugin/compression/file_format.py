@@ -33,7 +33,8 @@ from safetensors.torch import save as safetensors_save
 from nerfqat_plugin.errors import UserInputError
 
 FORMAT_NAME = "nerfqat-plugin/compressed-field"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: packed integers may be deflated (layout ``compression``); version 1 files still load."""
 _HEADER_LEN_BYTES = 8
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 

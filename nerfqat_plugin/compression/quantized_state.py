@@ -14,7 +14,7 @@ from typing import Any, Dict, Tuple
 import torch
 from torch import nn
 
-from nerfqat_plugin.compression.bitpack import pack_signed, unpack_signed
+from nerfqat_plugin.compression.bitpack import decode_integers, encode_integers
 from nerfqat_plugin.field_components.quant_mlp import QuantLinear, QuantMLP, set_observers
 from nerfqat_plugin.field_components.quantizers import ActivationQuantizer
 
@@ -47,8 +47,7 @@ def encode_quantized_module(module: nn.Module, prefix: str) -> Tuple[Dict[str, t
         if key in packed_weights:
             block = packed_weights[key]
             integers = block.integer_weight()
-            tensors[prefix + key] = pack_signed(integers, block.spec.bits)
-            layout[prefix + key] = {"encoding": "packed-int", "bits": block.spec.bits, "shape": list(integers.shape)}
+            tensors[prefix + key], layout[prefix + key] = encode_integers(integers, block.spec.bits, signed=True)
         elif key in half_precision:
             tensors[prefix + key] = value.detach().cpu().half().contiguous()
         else:
@@ -69,11 +68,7 @@ def decode_quantized_module(module: nn.Module, prefix: str, tensors: Dict[str, t
         key = name[len(prefix) :]
         spec = layout.get(name, {"encoding": "raw"})
         if spec["encoding"] == "packed-int":
-            shape = [int(s) for s in spec["shape"]]
-            num = 1
-            for s in shape:
-                num *= s
-            integers = unpack_signed(tensor, int(spec["bits"]), num).view(*shape)
+            integers = decode_integers(tensor, spec)
             scale_key = prefix + key.replace("linear.weight", "weight_quantizer.scale")
             tensor = integers.to(torch.float32) * tensors[scale_key].to(torch.float32)[:, None]
         elif spec["encoding"] != "raw":

@@ -80,6 +80,8 @@ class LearnedIndexCodebookGrid(nn.Module):
         index_mode: ``learned`` (the method), ``random`` or ``hashed`` (fixed indices, the ablation).
         frozen: learned indices only: hold integer indices instead of logits (inference, loaded files).
         seed: seed of the random indices.
+        initial_index_bias: added to every vertex's logit of entry 0 at initialisation, so vertices
+            no ray trains keep index 0 (long runs that deflate well) instead of a random argmax.
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class LearnedIndexCodebookGrid(nn.Module):
         index_mode: IndexMode = "learned",
         frozen: bool = False,
         seed: int = 0,
+        initial_index_bias: float = 0.0,
     ) -> None:
         super().__init__()
         self.resolutions: List[Resolution] = [_as_resolution(r) for r in resolutions]
@@ -110,7 +113,10 @@ class LearnedIndexCodebookGrid(nn.Module):
         )
         self.logits = nn.ParameterList()
         if index_mode == "learned" and not frozen:
-            self.logits.extend([nn.Parameter(0.01 * torch.randn(self.num_vertices(lvl), size)) for lvl in self.levels])
+            for lvl in self.levels:
+                logits = 0.01 * torch.randn(self.num_vertices(lvl), size)
+                logits[:, 0] += initial_index_bias
+                self.logits.append(nn.Parameter(logits))
         if index_mode == "learned" and frozen:
             for lvl in self.levels:
                 self.register_buffer(f"indices_{lvl}", torch.zeros(self.num_vertices(lvl), dtype=torch.int32))

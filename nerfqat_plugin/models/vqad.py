@@ -96,6 +96,9 @@ class VQADModelConfig(CompressibleModelConfig):
     """learned (the method), or the ablations: random (fixed, seeded) or hashed (instant-NGP hash)."""
     index_seed: int = 0
     """Seed of random indices."""
+    initial_index_bias: float = 0.0
+    """Start every vertex on codebook entry 0 with this logit margin (e.g. 0.1), so vertices no ray
+    trains store runs of 0 that the file deflates; 0: a random start (measured default)."""
     hidden_dim: int = 64
     """Width of the density decoder."""
     geo_feat_dim: int = 15
@@ -178,7 +181,13 @@ class VQADModel(CompressibleModel):
         if not frozen and cfg.index_mode == "learned":
             self._check_logit_memory(resolutions, cfg.bits)
         grid = LearnedIndexCodebookGrid(
-            resolutions, cfg.bits, cfg.feature_dim, index_mode=cfg.index_mode, frozen=frozen, seed=cfg.index_seed
+            resolutions,
+            cfg.bits,
+            cfg.feature_dim,
+            index_mode=cfg.index_mode,
+            frozen=frozen,
+            seed=cfg.index_seed,
+            initial_index_bias=cfg.initial_index_bias,
         )
         self.field = VQADField(
             aabb,
@@ -210,12 +219,13 @@ class VQADModel(CompressibleModel):
         if cfg.eval_levels is not None and not 1 <= cfg.eval_levels <= grid.num_levels:
             raise UserInputError(f"vqad: eval_levels must be in [1, {grid.num_levels}], got {cfg.eval_levels}")
         self.set_operating_point(None if cfg.eval_levels is None else operating_point_name(cfg.eval_levels))
-        options = [self._operating_point_label(name) for name in self.operating_points()]
+        # Names only: a file's size depends on its (deflated) contents, so the size panel below
+        # measures the chosen point when it is switched to rather than labelling it in advance.
         self.viewer_operating_point = ViewerDropdown(
             name="Operating point",
-            default_value=self._operating_point_label(self.current_operating_point()),
-            options=options,
-            cb_hook=lambda element: self.set_operating_point(str(element.value).split(" ")[0]),
+            default_value=self.current_operating_point(),
+            options=self.operating_points(),
+            cb_hook=self._switch_operating_point,
         )
         self.add_size_viewer_elements()
 
@@ -245,8 +255,9 @@ class VQADModel(CompressibleModel):
         levels = None if name is None else int(name.split("=")[1])
         self.field.num_active_levels = None if levels == self.field.grid.num_levels else levels
 
-    def _operating_point_label(self, name: str) -> str:
-        return f"{name} ({self.compressed_size_bytes(name) / 1e6:.3f} MB)"
+    def _switch_operating_point(self, element: ViewerDropdown) -> None:
+        self.set_operating_point(str(element.value))
+        self.viewer_exported_size.value = self.exported_size_text()
 
     def exported_size_text(self) -> str:
         return f"{self.compressed_size_bytes(self.current_operating_point()) / 1e6:.3f} MB"
