@@ -132,3 +132,16 @@ def test_bad_configuration_is_rejected() -> None:
 def test_initial_index_bias_starts_every_vertex_on_entry_zero() -> None:
     assert (_grid(initial_index_bias=0.1).hard_indices(1) == 0).all()
     assert len(set(_grid().hard_indices(1).tolist())) > 4  # default: a random start
+
+
+def test_concatenated_levels_pad_missing_levels_with_zeros() -> None:
+    grid = _grid(concat_levels=3)
+    grid.eval()
+    positions = torch.rand(10, 3)
+    out = grid(positions)
+    assert out.shape == (10, 18) and grid.output_dim == 18
+    assert torch.allclose(out[:, 6:12], grid.level_features(positions, 1, hard=True))
+    assert torch.equal(out[:, 12:], torch.zeros(10, 6))  # a third level the grid does not have
+    assert torch.equal(grid(positions, num_levels=1)[:, 6:], torch.zeros(10, 12))
+    with pytest.raises(ValueError, match="concat_levels"):
+        _grid(concat_levels=1)

@@ -103,9 +103,10 @@ def test_render_from_file_equals_hard_index_rendering(tmp_path: Path, bounded: b
     assert {k: packed["field.grid.indices_2"][k] for k in ("bits", "shape")} == {"bits": 4, "shape": [12 * 10 * 7]}
 
 
-def test_operating_points_render_and_export_with_growing_size(tmp_path: Path) -> None:
+@pytest.mark.parametrize("concat", [0, 3])
+def test_operating_points_render_and_export_with_growing_size(tmp_path: Path, concat: int) -> None:
     torch.manual_seed(0)
-    model = _model()
+    model = _model(concat_levels=concat)
     _train(model, 3)
     names = model.operating_points()
     assert names == ["levels=1", "levels=2", "levels=3"]

@@ -80,6 +80,9 @@ class LearnedIndexCodebookGrid(nn.Module):
         index_mode: ``learned`` (the method), ``random`` or ``hashed`` (fixed indices, the ablation).
         frozen: learned indices only: hold integer indices instead of logits (inference, loaded files).
         seed: seed of the random indices.
+        concat_levels: 0 sums the levels (output width F, as kaolin-wisp); n > 0 concatenates them
+            into n * F features, zeros for levels beyond the grid's or a point's operating point
+            (instant-NGP's choice; n stays fixed when a file keeps only the first levels).
         initial_index_bias: added to every vertex's logit of entry 0 at initialisation, so vertices
             no ray trains keep index 0 (long runs that deflate well) instead of a random argmax.
     """
@@ -94,6 +97,7 @@ class LearnedIndexCodebookGrid(nn.Module):
         frozen: bool = False,
         seed: int = 0,
         initial_index_bias: float = 0.0,
+        concat_levels: int = 0,
     ) -> None:
         super().__init__()
         self.resolutions: List[Resolution] = [_as_resolution(r) for r in resolutions]
@@ -103,8 +107,11 @@ class LearnedIndexCodebookGrid(nn.Module):
             raise ValueError(f"codebook bits must be in [1, 24], got {bits}")
         if index_mode not in ("learned", "random", "hashed"):
             raise ValueError(f"index_mode must be learned, random or hashed, got {index_mode!r}")
+        if concat_levels and concat_levels < len(self.resolutions):
+            raise ValueError(f"concat_levels ({concat_levels}) is below the number of levels ({len(resolutions)})")
         self.bits = bits
         self.feature_dim = feature_dim
+        self.concat_levels = concat_levels
         self.index_mode = index_mode
         self.frozen = frozen or index_mode != "learned"
         size = 1 << bits
@@ -134,6 +141,10 @@ class LearnedIndexCodebookGrid(nn.Module):
     @property
     def num_levels(self) -> int:
         return len(self.resolutions)
+
+    @property
+    def output_dim(self) -> int:
+        return self.feature_dim * (self.concat_levels or 1)
 
     def num_vertices(self, level: int) -> int:
         x, y, z = self.resolutions[level]
@@ -185,7 +196,8 @@ class LearnedIndexCodebookGrid(nn.Module):
     def forward(
         self, positions: Tensor, num_levels: Optional[int] = None, level_mask: Optional[Tensor] = None
     ) -> Tensor:
-        """Sum of the first ``num_levels`` levels' features [N, F] at positions in [0, 1]^3.
+        """The first ``num_levels`` levels' features at positions in [0, 1]^3, summed [N, F] or
+        concatenated [N, concat_levels * F].
 
         Training uses the straight-through soft lookup, evaluation the hard indices. ``level_mask``
         [N, levels] (0/1) drops levels per point (training at random operating points)."""
@@ -193,10 +205,12 @@ class LearnedIndexCodebookGrid(nn.Module):
         if not 1 <= levels <= self.num_levels:
             raise ValueError(f"num_levels must be in [1, {self.num_levels}], got {levels}")
         hard = not self.training
-        out = self.level_features(positions, 0, hard)
+        features = [self.level_features(positions, 0, hard)]
         for lvl in range(1, levels):
-            features = self.level_features(positions, lvl, hard)
-            if level_mask is not None:
-                features = features * level_mask[:, lvl : lvl + 1]
-            out = out + features
-        return out
+            level = self.level_features(positions, lvl, hard)
+            features.append(level if level_mask is None else level * level_mask[:, lvl : lvl + 1])
+        if not self.concat_levels:
+            return torch.stack(features).sum(dim=0)
+        missing = self.concat_levels - len(features)
+        features += [torch.zeros_like(features[0])] * missing
+        return torch.cat(features, dim=-1)

@@ -79,7 +79,7 @@ class VQADField(_BoxNormalizedField):
         self.num_active_levels: Optional[int] = None
         """Operating point: levels used when rays do not say (None: all)."""
         self.geo_feat_dim = geo_feat_dim
-        self.density_mlp = _mlp(grid.feature_dim, 2, hidden_dim, 1 + geo_feat_dim)
+        self.density_mlp = _mlp(grid.output_dim, 2, hidden_dim, 1 + geo_feat_dim)
         self.direction_encoding = SHEncoding(levels=sh_levels, implementation="torch")
         self.color_mlp = _mlp(geo_feat_dim + self.direction_encoding.get_out_dim(), color_layers, color_hidden_dim, 3)
 
@@ -125,7 +125,7 @@ class VQADProposalField(_BoxNormalizedField):
     def __init__(self, aabb: Tensor, grid: LearnedIndexCodebookGrid, hidden_dim: int = 16) -> None:
         super().__init__(aabb)
         self.grid = grid
-        self.density_mlp = _mlp(grid.feature_dim, 2, hidden_dim, 1)
+        self.density_mlp = _mlp(grid.output_dim, 2, hidden_dim, 1)
 
     def get_density(self, ray_samples: RaySamples) -> Tuple[Tensor, Tensor]:
         positions = ray_samples.frustums.get_positions()

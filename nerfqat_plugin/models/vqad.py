@@ -69,6 +69,7 @@ class VQADModelConfig(CompressibleModelConfig):
         "feature_dim",
         "index_mode",
         "index_seed",
+        "concat_levels",
         "hidden_dim",
         "geo_feat_dim",
         "color_layers",
@@ -96,6 +97,9 @@ class VQADModelConfig(CompressibleModelConfig):
     """learned (the method), or the ablations: random (fixed, seeded) or hashed (instant-NGP hash)."""
     index_seed: int = 0
     """Seed of random indices."""
+    concat_levels: int = 0
+    """0: levels summed (the paper, kaolin-wisp); n: levels concatenated into n x feature_dim decoder
+    inputs (instant-NGP's choice; n = num_levels, kept when a file holds fewer levels)."""
     initial_index_bias: float = 0.0
     """Start every vertex on codebook entry 0 with this logit margin (e.g. 0.1), so vertices no ray
     trains store runs of 0 that the file deflates; 0: a random start (measured default)."""
@@ -188,6 +192,7 @@ class VQADModel(CompressibleModel):
             frozen=frozen,
             seed=cfg.index_seed,
             initial_index_bias=cfg.initial_index_bias,
+            concat_levels=cfg.concat_levels,
         )
         self.field = VQADField(
             aabb,
