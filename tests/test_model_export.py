@@ -57,10 +57,13 @@ def _render(model: NeRFQATModel) -> Dict[str, torch.Tensor]:
         return model(_rays(256, seed=99))
 
 
-@pytest.mark.parametrize(("bits", "fuse"), [(8, True), (4, True), (6, False)])
-def test_render_from_file_equals_trained_quantized_model(tmp_path: Path, bits: int, fuse: bool) -> None:
+CASES = [(8, True, False), (4, True, False), (6, False, False), (4, True, True)]  # bits, fused, learned scales
+
+
+@pytest.mark.parametrize(("bits", "fuse", "learned"), CASES)
+def test_render_from_file_equals_trained_quantized_model(tmp_path: Path, bits: int, fuse: bool, learned: bool) -> None:
     torch.manual_seed(0)
-    model = _model(bits=bits, fuse_relu=fuse)
+    model = _model(bits=bits, fuse_relu=fuse, learned_weight_scales=learned)
     _train(model, 8)
     assert model.is_quantized()
     path = tmp_path / "model.nqz"
@@ -73,6 +76,7 @@ def test_render_from_file_equals_trained_quantized_model(tmp_path: Path, bits: i
     _, payload = read_compressed(path)
     packed = [spec for spec in payload["tensors"].values() if spec["encoding"] == "packed-int"]
     assert packed and all(spec["bits"] == bits for spec in packed)
+    assert not any("log_scale" in name for name in read_compressed(path)[0])  # training-only
 
 
 def test_bounded_scene_without_ndc_renders_from_file_too(tmp_path: Path) -> None:

@@ -108,3 +108,34 @@ def test_quantization_state_survives_state_dict() -> None:
 def test_unsupported_bits_are_rejected(bits: int) -> None:
     with pytest.raises(ValueError, match="bits"):
         QuantSpec(bits=bits)
+
+
+def test_learned_scales_start_at_max_over_qmax_learn_and_stay_fp16() -> None:
+    torch.manual_seed(0)
+    quantizer = PerChannelWeightQuantizer(4, bits=4, learn_scale=True)
+    weight = torch.randn(4, 16, requires_grad=True)
+    quantizer.initialize_scale(weight)
+    expected = (weight.detach().abs().amax(dim=1) / 7).half().float()
+    out = quantizer(weight)
+    assert torch.allclose(quantizer.scale, expected, rtol=1e-3)
+    assert torch.equal(quantizer.scale, quantizer.scale.half().float())  # what the file stores
+    integers = torch.round(out / quantizer.scale[:, None])
+    assert torch.equal(out, integers * quantizer.scale[:, None]) and integers.abs().max() <= 7
+    (out * torch.randn_like(out)).sum().backward()
+    assert quantizer.log_scale.grad is not None and quantizer.log_scale.grad.abs().sum() > 0
+    assert weight.grad is not None and weight.grad.abs().sum() > 0
+    before = quantizer.log_scale.detach().clone()
+    quantizer.initialize_scale(weight * 10)  # only once
+    assert torch.equal(quantizer.log_scale.detach(), before)
+
+
+def test_learned_scales_survive_a_checkpoint() -> None:
+    block = QuantLinear(8, 4, QuantSpec(bits=4, learned_weight_scales=True), relu=True)
+    set_observers(block, True)
+    from nerfqat_plugin.field_components.quant_mlp import set_quantization
+
+    set_quantization(block, True)
+    restored = QuantLinear(8, 4, QuantSpec(bits=4, learned_weight_scales=True), relu=True)
+    restored.load_state_dict(block.state_dict())
+    assert restored.weight_quantizer.scale_initialized
+    assert torch.equal(restored.weight_quantizer.log_scale, block.weight_quantizer.log_scale)

@@ -18,7 +18,7 @@ from nerfqat_plugin.compression.bitpack import decode_integers, encode_integers
 from nerfqat_plugin.field_components.quant_mlp import QuantLinear, QuantMLP, set_observers
 from nerfqat_plugin.field_components.quantizers import ActivationQuantizer
 
-_TRAINING_ONLY_SUFFIXES = ("running_min", "running_max", "_extra_state")
+_TRAINING_ONLY_SUFFIXES = ("running_min", "running_max", "_extra_state", "log_scale")
 
 Layout = Dict[str, Dict[str, Any]]
 """Encoding of every tensor that is not stored as-is (``raw``, the default)."""

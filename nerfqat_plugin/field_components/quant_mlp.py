@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nerfqat_plugin.field_components.half_precision import round_to_half
 from nerfqat_plugin.field_components.quantizers import ActivationQuantizer, PerChannelWeightQuantizer
 
 MIN_QUANT_BITS = 4
@@ -36,6 +37,8 @@ class QuantSpec:
     """Bits of the stored weights and of the activations (4 to 8 are the supported range)."""
     fuse_relu: bool = True
     """Fuse each Linear with its ReLU before quantizing its output (see module docstring)."""
+    learned_weight_scales: bool = False
+    """Learn the per-channel weight scales (LSQ) instead of taking max |w| / qmax."""
 
     def __post_init__(self) -> None:
         if not MIN_QUANT_BITS <= self.bits <= MAX_QUANT_BITS:
@@ -79,7 +82,7 @@ class QuantLinear(QuantSwitch):
         self.linear = nn.Linear(in_features, out_features)
         self.spec = spec
         self.relu = relu
-        self.weight_quantizer = PerChannelWeightQuantizer(out_features, spec.bits)
+        self.weight_quantizer = PerChannelWeightQuantizer(out_features, spec.bits, spec.learned_weight_scales)
         self.output_quantizer: Optional[ActivationQuantizer] = (
             ActivationQuantizer(spec.bits) if quantize_output else None
         )
@@ -99,8 +102,7 @@ class QuantLinear(QuantSwitch):
 
     def stored_bias(self) -> Tensor:
         """The bias as the compressed file stores it (fp16), with a straight-through gradient."""
-        bias = self.linear.bias
-        return bias.detach().half().float() + (bias - bias.detach())  # exact fp16 values, gradient of identity
+        return round_to_half(self.linear.bias)
 
     def integer_weight(self) -> Tensor:
         """Stored integers: ``fake_quant(weight) == integer_weight * weight_quantizer.scale[:, None]``."""
@@ -173,9 +175,12 @@ def iter_quant_modules(module: nn.Module) -> Iterator[nn.Module]:
 
 
 def set_quantization(module: nn.Module, enabled: bool) -> None:
-    """Switch fake quantization on or off for every quantized block below ``module``."""
+    """Switch fake quantization on or off for every quantized block below ``module`` (learned weight
+    scales start from the current weights here, outside any compiled region)."""
     for child in iter_quant_modules(module):
         child.quant_enabled = enabled
+        if enabled and isinstance(child, QuantLinear):
+            child.weight_quantizer.initialize_scale(child.linear.weight)
 
 
 def set_observers(module: nn.Module, enabled: bool) -> None:

@@ -11,11 +11,14 @@ quantized model that training ended with.
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+import math
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from nerfqat_plugin.field_components.half_precision import round_to_half
 
 _EPS = 1e-8
 _MIN_FP16_SCALE = 1e-7  # above fp16's smallest subnormal, so a stored scale never becomes 0
@@ -35,27 +38,53 @@ def unsigned_range(bits: int) -> Tuple[int, int]:
 class PerChannelWeightQuantizer(nn.Module):
     """Symmetric per-output-channel weight fake quantizer (scale = max |w| of the row / qmax).
 
-    While ``observer_enabled`` the scale follows the current weights (weights change every step);
-    a model rebuilt from a compressed file freezes it to the stored scale (``scale_frozen``).
+    While training the scale follows the current weights (weights change every step); a model
+    rebuilt from a compressed file freezes it to the stored scale (``scale_frozen``).
+
+    ``learn_scale`` learns the scales instead (LSQ, Esser et al. 2020) through PyTorch's
+    ``_fake_quantize_learnable_per_channel_affine``: each row's log-scale is a parameter,
+    initialised by :meth:`initialize_scale` from max |w| / qmax when quantization starts, so Adam
+    changes scales by relative steps whatever the bit width.
     """
 
-    def __init__(self, num_channels: int, bits: int) -> None:
+    def __init__(self, num_channels: int, bits: int, learn_scale: bool = False) -> None:
         super().__init__()
         self.bits = bits
         self.quant_min, self.quant_max = symmetric_range(bits)
         self.register_buffer("scale", torch.ones(num_channels))
         # Symmetric: the zero point is always 0, so it is not part of the saved state.
         self.register_buffer("zero_point", torch.zeros(num_channels, dtype=torch.int32), persistent=False)
-        # A Python flag, not a buffer, so the hot path never synchronises with the GPU to read it.
+        # Python flags, not buffers, so the hot path never synchronises with the GPU to read them.
         self.scale_frozen = False
+        self.learn_scale = learn_scale
+        self.scale_initialized = False
+        self.log_scale: Optional[nn.Parameter] = nn.Parameter(torch.zeros(num_channels)) if learn_scale else None
 
     def get_extra_state(self) -> Dict[str, bool]:
-        return {"scale_frozen": self.scale_frozen}
+        return {"scale_frozen": self.scale_frozen, "scale_initialized": self.scale_initialized}
 
     def set_extra_state(self, state: Dict[str, bool]) -> None:
         self.scale_frozen = bool(state.get("scale_frozen", False))
+        self.scale_initialized = bool(state.get("scale_initialized", False))
+
+    @torch.no_grad()
+    def initialize_scale(self, weight: torch.Tensor) -> None:
+        """Start learned scales at max |w| / qmax of each row (once; later calls do nothing)."""
+        if self.log_scale is None or self.scale_initialized:
+            return
+        scale = (weight.detach().float().abs().amax(dim=1) / self.quant_max).clamp_min(_MIN_FP16_SCALE)
+        self.log_scale.copy_(scale.log())
+        self.scale_initialized = True
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.log_scale is not None and not self.scale_frozen:
+            self.initialize_scale(weight)
+            scale = round_to_half(self.log_scale.exp().clamp_min(_MIN_FP16_SCALE))  # stored as fp16
+            self.scale.copy_(scale.detach())
+            grad_factor = 1.0 / math.sqrt(weight.shape[1] * self.quant_max)  # LSQ's gradient scale
+            return torch._fake_quantize_learnable_per_channel_affine(
+                weight, scale, self.zero_point.float(), 0, self.quant_min, self.quant_max, grad_factor
+            )
         if not self.scale_frozen:
             with torch.no_grad():
                 # Scales are stored as fp16, so training uses fp16-representable scales too.

@@ -67,6 +67,8 @@ class NeRFQATModelConfig(CompressibleModelConfig):
     """Bits of weights and activations (4 to 8)."""
     fuse_relu: bool = True
     """Fuse each Linear with its ReLU before quantizing (False reproduces the paper's unfused ablation)."""
+    learned_weight_scales: bool = False
+    """Learn per-channel weight scales (LSQ) instead of max |w| / qmax (not measured yet)."""
     float_warmup_steps: int = 1000
     """Steps trained in float before fake quantization switches on, when qat_start_fraction is None
     or the run's length is unknown."""
@@ -92,7 +94,7 @@ class NeRFQATModel(CompressibleModel):
         super().populate_modules()
         self.setup_scene_space()
 
-        spec = QuantSpec(bits=self.config.bits, fuse_relu=self.config.fuse_relu)
+        spec = QuantSpec(self.config.bits, self.config.fuse_relu, self.config.learned_weight_scales)
         self.field_coarse = self._make_field(spec)
         self.field_fine = self._make_field(spec)
         if not self.config.quantize:
