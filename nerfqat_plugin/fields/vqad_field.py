@@ -8,7 +8,7 @@ compute with fp16-rounded weights, the values the compressed file stores.
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from nerfstudio.cameras.rays import RaySamples
@@ -39,9 +39,23 @@ class _BoxNormalizedField(Field):
     """Maps positions in ``aabb`` to [0, 1]^3 for the grid; positions outside have no density
     (bounded scenes; the NDC cube contains every sample by construction)."""
 
+    compiled_methods: Tuple[str, ...] = ()
+    """Methods on flat tensors that :meth:`compile_for_training` compiles."""
+
     def __init__(self, aabb: Tensor) -> None:
         super().__init__()
         self.register_buffer("aabb", aabb.detach().clone().float(), persistent=False)
+        self._compiled: Dict[str, Callable[..., Any]] = {}
+
+    def compile_for_training(self) -> None:
+        """Use ``torch.compile``d versions of the flat-tensor methods while training; evaluation stays
+        eager, so a trained model and one rebuilt from its file render identical images."""
+        self._compiled = {name: torch.compile(getattr(self, name)) for name in self.compiled_methods}
+
+    def run(self, name: str, *args: Any) -> Any:
+        """Call method ``name``: compiled while training (once compiled), eager otherwise."""
+        fn = self._compiled.get(name) if self.training else None
+        return (fn or getattr(self, name))(*args)
 
     def normalized(self, positions: Tensor) -> Tuple[Tensor, Tensor]:
         """Flat positions in [0, 1]^3 [N, 3] and whether each lay inside the box [N, 1]."""
@@ -75,6 +89,7 @@ class VQADField(_BoxNormalizedField):
         sh_levels: int = 4,
     ) -> None:
         super().__init__(aabb)
+        self.compiled_methods = ("density_from_unit", "color_from_features")
         self.grid = grid
         self.num_active_levels: Optional[int] = None
         """Operating point: levels used when rays do not say (None: all)."""
@@ -92,15 +107,23 @@ class VQADField(_BoxNormalizedField):
         levels = torch.arange(self.grid.num_levels, device=active.device)
         return (levels[None, :] < per_point).to(torch.float32)
 
+    def density_from_unit(self, unit: Tensor, inside: Tensor, level_mask: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        """Density [N, 1] and geometry features [N, G] at flat positions in [0, 1]^3."""
+        features = self.grid(unit, num_levels=self.num_active_levels, level_mask=level_mask)
+        h = self.density_mlp(features)
+        return trunc_exp(h[:, :1]) * inside, h[:, 1:]
+
+    def color_from_features(self, geo: Tensor, directions: Tensor) -> Tensor:
+        """RGB [N, 3] from geometry features and unit world view directions (flat)."""
+        return torch.sigmoid(self.color_mlp(torch.cat([geo, self.direction_encoding(directions)], dim=-1)))
+
     def get_density(self, ray_samples: RaySamples) -> Tuple[Tensor, Tensor]:
         positions = ray_samples.frustums.get_positions()
         unit, inside = self.normalized(positions)
         mask = self._level_mask(ray_samples, unit.shape[0])
-        features = self.grid(unit, num_levels=self.num_active_levels, level_mask=mask)
-        h = self.density_mlp(features)
-        density = trunc_exp(h[:, :1]) * inside
+        density, geo = self.run("density_from_unit", unit, inside, mask)
         batch_shape = positions.shape[:-1]
-        return density.view(*batch_shape, 1), h[:, 1:].reshape(*batch_shape, self.geo_feat_dim)
+        return density.view(*batch_shape, 1), geo.reshape(*batch_shape, self.geo_feat_dim)
 
     def get_outputs(
         self, ray_samples: RaySamples, density_embedding: Optional[Tensor] = None
@@ -108,8 +131,7 @@ class VQADField(_BoxNormalizedField):
         assert density_embedding is not None
         batch_shape = density_embedding.shape[:-1]
         directions = view_directions(ray_samples).expand(*batch_shape, 3).reshape(-1, 3)
-        x = torch.cat([density_embedding.reshape(-1, self.geo_feat_dim), self.direction_encoding(directions)], dim=-1)
-        rgb = torch.sigmoid(self.color_mlp(x))
+        rgb = self.run("color_from_features", density_embedding.reshape(-1, self.geo_feat_dim), directions)
         return {FieldHeadNames.RGB: rgb.view(*batch_shape, 3)}
 
 
@@ -124,13 +146,18 @@ class VQADProposalField(_BoxNormalizedField):
 
     def __init__(self, aabb: Tensor, grid: LearnedIndexCodebookGrid, hidden_dim: int = 16) -> None:
         super().__init__(aabb)
+        self.compiled_methods = ("density_from_unit",)
         self.grid = grid
         self.density_mlp = _mlp(grid.output_dim, 2, hidden_dim, 1)
+
+    def density_from_unit(self, unit: Tensor, inside: Tensor) -> Tensor:
+        """Density [N, 1] at flat positions in [0, 1]^3."""
+        return trunc_exp(self.density_mlp(self.grid(unit))) * inside
 
     def get_density(self, ray_samples: RaySamples) -> Tuple[Tensor, Tensor]:
         positions = ray_samples.frustums.get_positions()
         unit, inside = self.normalized(positions)
-        density = trunc_exp(self.density_mlp(self.grid(unit))) * inside
+        density = self.run("density_from_unit", unit, inside)
         return density.view(*positions.shape[:-1], 1), torch.empty(0, device=positions.device)
 
     def get_outputs(self, ray_samples: RaySamples, density_embedding: Optional[Tensor] = None) -> Dict:

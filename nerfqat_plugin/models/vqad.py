@@ -145,6 +145,8 @@ class VQADModelConfig(CompressibleModelConfig):
     """Steps over which proposal weights are annealed (mip-NeRF 360, eq. 18)."""
     proposal_weights_anneal_slope: float = 10.0
     """Slope of that annealing."""
+    compile: bool = False
+    """torch.compile the fields for training on CUDA (evaluation stays eager; not measured yet)."""
     eval_levels: Optional[int] = None
     """Operating point rendered by evaluation and the viewer at start (None: all levels)."""
     max_training_logits_gib: float = 12.0
@@ -233,6 +235,7 @@ class VQADModel(CompressibleModel):
             cb_hook=self._switch_operating_point,
         )
         self.add_size_viewer_elements()
+        self._compiled = False
 
     def _check_logit_memory(self, resolutions: List[Resolution], bits: int) -> None:
         vertices = sum(x * y * z for x, y, z in resolutions)
@@ -306,6 +309,10 @@ class VQADModel(CompressibleModel):
         return active
 
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Any]:
+        if self.training and self.config.compile and ray_bundle.origins.is_cuda and not self._compiled:
+            self.field.compile_for_training()
+            self.proposal_field.compile_for_training()
+            self._compiled = True
         rays = self.sampling_rays(ray_bundle)
         bundle = rays.bundle
         if self.training:
