@@ -145,3 +145,19 @@ def test_concatenated_levels_pad_missing_levels_with_zeros() -> None:
     assert torch.equal(grid(positions, num_levels=1)[:, 6:], torch.zeros(10, 12))
     with pytest.raises(ValueError, match="concat_levels"):
         _grid(concat_levels=1)
+
+
+def test_factorised_logits_train_both_factors_and_need_memory_independent_of_bits() -> None:
+    grid = _grid(bits=8, logit_rank=3, initial_index_bias=0.5)
+    assert len(grid.logits) == 0 and grid.index_queries[1].shape == (5 * 4 * 6, 3)
+    assert (grid.hard_indices(1) == 0).all()  # the bias puts every vertex on entry 0
+    grid.train()
+    positions = torch.rand(32, 3)
+    out = grid(positions)
+    out.square().sum().backward()
+    for params in (grid.index_queries, grid.index_keys, grid.index_bias, grid.codebooks):
+        assert params[1].grad.abs().sum() > 0
+    grid.eval()
+    assert torch.allclose(grid(positions), out.detach(), atol=1e-6)  # STE value == hard lookup
+    full = grid.index_queries[1] @ grid.index_keys[1].T + grid.index_bias[1]
+    assert torch.equal(grid.hard_indices(1), full.argmax(dim=-1))

@@ -139,6 +139,18 @@ def test_viewer_dropdown_switches_the_operating_point_and_its_size() -> None:
     assert model.exported_size_text() == model.viewer_exported_size.value == expected
 
 
+def test_factorised_logits_export_the_same_kind_of_file(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _model(bits=8, logit_rank=4)
+    _train(model, 3)
+    path = tmp_path / "lowrank.nqz"
+    model.export_compressed(path)
+    tensors, payload = read_compressed(path)
+    assert not any("index_queries" in n or "index_keys" in n or "index_bias" in n for n in tensors)
+    assert payload["tensors"]["field.grid.indices_2"]["bits"] == 8
+    assert torch.max(torch.abs(_render(model)["rgb"] - _render(load_compressed_model(path))["rgb"])) <= 1e-5
+
+
 def test_random_and_hashed_ablations_store_no_indices(tmp_path: Path) -> None:
     learned = _model().compressed_size_bytes()
     for mode in ("random", "hashed"):
@@ -153,7 +165,7 @@ def test_random_and_hashed_ablations_store_no_indices(tmp_path: Path) -> None:
 
 
 def test_logit_memory_and_operating_point_are_checked_before_allocating() -> None:
-    with pytest.raises(UserInputError, match="GiB of logits"):
+    with pytest.raises(UserInputError, match="GiB while training"):
         _model(grid_resolutions=((512, 512, 512),), bits=8)
     with pytest.raises(UserInputError, match="eval_levels"):
         _model(eval_levels=4)

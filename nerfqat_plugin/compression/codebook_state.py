@@ -21,14 +21,24 @@ from nerfqat_plugin.field_components.codebook_grid import LearnedIndexCodebookGr
 Layout = Dict[str, Dict[str, Any]]
 
 
-def _index_level(key: str, grids: Mapping[str, LearnedIndexCodebookGrid]) -> Tuple[str, int, bool] | None:
-    """(grid path, level, holds indices) if ``key`` is a per-level tensor of one of ``grids``:
-    its codebook, or its indices (logits while training, integers once frozen)."""
+# Per-level tensors of a grid and what the file makes of them.
+_LEVEL_TENSORS = {
+    "codebooks.": "codebook",  # stored (fp16)
+    "logits.": "indices",  # stored as their argmax
+    "index_queries.": "indices",  # (factorised logits) stored as their argmax
+    "indices_": "indices",  # a frozen grid's integers
+    "index_keys.": "training",  # factorised logits only: not needed once indices are hard
+    "index_bias.": "training",
+}
+
+
+def _grid_level_tensor(key: str, grids: Mapping[str, LearnedIndexCodebookGrid]) -> Tuple[str, int, str] | None:
+    """(grid path, level, role) if ``key`` is a per-level tensor of one of ``grids``."""
     for path in grids:
         dot = f"{path}." if path else ""
-        for name, holds_indices in (("codebooks.", False), ("logits.", True), ("indices_", True)):
+        for name, role in _LEVEL_TENSORS.items():
             if key.startswith(dot + name) and key[len(dot + name) :].isdigit():
-                return path, int(key[len(dot + name) :]), holds_indices
+                return path, int(key[len(dot + name) :]), role
     return None
 
 
@@ -43,10 +53,10 @@ def encode_codebook_module(
     tensors: Dict[str, Tensor] = {}
     layout: Layout = {}
     for key, value in module.state_dict().items():
-        level = _index_level(key, grids)
-        if level is not None and level[1] >= keep[level[0]]:
-            continue  # a level beyond the exported operating point
-        if level is not None and level[2]:
+        level = _grid_level_tensor(key, grids)
+        if level is not None and (level[1] >= keep[level[0]] or level[2] == "training"):
+            continue  # a level beyond the exported operating point, or training-only
+        if level is not None and level[2] == "indices":
             path, lvl, _ = level
             grid = grids[path]
             name = f"{prefix}{path + '.' if path else ''}indices_{lvl}"

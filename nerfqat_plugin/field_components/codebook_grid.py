@@ -85,6 +85,9 @@ class LearnedIndexCodebookGrid(nn.Module):
             (instant-NGP's choice; n stays fixed when a file keeps only the first levels).
         initial_index_bias: added to every vertex's logit of entry 0 at initialisation, so vertices
             no ray trains keep index 0 (long runs that deflate well) instead of a random argmax.
+        logit_rank: 0 keeps free logits per vertex (``vertices x 2**bits`` floats, the paper);
+            r > 0 factorises them as ``query_v . key_j + bias_j`` with r-dimensional vertex queries
+            and per-level keys and biases (``vertices x r`` floats whatever the bit width).
     """
 
     def __init__(
@@ -98,6 +101,7 @@ class LearnedIndexCodebookGrid(nn.Module):
         seed: int = 0,
         initial_index_bias: float = 0.0,
         concat_levels: int = 0,
+        logit_rank: int = 0,
     ) -> None:
         super().__init__()
         self.resolutions: List[Resolution] = [_as_resolution(r) for r in resolutions]
@@ -118,12 +122,25 @@ class LearnedIndexCodebookGrid(nn.Module):
         self.codebooks = nn.ParameterList(
             [nn.Parameter(init_std * torch.randn(size, feature_dim)) for _ in self.resolutions]
         )
+        self.logit_rank = logit_rank
         self.logits = nn.ParameterList()
-        if index_mode == "learned" and not frozen:
+        self.index_queries = nn.ParameterList()
+        self.index_keys = nn.ParameterList()
+        self.index_bias = nn.ParameterList()
+        if index_mode == "learned" and not frozen and logit_rank == 0:
             for lvl in self.levels:
                 logits = 0.01 * torch.randn(self.num_vertices(lvl), size)
                 logits[:, 0] += initial_index_bias
                 self.logits.append(nn.Parameter(logits))
+        if index_mode == "learned" and not frozen and logit_rank > 0:
+            for lvl in self.levels:
+                # Initial logits of the same spread as free ones (0.01): keys ~ N(0, 1), small queries.
+                queries = 0.01 / logit_rank**0.5 * torch.randn(self.num_vertices(lvl), logit_rank)
+                self.index_queries.append(nn.Parameter(queries))
+                self.index_keys.append(nn.Parameter(torch.randn(size, logit_rank)))
+                bias = torch.zeros(size)
+                bias[0] = initial_index_bias
+                self.index_bias.append(nn.Parameter(bias))
         if index_mode == "learned" and frozen:
             for lvl in self.levels:
                 self.register_buffer(f"indices_{lvl}", torch.zeros(self.num_vertices(lvl), dtype=torch.int32))
@@ -165,7 +182,16 @@ class LearnedIndexCodebookGrid(nn.Module):
             return hashed_indices(grid.reshape(-1, 3), self.bits)
         if self.frozen:
             return getattr(self, f"indices_{level}").long()
-        return self.logits[level].argmax(dim=-1)
+        if self.logit_rank == 0:
+            return self.logits[level].argmax(dim=-1)
+        chunks = torch.arange(self.num_vertices(level), device=self.codebooks[level].device).split(1 << 18)
+        return torch.cat([self.vertex_logits(level, ids).argmax(dim=-1) for ids in chunks])
+
+    def vertex_logits(self, level: int, ids: Tensor) -> Tensor:
+        """Logits over the codebook of the vertices ``ids`` [..., 2**bits] (learned, unfrozen grids)."""
+        if self.logit_rank == 0:
+            return F.embedding(ids, self.logits[level])
+        return F.embedding(ids, self.index_queries[level]) @ self.index_keys[level].T + self.index_bias[level]
 
     def set_hard_indices(self, level: int, indices: Tensor) -> None:
         """Load stored indices into a frozen learned grid."""
@@ -184,10 +210,12 @@ class LearnedIndexCodebookGrid(nn.Module):
         # advanced indexing's backward serialises them (millions of samples share few rows).
         if self.index_mode == "hashed":
             vertex = F.embedding(hashed_indices(corners, self.bits), codebook)
-        elif self.frozen or hard:
+        elif self.frozen:
             vertex = F.embedding(self.hard_indices(level)[ids], codebook)
+        elif hard:
+            vertex = F.embedding(self.vertex_logits(level, ids).argmax(dim=-1), codebook)
         else:
-            soft = F.softmax(F.embedding(ids, self.logits[level]), dim=-1)  # [N, 8, K]
+            soft = F.softmax(self.vertex_logits(level, ids), dim=-1)  # [N, 8, K]
             one_hot = F.one_hot(soft.argmax(dim=-1), soft.shape[-1]).to(soft.dtype)
             # Straight-through: the value is the hard lookup, the gradient that of the softmax mixture.
             vertex = (one_hot + (soft - soft.detach())) @ codebook

@@ -97,6 +97,9 @@ class VQADModelConfig(CompressibleModelConfig):
     """learned (the method), or the ablations: random (fixed, seeded) or hashed (instant-NGP hash)."""
     index_seed: int = 0
     """Seed of random indices."""
+    logit_rank: int = 0
+    """0: free index logits per vertex (the paper; vertices x 2**bits floats while training); r > 0:
+    logits factorised as query_v . key_j + bias_j (vertices x r floats, so 8-bit indices stay cheap)."""
     concat_levels: int = 0
     """0: levels summed (the paper, kaolin-wisp); n: levels concatenated into n x feature_dim decoder
     inputs (instant-NGP's choice; n = num_levels, kept when a file holds fewer levels)."""
@@ -185,7 +188,7 @@ class VQADModel(CompressibleModel):
         cfg.grid_resolutions = tuple(resolutions)
         cfg.proposal_resolutions = tuple(proposal_resolutions)
         if not frozen and cfg.index_mode == "learned":
-            self._check_logit_memory(resolutions, cfg.bits)
+            self._check_logit_memory(resolutions, cfg.logit_rank or (1 << cfg.bits))
         grid = LearnedIndexCodebookGrid(
             resolutions,
             cfg.bits,
@@ -195,6 +198,7 @@ class VQADModel(CompressibleModel):
             seed=cfg.index_seed,
             initial_index_bias=cfg.initial_index_bias,
             concat_levels=cfg.concat_levels,
+            logit_rank=cfg.logit_rank,
         )
         self.field = VQADField(
             aabb,
@@ -237,14 +241,14 @@ class VQADModel(CompressibleModel):
         self.add_size_viewer_elements()
         self._compiled = False
 
-    def _check_logit_memory(self, resolutions: List[Resolution], bits: int) -> None:
+    def _check_logit_memory(self, resolutions: List[Resolution], floats_per_vertex: int) -> None:
         vertices = sum(x * y * z for x, y, z in resolutions)
-        gib = vertices * (1 << bits) * 16 / 2**30  # fp32 logits, their gradient and two Adam moments
+        gib = vertices * floats_per_vertex * 16 / 2**30  # fp32 values, their gradient and two Adam moments
         if gib > self.config.max_training_logits_gib:
             raise UserInputError(
-                f"vqad: {vertices} vertices with {bits}-bit indices need {gib:.1f} GiB of logits while training "
+                f"vqad: {vertices} vertices x {floats_per_vertex} index logits need {gib:.1f} GiB while training "
                 f"(limit {self.config.max_training_logits_gib} GiB): lower --pipeline.model.bits or the resolution, "
-                "or raise --pipeline.model.max-training-logits-gib"
+                "use --pipeline.model.logit-rank, or raise --pipeline.model.max-training-logits-gib"
             )
 
     # -- operating points -----------------------------------------------------------------------
