@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from nerfstudio.cameras.rays import RaySamples
 from nerfstudio.field_components.encodings import NeRFEncoding
 from nerfstudio.field_components.field_heads import FieldHeadNames
-from nerfstudio.fields.base_field import Field
 from torch import Tensor
 
 from nerfqat_plugin.field_components.quant_mlp import QuantLinear, QuantMLP, QuantSpec
+from nerfqat_plugin.fields.compiled_field import TrainingCompiledField
 from nerfqat_plugin.fields.view_directions import view_directions
 
 
@@ -32,7 +32,7 @@ def nerf_frequency_encoding(num_frequencies: int) -> NeRFEncoding:
     )
 
 
-class QuantNeRFField(Field):
+class QuantNeRFField(TrainingCompiledField):
     """NeRF's MLP (8x256, skip at layer 4, density and view-dependent colour heads) built from
     quantization-aware fused Linear+ReLU blocks.
 
@@ -45,6 +45,8 @@ class QuantNeRFField(Field):
         position_frequencies: positional-encoding frequencies of positions (NeRF: 10).
         direction_frequencies: positional-encoding frequencies of view directions (NeRF: 4).
     """
+
+    compiled_methods = ("density_and_features", "color")
 
     def __init__(
         self,
@@ -76,15 +78,6 @@ class QuantNeRFField(Field):
             spec=spec,
             out_dim=3,
         )
-        # Compiled versions of density_and_features / color, used only while training.
-        self._train_density: Optional[Callable[[Tensor], Tuple[Tensor, Tensor]]] = None
-        self._train_color: Optional[Callable[[Tensor, Tensor], Tensor]] = None
-
-    def compile_for_training(self) -> None:
-        """Use ``torch.compile``d MLPs while training; evaluation keeps the eager path, so a trained
-        model and one rebuilt from its file render identical images."""
-        self._train_density = torch.compile(self.density_and_features)
-        self._train_color = torch.compile(self.color)
 
     @staticmethod
     def encode(encoding: NeRFEncoding, x: Tensor) -> Tensor:
@@ -103,8 +96,7 @@ class QuantNeRFField(Field):
 
     def get_density(self, ray_samples: RaySamples) -> Tuple[Tensor, Tensor]:
         positions = ray_samples.frustums.get_positions()
-        evaluate = self._train_density if (self.training and self._train_density) else self.density_and_features
-        density, features = evaluate(positions.reshape(-1, 3))
+        density, features = self.run("density_and_features", positions.reshape(-1, 3))
         batch_shape = positions.shape[:-1]
         return density.view(*batch_shape, 1), features.view(*batch_shape, -1)
 
@@ -113,6 +105,6 @@ class QuantNeRFField(Field):
     ) -> Dict[FieldHeadNames, Tensor]:
         assert density_embedding is not None
         directions = view_directions(ray_samples).expand(*density_embedding.shape[:-1], 3)
-        color = self._train_color if (self.training and self._train_color) else self.color
-        rgb = color(density_embedding.reshape(-1, density_embedding.shape[-1]), directions.reshape(-1, 3))
+        flat_features = density_embedding.reshape(-1, density_embedding.shape[-1])
+        rgb = self.run("color", flat_features, directions.reshape(-1, 3))
         return {FieldHeadNames.RGB: rgb.view(*density_embedding.shape[:-1], 3)}

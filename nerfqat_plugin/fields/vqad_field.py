@@ -8,7 +8,7 @@ compute with fp16-rounded weights, the values the compressed file stores.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from nerfstudio.cameras.rays import RaySamples
@@ -16,11 +16,11 @@ from nerfstudio.field_components.activations import trunc_exp
 from nerfstudio.field_components.encodings import SHEncoding
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.field_components.mlp import MLP
-from nerfstudio.fields.base_field import Field
 from torch import Tensor, nn
 
 from nerfqat_plugin.field_components.codebook_grid import LearnedIndexCodebookGrid
 from nerfqat_plugin.field_components.half_precision import train_as_half
+from nerfqat_plugin.fields.compiled_field import TrainingCompiledField
 from nerfqat_plugin.fields.view_directions import view_directions
 
 ACTIVE_LEVELS_KEY = "active_levels"
@@ -35,27 +35,13 @@ def _mlp(in_dim: int, num_layers: int, width: int, out_dim: int) -> MLP:
     return train_as_half(mlp)
 
 
-class _BoxNormalizedField(Field):
+class _BoxNormalizedField(TrainingCompiledField):
     """Maps positions in ``aabb`` to [0, 1]^3 for the grid; positions outside have no density
     (bounded scenes; the NDC cube contains every sample by construction)."""
-
-    compiled_methods: Tuple[str, ...] = ()
-    """Methods on flat tensors that :meth:`compile_for_training` compiles."""
 
     def __init__(self, aabb: Tensor) -> None:
         super().__init__()
         self.register_buffer("aabb", aabb.detach().clone().float(), persistent=False)
-        self._compiled: Dict[str, Callable[..., Any]] = {}
-
-    def compile_for_training(self) -> None:
-        """Use ``torch.compile``d versions of the flat-tensor methods while training; evaluation stays
-        eager, so a trained model and one rebuilt from its file render identical images."""
-        self._compiled = {name: torch.compile(getattr(self, name)) for name in self.compiled_methods}
-
-    def run(self, name: str, *args: Any) -> Any:
-        """Call method ``name``: compiled while training (once compiled), eager otherwise."""
-        fn = self._compiled.get(name) if self.training else None
-        return (fn or getattr(self, name))(*args)
 
     def normalized(self, positions: Tensor) -> Tuple[Tensor, Tensor]:
         """Flat positions in [0, 1]^3 [N, 3] and whether each lay inside the box [N, 1]."""
@@ -78,6 +64,8 @@ class VQADField(_BoxNormalizedField):
         sh_levels: spherical-harmonics levels of the view-direction encoding.
     """
 
+    compiled_methods = ("density_from_unit", "color_from_features")
+
     def __init__(
         self,
         aabb: Tensor,
@@ -89,7 +77,6 @@ class VQADField(_BoxNormalizedField):
         sh_levels: int = 4,
     ) -> None:
         super().__init__(aabb)
-        self.compiled_methods = ("density_from_unit", "color_from_features")
         self.grid = grid
         self.num_active_levels: Optional[int] = None
         """Operating point: levels used when rays do not say (None: all)."""
@@ -144,9 +131,10 @@ class VQADProposalField(_BoxNormalizedField):
         hidden_dim: width of the density MLP.
     """
 
+    compiled_methods = ("density_from_unit",)
+
     def __init__(self, aabb: Tensor, grid: LearnedIndexCodebookGrid, hidden_dim: int = 16) -> None:
         super().__init__(aabb)
-        self.compiled_methods = ("density_from_unit",)
         self.grid = grid
         self.density_mlp = _mlp(grid.output_dim, 2, hidden_dim, 1)
 

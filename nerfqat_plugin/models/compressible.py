@@ -27,6 +27,7 @@ from nerfqat_plugin.compression.file_format import (
     serialize_compressed,
     write_compressed,
 )
+from nerfqat_plugin.fields.compiled_field import TrainingCompiledField
 from nerfqat_plugin.metrics.image_metrics import image_metrics
 from nerfqat_plugin.model_components.ndc import NDCSpace
 from nerfqat_plugin.model_components.ray_setup import (
@@ -142,6 +143,19 @@ class CompressibleModel(Model):
         if payload.get("ndc"):
             metadata[NDC_METADATA_KEY] = payload["ndc"]
         return metadata
+
+    def fields_to_compile(self) -> Tuple[TrainingCompiledField, ...]:
+        """The fields whose training paths :meth:`compile_fields_once` compiles."""
+        return ()
+
+    def compile_fields_once(self, device: torch.device, enabled: bool) -> None:
+        """On the first CUDA training step, compile the fields' training paths (evaluation stays eager,
+        so the trained model and one rebuilt from its file render identical images)."""
+        if not enabled or not self.training or device.type != "cuda" or getattr(self, "_fields_compiled", False):
+            return
+        for fld in self.fields_to_compile():
+            fld.compile_for_training()
+        self._fields_compiled = True
 
     # -- losses and metrics shared by both methods --------------------------------------------
     def rgb_losses(self, outputs: Dict[str, Tensor], image: Tensor, keys: Dict[str, str]) -> Dict[str, Tensor]:

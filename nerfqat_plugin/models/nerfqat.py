@@ -18,6 +18,7 @@ from torch.nn import Parameter
 
 from nerfqat_plugin.compression.quantized_state import decode_quantized_module, encode_quantized_module
 from nerfqat_plugin.field_components.quant_mlp import QuantSpec, iter_quant_modules, set_observers, set_quantization
+from nerfqat_plugin.fields.compiled_field import TrainingCompiledField
 from nerfqat_plugin.fields.nerfqat_field import QuantNeRFField
 from nerfqat_plugin.models.compressible import (
     CompressibleModel,
@@ -102,7 +103,6 @@ class NeRFQATModel(CompressibleModel):
 
         self.sampler_uniform = UniformSampler(num_samples=self.config.num_coarse_samples)
         self.sampler_pdf = PDFSampler(num_samples=self.config.num_importance_samples)
-        self._compiled = False
         self._view_float = False
         self._total_steps: Optional[Callable[[], int]] = None
 
@@ -163,14 +163,8 @@ class NeRFQATModel(CompressibleModel):
         return {"fields": list(self.field_coarse.parameters()) + list(self.field_fine.parameters())}
 
     # -- rendering ------------------------------------------------------------------------------
-    def _maybe_compile(self, device: torch.device) -> None:
-        # Training only: evaluation stays eager so that the trained model and a model rebuilt from
-        # its file (never compiled) produce identical images.
-        if self._compiled or not self.config.compile or device.type != "cuda" or not self.training:
-            return
-        for fld in (self.field_coarse, self.field_fine):
-            fld.compile_for_training()
-        self._compiled = True
+    def fields_to_compile(self) -> Tuple[TrainingCompiledField, ...]:
+        return (self.field_coarse, self.field_fine)
 
     @contextlib.contextmanager
     def _viewer_precision(self) -> Iterator[None]:
@@ -187,7 +181,7 @@ class NeRFQATModel(CompressibleModel):
                 module.quant_enabled = enabled
 
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
-        self._maybe_compile(ray_bundle.origins.device)
+        self.compile_fields_once(ray_bundle.origins.device, self.config.compile)
         with self._viewer_precision():
             return self._render(ray_bundle)
 

@@ -29,6 +29,7 @@ from torch.nn import Parameter
 from nerfqat_plugin.compression.codebook_state import decode_codebook_module, encode_codebook_module
 from nerfqat_plugin.errors import UserInputError
 from nerfqat_plugin.field_components.codebook_grid import IndexMode, LearnedIndexCodebookGrid
+from nerfqat_plugin.fields.compiled_field import TrainingCompiledField
 from nerfqat_plugin.fields.vqad_field import ACTIVE_LEVELS_KEY, VQADField, VQADProposalField
 from nerfqat_plugin.models.compressible import (
     CompressibleModel,
@@ -239,7 +240,6 @@ class VQADModel(CompressibleModel):
             cb_hook=self._switch_operating_point,
         )
         self.add_size_viewer_elements()
-        self._compiled = False
 
     def _check_logit_memory(self, resolutions: List[Resolution], floats_per_vertex: int) -> None:
         vertices = sum(x * y * z for x, y, z in resolutions)
@@ -302,6 +302,9 @@ class VQADModel(CompressibleModel):
         ]
 
     # -- rendering ------------------------------------------------------------------------------
+    def fields_to_compile(self) -> Tuple[TrainingCompiledField, ...]:
+        return (self.field, self.proposal_field)
+
     def _random_levels(self, num_rays: int, device: torch.device) -> Tensor:
         """Per-ray level counts [R, 1]: all levels, except a random operating point for a fraction."""
         levels = self.field.grid.num_levels
@@ -313,10 +316,7 @@ class VQADModel(CompressibleModel):
         return active
 
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Any]:
-        if self.training and self.config.compile and ray_bundle.origins.is_cuda and not self._compiled:
-            self.field.compile_for_training()
-            self.proposal_field.compile_for_training()
-            self._compiled = True
+        self.compile_fields_once(ray_bundle.origins.device, self.config.compile)
         rays = self.sampling_rays(ray_bundle)
         bundle = rays.bundle
         if self.training:
