@@ -45,16 +45,18 @@ def _as_resolution(resolution: Union[int, Sequence[int]]) -> Resolution:
     return values  # type: ignore[return-value]
 
 
-def corner_lookup(positions: Tensor, resolution: Resolution) -> Tuple[Tensor, Tensor, Tensor]:
+def corner_lookup(
+    positions: Tensor, resolution: Resolution, offsets: Optional[Tensor] = None
+) -> Tuple[Tensor, Tensor, Tensor]:
     """Integer corners [N, 8, 3], flat vertex ids [N, 8] and trilinear weights [N, 8] of the cell
-    around each position in [0, 1]^3 on a grid of ``resolution`` vertices per axis."""
+    around each position in [0, 1]^3 on a grid of ``resolution`` vertices per axis. ``offsets``: the
+    8 corner offsets already on the positions' device (a grid keeps them as a buffer)."""
     rx, ry, rz = resolution
-    device = positions.device
     # Python-scalar bounds per axis: no host-to-device copies in the hot path.
     scaled = torch.stack([positions[:, i].clamp(0.0, 1.0) * (r - 1) for i, r in enumerate(resolution)], dim=-1)
     base = torch.stack([scaled[:, i].floor().clamp(max=r - 2) for i, r in enumerate(resolution)], dim=-1)
     frac = scaled - base
-    offsets = _CORNERS.to(device, non_blocking=True)
+    offsets = _CORNERS.to(positions.device) if offsets is None else offsets
     corners = base.long()[:, None, :] + offsets[None]
     ids = (corners[..., 0] * ry + corners[..., 1]) * rz + corners[..., 2]
     weights = torch.where(offsets[None].bool(), frac[:, None, :], 1.0 - frac[:, None, :]).prod(dim=-1)
@@ -119,6 +121,7 @@ class LearnedIndexCodebookGrid(nn.Module):
         self.index_mode = index_mode
         self.frozen = frozen or index_mode != "learned"
         size = 1 << bits
+        self.register_buffer("corner_offsets", _CORNERS.clone(), persistent=False)
         self.codebooks = nn.ParameterList(
             [nn.Parameter(init_std * torch.randn(size, feature_dim)) for _ in self.resolutions]
         )
@@ -167,10 +170,6 @@ class LearnedIndexCodebookGrid(nn.Module):
         x, y, z = self.resolutions[level]
         return x * y * z
 
-    def stored_index_bits(self, level: int) -> int:
-        """Bits the file spends on this level's indices (only learned indices are stored)."""
-        return self.num_vertices(level) * self.bits if self.index_mode == "learned" else 0
-
     def hard_indices(self, level: int) -> Tensor:
         """Every vertex's codebook index on one level (the argmax of its logits when learned), int64."""
         if self.index_mode == "hashed":
@@ -204,7 +203,7 @@ class LearnedIndexCodebookGrid(nn.Module):
 
     def level_features(self, positions: Tensor, level: int, hard: bool) -> Tensor:
         """Interpolated features [N, F] of one level at positions in [0, 1]^3 [N, 3]."""
-        corners, ids, weights = corner_lookup(positions, self.resolutions[level])
+        corners, ids, weights = corner_lookup(positions, self.resolutions[level], self.corner_offsets)
         codebook = round_to_half(self.codebooks[level])
         # Lookups go through F.embedding: its backward accumulates duplicate rows efficiently, where
         # advanced indexing's backward serialises them (millions of samples share few rows).

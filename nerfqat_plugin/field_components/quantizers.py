@@ -56,7 +56,6 @@ class PerChannelWeightQuantizer(nn.Module):
         self.register_buffer("zero_point", torch.zeros(num_channels, dtype=torch.int32), persistent=False)
         # Python flags, not buffers, so the hot path never synchronises with the GPU to read them.
         self.scale_frozen = False
-        self.learn_scale = learn_scale
         self.scale_initialized = False
         self.log_scale: Optional[nn.Parameter] = nn.Parameter(torch.zeros(num_channels)) if learn_scale else None
 
@@ -67,13 +66,16 @@ class PerChannelWeightQuantizer(nn.Module):
         self.scale_frozen = bool(state.get("scale_frozen", False))
         self.scale_initialized = bool(state.get("scale_initialized", False))
 
+    def max_scale(self, weight: torch.Tensor) -> torch.Tensor:
+        """max |w| / qmax of each row (never below what fp16 can store)."""
+        return (weight.detach().float().abs().amax(dim=1) / self.quant_max).clamp_min(_MIN_FP16_SCALE)
+
     @torch.no_grad()
     def initialize_scale(self, weight: torch.Tensor) -> None:
         """Start learned scales at max |w| / qmax of each row (once; later calls do nothing)."""
         if self.log_scale is None or self.scale_initialized:
             return
-        scale = (weight.detach().float().abs().amax(dim=1) / self.quant_max).clamp_min(_MIN_FP16_SCALE)
-        self.log_scale.copy_(scale.log())
+        self.log_scale.copy_(self.max_scale(weight).log())
         self.scale_initialized = True
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
@@ -88,8 +90,7 @@ class PerChannelWeightQuantizer(nn.Module):
         if not self.scale_frozen:
             with torch.no_grad():
                 # Scales are stored as fp16, so training uses fp16-representable scales too.
-                scale = (weight.detach().float().abs().amax(dim=1) / self.quant_max).clamp_min(_MIN_FP16_SCALE)
-                self.scale.copy_(scale.half().float())
+                self.scale.copy_(self.max_scale(weight).half().float())
         return torch.fake_quantize_per_channel_affine(
             weight, self.scale, self.zero_point, 0, self.quant_min, self.quant_max
         )

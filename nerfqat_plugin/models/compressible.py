@@ -72,14 +72,19 @@ class CompressibleModelConfig(ModelConfig):
 
     @classmethod
     def from_payload(cls, payload: Dict[str, Any], **overrides: Any) -> CompressibleModelConfig:
-        """Rebuild the configuration from :meth:`to_payload` (JSON lists become tuples again)."""
+        """Rebuild the configuration from :meth:`to_payload` (JSON lists, nested ones included,
+        become tuples again)."""
         tuple_fields = {f.name for f in fields(cls) if str(f.type).startswith(("Tuple", "Optional[Tuple"))}
         options = {}
         for f in fields(cls):
             if f.name in payload:
                 value = payload[f.name]
-                options[f.name] = tuple(value) if f.name in tuple_fields and value is not None else value
+                options[f.name] = _as_tuples(value) if f.name in tuple_fields else value
         return cls(**options, **overrides)
+
+
+def _as_tuples(value: Any) -> Any:
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 class CompressibleModel(Model):

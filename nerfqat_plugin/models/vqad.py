@@ -13,7 +13,7 @@ operating point stays usable; the viewer switches between them, ``ns-eval`` repo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
 import numpy as np
 import torch
@@ -157,16 +157,19 @@ class VQADModelConfig(CompressibleModelConfig):
     """Refuse grids whose logits and Adam state would exceed this (vertices x 2**bits x 16 bytes)."""
 
     def resolved_grid(self, ndc: bool) -> List[Resolution]:
-        if self.grid_resolutions is not None:
-            return [tuple(int(v) for v in r) for r in self.grid_resolutions]  # type: ignore[misc]
-        finest = self.finest_resolution or (DEFAULT_FINEST_NDC if ndc else DEFAULT_FINEST_BOUNDED)
-        return level_resolutions(tuple(finest), self.num_levels)  # type: ignore[arg-type]
+        default = DEFAULT_FINEST_NDC if ndc else DEFAULT_FINEST_BOUNDED
+        return _resolutions(self.grid_resolutions, self.finest_resolution or default, self.num_levels)
 
     def resolved_proposal_grid(self, ndc: bool) -> List[Resolution]:
-        if self.proposal_resolutions is not None:
-            return [tuple(int(v) for v in r) for r in self.proposal_resolutions]  # type: ignore[misc]
-        finest = self.proposal_finest_resolution or (DEFAULT_PROPOSAL_NDC if ndc else DEFAULT_PROPOSAL_BOUNDED)
-        return level_resolutions(tuple(finest), self.proposal_levels)  # type: ignore[arg-type]
+        default = DEFAULT_PROPOSAL_NDC if ndc else DEFAULT_PROPOSAL_BOUNDED
+        return _resolutions(self.proposal_resolutions, self.proposal_finest_resolution or default, self.proposal_levels)
+
+
+def _resolutions(explicit: Optional[Sequence[Sequence[int]]], finest: Sequence[int], levels: int) -> List[Resolution]:
+    """Explicit per-level resolutions if given, else ``levels`` halving from ``finest``."""
+    if explicit is not None:
+        return [tuple(int(v) for v in r) for r in explicit]  # type: ignore[misc]
+    return level_resolutions(tuple(finest), levels)  # type: ignore[arg-type]
 
 
 @register_compressible("vqad")
@@ -361,16 +364,12 @@ class VQADModel(CompressibleModel):
             layout.update(lay)
         model_payload = self.config.to_payload()
         model_payload["grid_resolutions"] = [list(r) for r in self.field.grid.resolutions[:levels]]
-        model_payload["proposal_resolutions"] = [list(r) for r in self.proposal_field.grid.resolutions]
         payload = {"model": model_payload, **self.scene_space_payload(), "tensors": layout}
         return tensors, payload
 
     @classmethod
     def from_compressed_state(cls, tensors: Dict[str, Tensor], payload: Dict[str, Any]) -> VQADModel:
-        model_payload = dict(payload["model"])
-        for key in ("grid_resolutions", "proposal_resolutions"):
-            model_payload[key] = tuple(tuple(int(v) for v in r) for r in model_payload[key])
-        config = VQADModelConfig.from_payload(model_payload)
+        config = VQADModelConfig.from_payload(payload["model"])
         model = cls(
             config=config,
             scene_box=scene_box_from_payload(payload),
