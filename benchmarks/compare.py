@@ -152,7 +152,10 @@ def run_jobs(jobs: List[Job], args: argparse.Namespace, gpus: int) -> List[str]:
             command += ["--method", job.method, "--label", job.label, "--iterations", "1000000", "--fit-budget"]
             command += ["--budget-s", str(args.budget_s), "--results", str(rows_path(args.scene))]
             command += ["--output-dir", str(args.output_dir), *job.runner_args, "--", *job.args]
-            env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu), "PYTHONUNBUFFERED": "1"}
+            # One share of the host's cores per configuration: with every process on all cores, the
+            # peers' CPU-side ray sampling and kernel launches stall each other (OpenMP oversubscription).
+            threads = str(max(1, (os.cpu_count() or 1) // gpus))
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads}
             print(f"[compare] start {job.label} on GPU {gpu}: {' '.join(command[1:])}", flush=True)
             handle = log.open("w")
             proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)

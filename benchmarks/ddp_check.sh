@@ -40,7 +40,7 @@ row = {"devices": int(devices), "iterations": int(iterations), "rays_per_iterati
        "lpips": results.get("lpips"), "size_bytes": results.get("size_bytes"), "export": size,
        "train_iter_ms": float(last[1].split()[0]) if last else None,
        "train_rays_per_s": float(last[3].split()[0]) * units[(last[3].split() + [""])[1]] if last else None,
-       "gpu": torch.cuda.get_device_name(0),
+       "gpu": (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"),
        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 print(json.dumps(row))
 PY

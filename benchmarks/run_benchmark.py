@@ -22,7 +22,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -77,20 +77,50 @@ def make_config(method: str, data: Path, output_dir: Path, iterations: int, extr
     return config
 
 
+class BudgetPlanner:
+    """Plans how many iterations fit in a wall-clock budget from the run's recent speed.
+
+    It plans at step 300 (after compilation), every 1000 steps (quantization switching on changes the
+    speed), and again whenever the planned end arrives with more than 5% of the budget left (a slow
+    start, e.g. another process's start-up on the same host, must not cut the run short). The speed is
+    measured over the last ``window`` steps, from marks taken every 50 steps after step 100.
+    """
+
+    def __init__(self, budget_s: float, window: int = 1000) -> None:
+        self.budget_s = budget_s
+        self.window = window
+        self.marks: List[Tuple[int, float]] = []
+        self.stop_at: Optional[int] = None
+
+    def update(self, step: int, elapsed: float) -> Optional[Tuple[int, float]]:
+        """Record ``step`` reached after ``elapsed`` seconds; returns (iterations, it/s) when it re-plans."""
+        if step >= 100 and step % 50 == 0:
+            self.marks.append((step, elapsed))
+            self.marks = [m for m in self.marks if m[0] >= step - self.window]
+        at_end = self.stop_at is not None and step + 1 >= self.stop_at and elapsed < 0.95 * self.budget_s
+        if not (step == 300 or (step > 0 and step % 1000 == 0) or at_end) or len(self.marks) < 2:
+            return None
+        (first_step, first_time), (last_step, last_time) = self.marks[0], self.marks[-1]
+        if last_time <= first_time:
+            return None
+        rate = (last_step - first_step) / (last_time - first_time)
+        self.stop_at = max(step + 1, int(step + 0.97 * (self.budget_s - elapsed) * rate))
+        return self.stop_at, rate
+
+
 def train(config, budget_s: float, fit_budget: bool) -> Dict[str, Any]:
     """Run nerfstudio's Trainer within a wall-clock budget.
 
-    With ``fit_budget`` the run measures its speed between steps 100 and 300 (after compilation),
-    then sets the iteration count, and the learning-rate decay, to what fits in the budget; it plans
-    again every 1000 steps, since quantization switching on changes the speed.
+    With ``fit_budget`` a :class:`BudgetPlanner` sets the iteration count, and the learning-rate
+    decay, to what fits in the budget at the run's measured speed.
     """
     from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
     schedulers = [g["scheduler"] for g in config.optimizers.values() if g.get("scheduler") is not None]
-    state: Dict[str, Any] = {"start": None, "steps": 0, "stopped_early": False, "stop_at": None, "t100": None}
-    window: Dict[str, float] = {}
+    state: Dict[str, Any] = {"start": None, "steps": 0, "stopped_early": False, "t100": None}
+    planner = BudgetPlanner(budget_s)
 
     def on_step(step: int) -> None:
         now = time.perf_counter()
@@ -102,20 +132,17 @@ def train(config, budget_s: float, fit_budget: bool) -> Dict[str, Any]:
             state["t100"] = now
         if now - state.get("last_progress", state["start"]) >= 30.0:
             state["last_progress"] = now
-            planned = state["stop_at"] or "?"
+            planned = planner.stop_at or "?"
             print(f"[benchmark] progress: step {step} of {planned}, {elapsed:.0f} s of {budget_s:.0f} s", flush=True)
-        if fit_budget and step % 1000 == 100:
-            window["step"], window["time"] = step, now
-        if fit_budget and "step" in window and (step == 300 or step % 1000 == 0) and step > window["step"]:
-            rate = (step - window["step"]) / (now - window["time"])
-            total = int(step + 0.97 * (budget_s - elapsed) * rate)
-            state["stop_at"] = total
+        plan = planner.update(step, elapsed) if fit_budget else None
+        if plan is not None:
+            total, rate = plan
             trainer.config.max_num_iterations = total  # what schedules read as the run's length
             for scheduler in schedulers:
                 if hasattr(scheduler, "max_steps"):
                     scheduler.max_steps = total
             print(f"[benchmark] step {step}, {rate:.2f} it/s: planning {total} iterations", flush=True)
-        if state["stop_at"] is not None and step + 1 >= state["stop_at"]:
+        if planner.stop_at is not None and step + 1 >= planner.stop_at:
             trainer.stop_training = True
         elif elapsed > budget_s:
             state["stopped_early"] = True
@@ -131,6 +158,7 @@ def train(config, budget_s: float, fit_budget: bool) -> Dict[str, Any]:
     seconds = end - wall_start
     if state["t100"] is not None and state["steps"] > 101:
         state["steady_iterations_per_s"] = (state["steps"] - 101) / (end - state["t100"])
+    state["stop_at"] = planner.stop_at
     return {"trainer": trainer, "train_seconds": seconds, "iterations": state["steps"], **state}
 
 

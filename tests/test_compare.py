@@ -100,3 +100,23 @@ def test_a_failing_configuration_is_reported_and_the_others_go_on(tmp_path: Path
     assert "[compare] FAILED vqad" in proc.stdout and "[compare] FAILED tensorf" in proc.stdout
     assert "failed: vqad, tensorf" in proc.stdout or "failed: tensorf, vqad" in proc.stdout
     assert (tmp_path / "logs" / "tiny_vqad.log").is_file()
+
+
+def test_budget_planner_fits_the_budget_and_replans_after_a_slow_start() -> None:
+    spec = importlib.util.spec_from_file_location("run_benchmark", ROOT / "benchmarks" / "run_benchmark.py")
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    planner = runner.BudgetPlanner(budget_s=100.0)
+    # 5 it/s for the first 300 steps (start-up), 50 it/s afterwards.
+    elapsed, step, plans = 0.0, 0, []
+    while planner.stop_at is None or step + 1 < planner.stop_at:
+        step += 1
+        elapsed += 0.2 if step <= 300 else 0.02
+        plan = planner.update(step, elapsed)
+        if plan is not None:
+            plans.append(plan)
+        assert step < 10_000, "the planner never ended the run"
+    first_total, first_rate = plans[0]
+    assert first_rate == pytest.approx(5.0, rel=0.01) and first_total < 500  # planned from the slow start
+    assert len(plans) >= 2, "the run ended at the slow start's plan with most of its budget left"
+    assert 0.9 * 100.0 <= elapsed <= 100.0  # the replanned run uses the budget, and no more
