@@ -3,13 +3,13 @@
 # nerfstudio's own DDP (--machine.num-devices), same iterations and rays per GPU; then ns-eval and
 # ns-export-compressed of both, and rays/s from nerfstudio's own per-iteration timing.
 # Run from the repository root after: . benchmarks/gpu_env.sh
-# usage: bash benchmarks/ddp_check.sh METHOD ITERATIONS [NS-TRAIN ARGS...]
+# usage: [DEVICES="1 2"] bash benchmarks/ddp_check.sh METHOD ITERATIONS [NS-TRAIN ARGS...]
 set -eu
 method=${1:-nerf-qat}; iterations=${2:-6000}; shift 2 || true
 data=${DATA:-.gpu/fern}
 out=${OUT:-/tmp/out}
 rays=4096
-for devices in 1 2; do
+for devices in ${DEVICES:-1 2}; do
   run=outputs/ddp/$method-$devices
   start=$(date +%s)
   ns-train "$method" --data "$data" --output-dir "$run" --max-num-iterations "$iterations" \
@@ -21,13 +21,13 @@ for devices in 1 2; do
   end=$(date +%s)
   config=$(ls "$run"/*/"$method"/*/config.yml | head -1)
   ns-eval --load-config "$config" --output-path "$out/ddp_${method}_${devices}gpu_eval.json" >> "$out/ddp_${method}_${devices}gpu.log" 2>&1
-  bytes=$(ns-export-compressed --load-config "$config" --output-path "$out/ddp_${method}_${devices}gpu.nqz" | grep -o "[0-9]* bytes" | tail -1)
+  bytes=$(python3 -m nerfqat_plugin.scripts.export_compressed --load-config "$config" --output-path "$out/ddp_${method}_${devices}gpu.nqz" | grep -o "[0-9]* bytes" | tail -1)
   # nerfstudio's own timing, from its local writer: "step (pct%)  iter time  ETA  rays/s" (rays/s
   # counts every GPU: world size x rays per batch / iteration time).
-  python3 - "$out/ddp_${method}_${devices}gpu_eval.json" "$devices" "$iterations" "$rays" "$((end - start))" \
+  python3 - "$method" "$out/ddp_${method}_${devices}gpu_eval.json" "$devices" "$iterations" "$rays" "$((end - start))" \
     "$bytes" "$out/ddp_${method}_${devices}gpu.log" <<'PY' | tee -a "$out/ddp_rows.jsonl"
 import datetime, json, re, sys, torch
-path, devices, iterations, rays, wall, size, log = sys.argv[1:8]
+method, path, devices, iterations, rays, wall, size, log = sys.argv[1:9]
 units = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9}
 last = None
 for line in open(log, errors="replace").read().replace("\x1b[0m", "").splitlines():
@@ -35,7 +35,7 @@ for line in open(log, errors="replace").read().replace("\x1b[0m", "").splitlines
     if len(columns) == 4 and re.match(r"\d+ \(", columns[0]) and columns[1].endswith(" ms"):
         last = columns  # step, iteration time, ETA, rays/s
 results = json.load(open(path))["results"]
-row = {"devices": int(devices), "iterations": int(iterations), "rays_per_iteration_per_gpu": int(rays),
+row = {"method": method, "devices": int(devices), "iterations": int(iterations), "rays_per_iteration_per_gpu": int(rays),
        "wall_s_including_startup": int(wall), "psnr": results.get("psnr"), "ssim": results.get("ssim"),
        "lpips": results.get("lpips"), "size_bytes": results.get("size_bytes"), "export": size,
        "train_iter_ms": float(last[1].split()[0]) if last else None,

@@ -1,5 +1,5 @@
 """Both methods under DistributedDataParallel: 2 CPU processes on the gloo backend, wrapped as
-nerfstudio's VanillaPipeline wraps a model (find_unused_parameters=True), each rank training on
+CompressionPipeline wraps a model (nerf-qat without DDP's unused-parameter search), each rank training on
 different rays. Afterwards every rank must hold the same quantization state, logits and codebooks,
 and rank 0's export must equal the export of its checkpoint loaded in a single process."""
 
@@ -17,6 +17,8 @@ from test_model_export import _model as nerfqat_model
 from test_model_export import _rays
 from test_vqad_model import _model as vqad_model
 from torch.nn.parallel import DistributedDataParallel as DDP
+
+from nerfqat_plugin.pipelines.compression_pipeline import rewrap_for_ddp
 
 STEPS = 6
 
@@ -37,7 +39,10 @@ def _worker(rank: int, method: str, port: int, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         model = _build(method)
-        ddp = DDP(model, find_unused_parameters=True)
+        # As CompressionPipeline does: nerfstudio's wrapper first, then the one the model asks for
+        # (nerf-qat: no unused-parameter search, so a parameter left without gradient would fail here).
+        ddp = rewrap_for_ddp(DDP(model, find_unused_parameters=True), rank)
+        assert ddp.find_unused_parameters is (method == "vqad")
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
         model.train()
         for step in range(STEPS):

@@ -104,6 +104,11 @@ class CompressibleModel(Model):
         """Rebuild the model from :meth:`compressed_state`'s output."""
         raise NotImplementedError
 
+    def ddp_find_unused_parameters(self) -> bool:
+        """Whether a training step may leave some parameters without a gradient. Under DDP, True makes
+        every step walk the autograd graph to find them (nerfstudio's default): a per-step CPU cost."""
+        return True
+
     def operating_points(self) -> List[str]:
         """Names of the settings one trained model can render at and export (default: none)."""
         return []

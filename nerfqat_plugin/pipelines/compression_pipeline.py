@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Type
 
+import torch
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nerfqat_plugin.models.compressible import CompressibleModel
 
@@ -24,8 +26,34 @@ class CompressionPipelineConfig(VanillaPipelineConfig):
     _target: Type = field(default_factory=lambda: CompressionPipeline)
 
 
+def wrap_for_ddp(model: torch.nn.Module, local_rank: int) -> DDP:
+    """DistributedDataParallel as nerfstudio wraps a model, but without the per-step search for unused
+    parameters where a :class:`CompressibleModel` says every parameter gets a gradient."""
+    find_unused = model.ddp_find_unused_parameters() if isinstance(model, CompressibleModel) else True
+    if not find_unused:
+        # nerfstudio's empty device marker is a parameter that never gets a gradient.
+        device_marker = getattr(model, "device_indicator_param", None)
+        if device_marker is not None:
+            device_marker.requires_grad_(False)
+    device_ids = [local_rank] if next(model.parameters()).is_cuda else None
+    return DDP(model, device_ids=device_ids, find_unused_parameters=find_unused)
+
+
+def rewrap_for_ddp(wrapped: DDP, local_rank: int) -> DDP:
+    """Replace nerfstudio's wrapper (find_unused_parameters=True) by :func:`wrap_for_ddp`'s, taking the
+    first wrapper's gradient hooks off the parameters so that only one reducer runs."""
+    wrapped._remove_autograd_hooks()
+    return wrap_for_ddp(wrapped.module, local_rank)
+
+
 class CompressionPipeline(VanillaPipeline):
-    """Adds ``size_bytes`` and a null-safe ``lpips`` to the averaged evaluation metrics."""
+    """Adds ``size_bytes`` and a null-safe ``lpips`` to the averaged evaluation metrics, and trains
+    models whose parameters all take part in every step without DDP's unused-parameter search."""
+
+    def __init__(self, config, device, test_mode="val", world_size=1, local_rank=0, grad_scaler=None):
+        super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
+        if world_size > 1 and isinstance(self.model, CompressibleModel) and not self.model.ddp_find_unused_parameters():
+            self._model = rewrap_for_ddp(self._model, local_rank)
 
     def get_average_image_metrics(self, data_loader, image_prefix, step=None, output_path=None, get_std=False):
         metrics = self._metrics_at(None, data_loader, image_prefix, step, output_path, get_std)
