@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -248,17 +249,26 @@ def plot(scene: str, rows: Dict[str, Dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in table_rows(rows):
+    fig, ax = plt.subplots(figsize=(8, 5))
+    placed: List[Tuple[float, float]] = []
+
+    def label(text: str, size_mb: float, psnr: float, color: str) -> None:
+        # Points are labelled from the highest PSNR down; the label of a point near already labelled
+        # ones (within a fifth of a decade and 0.5 dB) goes below them.
+        near = sum(1 for x, y in placed if abs(math.log10(size_mb) - x) < 0.2 and abs(psnr - y) < 0.5)
+        placed.append((math.log10(size_mb), psnr))
+        offset = (4, 3) if not near else (4, -4 - 9 * near)
+        ax.annotate(text, (size_mb, psnr), fontsize=7, color=color, xytext=offset, textcoords="offset points")
+
+    for r in sorted(table_rows(rows), key=lambda r: -(r["psnr"] or 0.0)):
         if r["psnr"] is None or not r["bytes"]:
             continue
         ax.scatter(r["bytes"] / 1e6, r["psnr"], marker="o" if r["ours"] else "s", color="C0" if r["ours"] else "C1")
-        ax.annotate(r["name"], (r["bytes"] / 1e6, r["psnr"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        label(r["name"], r["bytes"] / 1e6, r["psnr"], "black")
     if scene == "fern":
-        for name, psnr, size in REPORTED:
+        for name, psnr, size in sorted(REPORTED, key=lambda point: -point[1]):
             ax.scatter(size, psnr, marker="x", color="gray")
-            label = f"{name} (reported)"
-            ax.annotate(label, (size, psnr), fontsize=7, color="gray", xytext=(3, -9), textcoords="offset points")
+            label(f"{name} (reported)", size, psnr, "gray")
     ax.set_xscale("log")
     ax.set_xlabel("size (MB, log scale): our files / peers' fp32 parameters")
     ax.set_ylabel("PSNR (dB)")

@@ -7,3 +7,9 @@ export PYTHONPATH=$PWD:$PYTHONPATH
 export OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+# nerfacc 0.5.2 (instant-ngp's sampler, built on first use) calls cub::Equality, which CUDA 13's CCCL
+# removed; its drop-in replacement is cuda::std::equal_to. Patch the installed source before it builds.
+_scan=/tmp/site/nerfacc/cuda/csrc/scan.cu
+if [ -f "$_scan" ] && grep -q "cub::Equality" "$_scan"; then
+  sed -i 's/cub::Equality()/::cuda::std::equal_to<>()/; s|#include <cub/cub.cuh>|#include <cub/cub.cuh>\n#include <cuda/std/functional>|' "$_scan"
+fi

@@ -239,6 +239,7 @@ def evaluate_model(model, pipeline, device: torch.device) -> Dict[str, Any]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    command = "python benchmarks/run_benchmark.py " + shlex.join(argv)  # everything, ns-train options too
     extra: List[str] = []
     if "--" in argv:
         cut = argv.index("--")
@@ -285,7 +286,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "rays_per_iteration": trainer.pipeline.datamanager.get_train_rays_per_batch(),
         "gpu": gpu_name(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/run_benchmark.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "command": command,
         "code_commit": os.environ.get("CODE_COMMIT"),
     }
     if torch.cuda.is_available():
