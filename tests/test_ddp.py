@@ -1,7 +1,8 @@
 """Both methods under DistributedDataParallel: 2 CPU processes on the gloo backend, wrapped as
-CompressionPipeline wraps a model (nerf-qat without DDP's unused-parameter search), each rank training on
-different rays. Afterwards every rank must hold the same quantization state, logits and codebooks,
-and rank 0's export must equal the export of its checkpoint loaded in a single process."""
+CompressionPipeline wraps a model (no buffer broadcast; nerf-qat without the unused-parameter
+search), each rank training on different rays. Afterwards every rank must hold the same
+quantization state, logits and codebooks, and rank 0's export must equal the export of its
+checkpoint loaded in a single process."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ def _worker(rank: int, method: str, port: int, out: str) -> None:
         # (nerf-qat: no unused-parameter search, so a parameter left without gradient would fail here).
         ddp = rewrap_for_ddp(DDP(model, find_unused_parameters=True), rank)
         assert ddp.find_unused_parameters is (method == "vqad")
+        assert not ddp.broadcast_buffers  # the identical state below is the models' own doing
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
         model.train()
         for step in range(STEPS):

@@ -27,32 +27,40 @@ class CompressionPipelineConfig(VanillaPipelineConfig):
 
 
 def wrap_for_ddp(model: torch.nn.Module, local_rank: int) -> DDP:
-    """DistributedDataParallel as nerfstudio wraps a model, but without the per-step search for unused
-    parameters where a :class:`CompressibleModel` says every parameter gets a gradient."""
-    find_unused = model.ddp_find_unused_parameters() if isinstance(model, CompressibleModel) else True
+    """DistributedDataParallel for one of our models, cheaper per step than nerfstudio's wrapper.
+
+    - No search for unused parameters after every backward where the model says that every
+      parameter gets a gradient (:meth:`CompressibleModel.ddp_find_unused_parameters`).
+    - No broadcast of every buffer from rank 0 before every forward: the models keep their buffers
+      identical on all ranks themselves (activation ranges are reduced over ranks before each
+      update; everything else is derived from the synchronised parameters or constant), which the
+      2-process test checks.
+    """
+    compressible = isinstance(model, CompressibleModel)
+    find_unused = model.ddp_find_unused_parameters() if compressible else True
     if not find_unused:
         # nerfstudio's empty device marker is a parameter that never gets a gradient.
         device_marker = getattr(model, "device_indicator_param", None)
         if device_marker is not None:
             device_marker.requires_grad_(False)
     device_ids = [local_rank] if next(model.parameters()).is_cuda else None
-    return DDP(model, device_ids=device_ids, find_unused_parameters=find_unused)
+    return DDP(model, device_ids=device_ids, find_unused_parameters=find_unused, broadcast_buffers=not compressible)
 
 
 def rewrap_for_ddp(wrapped: DDP, local_rank: int) -> DDP:
-    """Replace nerfstudio's wrapper (find_unused_parameters=True) by :func:`wrap_for_ddp`'s, taking the
-    first wrapper's gradient hooks off the parameters so that only one reducer runs."""
+    """Replace nerfstudio's wrapper by :func:`wrap_for_ddp`'s, taking the first wrapper's gradient
+    hooks off the parameters so that only one reducer runs."""
     wrapped._remove_autograd_hooks()
     return wrap_for_ddp(wrapped.module, local_rank)
 
 
 class CompressionPipeline(VanillaPipeline):
-    """Adds ``size_bytes`` and a null-safe ``lpips`` to the averaged evaluation metrics, and trains
-    models whose parameters all take part in every step without DDP's unused-parameter search."""
+    """Adds ``size_bytes`` and a null-safe ``lpips`` to the averaged evaluation metrics, and wraps our
+    models for several GPUs with :func:`wrap_for_ddp` instead of nerfstudio's default wrapper."""
 
     def __init__(self, config, device, test_mode="val", world_size=1, local_rank=0, grad_scaler=None):
         super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
-        if world_size > 1 and isinstance(self.model, CompressibleModel) and not self.model.ddp_find_unused_parameters():
+        if world_size > 1 and isinstance(self.model, CompressibleModel):
             self._model = rewrap_for_ddp(self._model, local_rank)
 
     def get_average_image_metrics(self, data_loader, image_prefix, step=None, output_path=None, get_std=False):
