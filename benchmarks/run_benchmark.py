@@ -158,7 +158,6 @@ def train(config, budget_s: float, fit_budget: bool) -> Dict[str, Any]:
     seconds = end - wall_start
     if state["t100"] is not None and state["steps"] > 101:
         state["steady_iterations_per_s"] = (state["steps"] - 101) / (end - state["t100"])
-    state["stop_at"] = planner.stop_at
     return {"trainer": trainer, "train_seconds": seconds, "iterations": state["steps"], **state}
 
 

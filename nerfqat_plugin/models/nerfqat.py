@@ -162,11 +162,11 @@ class NeRFQATModel(CompressibleModel):
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
         return {"fields": list(self.field_coarse.parameters()) + list(self.field_fine.parameters())}
 
-    # -- rendering ------------------------------------------------------------------------------
     def ddp_find_unused_parameters(self) -> bool:
         # Both MLPs take part in every step; only learned weight scales sit idle until QAT starts.
         return self.config.learned_weight_scales
 
+    # -- rendering ------------------------------------------------------------------------------
     def fields_to_compile(self) -> Tuple[TrainingCompiledField, ...]:
         return (self.field_coarse, self.field_fine)
 
