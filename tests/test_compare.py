@@ -12,10 +12,18 @@ import pytest
 from conftest import make_llff_scene
 
 ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("compare", ROOT / "benchmarks" / "compare.py")
-compare = importlib.util.module_from_spec(_spec)
-sys.modules["compare"] = compare  # dataclasses look their module up while the file executes
-_spec.loader.exec_module(compare)
+
+
+def _load_benchmark_script(name: str):
+    """Import ``benchmarks/<name>.py`` (a script folder, not a package) as module ``name``."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+compare = _load_benchmark_script("compare")
 
 
 def _row(label: str, method: str, psnr: float, budget: float = 420.0, **extra) -> dict:
@@ -103,10 +111,7 @@ def test_a_failing_configuration_is_reported_and_the_others_go_on(tmp_path: Path
 
 
 def test_budget_planner_fits_the_budget_and_replans_after_a_slow_start() -> None:
-    spec = importlib.util.spec_from_file_location("run_benchmark", ROOT / "benchmarks" / "run_benchmark.py")
-    runner = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(runner)
-    planner = runner.BudgetPlanner(budget_s=100.0)
+    planner = _load_benchmark_script("run_benchmark").BudgetPlanner(budget_s=100.0)
     # 5 it/s for the first 300 steps (start-up), 50 it/s afterwards.
     elapsed, step, plans = 0.0, 0, []
     while planner.stop_at is None or step + 1 < planner.stop_at:

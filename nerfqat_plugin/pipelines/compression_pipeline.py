@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Type
 
-import torch
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -26,7 +25,7 @@ class CompressionPipelineConfig(VanillaPipelineConfig):
     _target: Type = field(default_factory=lambda: CompressionPipeline)
 
 
-def wrap_for_ddp(model: torch.nn.Module, local_rank: int) -> DDP:
+def wrap_for_ddp(model: CompressibleModel, local_rank: int) -> DDP:
     """DistributedDataParallel for one of our models, cheaper per step than nerfstudio's wrapper.
 
     - No search for unused parameters after every backward where the model says that every
@@ -36,15 +35,12 @@ def wrap_for_ddp(model: torch.nn.Module, local_rank: int) -> DDP:
       update; everything else is derived from the synchronised parameters or constant), which the
       2-process test checks.
     """
-    compressible = isinstance(model, CompressibleModel)
-    find_unused = model.ddp_find_unused_parameters() if compressible else True
+    find_unused = model.ddp_find_unused_parameters()
     if not find_unused:
         # nerfstudio's empty device marker is a parameter that never gets a gradient.
-        device_marker = getattr(model, "device_indicator_param", None)
-        if device_marker is not None:
-            device_marker.requires_grad_(False)
+        model.device_indicator_param.requires_grad_(False)
     device_ids = [local_rank] if next(model.parameters()).is_cuda else None
-    return DDP(model, device_ids=device_ids, find_unused_parameters=find_unused, broadcast_buffers=not compressible)
+    return DDP(model, device_ids=device_ids, find_unused_parameters=find_unused, broadcast_buffers=False)
 
 
 def rewrap_for_ddp(wrapped: DDP, local_rank: int) -> DDP:
