@@ -3,29 +3,31 @@
 # nerfstudio's own DDP (--machine.num-devices), same iterations and rays per GPU; then ns-eval and
 # ns-export-compressed of both, and rays/s from nerfstudio's own per-iteration timing.
 # Run from the repository root after: . benchmarks/gpu_env.sh
-# usage: [DEVICES="1 2"] bash benchmarks/ddp_check.sh METHOD ITERATIONS [NS-TRAIN ARGS...]
+# usage: [DEVICES="1 2"] [RAYS=4096] bash benchmarks/ddp_check.sh METHOD ITERATIONS [NS-TRAIN ARGS...]
+# (RAYS: rays per iteration per GPU; DEVICES="1" and DEVICES="2" may run at once on disjoint GPUs.)
 set -eu
 method=${1:-nerf-qat}; iterations=${2:-6000}; shift 2 || true
 data=${DATA:-.gpu/fern}
 out=${OUT:-/tmp/out}
-rays=4096
+rays=${RAYS:-4096}
 for devices in ${DEVICES:-1 2}; do
-  run=outputs/ddp/$method-$devices
+  run=outputs/ddp/$method-$rays-$devices
+  name=ddp_${method}_${rays}r_${devices}gpu
   start=$(date +%s)
   ns-train "$method" --data "$data" --output-dir "$run" --max-num-iterations "$iterations" \
     --steps-per-save "$iterations" --steps-per-eval-batch 1000000000 --steps-per-eval-image 1000000000 \
     --steps-per-eval-all-images 1000000000 --vis tensorboard --viewer.quit-on-train-completion True \
     --logging.local-writer.enable True --logging.steps-per-log 500 \
     --pipeline.datamanager.train-num-rays-per-batch "$rays" --machine.num-devices "$devices" "$@" \
-    > "$out/ddp_${method}_${devices}gpu.log" 2>&1
+    > "$out/$name.log" 2>&1
   end=$(date +%s)
   config=$(ls "$run"/*/"$method"/*/config.yml | head -1)
-  ns-eval --load-config "$config" --output-path "$out/ddp_${method}_${devices}gpu_eval.json" >> "$out/ddp_${method}_${devices}gpu.log" 2>&1
-  bytes=$(python3 -m nerfqat_plugin.scripts.export_compressed --load-config "$config" --output-path "$out/ddp_${method}_${devices}gpu.nqz" | grep -o "[0-9]* bytes" | tail -1)
+  ns-eval --load-config "$config" --output-path "$out/${name}_eval.json" >> "$out/$name.log" 2>&1
+  bytes=$(python3 -m nerfqat_plugin.scripts.export_compressed --load-config "$config" --output-path "$out/$name.nqz" | grep -o "[0-9]* bytes" | tail -1)
   # nerfstudio's own timing, from its local writer: "step (pct%)  iter time  ETA  rays/s" (rays/s
   # counts every GPU: world size x rays per batch / iteration time).
-  python3 - "$method" "$out/ddp_${method}_${devices}gpu_eval.json" "$devices" "$iterations" "$rays" "$((end - start))" \
-    "$bytes" "$out/ddp_${method}_${devices}gpu.log" <<'PY' | tee -a "$out/ddp_rows.jsonl"
+  python3 - "$method" "$out/${name}_eval.json" "$devices" "$iterations" "$rays" "$((end - start))" \
+    "$bytes" "$out/$name.log" <<'PY' | tee -a "$out/ddp_rows.jsonl"
 import datetime, json, re, sys, torch
 method, path, devices, iterations, rays, wall, size, log = sys.argv[1:9]
 units = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9}

@@ -26,6 +26,8 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
+OUR_METHODS = ("nerf-qat", "vqad")
+
 
 def synchronize() -> None:
     """Wait for queued GPU work, so host clocks measure it (no-op on CPU)."""
@@ -108,16 +110,19 @@ class BudgetPlanner:
         return self.stop_at, rate
 
 
-def train(config, budget_s: float, fit_budget: bool) -> Dict[str, Any]:
+def train(config, budget_s: float, fit_budget: bool, operating_points: Optional[List[str]] = None) -> Dict[str, Any]:
     """Run nerfstudio's Trainer within a wall-clock budget.
 
     With ``fit_budget`` a :class:`BudgetPlanner` sets the iteration count, and the learning-rate
-    decay, to what fits in the budget at the run's measured speed.
+    decay, to what fits in the budget at the run's measured speed. ``operating_points`` to be
+    evaluated afterwards are checked against the model first, so a typo fails before training.
     """
     from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
+    for name in operating_points or []:
+        trainer.pipeline.model.check_operating_point(name)
     schedulers = [g["scheduler"] for g in config.optimizers.values() if g.get("scheduler") is not None]
     state: Dict[str, Any] = {"start": None, "steps": 0, "stopped_early": False, "t100": None}
     planner = BudgetPlanner(budget_s)
@@ -162,14 +167,16 @@ def train(config, budget_s: float, fit_budget: bool) -> Dict[str, Any]:
 
 
 def export_and_evaluate(
-    model, pipeline, directory: Path, device: torch.device, operating_points: bool = True
+    model, pipeline, directory: Path, device: torch.device, operating_points: Optional[List[str]] = None
 ) -> Dict[str, Any]:
-    """Export the full model and every operating point (vqad's levels); evaluate each from its file."""
+    """Export the full model and the ``operating_points`` (None: all of the model's, e.g. vqad's
+    levels; []: none); evaluate each from its file."""
+    wanted = model.operating_points() if operating_points is None else operating_points
     path = directory / "model.nqz"
     result: Dict[str, Any] = {"file_bytes": model.export_compressed(path)}
     result.update(evaluate_file(path, pipeline, device))
     points = []
-    for name in model.operating_points() if operating_points else []:
+    for name in wanted:
         if name == model.current_operating_point():
             size, metrics = result["file_bytes"], result
         else:
@@ -257,6 +264,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument(
         "--no-operating-points", action="store_true", help="evaluate only the full model (saves time on big scenes)"
     )
+    parser.add_argument(
+        "--operating-points", default=None, help="comma-separated operating points to evaluate (default: all)"
+    )
     args = parser.parse_args(argv)
 
     import nerfqat_plugin  # noqa: F401  (offline-safe checkpoint loading, error reporting)
@@ -266,9 +276,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     config = make_config(args.method, args.data, args.output_dir / args.label, args.iterations, extra, args.lr)
     print(f"[benchmark] {args.label}: training {args.method} for {args.iterations} iterations", flush=True)
     # Peers build LPIPS(AlexNet) at construction (and fail offline); their metrics are computed here.
-    guard = peer_lpips_disabled() if args.method not in ("nerf-qat", "vqad") else contextlib.nullcontext()
+    guard = peer_lpips_disabled() if args.method not in OUR_METHODS else contextlib.nullcontext()
+    points: Optional[List[str]] = [] if args.no_operating_points else None
+    if args.operating_points and args.method not in OUR_METHODS:
+        parser.error("--operating-points: only our methods have operating points")
+    if args.operating_points:
+        points = [p for p in args.operating_points.split(",") if p]
     with guard:
-        run = train(config, args.budget_s, args.fit_budget)
+        run = train(config, args.budget_s, args.fit_budget, points)
     trainer = run["trainer"]
     row: Dict[str, Any] = {
         "label": args.label,
@@ -295,9 +310,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         pass
     elif isinstance(pipeline.model, CompressibleModel):
         directory = args.output_dir / args.label
-        row.update(
-            export_and_evaluate(pipeline.model, pipeline, directory, pipeline.device, not args.no_operating_points)
-        )
+        row.update(export_and_evaluate(pipeline.model, pipeline, directory, pipeline.device, points))
     else:  # a peer method: evaluated as trained, sized by its fp32 parameters
         row["param_bytes"] = parameter_bytes(pipeline.model)
         with torch.no_grad():

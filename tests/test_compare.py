@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import subprocess
@@ -125,3 +126,20 @@ def test_budget_planner_fits_the_budget_and_replans_after_a_slow_start() -> None
     assert first_rate == pytest.approx(5.0, rel=0.01) and first_total < 500  # planned from the slow start
     assert len(plans) >= 2, "the run ended at the slow start's plan with most of its budget left"
     assert 0.9 * 100.0 <= elapsed <= 100.0  # the replanned run uses the budget, and no more
+
+
+def test_longest_configuration_starts_first_and_late_gpus_take_what_still_fits() -> None:
+    args = argparse.Namespace(budget_s=150.0, margin_s=45.0, eval_s=80.0, deadline_s=540.0)
+    jobs = {job.label: job for job in compare.plan("lego", Path("."), (2.0, 6.0), forward_facing=False)}
+    assert jobs["vqad"].evaluations == len(compare.VQAD_POINTS) == 3
+    assert jobs["vqad"].runner_args == ["--operating-points", "levels=2,levels=3,levels=4"]
+    pending = sorted(jobs.values(), key=lambda j: -j.expected_s(150.0, 45.0, 80.0))
+    assert compare.next_job(pending, 0.0, args).label == "vqad"  # 435 s: only fits at the start
+    assert compare.next_job(pending, 0.0, args).label == "nerf-fp32"  # then plan order among equals
+    # At 250 s a 275 s configuration still fits the 540 s deadline; at 300 s none does.
+    assert compare.next_job(pending, 250.0, args).label == "nerf-qat-int8"
+    before = len(pending)
+    assert compare.next_job(pending, 300.0, args) is None and len(pending) == before
+    # A configuration that no longer fits is passed over for a shorter one that does.
+    long, short = compare.Job("long", "vqad", evaluations=3), compare.Job("short", "tensorf")
+    assert compare.next_job([long, short], 200.0, args) is short
