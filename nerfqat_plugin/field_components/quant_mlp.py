@@ -121,6 +121,9 @@ class QuantMLP(QuantSwitch):
         skip_connections: block indices whose input is ``cat(hidden, mlp_input)``, as in NeRF.
         quantize_out: fake-quantize the final Linear's output (when the next consumer is another
             quantized block rather than a float activation).
+        edge_spec: quantization of the MLP's edges, its input quantizer and final Linear (default
+            ``spec``). Narrow fields keep these at 8 bits: they hold a few hundred weights, and
+            4-bit inputs and outputs cost most of 4-bit quantization's error.
     """
 
     def __init__(
@@ -132,11 +135,13 @@ class QuantMLP(QuantSwitch):
         out_dim: Optional[int] = None,
         skip_connections: Sequence[int] = (),
         quantize_out: bool = False,
+        edge_spec: Optional[QuantSpec] = None,
     ) -> None:
         super().__init__()
+        edge_spec = edge_spec or spec
         self.in_dim = in_dim
         self.skip_connections = frozenset(skip_connections)
-        self.input_quantizer = ActivationQuantizer(spec.bits)
+        self.input_quantizer = ActivationQuantizer(edge_spec.bits)
         layers = []
         for i in range(num_layers):
             width_in = in_dim if i == 0 else layer_width
@@ -145,7 +150,9 @@ class QuantMLP(QuantSwitch):
             layers.append(QuantLinear(width_in, layer_width, spec, relu=True))
         self.layers = nn.ModuleList(layers)
         self.out_layer = (
-            QuantLinear(layer_width if num_layers else in_dim, out_dim, spec, relu=False, quantize_output=quantize_out)
+            QuantLinear(
+                layer_width if num_layers else in_dim, out_dim, edge_spec, relu=False, quantize_output=quantize_out
+            )
             if out_dim is not None
             else None
         )

@@ -44,6 +44,8 @@ class QuantNeRFField(TrainingCompiledField):
         head_width: width of the view-dependent colour layer.
         position_frequencies: positional-encoding frequencies of positions (NeRF: 10).
         direction_frequencies: positional-encoding frequencies of view directions (NeRF: 4).
+        edge_spec: quantization of the field's edges: the quantizers of the encoded position and
+            direction and the density and colour output layers (default ``spec``).
     """
 
     compiled_methods = ("density_and_features", "color")
@@ -57,8 +59,10 @@ class QuantNeRFField(TrainingCompiledField):
         head_width: int = 128,
         position_frequencies: int = 10,
         direction_frequencies: int = 4,
+        edge_spec: Optional[QuantSpec] = None,
     ) -> None:
         super().__init__()
+        edge_spec = edge_spec or spec
         self.position_encoding = nerf_frequency_encoding(position_frequencies)
         self.direction_encoding = nerf_frequency_encoding(direction_frequencies)
         self.trunk = QuantMLP(
@@ -67,8 +71,9 @@ class QuantNeRFField(TrainingCompiledField):
             layer_width=layer_width,
             spec=spec,
             skip_connections=skip_connections,
+            edge_spec=edge_spec,
         )
-        self.density_head = QuantLinear(layer_width, 1, spec, relu=False, quantize_output=False)
+        self.density_head = QuantLinear(layer_width, 1, edge_spec, relu=False, quantize_output=False)
         # NeRF's bottleneck has no activation; its output is quantized because it feeds a block.
         self.bottleneck = QuantLinear(layer_width, layer_width, spec, relu=False, quantize_output=True)
         self.color_head = QuantMLP(
@@ -77,6 +82,7 @@ class QuantNeRFField(TrainingCompiledField):
             layer_width=head_width,
             spec=spec,
             out_dim=3,
+            edge_spec=edge_spec,
         )
 
     @staticmethod

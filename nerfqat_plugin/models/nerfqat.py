@@ -43,6 +43,7 @@ class NeRFQATModelConfig(CompressibleModelConfig):
         "num_importance_samples",
         "quantize",
         "bits",
+        "edge_bits",
         "fuse_relu",
     )
     _target: Type = field(default_factory=lambda: NeRFQATModel)
@@ -66,6 +67,9 @@ class NeRFQATModelConfig(CompressibleModelConfig):
     """Quantization-aware training; False trains the same field in fp32 (the baseline)."""
     bits: int = 8
     """Bits of weights and activations (4 to 8)."""
+    edge_bits: Optional[int] = None
+    """Bits of the fields' edges: the quantizers of the encoded inputs and the density and colour
+    output layers (about 1,000 weights per field); None: ``bits``. The method config sets 8."""
     fuse_relu: bool = True
     """Fuse each Linear with its ReLU before quantizing (False reproduces the paper's unfused ablation)."""
     learned_weight_scales: bool = False
@@ -95,9 +99,11 @@ class NeRFQATModel(CompressibleModel):
         super().populate_modules()
         self.setup_scene_space()
 
-        spec = QuantSpec(self.config.bits, self.config.fuse_relu, self.config.learned_weight_scales)
-        self.field_coarse = self._make_field(spec)
-        self.field_fine = self._make_field(spec)
+        cfg = self.config
+        spec = QuantSpec(cfg.bits, cfg.fuse_relu, cfg.learned_weight_scales)
+        edge_spec = QuantSpec(cfg.edge_bits or cfg.bits, cfg.fuse_relu, cfg.learned_weight_scales)
+        self.field_coarse = self._make_field(spec, edge_spec)
+        self.field_fine = self._make_field(spec, edge_spec)
         if not self.config.quantize:
             set_quantization(self, False)
 
@@ -113,10 +119,11 @@ class NeRFQATModel(CompressibleModel):
         )
         self.add_size_viewer_elements()
 
-    def _make_field(self, spec: QuantSpec) -> QuantNeRFField:
+    def _make_field(self, spec: QuantSpec, edge_spec: QuantSpec) -> QuantNeRFField:
         cfg = self.config
         return QuantNeRFField(
             spec,
+            edge_spec=edge_spec,
             num_layers=cfg.num_layers,
             layer_width=cfg.layer_width,
             skip_connections=cfg.skip_connections,
