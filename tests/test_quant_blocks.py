@@ -139,3 +139,21 @@ def test_learned_scales_survive_a_checkpoint() -> None:
     restored.load_state_dict(block.state_dict())
     assert restored.weight_quantizer.scale_initialized
     assert torch.equal(restored.weight_quantizer.log_scale, block.weight_quantizer.log_scale)
+
+
+def test_mse_range_clips_outliers_and_quantizes_the_bulk_better_than_max() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(10_000).square()  # heavy-tailed non-negative activations: the maximum is an outlier
+    errors = {}
+    for method in ("max", "mse"):
+        quantizer = ActivationQuantizer(4, range_method=method)
+        quantizer.train()
+        y = quantizer(x)
+        errors[method] = (y - x).square().mean().item()
+        if method == "max":
+            assert quantizer.running_max.item() == pytest.approx(x.max().item())
+        else:
+            assert 1.0 <= quantizer.running_max.item() < 0.8 * x.max().item()  # clipped, not below the bulk
+    assert errors["mse"] < 0.8 * errors["max"]
+    with pytest.raises(ValueError, match="max or mse"):
+        ActivationQuantizer(4, range_method="median")

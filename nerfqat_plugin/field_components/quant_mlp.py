@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nerfqat_plugin.field_components.half_precision import round_to_half
-from nerfqat_plugin.field_components.quantizers import ActivationQuantizer, PerChannelWeightQuantizer
+from nerfqat_plugin.field_components.quantizers import ActivationQuantizer, PerChannelWeightQuantizer, RangeMethod
 
 MIN_QUANT_BITS = 4
 MAX_QUANT_BITS = 8
@@ -39,6 +39,8 @@ class QuantSpec:
     """Fuse each Linear with its ReLU before quantizing its output (see module docstring)."""
     learned_weight_scales: bool = False
     """Learn the per-channel weight scales (LSQ) instead of taking max |w| / qmax."""
+    activation_range: RangeMethod = "max"
+    """How activation ranges are observed: batch min/max, or the least-error clipped range (mse)."""
 
     def __post_init__(self) -> None:
         if not MIN_QUANT_BITS <= self.bits <= MAX_QUANT_BITS:
@@ -84,7 +86,7 @@ class QuantLinear(QuantSwitch):
         self.relu = relu
         self.weight_quantizer = PerChannelWeightQuantizer(out_features, spec.bits, spec.learned_weight_scales)
         self.output_quantizer: Optional[ActivationQuantizer] = (
-            ActivationQuantizer(spec.bits) if quantize_output else None
+            ActivationQuantizer(spec.bits, range_method=spec.activation_range) if quantize_output else None
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -141,7 +143,7 @@ class QuantMLP(QuantSwitch):
         edge_spec = edge_spec or spec
         self.in_dim = in_dim
         self.skip_connections = frozenset(skip_connections)
-        self.input_quantizer = ActivationQuantizer(edge_spec.bits)
+        self.input_quantizer = ActivationQuantizer(edge_spec.bits, range_method=edge_spec.activation_range)
         layers = []
         for i in range(num_layers):
             width_in = in_dim if i == 0 else layer_width

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, Iterator, List, Literal, Optional, Tuple, Type
 
 import torch
 from nerfstudio.cameras.rays import RayBundle, RaySamples
@@ -72,6 +72,9 @@ class NeRFQATModelConfig(CompressibleModelConfig):
     output layers (about 1,000 weights per field); None: ``bits``. The method config sets 8."""
     fuse_relu: bool = True
     """Fuse each Linear with its ReLU before quantizing (False reproduces the paper's unfused ablation)."""
+    activation_range: Literal["max", "mse"] = "max"
+    """How activation ranges are calibrated: each batch's min/max (max), or the clipped range with the
+    least quantization error (mse; outliers otherwise squeeze 4-bit activations into a few levels)."""
     learned_weight_scales: bool = False
     """Learn per-channel weight scales (LSQ) instead of max |w| / qmax (not measured yet)."""
     float_warmup_steps: int = 1000
@@ -100,8 +103,8 @@ class NeRFQATModel(CompressibleModel):
         self.setup_scene_space()
 
         cfg = self.config
-        spec = QuantSpec(cfg.bits, cfg.fuse_relu, cfg.learned_weight_scales)
-        edge_spec = QuantSpec(cfg.edge_bits or cfg.bits, cfg.fuse_relu, cfg.learned_weight_scales)
+        spec = QuantSpec(cfg.bits, cfg.fuse_relu, cfg.learned_weight_scales, cfg.activation_range)
+        edge_spec = QuantSpec(cfg.edge_bits or cfg.bits, cfg.fuse_relu, cfg.learned_weight_scales, cfg.activation_range)
         self.field_coarse = self._make_field(spec, edge_spec)
         self.field_fine = self._make_field(spec, edge_spec)
         if not self.config.quantize:
