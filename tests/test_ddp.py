@@ -26,9 +26,11 @@ STEPS = 6
 
 def _build(method: str):
     torch.manual_seed(0)
-    if method == "nerf-qat":
+    if method.startswith("nerf-qat"):
         # Quantization on from step 1, ranges observed until the end: the state DDP must keep equal.
-        return nerfqat_model(float_warmup_steps=1, calibration_steps=100, qat_start_fraction=None)
+        # int4 calibrates least-error clipped ranges, each rank on its own activations.
+        bits = 4 if method == "nerf-qat-int4" else 8
+        return nerfqat_model(bits=bits, float_warmup_steps=1, calibration_steps=100, qat_start_fraction=None)
     return vqad_model()
 
 
@@ -48,7 +50,7 @@ def _worker(rank: int, method: str, port: int, out: str) -> None:
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
         model.train()
         for step in range(STEPS):
-            if method == "nerf-qat":
+            if method.startswith("nerf-qat"):
                 model._apply_quant_schedule(step)
             rays = _rays(seed=100 * rank + step)  # every rank its own rays and targets
             target = {"image": torch.rand(64, 3, generator=torch.Generator().manual_seed(7 + rank))}
@@ -73,7 +75,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("method", ["nerf-qat", "vqad"])
+@pytest.mark.parametrize("method", ["nerf-qat", "nerf-qat-int4", "vqad"])
 def test_ranks_hold_identical_state_and_export_equals_single_process(tmp_path: Path, method: str) -> None:
     mp.spawn(_worker, args=(method, _free_port(), str(tmp_path)), nprocs=2, join=True)
     result = torch.load(tmp_path / "result.pt", weights_only=False)
@@ -83,7 +85,7 @@ def test_ranks_hold_identical_state_and_export_equals_single_process(tmp_path: P
         k for k in rank0 if not (torch.equal(rank0[k], rank1[k]) if torch.is_tensor(rank0[k]) else rank0[k] == rank1[k])
     ]
     assert not differing, f"ranks differ in {differing}"
-    if method == "nerf-qat":
+    if method.startswith("nerf-qat"):
         scales = [k for k in rank0 if k.endswith("output_quantizer.scale")]
         assert scales and any(rank0[k].item() != 1.0 for k in scales)  # ranges were really observed
     else:

@@ -57,13 +57,17 @@ def _render(model: NeRFQATModel) -> Dict[str, torch.Tensor]:
         return model(_rays(256, seed=99))
 
 
-CASES = [(8, True, False), (4, True, False), (6, False, False), (4, True, True)]  # bits, fused, learned scales
+# bits, fused, learned scales, edge bits (8 by default; None: the edges at ``bits`` too)
+CASES = [(8, True, False, 8), (4, True, False, 8), (6, False, False, None), (4, True, True, 8)]
+EDGE_LAYERS = ("density_head.", "color_head.out_layer.")
 
 
-@pytest.mark.parametrize(("bits", "fuse", "learned"), CASES)
-def test_render_from_file_equals_trained_quantized_model(tmp_path: Path, bits: int, fuse: bool, learned: bool) -> None:
+@pytest.mark.parametrize(("bits", "fuse", "learned", "edge_bits"), CASES)
+def test_render_from_file_equals_trained_quantized_model(
+    tmp_path: Path, bits: int, fuse: bool, learned: bool, edge_bits: Optional[int]
+) -> None:
     torch.manual_seed(0)
-    model = _model(bits=bits, fuse_relu=fuse, learned_weight_scales=learned)
+    model = _model(bits=bits, fuse_relu=fuse, learned_weight_scales=learned, edge_bits=edge_bits)
     _train(model, 8)
     assert model.is_quantized()
     path = tmp_path / "model.nqz"
@@ -74,9 +78,24 @@ def test_render_from_file_equals_trained_quantized_model(tmp_path: Path, bits: i
     for key in ("rgb", "depth", "accumulation"):
         assert torch.max(torch.abs(expected[key] - actual[key])) <= 1e-5, key
     _, payload = read_compressed(path)
-    packed = [spec for spec in payload["tensors"].values() if spec["encoding"] == "packed-int"]
-    assert packed and all(spec["bits"] == bits for spec in packed)
+    packed = {name: spec for name, spec in payload["tensors"].items() if spec["encoding"] == "packed-int"}
+    for name, spec in packed.items():
+        on_edge = any(layer in name for layer in EDGE_LAYERS)
+        assert spec["bits"] == ((edge_bits or bits) if on_edge else bits), name
+    assert sum(any(layer in name for layer in EDGE_LAYERS) for name in packed) == 4  # 2 per field
     assert not any("log_scale" in name for name in read_compressed(path)[0])  # training-only
+
+
+def test_files_from_before_edge_bits_rebuild_with_every_layer_at_bits(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _model(bits=4, edge_bits=None)
+    _train(model, 8)
+    model.export_compressed(tmp_path / "old.nqz")
+    tensors, payload = read_compressed(tmp_path / "old.nqz")
+    del payload["model"]["edge_bits"]  # as format-2 files written before the option existed
+    loaded = NeRFQATModel.from_compressed_state(tensors, payload).eval()
+    assert loaded.field_fine.density_head.spec.bits == 4 and loaded.field_fine.trunk.input_quantizer.bits == 4
+    assert torch.max(torch.abs(_render(model)["rgb"] - _render(loaded)["rgb"])) <= 1e-5
 
 
 def test_bounded_scene_without_ndc_renders_from_file_too(tmp_path: Path) -> None:

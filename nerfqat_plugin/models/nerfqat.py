@@ -67,14 +67,15 @@ class NeRFQATModelConfig(CompressibleModelConfig):
     """Quantization-aware training; False trains the same field in fp32 (the baseline)."""
     bits: int = 8
     """Bits of weights and activations (4 to 8)."""
-    edge_bits: Optional[int] = None
+    edge_bits: Optional[int] = 8
     """Bits of the fields' edges: the quantizers of the encoded inputs and the density and colour
-    output layers (about 1,000 weights per field); None: ``bits``. The method config sets 8."""
+    output layers (about 1,000 weights per field, so 8 bits cost ~0.5 kB at 4 bits); None: ``bits``."""
     fuse_relu: bool = True
     """Fuse each Linear with its ReLU before quantizing (False reproduces the paper's unfused ablation)."""
-    activation_range: Literal["max", "mse"] = "max"
+    activation_range: Literal["auto", "max", "mse"] = "auto"
     """How activation ranges are calibrated: each batch's min/max (max), or the clipped range with the
-    least quantization error (mse; outliers otherwise squeeze 4-bit activations into a few levels)."""
+    least quantization error (mse). auto: max at 8 bits, mse below (on lego, 4- and 6-bit QAT with max
+    ranges collapsed to an empty scene; see README)."""
     learned_weight_scales: bool = False
     """Learn per-channel weight scales (LSQ) instead of max |w| / qmax (not measured yet)."""
     float_warmup_steps: int = 1000
@@ -103,8 +104,9 @@ class NeRFQATModel(CompressibleModel):
         self.setup_scene_space()
 
         cfg = self.config
-        spec = QuantSpec(cfg.bits, cfg.fuse_relu, cfg.learned_weight_scales, cfg.activation_range)
-        edge_spec = QuantSpec(cfg.edge_bits or cfg.bits, cfg.fuse_relu, cfg.learned_weight_scales, cfg.activation_range)
+        ranges = cfg.activation_range if cfg.activation_range != "auto" else ("max" if cfg.bits >= 8 else "mse")
+        spec = QuantSpec(cfg.bits, cfg.fuse_relu, cfg.learned_weight_scales, ranges)
+        edge_spec = QuantSpec(cfg.edge_bits or cfg.bits, cfg.fuse_relu, cfg.learned_weight_scales, ranges)
         self.field_coarse = self._make_field(spec, edge_spec)
         self.field_fine = self._make_field(spec, edge_spec)
         if not self.config.quantize:
@@ -269,7 +271,8 @@ class NeRFQATModel(CompressibleModel):
 
     @classmethod
     def from_compressed_state(cls, tensors: Dict[str, Tensor], payload: Dict[str, Any]) -> NeRFQATModel:
-        config = NeRFQATModelConfig.from_payload(payload["model"], compile=False)
+        # Files written before edge_bits existed quantized the edges with ``bits`` too.
+        config = NeRFQATModelConfig.from_payload({"edge_bits": None, **payload["model"]}, compile=False)
         metadata = cls.metadata_from_payload(payload)
         model = cls(config=config, scene_box=scene_box_from_payload(payload), num_train_data=0, metadata=metadata)
         decode_quantized_module(model.field_coarse, "coarse.", tensors, payload["tensors"])
