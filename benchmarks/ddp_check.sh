@@ -17,7 +17,7 @@ for devices in ${DEVICES:-1 2}; do
   ns-train "$method" --data "$data" --output-dir "$run" --max-num-iterations "$iterations" \
     --steps-per-save "$iterations" --steps-per-eval-batch 1000000000 --steps-per-eval-image 1000000000 \
     --steps-per-eval-all-images 1000000000 --vis tensorboard --viewer.quit-on-train-completion True \
-    --logging.local-writer.enable True --logging.steps-per-log 500 \
+    --logging.local-writer.enable True --logging.steps-per-log 100 \
     --pipeline.datamanager.train-num-rays-per-batch "$rays" --machine.num-devices "$devices" "$@" \
     > "$out/$name.log" 2>&1
   end=$(date +%s)
@@ -31,17 +31,19 @@ for devices in ${DEVICES:-1 2}; do
 import datetime, json, re, sys, torch
 method, path, devices, iterations, rays, wall, size, log = sys.argv[1:9]
 units = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9}
-last = None
+last, timings = None, {}
 for line in open(log, errors="replace").read().replace("\x1b[0m", "").splitlines():
     columns = re.split(r"\s{2,}", re.sub(r"\x1b\[\d*[A-Z]", "", line).strip())
     if len(columns) == 4 and re.match(r"\d+ \(", columns[0]) and columns[1].endswith(" ms"):
         last = columns  # step, iteration time, ETA, rays/s
+        timings[int(columns[0].split()[0])] = float(columns[1].split()[0])
 results = json.load(open(path))["results"]
 row = {"method": method, "devices": int(devices), "iterations": int(iterations), "rays_per_iteration_per_gpu": int(rays),
        "wall_s_including_startup": int(wall), "psnr": results.get("psnr"), "ssim": results.get("ssim"),
        "lpips": results.get("lpips"), "size_bytes": results.get("size_bytes"), "export": size,
        "train_iter_ms": float(last[1].split()[0]) if last else None,
        "train_rays_per_s": float(last[3].split()[0]) * units[(last[3].split() + [""])[1]] if last else None,
+       "iter_ms_by_step": timings,  # nerf-qat: float until 3/4 of the run, then QAT (calibration, frozen)
        "gpu": (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"),
        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 print(json.dumps(row))
