@@ -27,6 +27,7 @@ _LEVEL_TENSORS = {
     "logits.": "indices",  # stored as their argmax
     "index_queries.": "indices",  # (factorised logits) stored as their argmax
     "indices_": "indices",  # a frozen grid's integers
+    "block_mask_": "mask",  # sparse levels: which blocks of vertices are kept (1 bit each)
     "index_keys.": "training",  # factorised logits only: not needed once indices are hard
     "index_bias.": "training",
 }
@@ -60,7 +61,14 @@ def encode_codebook_module(
             path, lvl, _ = level
             grid = grids[path]
             name = f"{prefix}{path + '.' if path else ''}indices_{lvl}"
-            tensors[name], layout[name] = encode_integers(grid.hard_indices(lvl), grid.bits, signed=False)
+            indices = grid.hard_indices(lvl)
+            if grid.block_mask(lvl) is not None:  # only the vertices of kept blocks, block by block
+                indices = indices[grid.kept_vertices(lvl).to(indices.device)]
+            tensors[name], layout[name] = encode_integers(indices, grid.bits, signed=False)
+            if grid.block_mask(lvl) is not None:
+                layout[name]["sparse_blocks"] = True
+        elif level is not None and level[2] == "mask":
+            tensors[prefix + key], layout[prefix + key] = encode_integers(value, 1, signed=False)
         elif value.is_floating_point():
             tensors[prefix + key] = value.detach().cpu().half().contiguous()
         else:
@@ -72,6 +80,7 @@ def decode_codebook_module(module: nn.Module, prefix: str, tensors: Dict[str, Te
     """Load tensors written by :func:`encode_codebook_module` into a freshly built ``module`` whose
     learned grids are frozen (built to hold indices, not logits)."""
     state: Dict[str, Tensor] = {}
+    sparse = []
     for name, tensor in tensors.items():
         if not name.startswith(prefix):
             continue
@@ -81,6 +90,22 @@ def decode_codebook_module(module: nn.Module, prefix: str, tensors: Dict[str, Te
         elif spec["encoding"] != "raw":
             raise ValueError(f"unknown tensor encoding {spec['encoding']!r} of {name}")
         state[name[len(prefix) :]] = tensor.float() if tensor.dtype == torch.float16 else tensor
+        if spec.get("sparse_blocks"):
+            sparse.append(name[len(prefix) :])
+    for key in sparse:  # indices of kept blocks only: back to every vertex, 0 in dropped blocks
+        path, _, name = key.rpartition(".")
+        grid = module.get_submodule(path)
+        lvl = int(name[len("indices_") :])
+        mask_key = f"{path + '.' if path else ''}block_mask_{lvl}"
+        if not isinstance(grid, LearnedIndexCodebookGrid) or grid.block_mask(lvl) is None or mask_key not in state:
+            raise ValueError(f"compressed state does not match the model: {key} is sparse without a block mask")
+        grid.set_block_mask(lvl, state[mask_key])
+        kept = grid.kept_vertices(lvl)
+        if kept.numel() != state[key].numel():
+            raise ValueError(f"{key}: {state[key].numel()} stored indices for {kept.numel()} kept vertices")
+        dense = torch.zeros(grid.num_vertices(lvl), dtype=torch.int32)
+        dense[kept.cpu()] = state[key].reshape(-1)
+        state[key] = dense
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"compressed state does not match the model: missing {missing}, unexpected {unexpected}")

@@ -20,12 +20,14 @@ their codebooks can be larger.
 
 from __future__ import annotations
 
+import math
 from typing import List, Literal, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nerfqat_plugin.field_components.block_occupancy import block_grid_shape
 from nerfqat_plugin.field_components.half_precision import round_to_half
 
 IndexMode = Literal["learned", "random", "hashed"]
@@ -90,6 +92,11 @@ class LearnedIndexCodebookGrid(nn.Module):
         logit_rank: 0 keeps free logits per vertex (``vertices x 2**bits`` floats, the paper);
             r > 0 factorises them as ``query_v . key_j + bias_j`` with r-dimensional vertex queries
             and per-level keys and biases (``vertices x r`` floats whatever the bit width).
+        sparse_from_level: levels from this one on are split into blocks of ``block_size**3``
+            vertices, each with a keep flag (``block_mask_<level>``, all kept until
+            :meth:`set_block_mask`); vertices of dropped blocks contribute nothing and are not stored.
+            None: every level dense.
+        block_size: vertices per block edge of sparse levels.
     """
 
     def __init__(
@@ -104,6 +111,8 @@ class LearnedIndexCodebookGrid(nn.Module):
         initial_index_bias: float = 0.0,
         concat_levels: int = 0,
         logit_rank: int = 0,
+        sparse_from_level: Optional[int] = None,
+        block_size: int = 8,
     ) -> None:
         super().__init__()
         self.resolutions: List[Resolution] = [_as_resolution(r) for r in resolutions]
@@ -147,6 +156,11 @@ class LearnedIndexCodebookGrid(nn.Module):
         if index_mode == "learned" and frozen:
             for lvl in self.levels:
                 self.register_buffer(f"indices_{lvl}", torch.zeros(self.num_vertices(lvl), dtype=torch.int32))
+        self.block_size = block_size
+        self.sparse_from_level = sparse_from_level
+        for lvl in self.sparse_levels:
+            blocks = math.prod(block_grid_shape(self.resolutions[lvl], block_size))
+            self.register_buffer(f"block_mask_{lvl}", torch.ones(blocks, dtype=torch.uint8))
         if index_mode == "random":
             generator = torch.Generator().manual_seed(seed)
             for lvl in self.levels:
@@ -161,6 +175,42 @@ class LearnedIndexCodebookGrid(nn.Module):
     @property
     def num_levels(self) -> int:
         return len(self.resolutions)
+
+    @property
+    def sparse_levels(self) -> range:
+        """Levels split into blocks that can be dropped (see ``sparse_from_level``)."""
+        first = self.num_levels if self.sparse_from_level is None else max(0, self.sparse_from_level)
+        return range(min(first, self.num_levels), self.num_levels)
+
+    def block_mask(self, level: int) -> Optional[Tensor]:
+        """Keep flags of a sparse level's blocks (uint8, row-major), None for a dense level."""
+        return getattr(self, f"block_mask_{level}") if level in self.sparse_levels else None
+
+    def set_block_mask(self, level: int, keep: Tensor) -> None:
+        """Keep only the blocks flagged in ``keep`` (bool or 0/1, row-major) of a sparse level."""
+        mask = self.block_mask(level)
+        if mask is None:
+            raise ValueError(f"level {level} is dense (sparse levels: {list(self.sparse_levels)})")
+        if keep.numel() != mask.numel():
+            raise ValueError(f"level {level}: {keep.numel()} block flags for {mask.numel()} blocks")
+        mask.copy_(keep.reshape(-1).to(mask))
+
+    def kept_vertices(self, level: int) -> Tensor:
+        """Flat ids (int64) of the vertices in kept blocks of a sparse level, block by block, each
+        block's vertices in row-major order: the order in which a file stores their indices."""
+        mask = self.block_mask(level)
+        assert mask is not None, f"level {level} is dense"
+        resolution = self.resolutions[level]
+        gx, gy, gz = block_grid_shape(resolution, self.block_size)
+        kept = torch.nonzero(mask.bool(), as_tuple=False).reshape(-1).to(torch.int64)
+        block = torch.stack([kept // (gy * gz), kept // gz % gy, kept % gz], dim=-1) * self.block_size
+        local = torch.arange(self.block_size)
+        offsets = torch.stack(torch.meshgrid(local, local, local, indexing="ij"), dim=-1).reshape(-1, 3).to(kept)
+        corners = block[:, None, :] + offsets[None]  # [kept blocks, B^3, 3]
+        inside = ((corners < torch.tensor(resolution, device=kept.device)).all(dim=-1)).reshape(-1)
+        corners = corners.reshape(-1, 3)[inside]
+        _, ry, rz = resolution
+        return (corners[:, 0] * ry + corners[:, 1]) * rz + corners[:, 2]
 
     @property
     def output_dim(self) -> int:
@@ -204,6 +254,11 @@ class LearnedIndexCodebookGrid(nn.Module):
     def level_features(self, positions: Tensor, level: int, hard: bool) -> Tensor:
         """Interpolated features [N, F] of one level at positions in [0, 1]^3 [N, 3]."""
         corners, ids, weights = corner_lookup(positions, self.resolutions[level], self.corner_offsets)
+        mask = self.block_mask(level)
+        if mask is not None:  # corners in dropped blocks contribute nothing
+            _, gy, gz = block_grid_shape(self.resolutions[level], self.block_size)
+            block = torch.div(corners, self.block_size, rounding_mode="floor")
+            weights = weights * mask[(block[..., 0] * gy + block[..., 1]) * gz + block[..., 2]].to(weights.dtype)
         codebook = round_to_half(self.codebooks[level])
         # Lookups go through F.embedding: its backward accumulates duplicate rows efficiently, where
         # advanced indexing's backward serialises them (millions of samples share few rows).

@@ -13,7 +13,7 @@ operating point stays usable; the viewer switches between them, ``ns-eval`` repo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
 import numpy as np
 import torch
@@ -22,12 +22,14 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttrib
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.model_components.losses import distortion_loss, interlevel_loss
 from nerfstudio.model_components.ray_samplers import ProposalNetworkSampler, UniformSampler
+from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio.viewer.viewer_elements import ViewerDropdown
 from torch import Tensor
 from torch.nn import Parameter
 
 from nerfqat_plugin.compression.codebook_state import decode_codebook_module, encode_codebook_module
 from nerfqat_plugin.errors import UserInputError
+from nerfqat_plugin.field_components.block_occupancy import occupied_blocks
 from nerfqat_plugin.field_components.codebook_grid import IndexMode, LearnedIndexCodebookGrid
 from nerfqat_plugin.fields.compiled_field import TrainingCompiledField
 from nerfqat_plugin.fields.vqad_field import ACTIVE_LEVELS_KEY, VQADField, VQADProposalField
@@ -71,6 +73,8 @@ class VQADModelConfig(CompressibleModelConfig):
         "index_mode",
         "index_seed",
         "concat_levels",
+        "sparse_from_level",
+        "sparse_block_size",
         "hidden_dim",
         "geo_feat_dim",
         "color_layers",
@@ -107,6 +111,17 @@ class VQADModelConfig(CompressibleModelConfig):
     initial_index_bias: float = 0.0
     """Start every vertex on codebook entry 0 with this logit margin (e.g. 0.1), so vertices no ray
     trains store runs of 0 that the file deflates; 0: a random start (measured default)."""
+    sparse_from_level: Optional[int] = None
+    """Levels from this index on keep only the blocks of vertices where the field has density,
+    decided once at ``prune_at_fraction`` of the run (None: every level dense). Dense levels of a
+    1 MB file are coarse and spend most indices on empty space; sparse ones can be finer for the
+    same bytes. Logits stay dense while training, so memory is unchanged; files shrink."""
+    sparse_block_size: int = 8
+    """Vertices per block edge of sparse levels."""
+    prune_at_fraction: float = 0.25
+    """Fraction of the run's iterations after which empty blocks are dropped (sparse levels)."""
+    prune_threshold: float = 0.01
+    """A block is kept where one cell of its level is more than this opaque somewhere in it."""
     hidden_dim: int = 64
     """Width of the density decoder."""
     geo_feat_dim: int = 15
@@ -203,7 +218,11 @@ class VQADModel(CompressibleModel):
             initial_index_bias=cfg.initial_index_bias,
             concat_levels=cfg.concat_levels,
             logit_rank=cfg.logit_rank,
+            sparse_from_level=cfg.sparse_from_level,
+            block_size=cfg.sparse_block_size,
         )
+        self._pruned = False
+        self._total_steps: Optional[Callable[[], int]] = None
         self.field = VQADField(
             aabb,
             grid,
@@ -285,6 +304,9 @@ class VQADModel(CompressibleModel):
         self, training_callback_attributes: TrainingCallbackAttributes
     ) -> List[TrainingCallback]:
         cfg = self.config
+        trainer = training_callback_attributes.trainer
+        if trainer is not None:  # read at every step: a benchmark may re-plan the run's length
+            self._total_steps = lambda: trainer.config.max_num_iterations
 
         def set_anneal(step: int) -> None:
             fraction = np.clip(step / cfg.proposal_weights_anneal_max_num_iters, 0, 1)
@@ -302,7 +324,41 @@ class VQADModel(CompressibleModel):
                 update_every_num_iters=1,
                 func=self.proposal_sampler.step_cb,
             ),
+            TrainingCallback(
+                where_to_run=[TrainingCallbackLocation.AFTER_TRAIN_ITERATION],
+                update_every_num_iters=1,
+                func=self._prune_on_schedule,
+            ),
         ]
+
+    def _prune_on_schedule(self, step: int) -> None:
+        if self._pruned or not self.field.grid.sparse_levels or self._total_steps is None:
+            return
+        if step >= int(self.config.prune_at_fraction * self._total_steps()):
+            kept = self.prune_empty_blocks()
+            CONSOLE.print(f"vqad: step {step}, kept blocks per sparse level: {kept}")
+
+    @torch.no_grad()
+    def prune_empty_blocks(self) -> Dict[int, float]:
+        """Keep only the blocks of the sparse levels where the field has density; returns the kept
+        fraction per level. Every DDP rank keeps the same blocks (:func:`occupied_blocks`)."""
+        grid, aabb = self.field.grid, self.field.aabb
+        kept: Dict[int, float] = {}
+
+        def density(unit: Tensor) -> Tensor:
+            inside = torch.ones(unit.shape[0], 1, device=unit.device)
+            return self.field.density_from_unit(unit, inside, None)[0]
+
+        for lvl in grid.sparse_levels:
+            resolution = grid.resolutions[lvl]
+            cell = float(((aabb[1] - aabb[0]) / (torch.tensor(resolution, device=aabb.device) - 1)).mean())
+            keep = occupied_blocks(
+                density, resolution, grid.block_size, cell, self.config.prune_threshold, device=aabb.device
+            )
+            grid.set_block_mask(lvl, keep)
+            kept[lvl] = round(keep.float().mean().item(), 4)
+        self._pruned = True
+        return kept
 
     # -- rendering ------------------------------------------------------------------------------
     def fields_to_compile(self) -> Tuple[TrainingCompiledField, ...]:

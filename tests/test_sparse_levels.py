@@ -1,0 +1,94 @@
+"""Sparse fine levels of the codebook grid: block masks, occupancy, and files holding kept blocks only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from test_vqad_model import _model, _render, _train
+
+from nerfqat_plugin.compression.file_format import read_compressed
+from nerfqat_plugin.field_components.block_occupancy import block_grid_shape, occupied_blocks
+from nerfqat_plugin.field_components.codebook_grid import LearnedIndexCodebookGrid
+from nerfqat_plugin.models.compressible import load_compressed_model
+
+
+def _sparse_grid() -> LearnedIndexCodebookGrid:
+    torch.manual_seed(0)
+    grid = LearnedIndexCodebookGrid([(4, 4, 4), (16, 16, 16)], bits=4, feature_dim=3, sparse_from_level=1, block_size=4)
+    grid.eval()
+    return grid
+
+
+def test_dropped_blocks_contribute_nothing_and_kept_blocks_are_unchanged() -> None:
+    grid = _sparse_grid()
+    assert list(grid.sparse_levels) == [1] and grid.block_mask(0) is None
+    assert block_grid_shape((16, 16, 16), 4) == (4, 4, 4)
+    points = torch.rand(500, 3)
+    before = grid.level_features(points, 1, hard=True)
+    keep = torch.zeros(4, 4, 4, dtype=torch.bool)
+    keep[:2] = True  # blocks with x-vertex < 8: points with x < 7/15 have every corner there
+    grid.set_block_mask(1, keep)
+    after = grid.level_features(points, 1, hard=True)
+    inside = points[:, 0] < 6.9 / 15
+    outside = points[:, 0] > 8.1 / 15
+    assert torch.equal(after[inside], before[inside])
+    assert torch.all(after[outside] == 0) and before[outside].abs().sum() > 0
+    kept = grid.kept_vertices(1)
+    assert kept.numel() == 32 * 64 and torch.all(kept // 256 < 8)  # 32 blocks of 4^3 vertices, x < 8
+
+
+def test_occupied_blocks_follow_the_density_and_are_dilated_by_one_block() -> None:
+    def density(points: torch.Tensor) -> torch.Tensor:
+        return 100.0 * (points[:, :1] < 0.2).float()  # an opaque slab at x < 0.2
+
+    keep = occupied_blocks(density, (33, 33, 33), 4, cell_size=0.1).view(block_grid_shape((33, 33, 33), 4))
+    # Block x-index 0 covers x in [0, 4/32], 1 covers [4/32, 8/32] (holds x < 0.2); 2 is their neighbour.
+    assert keep[:3].all() and not keep[3:].any()
+    empty = occupied_blocks(lambda p: torch.zeros(p.shape[0], 1), (17, 17, 17), 8, cell_size=0.1)
+    assert not empty.any()
+
+
+def test_file_keeps_only_kept_blocks_and_renders_like_the_model(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _model(grid_resolutions=((4, 4, 3), (8, 6, 5), (24, 20, 14)), sparse_from_level=2, sparse_block_size=4)
+    _train(model, 3)
+    dense_size = model.export_compressed(tmp_path / "dense.nqz")
+    fractions = model.prune_empty_blocks()  # runs on the trained (random) field
+    assert set(fractions) == {2} and 0.0 <= fractions[2] <= 1.0
+    keep = torch.zeros(block_grid_shape((24, 20, 14), 4), dtype=torch.bool)
+    keep[:3] = True  # half of the blocks
+    model.field.grid.set_block_mask(2, keep)
+    model.eval()
+    size = model.export_compressed(tmp_path / "sparse.nqz")
+    assert size < dense_size
+    loaded = load_compressed_model(tmp_path / "sparse.nqz")
+    assert torch.equal(loaded.field.grid.block_mask(2), model.field.grid.block_mask(2))
+    expected, actual = _render(model), _render(loaded)
+    for key in ("rgb", "depth", "accumulation"):
+        assert torch.max(torch.abs(expected[key] - actual[key])) <= 1e-5, key
+    _, payload = read_compressed(tmp_path / "sparse.nqz")
+    stored = payload["tensors"]["field.grid.indices_2"]
+    assert stored["sparse_blocks"] and stored["shape"] == [12 * 20 * 14]  # x-vertices 0..11 of 24
+    # The coarser operating points leave the sparse level and its mask out.
+    model.export_compressed(tmp_path / "levels2.nqz", "levels=2")
+    assert not any("_2" in name for name in read_compressed(tmp_path / "levels2.nqz")[1]["tensors"])
+
+
+def test_blocks_are_pruned_once_at_the_configured_fraction_of_the_run() -> None:
+    torch.manual_seed(0)
+    model = _model(grid_resolutions=((4, 4, 3), (16, 12, 8)), sparse_from_level=1, sparse_block_size=4)
+    model._total_steps = lambda: 100  # what the trainer's max_num_iterations provides
+    calls = []
+    model.prune_empty_blocks = lambda: calls.append(1) or {1: 0.5}  # type: ignore[method-assign]
+    model._prune_on_schedule(24)
+    assert not calls
+    model._prune_on_schedule(25)  # prune_at_fraction 0.25
+    assert calls == [1]
+    model._pruned = True  # as prune_empty_blocks records it
+    model._prune_on_schedule(50)
+    assert calls == [1]
+    dense = _model()
+    dense._total_steps = lambda: 100
+    dense._prune_on_schedule(99)  # no sparse levels: nothing to do
+    assert not dense._pruned
