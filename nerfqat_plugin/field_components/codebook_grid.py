@@ -265,7 +265,9 @@ class LearnedIndexCodebookGrid(nn.Module):
         if self.index_mode == "hashed":
             vertex = F.embedding(hashed_indices(corners, self.bits), codebook)
         elif self.frozen:
-            vertex = F.embedding(self.hard_indices(level)[ids], codebook)
+            # The stored int32 indices directly: hard_indices() would copy the whole level to int64
+            # for every batch of points.
+            vertex = F.embedding(getattr(self, f"indices_{level}")[ids], codebook)
         elif hard:
             vertex = F.embedding(self.vertex_logits(level, ids).argmax(dim=-1), codebook)
         else:
