@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from test_vqad_model import _model, _render, _train
 
 from nerfqat_plugin.compression.file_format import read_compressed
+from nerfqat_plugin.errors import UserInputError
 from nerfqat_plugin.field_components.block_occupancy import block_grid_shape, occupied_blocks
 from nerfqat_plugin.field_components.codebook_grid import LearnedIndexCodebookGrid
 from nerfqat_plugin.models.compressible import load_compressed_model
@@ -92,3 +94,16 @@ def test_blocks_are_pruned_once_at_the_configured_fraction_of_the_run() -> None:
     dense._total_steps = lambda: 100
     dense._prune_on_schedule(99)  # no sparse levels: nothing to do
     assert not dense._pruned
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("sparse_from_level", 3, "one of the grid's levels"),
+        ("sparse_block_size", 1, "at least 2"),
+        ("prune_at_fraction", 1.0, r"\[0, 1\)"),
+    ],
+)
+def test_bad_sparse_options_are_refused_with_a_clear_error(option: str, value: float, message: str) -> None:
+    with pytest.raises(UserInputError, match=message):
+        _model(**{option: value})

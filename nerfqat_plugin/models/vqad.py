@@ -202,6 +202,7 @@ class VQADModel(CompressibleModel):
         frozen = bool(self.kwargs.get("inference_only", False))
         aabb = NDC_BOX if self.ndc is not None else self.scene_box.aabb
         resolutions = cfg.resolved_grid(self.ndc is not None)
+        self._check_sparse_options(len(resolutions))
         proposal_resolutions = cfg.resolved_proposal_grid(self.ndc is not None)
         # Resolved once: a checkpoint or file rebuilds exactly these grids.
         cfg.grid_resolutions = tuple(resolutions)
@@ -262,6 +263,18 @@ class VQADModel(CompressibleModel):
             cb_hook=self._switch_operating_point,
         )
         self.add_size_viewer_elements()
+
+    def _check_sparse_options(self, num_levels: int) -> None:
+        cfg = self.config
+        if cfg.sparse_from_level is not None and not 0 <= cfg.sparse_from_level < num_levels:
+            raise UserInputError(
+                f"vqad: sparse_from_level must name one of the grid's levels (0 to {num_levels - 1}), "
+                f"got {cfg.sparse_from_level}"
+            )
+        if cfg.sparse_block_size < 2:
+            raise UserInputError(f"vqad: sparse_block_size must be at least 2, got {cfg.sparse_block_size}")
+        if not 0.0 <= cfg.prune_at_fraction < 1.0:
+            raise UserInputError(f"vqad: prune_at_fraction must be in [0, 1), got {cfg.prune_at_fraction}")
 
     def _check_logit_memory(self, resolutions: List[Resolution], floats_per_vertex: int) -> None:
         vertices = sum(x * y * z for x, y, z in resolutions)
