@@ -37,6 +37,8 @@ TINY_VQAD = [
     "--pipeline.model.color-hidden-dim", "16",
     "--pipeline.model.num-proposal-samples", "16", "8",
     "--pipeline.model.num-nerf-samples", "8",
+    "--pipeline.model.sparse-from-level", "1",  # the finest level drops empty blocks at 1/4 of the run
+    "--pipeline.model.sparse-block-size", "4",
 ]  # fmt: skip
 TINY_MODELS = {"nerf-qat": TINY_NERF_QAT, "vqad": TINY_VQAD}
 
@@ -54,13 +56,15 @@ def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     method = request.param
     root = tmp_path_factory.mktemp(f"e2e-{method}")
     scene = make_llff_scene(root / "scene")
-    run(
+    proc = run(
         "ns-train",
         [method, "--data", str(scene), "--output-dir", str(root / "out"), "--max-num-iterations", "12"]
         + ["--steps-per-save", "12", "--machine.device-type", "cpu", "--vis", "tensorboard"]
         + ["--viewer.quit-on-train-completion", "True", "--pipeline.datamanager.train-num-rays-per-batch", "128"]
         + TINY_MODELS[method],
     )
+    if method == "vqad":  # the trainer's run length reached the pruning schedule
+        assert "vqad: step 3, kept blocks per sparse level" in proc.stdout
     (config,) = (root / "out").glob(f"scene/{method}/*/config.yml")
     return config
 
