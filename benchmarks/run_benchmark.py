@@ -122,7 +122,10 @@ def train(config, budget_s: float, fit_budget: bool, operating_points: Optional[
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
     for name in operating_points or []:
-        trainer.pipeline.model.check_operating_point(name)
+        try:
+            trainer.pipeline.model.check_operating_point(name)
+        except ValueError as err:
+            raise SystemExit(f"--operating-points: {err}") from None
     schedulers = [g["scheduler"] for g in config.optimizers.values() if g.get("scheduler") is not None]
     state: Dict[str, Any] = {"start": None, "steps": 0, "stopped_early": False, "t100": None}
     planner = BudgetPlanner(budget_s)
