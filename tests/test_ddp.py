@@ -31,6 +31,10 @@ def _build(method: str):
         # int4 calibrates least-error clipped ranges, each rank on its own activations.
         bits = 4 if method == "nerf-qat-int4" else 8
         return nerfqat_model(bits=bits, float_warmup_steps=1, calibration_steps=100, qat_start_fraction=None)
+    if method == "vqad-sparse":  # the finest level drops empty blocks mid-run (below)
+        return vqad_model(
+            grid_resolutions=((4, 4, 3), (8, 6, 5), (16, 12, 8)), sparse_from_level=2, sparse_block_size=4
+        )
     return vqad_model()
 
 
@@ -45,13 +49,15 @@ def _worker(rank: int, method: str, port: int, out: str) -> None:
         # As CompressionPipeline does: nerfstudio's wrapper first, then the one the model asks for
         # (nerf-qat: no unused-parameter search, so a parameter left without gradient would fail here).
         ddp = rewrap_for_ddp(DDP(model, find_unused_parameters=True), rank)
-        assert ddp.find_unused_parameters is (method == "vqad")
+        assert ddp.find_unused_parameters is method.startswith("vqad")
         assert not ddp.broadcast_buffers  # the identical state below is the models' own doing
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
         model.train()
         for step in range(STEPS):
             if method.startswith("nerf-qat"):
                 model._apply_quant_schedule(step)
+            if method == "vqad-sparse" and step == STEPS // 2:
+                model.prune_empty_blocks()  # every rank at once, as the training callback does
             rays = _rays(seed=100 * rank + step)  # every rank its own rays and targets
             target = {"image": torch.rand(64, 3, generator=torch.Generator().manual_seed(7 + rank))}
             outputs = ddp(rays)
@@ -75,7 +81,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("method", ["nerf-qat", "nerf-qat-int4", "vqad"])
+@pytest.mark.parametrize("method", ["nerf-qat", "nerf-qat-int4", "vqad", "vqad-sparse"])
 def test_ranks_hold_identical_state_and_export_equals_single_process(tmp_path: Path, method: str) -> None:
     mp.spawn(_worker, args=(method, _free_port(), str(tmp_path)), nprocs=2, join=True)
     result = torch.load(tmp_path / "result.pt", weights_only=False)
