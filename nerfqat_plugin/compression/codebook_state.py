@@ -62,10 +62,11 @@ def encode_codebook_module(
             grid = grids[path]
             name = f"{prefix}{path + '.' if path else ''}indices_{lvl}"
             indices = grid.hard_indices(lvl)
-            if grid.block_mask(lvl) is not None:  # only the vertices of kept blocks, block by block
+            sparse = grid.block_mask(lvl) is not None
+            if sparse:  # only the vertices of kept blocks, block by block
                 indices = indices[grid.kept_vertices(lvl).to(indices.device)]
             tensors[name], layout[name] = encode_integers(indices, grid.bits, signed=False)
-            if grid.block_mask(lvl) is not None:
+            if sparse:
                 layout[name]["sparse_blocks"] = True
         elif level is not None and level[2] == "mask":
             tensors[prefix + key], layout[prefix + key] = encode_integers(value, 1, signed=False)

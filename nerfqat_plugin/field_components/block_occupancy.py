@@ -17,6 +17,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from nerfqat_plugin.field_components.ranks import reduce_over_ranks
+
 Resolution = Tuple[int, int, int]
 
 
@@ -66,6 +68,4 @@ def occupied_blocks(
     occupied = (alpha.view(points.shape[0], -1).amax(dim=1) > threshold).float()
     shape = block_grid_shape(resolution, block_size)
     dilated = F.max_pool3d(occupied.view(1, 1, *shape), kernel_size=3, stride=1, padding=1).reshape(-1)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(dilated, op=dist.ReduceOp.MAX)
-    return dilated > 0
+    return reduce_over_ranks(dilated, dist.ReduceOp.MAX) > 0

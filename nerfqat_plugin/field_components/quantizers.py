@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from nerfqat_plugin.field_components.half_precision import round_to_half
+from nerfqat_plugin.field_components.ranks import reduce_over_ranks
 
 _EPS = 1e-8
 _MIN_FP16_SCALE = 1e-7  # above fp16's smallest subnormal, so a stored scale never becomes 0
@@ -104,11 +105,8 @@ class PerChannelWeightQuantizer(nn.Module):
 def global_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(min, max) of ``x`` over every process of the default process group (just ``x`` without one)."""
     lo, hi = torch.aminmax(x)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        bounds = torch.stack([-lo, hi])
-        dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
-        lo, hi = -bounds[0], bounds[1]
-    return lo, hi
+    bounds = reduce_over_ranks(torch.stack([-lo, hi]), dist.ReduceOp.MAX)
+    return -bounds[0], bounds[1]
 
 
 RangeMethod = Literal["max", "mse"]
@@ -132,9 +130,7 @@ def mse_clipped_range(
     scale = ((cand_hi - cand_lo) / (quant_max - quant_min)).clamp_min(_EPS)[:, None]
     zero_point = (quant_min - torch.round(cand_lo[:, None] / scale)).clamp(quant_min, quant_max)
     q = torch.clamp(torch.round(flat[None] / scale) + zero_point, quant_min, quant_max)
-    errors = ((q - zero_point) * scale - flat[None]).square().sum(dim=1)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(errors)
+    errors = reduce_over_ranks(((q - zero_point) * scale - flat[None]).square().sum(dim=1))
     best = errors.argmin()
     return cand_lo[best], cand_hi[best]
 
