@@ -10,7 +10,12 @@ from test_vqad_model import _model, _render, _train
 
 from nerfqat_plugin.compression.file_format import read_compressed
 from nerfqat_plugin.errors import UserInputError
-from nerfqat_plugin.field_components.block_occupancy import block_grid_shape, occupied_blocks
+from nerfqat_plugin.field_components.block_occupancy import (
+    block_grid_shape,
+    block_vertex_counts,
+    densest_blocks_within_budget,
+    occupied_blocks,
+)
 from nerfqat_plugin.field_components.codebook_grid import LearnedIndexCodebookGrid
 from nerfqat_plugin.models.compressible import load_compressed_model
 
@@ -49,6 +54,42 @@ def test_occupied_blocks_follow_the_density_and_are_dilated_by_one_block() -> No
     assert keep[:3].all() and not keep[3:].any()
     empty = occupied_blocks(lambda p: torch.zeros(p.shape[0], 1), (17, 17, 17), 8, cell_size=0.1)
     assert not empty.any()
+
+
+def test_block_vertex_counts_include_partial_blocks_on_the_far_faces() -> None:
+    counts = block_vertex_counts((10, 8, 5), 4).view(3, 2, 2)
+    assert counts[0, 0, 0] == 64 and counts[2, 0, 0] == 2 * 4 * 4 and counts[2, 1, 1] == 2 * 4 * 1
+    assert counts.sum() == 10 * 8 * 5
+
+
+def test_a_budget_keeps_the_densest_blocks_of_all_levels_above_their_minimum() -> None:
+    coarse = torch.tensor([5.0, 0.5, 3.0])
+    fine = torch.tensor([4.0, 2.0, 6.0, 0.1])
+    costs = [torch.full((3,), 10), torch.full((4,), 10)]
+    unlimited = densest_blocks_within_budget([coarse, fine], [1.0, 0.2], costs, float("inf"))
+    assert unlimited[0].tolist() == [True, False, True] and unlimited[1].tolist() == [True, True, True, False]
+    # Room for 3 blocks: the densest are 6 (fine), 5 (coarse), 4 (fine).
+    kept = densest_blocks_within_budget([coarse, fine], [1.0, 0.2], costs, 35.0)
+    assert kept[0].tolist() == [True, False, False] and kept[1].tolist() == [True, False, True, False]
+    assert not any(k.any() for k in densest_blocks_within_budget([coarse, fine], [1.0, 0.2], costs, 5.0))
+
+
+def test_max_file_bytes_prunes_the_file_to_fit(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    options = dict(grid_resolutions=((4, 4, 3), (8, 6, 5), (32, 32, 24)), sparse_from_level=2, sparse_block_size=4)
+    unlimited = _model(**options)
+    _train(unlimited, 3)
+    every_block = unlimited.prune_empty_blocks()[2]
+    full_size = unlimited.export_compressed(tmp_path / "full.nqz")
+    torch.manual_seed(0)
+    budgeted = _model(**options, max_file_bytes=full_size - 2000)
+    _train(budgeted, 3)
+    fraction = budgeted.prune_empty_blocks()[2]
+    assert 0.0 < fraction < every_block
+    assert budgeted.export_compressed(tmp_path / "budgeted.nqz") <= full_size - 2000
+    assert budgeted.config.max_file_bytes is not None
+    tiny = _model(**options, max_file_bytes=100)  # less than the dense levels alone: no sparse block left
+    assert tiny.prune_empty_blocks()[2] == 0.0
 
 
 def test_file_keeps_only_kept_blocks_and_renders_like_the_model(tmp_path: Path) -> None:
@@ -102,6 +143,7 @@ def test_blocks_are_pruned_once_at_the_configured_fraction_of_the_run() -> None:
         ("sparse_from_level", 3, "one of the grid's levels"),
         ("sparse_block_size", 1, "at least 2"),
         ("prune_at_fraction", 1.0, r"\[0, 1\)"),
+        ("max_file_bytes", 10**6, "needs --pipeline.model.sparse-from-level"),
     ],
 )
 def test_bad_sparse_options_are_refused_with_a_clear_error(option: str, value: float, message: str) -> None:

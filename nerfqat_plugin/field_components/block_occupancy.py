@@ -4,13 +4,14 @@ A dense grid level that fits in a 1 MB file is coarse, and on a bounded object m
 lie in empty space. Splitting a level's vertices into cubic blocks and keeping only the blocks where
 the field has density spends the same bytes on a much finer level. Blocks are judged by the opacity
 of one cell (``1 - exp(-density * cell)``) at stratified points inside them, then dilated by one
-block, so corners that neighbouring cells share are kept too.
+block, so corners that neighbouring cells share are kept too. Under a byte budget the densest blocks
+are kept first, so a file lands within its size whatever the scene's occupancy.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -48,6 +49,33 @@ def block_sample_points(resolution: Resolution, block_size: int, per_axis: int) 
 
 
 @torch.no_grad()
+def block_max_density(
+    density_fn: Callable[[Tensor], Tensor],
+    resolution: Resolution,
+    block_size: int,
+    per_axis: int = 4,
+    chunk: int = 1 << 16,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """Highest density ``density_fn`` (points in [0, 1]^3 [N, 3] -> [N, 1]) reaches at stratified
+    points of every block or of one of its neighbours (row-major [blocks]). Taking the neighbours'
+    maximum dilates whatever a threshold on it keeps by one block. Under DDP it is the maximum over
+    all ranks, so every rank derives the same blocks from it."""
+    points = block_sample_points(resolution, block_size, per_axis)
+    flat = points.reshape(-1, 3)
+    densities = torch.cat([density_fn(part.to(device)).reshape(-1).float() for part in flat.split(chunk)])
+    per_block = densities.view(points.shape[0], -1).amax(dim=1)
+    shape = block_grid_shape(resolution, block_size)
+    dilated = F.max_pool3d(per_block.view(1, 1, *shape), kernel_size=3, stride=1, padding=1).reshape(-1)
+    return reduce_over_ranks(dilated.contiguous(), dist.ReduceOp.MAX)
+
+
+def opaque_density(threshold: float, cell_size: float) -> float:
+    """Density above which one cell of ``cell_size`` is more than ``threshold`` opaque."""
+    return -math.log1p(-threshold) / cell_size
+
+
+@torch.no_grad()
 def occupied_blocks(
     density_fn: Callable[[Tensor], Tensor],
     resolution: Resolution,
@@ -58,14 +86,38 @@ def occupied_blocks(
     chunk: int = 1 << 16,
     device: torch.device | str = "cpu",
 ) -> Tensor:
-    """Blocks (bool, row-major [blocks]) where ``density_fn`` (points in [0, 1]^3 [N, 3] -> [N, 1])
-    makes one cell of ``cell_size`` more than ``threshold`` opaque somewhere, dilated by one block.
-    Under DDP the masks of all ranks are combined, so every rank keeps the same blocks."""
-    points = block_sample_points(resolution, block_size, per_axis)
-    flat = points.reshape(-1, 3)
-    densities = torch.cat([density_fn(part.to(device)).reshape(-1) for part in flat.split(chunk)])
-    alpha = 1.0 - torch.exp(-densities.float() * cell_size)
-    occupied = (alpha.view(points.shape[0], -1).amax(dim=1) > threshold).float()
-    shape = block_grid_shape(resolution, block_size)
-    dilated = F.max_pool3d(occupied.view(1, 1, *shape), kernel_size=3, stride=1, padding=1).reshape(-1)
-    return reduce_over_ranks(dilated, dist.ReduceOp.MAX) > 0
+    """Blocks (bool, row-major [blocks]) where ``density_fn`` makes one cell of ``cell_size`` more
+    than ``threshold`` opaque somewhere, dilated by one block; the same on every DDP rank."""
+    scores = block_max_density(density_fn, resolution, block_size, per_axis, chunk, device)
+    return scores > opaque_density(threshold, cell_size)
+
+
+def block_vertex_counts(resolution: Resolution, block_size: int) -> Tensor:
+    """Vertices in every block (row-major [blocks], int64): blocks on the far faces may be partial."""
+    counts = []
+    for r, blocks in zip(resolution, block_grid_shape(resolution, block_size), strict=True):
+        start = torch.arange(blocks) * block_size
+        counts.append(torch.clamp(r - start, max=block_size))
+    x, y, z = counts
+    return (x[:, None, None] * y[None, :, None] * z[None, None, :]).reshape(-1)
+
+
+def densest_blocks_within_budget(
+    scores: Sequence[Tensor], minimums: Sequence[float], costs: Sequence[Tensor], budget: float
+) -> List[Tensor]:
+    """Keep flags per level (bool [blocks]) for blocks whose score exceeds their level's minimum,
+    densest first across all levels, as many as the summed ``costs`` allow within ``budget``.
+
+    One density cut shared by the levels keeps them covering the same region of space, so a file
+    that must shrink loses the faintest regions at every level rather than a whole fine level."""
+    candidates = [score > minimum for score, minimum in zip(scores, minimums, strict=True)]
+    flat_scores = torch.cat(
+        [torch.where(c, s, torch.full_like(s, -math.inf)) for s, c in zip(scores, candidates, strict=True)]
+    )
+    flat_costs = torch.cat([cost.to(flat_scores.device, torch.float64) for cost in costs])
+    order = torch.sort(flat_scores, descending=True, stable=True).indices
+    within = torch.cumsum(flat_costs[order], dim=0) <= budget
+    keep = torch.zeros_like(flat_scores, dtype=torch.bool)
+    keep[order[within]] = True
+    keep &= torch.cat(candidates)
+    return list(keep.split([s.numel() for s in scores]))

@@ -12,6 +12,7 @@ operating point stays usable; the viewer switches between them, ``ns-eval`` repo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
@@ -29,7 +30,12 @@ from torch.nn import Parameter
 
 from nerfqat_plugin.compression.codebook_state import decode_codebook_module, encode_codebook_module
 from nerfqat_plugin.errors import UserInputError
-from nerfqat_plugin.field_components.block_occupancy import occupied_blocks
+from nerfqat_plugin.field_components.block_occupancy import (
+    block_max_density,
+    block_vertex_counts,
+    densest_blocks_within_budget,
+    opaque_density,
+)
 from nerfqat_plugin.field_components.codebook_grid import IndexMode, LearnedIndexCodebookGrid
 from nerfqat_plugin.fields.compiled_field import TrainingCompiledField
 from nerfqat_plugin.fields.vqad_field import ACTIVE_LEVELS_KEY, VQADField, VQADProposalField
@@ -122,6 +128,10 @@ class VQADModelConfig(CompressibleModelConfig):
     """Fraction of the run's iterations after which empty blocks are dropped (sparse levels)."""
     prune_threshold: float = 0.01
     """A block is kept where one cell of its level is more than this opaque somewhere in it."""
+    max_file_bytes: Optional[int] = None
+    """Sparse levels: keep the densest blocks only while the file of all levels stays within this
+    many bytes (their indices counted at b bits each; deflating only shrinks them). None: every
+    block above prune_threshold."""
     hidden_dim: int = 64
     """Width of the density decoder."""
     geo_feat_dim: int = 15
@@ -273,6 +283,11 @@ class VQADModel(CompressibleModel):
             )
         if cfg.sparse_block_size < 2:
             raise UserInputError(f"vqad: sparse_block_size must be at least 2, got {cfg.sparse_block_size}")
+        if cfg.max_file_bytes is not None and (cfg.sparse_from_level is None or cfg.max_file_bytes <= 0):
+            raise UserInputError(
+                f"vqad: max_file_bytes ({cfg.max_file_bytes}) sizes the sparse levels: it needs "
+                "--pipeline.model.sparse-from-level and a positive byte count"
+            )
         if not 0.0 <= cfg.prune_at_fraction < 1.0:
             raise UserInputError(f"vqad: prune_at_fraction must be in [0, 1), got {cfg.prune_at_fraction}")
 
@@ -353,25 +368,51 @@ class VQADModel(CompressibleModel):
 
     @torch.no_grad()
     def prune_empty_blocks(self) -> Dict[int, float]:
-        """Keep only the blocks of the sparse levels where the field has density; returns the kept
-        fraction per level. Every DDP rank keeps the same blocks (:func:`occupied_blocks`)."""
+        """Keep only the blocks of the sparse levels where the field has density (the densest first
+        within ``max_file_bytes``); returns the kept fraction per level. Every DDP rank keeps the
+        same blocks (:func:`block_max_density` reduces over ranks)."""
         grid, aabb = self.field.grid, self.field.aabb
-        kept: Dict[int, float] = {}
 
         def density(unit: Tensor) -> Tensor:
             inside = torch.ones(unit.shape[0], 1, device=unit.device)
             return self.field.density_from_unit(unit, inside, None)[0]
 
+        scores, minimums, costs = [], [], []
         for lvl in grid.sparse_levels:
             resolution = grid.resolutions[lvl]
             cell = float(((aabb[1] - aabb[0]) / (torch.tensor(resolution, device=aabb.device) - 1)).mean())
-            keep = occupied_blocks(
-                density, resolution, grid.block_size, cell, self.config.prune_threshold, device=aabb.device
-            )
-            grid.set_block_mask(lvl, keep)
-            kept[lvl] = round(keep.float().mean().item(), 4)
+            scores.append(block_max_density(density, resolution, grid.block_size, device=aabb.device))
+            minimums.append(opaque_density(self.config.prune_threshold, cell))
+            costs.append(block_vertex_counts(resolution, grid.block_size) * grid.bits)
+        limit = self.config.max_file_bytes
+        budget = math.inf if limit is None else self._sparse_index_budget_bits(limit)
+        for _ in range(8):
+            masks = densest_blocks_within_budget(scores, minimums, costs, budget)
+            for lvl, keep in zip(grid.sparse_levels, masks, strict=True):
+                grid.set_block_mask(lvl, keep)
+            if limit is None:
+                break
+            # Headers, byte padding and incompressible streams can add a few bytes: measure, tighten.
+            excess = self.compressed_size_bytes(operating_point_name(grid.num_levels)) - limit
+            if excess <= 0 or not any(keep.any() for keep in masks):
+                break
+            budget -= 8.0 * excess + 512.0
         self._pruned = True
-        return kept
+        return {lvl: round(keep.float().mean().item(), 4) for lvl, keep in zip(grid.sparse_levels, masks, strict=True)}
+
+    def _sparse_index_budget_bits(self, limit: int) -> float:
+        """Bits left for the sparse levels' indices in a file of ``limit`` bytes: measured as the
+        file's size with every sparse block dropped (dense levels, masks, codebooks, decoders, header)."""
+        grid = self.field.grid
+        for lvl in grid.sparse_levels:
+            grid.set_block_mask(lvl, torch.zeros_like(grid.block_mask(lvl)))
+        base = self.compressed_size_bytes(operating_point_name(grid.num_levels))
+        if base > limit:
+            CONSOLE.print(
+                f"[yellow]vqad: the file without sparse blocks already takes {base} bytes "
+                f"(max_file_bytes {limit}): every sparse block is dropped"
+            )
+        return max(0, limit - base) * 8.0
 
     # -- rendering ------------------------------------------------------------------------------
     def fields_to_compile(self) -> Tuple[TrainingCompiledField, ...]:
