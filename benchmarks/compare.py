@@ -148,6 +148,13 @@ def next_job(pending: List[Job], elapsed: float, args: argparse.Namespace) -> Op
     return None
 
 
+def visible_gpu(slot: int) -> str:
+    """The device id of the ``slot``-th GPU this process may use: an index into the caller's
+    CUDA_VISIBLE_DEVICES when set (so a comparison can run beside other work on the same host)."""
+    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return visible[slot] if visible else str(slot)
+
+
 def run_jobs(jobs: List[Job], args: argparse.Namespace, gpus: int) -> List[str]:
     """Run ``jobs`` (one per GPU at a time) until done or the deadline; returns the failed labels.
 
@@ -179,8 +186,9 @@ def run_jobs(jobs: List[Job], args: argparse.Namespace, gpus: int) -> List[str]:
             # One share of the host's cores per configuration: with every process on all cores, the
             # peers' CPU-side ray sampling and kernel launches stall each other (OpenMP oversubscription).
             threads = str(args.threads_per_job or max(1, (os.cpu_count() or 1) // gpus))
-            env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads}
-            print(f"[compare] start {job.label} on GPU {gpu}: {' '.join(command[1:])}", flush=True)
+            device = visible_gpu(gpu)
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": device, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads}
+            print(f"[compare] start {job.label} on GPU {device}: {' '.join(command[1:])}", flush=True)
             handle = log.open("w")
             proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
             running[gpu] = (job, proc, time.perf_counter(), log)

@@ -143,3 +143,10 @@ def test_longest_configuration_starts_first_and_late_gpus_take_what_still_fits()
     # A configuration that no longer fits is passed over for a shorter one that does.
     long, short = compare.Job("long", "vqad", evaluations=3), compare.Job("short", "tensorf")
     assert compare.next_job([long, short], 200.0, args) is short
+
+
+def test_gpu_slots_map_into_the_callers_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3, 1")
+    assert [compare.visible_gpu(slot) for slot in (0, 1)] == ["3", "1"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert compare.visible_gpu(2) == "2"
