@@ -12,9 +12,11 @@ from nerfqat_plugin.compression.file_format import read_compressed
 from nerfqat_plugin.errors import UserInputError
 from nerfqat_plugin.field_components.block_occupancy import (
     block_grid_shape,
+    block_max_density,
     block_vertex_counts,
     densest_blocks_within_budget,
     occupied_blocks,
+    samples_per_block_axis,
 )
 from nerfqat_plugin.field_components.codebook_grid import LearnedIndexCodebookGrid
 from nerfqat_plugin.models.compressible import load_compressed_model
@@ -72,6 +74,17 @@ def test_a_budget_keeps_the_densest_blocks_of_all_levels_above_their_minimum() -
     kept = densest_blocks_within_budget([coarse, fine], [1.0, 0.2], costs, 35.0)
     assert kept[0].tolist() == [True, False, False] and kept[1].tolist() == [True, False, True, False]
     assert not any(k.any() for k in densest_blocks_within_budget([coarse, fine], [1.0, 0.2], costs, 5.0))
+
+
+def test_coarser_levels_are_sampled_as_densely_as_the_finest_so_thin_features_count() -> None:
+    def density(points: torch.Tensor) -> torch.Tensor:  # a thin opaque sheet at x = 0.51
+        return 100.0 * ((points[:, :1] - 0.51).abs() < 0.004).float()
+
+    fine, coarse = (129, 129, 129), (33, 33, 33)
+    assert samples_per_block_axis(fine, fine) == 4 and samples_per_block_axis(coarse, fine) == 16
+    assert block_max_density(density, fine, 8, 4).max() == 100.0
+    assert block_max_density(density, coarse, 8, samples_per_block_axis(coarse, fine)).max() == 100.0
+    assert block_max_density(density, coarse, 8, 4).max() == 0.0  # what equal points per block would miss
 
 
 def test_max_file_bytes_prunes_the_file_to_fit(tmp_path: Path) -> None:

@@ -70,6 +70,13 @@ def block_max_density(
     return reduce_over_ranks(dilated.contiguous(), dist.ReduceOp.MAX)
 
 
+def samples_per_block_axis(resolution: Resolution, finest: Resolution, per_axis: int = 4) -> int:
+    """Points per block edge that sample a level of ``resolution`` as densely as ``per_axis`` samples
+    the ``finest`` level: block scores of different levels then see the same thin features, so a
+    budget shared by the levels compares like with like."""
+    return max(per_axis, math.ceil(per_axis * max(f / r for f, r in zip(finest, resolution, strict=True))))
+
+
 def opaque_density(threshold: float, cell_size: float) -> float:
     """Density above which one cell of ``cell_size`` is more than ``threshold`` opaque."""
     return -math.log1p(-threshold) / cell_size

@@ -35,6 +35,7 @@ from nerfqat_plugin.field_components.block_occupancy import (
     block_vertex_counts,
     densest_blocks_within_budget,
     opaque_density,
+    samples_per_block_axis,
 )
 from nerfqat_plugin.field_components.codebook_grid import IndexMode, LearnedIndexCodebookGrid
 from nerfqat_plugin.fields.compiled_field import TrainingCompiledField
@@ -381,7 +382,8 @@ class VQADModel(CompressibleModel):
         for lvl in grid.sparse_levels:
             resolution = grid.resolutions[lvl]
             cell = float(((aabb[1] - aabb[0]) / (torch.tensor(resolution, device=aabb.device) - 1)).mean())
-            scores.append(block_max_density(density, resolution, grid.block_size, device=aabb.device))
+            per_axis = samples_per_block_axis(resolution, grid.resolutions[-1])
+            scores.append(block_max_density(density, resolution, grid.block_size, per_axis, device=aabb.device))
             minimums.append(opaque_density(self.config.prune_threshold, cell))
             costs.append(block_vertex_counts(resolution, grid.block_size) * grid.bits)
         limit = self.config.max_file_bytes
