@@ -129,6 +129,10 @@ def test_file_keeps_only_kept_blocks_and_renders_like_the_model(tmp_path: Path) 
     # The coarser operating points leave the sparse level and its mask out.
     model.export_compressed(tmp_path / "levels2.nqz", "levels=2")
     assert not any("_2" in name for name in read_compressed(tmp_path / "levels2.nqz")[1]["tensors"])
+    model.set_operating_point("levels=2")
+    coarse = load_compressed_model(tmp_path / "levels2.nqz")  # a dense model of the first 2 levels
+    assert coarse.field.grid.num_levels == 2 and not list(coarse.field.grid.sparse_levels)
+    assert torch.max(torch.abs(_render(model)["rgb"] - _render(coarse)["rgb"])) <= 1e-5
 
 
 def test_blocks_are_pruned_once_at_the_configured_fraction_of_the_run() -> None:

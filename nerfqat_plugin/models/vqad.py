@@ -476,6 +476,8 @@ class VQADModel(CompressibleModel):
             layout.update(lay)
         model_payload = self.config.to_payload()
         model_payload["grid_resolutions"] = [list(r) for r in self.field.grid.resolutions[:levels]]
+        if self.config.sparse_from_level is not None and self.config.sparse_from_level >= levels:
+            model_payload["sparse_from_level"] = None  # the sparse levels are not in this file
         payload = {"model": model_payload, **self.scene_space_payload(), "tensors": layout}
         return tensors, payload
 
