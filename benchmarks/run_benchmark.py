@@ -110,6 +110,25 @@ class BudgetPlanner:
         return self.stop_at, rate
 
 
+def resolve_operating_points(model, names: List[str]) -> List[str]:
+    """``names`` with ``largest:N`` expanded to the model's N largest operating points (a grid's
+    level count depends on the scene), each checked against the model: a typo fails before training."""
+    resolved: List[str] = []
+    for name in names:
+        if name.startswith("largest:"):
+            count = name.split(":", 1)[1]
+            if not count.isdigit() or int(count) < 1:
+                raise SystemExit(f"--operating-points: largest:N needs a positive N, got {name!r}")
+            resolved += model.operating_points()[-int(count) :]
+            continue
+        try:
+            model.check_operating_point(name)
+        except ValueError as err:
+            raise SystemExit(f"--operating-points: {err}") from None
+        resolved.append(name)
+    return resolved
+
+
 def train(config, budget_s: float, fit_budget: bool, operating_points: Optional[List[str]] = None) -> Dict[str, Any]:
     """Run nerfstudio's Trainer within a wall-clock budget.
 
@@ -121,11 +140,8 @@ def train(config, budget_s: float, fit_budget: bool, operating_points: Optional[
 
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
-    for name in operating_points or []:
-        try:
-            trainer.pipeline.model.check_operating_point(name)
-        except ValueError as err:
-            raise SystemExit(f"--operating-points: {err}") from None
+    if operating_points is not None:
+        operating_points = resolve_operating_points(trainer.pipeline.model, operating_points)
     schedulers = [g["scheduler"] for g in config.optimizers.values() if g.get("scheduler") is not None]
     state: Dict[str, Any] = {"start": None, "steps": 0, "stopped_early": False, "t100": None}
     planner = BudgetPlanner(budget_s)
@@ -166,7 +182,8 @@ def train(config, budget_s: float, fit_budget: bool, operating_points: Optional[
     seconds = end - wall_start
     if state["t100"] is not None and state["steps"] > 101:
         state["steady_iterations_per_s"] = (state["steps"] - 101) / (end - state["t100"])
-    return {"trainer": trainer, "train_seconds": seconds, "iterations": state["steps"], **state}
+    result = {"trainer": trainer, "train_seconds": seconds, "iterations": state["steps"], **state}
+    return {**result, "operating_points": operating_points}
 
 
 def export_and_evaluate(
@@ -268,7 +285,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         "--no-operating-points", action="store_true", help="evaluate only the full model (saves time on big scenes)"
     )
     parser.add_argument(
-        "--operating-points", default=None, help="comma-separated operating points to evaluate (default: all)"
+        "--operating-points",
+        default=None,
+        help="comma-separated operating points to evaluate (default: all); largest:N: the N largest",
     )
     args = parser.parse_args(argv)
 
@@ -287,7 +306,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         points = [p for p in args.operating_points.split(",") if p]
     with guard:
         run = train(config, args.budget_s, args.fit_budget, points)
-    trainer = run["trainer"]
+    trainer, points = run["trainer"], run["operating_points"]
     row: Dict[str, Any] = {
         "label": args.label,
         "method": args.method,

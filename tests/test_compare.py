@@ -131,8 +131,8 @@ def test_budget_planner_fits_the_budget_and_replans_after_a_slow_start() -> None
 def test_longest_configuration_starts_first_and_late_gpus_take_what_still_fits() -> None:
     args = argparse.Namespace(budget_s=150.0, margin_s=45.0, eval_s=80.0, deadline_s=540.0)
     jobs = {job.label: job for job in compare.plan("lego", Path("."), (2.0, 6.0), forward_facing=False)}
-    assert jobs["vqad"].evaluations == len(compare.VQAD_POINTS) == 3
-    assert jobs["vqad"].runner_args == ["--operating-points", "levels=2,levels=3,levels=4"]
+    assert jobs["vqad"].evaluations == 3
+    assert jobs["vqad"].runner_args == ["--operating-points", "largest:3"]
     pending = sorted(jobs.values(), key=lambda j: -j.expected_s(150.0, 45.0, 80.0))
     assert compare.next_job(pending, 0.0, args).label == "vqad"  # 435 s: only fits at the start
     assert compare.next_job(pending, 0.0, args).label == "nerf-fp32"  # then plan order among equals
@@ -150,3 +150,23 @@ def test_gpu_slots_map_into_the_callers_visible_devices(monkeypatch: pytest.Monk
     assert [compare.visible_gpu(slot) for slot in (0, 1)] == ["3", "1"]
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert compare.visible_gpu(2) == "2"
+
+
+class _FiveLevels:
+    def operating_points(self) -> list:
+        return [f"levels={k}" for k in range(1, 6)]
+
+    def check_operating_point(self, name: str) -> None:
+        if name not in self.operating_points():
+            raise ValueError(f"unknown operating point {name!r}")
+
+
+def test_operating_points_resolve_largest_n_and_refuse_unknown_names_before_training() -> None:
+    run_benchmark = _load_benchmark_script("run_benchmark")
+    model = _FiveLevels()
+    assert run_benchmark.resolve_operating_points(model, ["largest:3"]) == ["levels=3", "levels=4", "levels=5"]
+    assert run_benchmark.resolve_operating_points(model, ["levels=1"]) == ["levels=1"]
+    with pytest.raises(SystemExit, match="unknown operating point"):
+        run_benchmark.resolve_operating_points(model, ["levels=9"])
+    with pytest.raises(SystemExit, match="positive N"):
+        run_benchmark.resolve_operating_points(model, ["largest:x"])

@@ -20,6 +20,7 @@ from nerfqat_plugin.field_components.block_occupancy import (
 )
 from nerfqat_plugin.field_components.codebook_grid import LearnedIndexCodebookGrid
 from nerfqat_plugin.models.compressible import load_compressed_model
+from nerfqat_plugin.models.vqad import VQADModelConfig
 
 
 def _sparse_grid() -> LearnedIndexCodebookGrid:
@@ -166,3 +167,20 @@ def test_blocks_are_pruned_once_at_the_configured_fraction_of_the_run() -> None:
 def test_bad_sparse_options_are_refused_with_a_clear_error(option: str, value: float, message: str) -> None:
     with pytest.raises(UserInputError, match=message):
         _model(**{option: value})
+
+
+def test_bounded_scenes_without_grid_options_get_the_sparse_preset() -> None:
+    bounded = VQADModelConfig()
+    bounded.apply_bounded_sparse_preset(ndc=False)
+    assert bounded.resolved_grid(ndc=False)[-1] == (256, 256, 256) and len(bounded.resolved_grid(ndc=False)) == 5
+    assert bounded.sparse_from_level == 3 and bounded.max_file_bytes == 990_000
+    smaller = VQADModelConfig(max_file_bytes=500_000)  # a byte limit alone keeps the preset's grid
+    smaller.apply_bounded_sparse_preset(ndc=False)
+    assert smaller.sparse_from_level == 3 and smaller.max_file_bytes == 500_000
+    ndc = VQADModelConfig()
+    ndc.apply_bounded_sparse_preset(ndc=True)
+    assert ndc.sparse_from_level is None and len(ndc.resolved_grid(ndc=True)) == 4
+    explicit = VQADModelConfig(finest_resolution=(64, 64, 64))
+    explicit.apply_bounded_sparse_preset(ndc=False)
+    assert explicit.sparse_from_level is None and explicit.max_file_bytes is None
+    assert len(explicit.resolved_grid(ndc=False)) == 4
