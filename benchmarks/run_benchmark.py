@@ -182,8 +182,13 @@ def train(config, budget_s: float, fit_budget: bool, operating_points: Optional[
     seconds = end - wall_start
     if state["t100"] is not None and state["steps"] > 101:
         state["steady_iterations_per_s"] = (state["steps"] - 101) / (end - state["t100"])
-    result = {"trainer": trainer, "train_seconds": seconds, "iterations": state["steps"], **state}
-    return {**result, "operating_points": operating_points}
+    return {
+        "trainer": trainer,
+        "train_seconds": seconds,
+        "iterations": state["steps"],
+        "operating_points": operating_points,
+        **state,
+    }
 
 
 def export_and_evaluate(

@@ -15,7 +15,7 @@ from nerfqat_plugin.field_components.block_occupancy import (
     block_max_density,
     block_vertex_counts,
     densest_blocks_within_budget,
-    occupied_blocks,
+    opaque_density,
     samples_per_block_axis,
 )
 from nerfqat_plugin.field_components.codebook_grid import LearnedIndexCodebookGrid
@@ -48,14 +48,15 @@ def test_dropped_blocks_contribute_nothing_and_kept_blocks_are_unchanged() -> No
     assert kept.numel() == 32 * 64 and torch.all(kept // 256 < 8)  # 32 blocks of 4^3 vertices, x < 8
 
 
-def test_occupied_blocks_follow_the_density_and_are_dilated_by_one_block() -> None:
+def test_opaque_blocks_follow_the_density_and_are_dilated_by_one_block() -> None:
     def density(points: torch.Tensor) -> torch.Tensor:
         return 100.0 * (points[:, :1] < 0.2).float()  # an opaque slab at x < 0.2
 
-    keep = occupied_blocks(density, (33, 33, 33), 4, cell_size=0.1).view(block_grid_shape((33, 33, 33), 4))
+    opaque = opaque_density(0.01, cell_size=0.1)  # the default prune threshold, one 0.1-wide cell
+    keep = (block_max_density(density, (33, 33, 33), 4) > opaque).view(block_grid_shape((33, 33, 33), 4))
     # Block x-index 0 covers x in [0, 4/32], 1 covers [4/32, 8/32] (holds x < 0.2); 2 is their neighbour.
     assert keep[:3].all() and not keep[3:].any()
-    empty = occupied_blocks(lambda p: torch.zeros(p.shape[0], 1), (17, 17, 17), 8, cell_size=0.1)
+    empty = block_max_density(lambda p: torch.zeros(p.shape[0], 1), (17, 17, 17), 8) > opaque
     assert not empty.any()
 
 

@@ -82,23 +82,6 @@ def opaque_density(threshold: float, cell_size: float) -> float:
     return -math.log1p(-threshold) / cell_size
 
 
-@torch.no_grad()
-def occupied_blocks(
-    density_fn: Callable[[Tensor], Tensor],
-    resolution: Resolution,
-    block_size: int,
-    cell_size: float,
-    threshold: float = 0.01,
-    per_axis: int = 4,
-    chunk: int = 1 << 16,
-    device: torch.device | str = "cpu",
-) -> Tensor:
-    """Blocks (bool, row-major [blocks]) where ``density_fn`` makes one cell of ``cell_size`` more
-    than ``threshold`` opaque somewhere, dilated by one block; the same on every DDP rank."""
-    scores = block_max_density(density_fn, resolution, block_size, per_axis, chunk, device)
-    return scores > opaque_density(threshold, cell_size)
-
-
 def block_vertex_counts(resolution: Resolution, block_size: int) -> Tensor:
     """Vertices in every block (row-major [blocks], int64): blocks on the far faces may be partial."""
     counts = []

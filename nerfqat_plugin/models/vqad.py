@@ -230,7 +230,7 @@ class VQADModel(CompressibleModel):
         if not 1 <= cfg.bits <= 8 and cfg.index_mode == "learned":
             raise UserInputError(f"vqad: index bits must be in [1, 8], got {cfg.bits}")
         frozen = bool(self.kwargs.get("inference_only", False))
-        self.config.apply_bounded_sparse_preset(ndc=self.ndc is not None)
+        cfg.apply_bounded_sparse_preset(ndc=self.ndc is not None)
         aabb = NDC_BOX if self.ndc is not None else self.scene_box.aabb
         resolutions = cfg.resolved_grid(self.ndc is not None)
         self._check_sparse_options(len(resolutions))
