@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from nerfqat_plugin.compression.bitpack import pack_unsigned, unpack_unsigned
-from nerfqat_plugin.field_components.codebook_grid import LearnedIndexCodebookGrid, hashed_indices
+from nerfqat_plugin.field_components.codebook_grid import LearnedIndexCodebookGrid, corner_lookup, hashed_indices
+from nerfqat_plugin.field_components.half_precision import round_to_half
 
 
 def _grid(bits: int = 4, **kwargs) -> LearnedIndexCodebookGrid:
@@ -40,6 +41,49 @@ def test_straight_through_gradient_reaches_codebook_and_logits() -> None:
     for level in range(grid.num_levels):
         assert grid.codebooks[level].grad.abs().sum() > 0
         assert grid.logits[level].grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("logit_rank", [0, 3])
+def test_whole_level_straight_through_equals_the_per_corner_lookup(logit_rank: int) -> None:
+    """Levels with fewer vertices than a batch's corners compute each vertex's straight-through
+    feature once and gather it: same forward values and the same gradients as one softmax per corner."""
+    grid = _grid(logit_rank=logit_rank)
+    grid.train()
+    positions = torch.rand(40, 3)  # 320 corners: more than either level's 27 and 120 vertices
+    level = 1
+    assert grid.num_vertices(level) < 8 * positions.shape[0]
+    out = grid.level_features(positions, level, hard=False)
+    weights = torch.randn_like(out)
+    (out * weights).sum().backward()
+    params = [grid.codebooks[level]]
+    if logit_rank == 0:
+        params.append(grid.logits[level])
+    else:
+        params += [grid.index_queries[level], grid.index_keys[level], grid.index_bias[level]]
+    assert all(p.grad is not None for p in params)
+    gathered = [p.grad.clone() for p in params]
+    grid.zero_grad()
+
+    _, ids, corner_weights = corner_lookup(positions, grid.resolutions[level])
+    soft = torch.softmax(grid.vertex_logits(level, ids), dim=-1)
+    one_hot = torch.nn.functional.one_hot(soft.argmax(-1), soft.shape[-1]).float()
+    codebook = round_to_half(grid.codebooks[level])
+    per_corner = (corner_weights[..., None] * ((one_hot + soft - soft.detach()) @ codebook)).sum(1)
+    assert torch.allclose(out, per_corner, atol=1e-6)
+    (per_corner * weights).sum().backward()
+    for param, expected in zip(params, gathered, strict=True):
+        assert param.grad.abs().sum() > 0
+        assert torch.allclose(param.grad, expected, atol=1e-6)
+
+
+def test_levels_can_have_their_own_index_bits() -> None:
+    grid = LearnedIndexCodebookGrid(resolutions=(3, (5, 4, 6)), bits=(6, 3), feature_dim=2)
+    assert grid.level_bits == [6, 3]
+    assert [c.shape[0] for c in grid.codebooks] == [64, 8] and [lg.shape[1] for lg in grid.logits] == [64, 8]
+    hashed = LearnedIndexCodebookGrid(resolutions=(8, 8), bits=(5, 2), feature_dim=2, index_mode="hashed")
+    assert hashed.hard_indices(0).max() >= 8 and hashed.hard_indices(1).max() < 4
+    with pytest.raises(ValueError, match="3 codebook bit widths for 2 levels"):
+        LearnedIndexCodebookGrid(resolutions=(3, 5), bits=(4, 4, 4), feature_dim=2)
 
 
 def test_training_forward_equals_hard_lookup_and_hard_equals_argmax_table() -> None:

@@ -151,6 +151,26 @@ def test_factorised_logits_export_the_same_kind_of_file(tmp_path: Path) -> None:
     assert torch.max(torch.abs(_render(model)["rgb"] - _render(load_compressed_model(path))["rgb"])) <= 1e-5
 
 
+def test_per_level_bits_are_stored_at_their_width_and_load(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _model(level_bits=(8, 6, 4))
+    _train(model, 3)
+    path = tmp_path / "levelbits.nqz"
+    model.export_compressed(path)
+    _, payload = read_compressed(path)
+    assert [payload["tensors"][f"field.grid.indices_{i}"]["bits"] for i in range(3)] == [8, 6, 4]
+    assert payload["model"]["level_bits"] == [8, 6, 4]
+    loaded = load_compressed_model(path)
+    assert torch.max(torch.abs(_render(model)["rgb"] - _render(loaded)["rgb"])) <= 1e-5
+    # A coarser operating point keeps its levels' widths.
+    model.export_compressed(tmp_path / "levels2.nqz", "levels=2")
+    assert load_compressed_model(tmp_path / "levels2.nqz").field.grid.level_bits == [8, 6]
+    with pytest.raises(UserInputError, match="2 bit widths"):
+        _model(level_bits=(8, 4))
+    with pytest.raises(UserInputError, match="index bits must be in"):
+        _model(level_bits=(9, 4, 4))
+
+
 def test_random_and_hashed_ablations_store_no_indices(tmp_path: Path) -> None:
     learned = _model().compressed_size_bytes()
     for mode in ("random", "hashed"):

@@ -65,7 +65,7 @@ def encode_codebook_module(
             sparse = grid.block_mask(lvl) is not None
             if sparse:  # only the vertices of kept blocks, block by block
                 indices = indices[grid.kept_vertices(lvl).to(indices.device)]
-            tensors[name], layout[name] = encode_integers(indices, grid.bits, signed=False)
+            tensors[name], layout[name] = encode_integers(indices, grid.level_bits[lvl], signed=False)
             if sparse:
                 layout[name]["sparse_blocks"] = True
         elif level is not None and level[2] == "mask":

@@ -72,13 +72,23 @@ def hashed_indices(corners: Tensor, bits: int) -> Tensor:
     return h & ((1 << bits) - 1)
 
 
+def _straight_through(logits: Tensor) -> Tensor:
+    """One-hot of the argmax in value, the softmax's gradient backward [..., K] (the paper's
+    ``one_hot(argmax) - softmax.detach() + softmax``)."""
+    soft = F.softmax(logits, dim=-1)
+    one_hot = F.one_hot(soft.argmax(dim=-1), soft.shape[-1]).to(soft.dtype)
+    return one_hot + (soft - soft.detach())
+
+
 class LearnedIndexCodebookGrid(nn.Module):
     """Levels of dense 3D grids; each vertex selects one of ``2**bits`` codebook entries per level.
 
     Args:
         resolutions: vertices per axis of each level, coarse to fine: an int (cubic) or (x, y, z),
             each at least 2.
-        bits: log2 of the codebook size; for learned indices, the stored index width b.
+        bits: log2 of the codebook size; for learned indices, the stored index width b. One int for
+            every level, or one per level: coarse levels hold few vertices, so wide indices (large
+            codebooks) there cost few bytes.
         feature_dim: width of codebook entries (and of the output).
         init_std: standard deviation of the initial codebook entries.
         index_mode: ``learned`` (the method), ``random`` or ``hashed`` (fixed indices, the ablation).
@@ -102,7 +112,7 @@ class LearnedIndexCodebookGrid(nn.Module):
     def __init__(
         self,
         resolutions: Sequence[Union[int, Sequence[int]]],
-        bits: int,
+        bits: Union[int, Sequence[int]],
         feature_dim: int,
         init_std: float = 0.1,
         index_mode: IndexMode = "learned",
@@ -118,21 +128,23 @@ class LearnedIndexCodebookGrid(nn.Module):
         self.resolutions: List[Resolution] = [_as_resolution(r) for r in resolutions]
         if not self.resolutions or min(min(r) for r in self.resolutions) < 2:
             raise ValueError(f"every level needs at least 2 vertices per axis, got {list(resolutions)}")
-        if not 1 <= bits <= 24:
-            raise ValueError(f"codebook bits must be in [1, 24], got {bits}")
+        level_bits = [int(bits)] * len(self.resolutions) if isinstance(bits, int) else [int(b) for b in bits]
+        if len(level_bits) != len(self.resolutions):
+            raise ValueError(f"{len(level_bits)} codebook bit widths for {len(self.resolutions)} levels")
+        if not all(1 <= b <= 24 for b in level_bits):
+            raise ValueError(f"codebook bits must be in [1, 24], got {level_bits}")
         if index_mode not in ("learned", "random", "hashed"):
             raise ValueError(f"index_mode must be learned, random or hashed, got {index_mode!r}")
         if concat_levels and concat_levels < len(self.resolutions):
             raise ValueError(f"concat_levels ({concat_levels}) is below the number of levels ({len(resolutions)})")
-        self.bits = bits
+        self.level_bits: List[int] = level_bits
         self.feature_dim = feature_dim
         self.concat_levels = concat_levels
         self.index_mode = index_mode
         self.frozen = frozen or index_mode != "learned"
-        size = 1 << bits
         self.register_buffer("corner_offsets", _CORNERS.clone(), persistent=False)
         self.codebooks = nn.ParameterList(
-            [nn.Parameter(init_std * torch.randn(size, feature_dim)) for _ in self.resolutions]
+            [nn.Parameter(init_std * torch.randn(self.codebook_size(lvl), feature_dim)) for lvl in self.levels]
         )
         self.logit_rank = logit_rank
         self.logits = nn.ParameterList()
@@ -141,7 +153,7 @@ class LearnedIndexCodebookGrid(nn.Module):
         self.index_bias = nn.ParameterList()
         if index_mode == "learned" and not frozen and logit_rank == 0:
             for lvl in self.levels:
-                logits = 0.01 * torch.randn(self.num_vertices(lvl), size)
+                logits = 0.01 * torch.randn(self.num_vertices(lvl), self.codebook_size(lvl))
                 logits[:, 0] += initial_index_bias
                 self.logits.append(nn.Parameter(logits))
         if index_mode == "learned" and not frozen and logit_rank > 0:
@@ -149,8 +161,8 @@ class LearnedIndexCodebookGrid(nn.Module):
                 # Initial logits of the same spread as free ones (0.01): keys ~ N(0, 1), small queries.
                 queries = 0.01 / logit_rank**0.5 * torch.randn(self.num_vertices(lvl), logit_rank)
                 self.index_queries.append(nn.Parameter(queries))
-                self.index_keys.append(nn.Parameter(torch.randn(size, logit_rank)))
-                bias = torch.zeros(size)
+                self.index_keys.append(nn.Parameter(torch.randn(self.codebook_size(lvl), logit_rank)))
+                bias = torch.zeros(self.codebook_size(lvl))
                 bias[0] = initial_index_bias
                 self.index_bias.append(nn.Parameter(bias))
         if index_mode == "learned" and frozen:
@@ -164,6 +176,7 @@ class LearnedIndexCodebookGrid(nn.Module):
         if index_mode == "random":
             generator = torch.Generator().manual_seed(seed)
             for lvl in self.levels:
+                size = self.codebook_size(lvl)
                 indices = torch.randint(0, size, (self.num_vertices(lvl),), generator=generator, dtype=torch.int32)
                 # Not persistent: regenerated from the seed, so neither checkpoints nor files hold them.
                 self.register_buffer(f"indices_{lvl}", indices, persistent=False)
@@ -175,6 +188,10 @@ class LearnedIndexCodebookGrid(nn.Module):
     @property
     def num_levels(self) -> int:
         return len(self.resolutions)
+
+    def codebook_size(self, level: int) -> int:
+        """Entries of one level's codebook: ``2**bits`` of that level."""
+        return 1 << self.level_bits[level]
 
     @property
     def sparse_levels(self) -> range:
@@ -228,7 +245,7 @@ class LearnedIndexCodebookGrid(nn.Module):
             grid = torch.stack(
                 torch.meshgrid(*(torch.arange(n, device=device) for n in (x, y, z)), indexing="ij"), dim=-1
             )
-            return hashed_indices(grid.reshape(-1, 3), self.bits)
+            return hashed_indices(grid.reshape(-1, 3), self.level_bits[level])
         if self.frozen:
             return getattr(self, f"indices_{level}").long()
         if self.logit_rank == 0:
@@ -241,6 +258,12 @@ class LearnedIndexCodebookGrid(nn.Module):
         if self.logit_rank == 0:
             return F.embedding(ids, self.logits[level])
         return F.embedding(ids, self.index_queries[level]) @ self.index_keys[level].T + self.index_bias[level]
+
+    def level_logits(self, level: int) -> Tensor:
+        """Logits of every vertex of a level [vertices, 2**bits] (learned, unfrozen grids)."""
+        if self.logit_rank == 0:
+            return self.logits[level]
+        return self.index_queries[level] @ self.index_keys[level].T + self.index_bias[level]
 
     def set_hard_indices(self, level: int, indices: Tensor) -> None:
         """Load stored indices into a frozen learned grid."""
@@ -263,18 +286,20 @@ class LearnedIndexCodebookGrid(nn.Module):
         # Lookups go through F.embedding: its backward accumulates duplicate rows efficiently, where
         # advanced indexing's backward serialises them (millions of samples share few rows).
         if self.index_mode == "hashed":
-            vertex = F.embedding(hashed_indices(corners, self.bits), codebook)
+            vertex = F.embedding(hashed_indices(corners, self.level_bits[level]), codebook)
         elif self.frozen:
             # The stored int32 indices directly: hard_indices() would copy the whole level to int64
             # for every batch of points.
             vertex = F.embedding(getattr(self, f"indices_{level}")[ids], codebook)
         elif hard:
             vertex = F.embedding(self.vertex_logits(level, ids).argmax(dim=-1), codebook)
+        elif self.num_vertices(level) < ids.numel():
+            # A level with fewer vertices than the batch has corners: the straight-through feature
+            # of every vertex once, then a gather, instead of a softmax per corner (same values and
+            # gradients; coarse levels cost vertices x 2**b instead of corners x 2**b).
+            vertex = F.embedding(ids, _straight_through(self.level_logits(level)) @ codebook)
         else:
-            soft = F.softmax(self.vertex_logits(level, ids), dim=-1)  # [N, 8, K]
-            one_hot = F.one_hot(soft.argmax(dim=-1), soft.shape[-1]).to(soft.dtype)
-            # Straight-through: the value is the hard lookup, the gradient that of the softmax mixture.
-            vertex = (one_hot + (soft - soft.detach())) @ codebook
+            vertex = _straight_through(self.vertex_logits(level, ids)) @ codebook
         return (weights[..., None] * vertex).sum(dim=1)
 
     def forward(

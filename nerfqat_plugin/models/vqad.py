@@ -81,6 +81,7 @@ class VQADModelConfig(CompressibleModelConfig):
     payload_keys: ClassVar[Tuple[str, ...]] = CompressibleModelConfig.payload_keys + (
         "grid_resolutions",
         "bits",
+        "level_bits",
         "feature_dim",
         "index_mode",
         "index_seed",
@@ -110,6 +111,9 @@ class VQADModelConfig(CompressibleModelConfig):
     """Every level's resolution explicitly (overrides num_levels and finest_resolution)."""
     bits: int = 4
     """Index bits b: each level's codebook has 2**b entries (4 to 8)."""
+    level_bits: Optional[Tuple[int, ...]] = None
+    """Index bits of every level, coarse to fine (overrides bits; one per level). Coarse levels hold
+    few vertices, so larger codebooks there cost few bytes, e.g. 8 8 4 4 for four levels."""
     feature_dim: int = 8
     """Width of codebook entries."""
     index_mode: IndexMode = "learned"
@@ -227,22 +231,22 @@ class VQADModel(CompressibleModel):
         super().populate_modules()
         self.setup_scene_space()
         cfg = self.config
-        if not 1 <= cfg.bits <= 8 and cfg.index_mode == "learned":
-            raise UserInputError(f"vqad: index bits must be in [1, 8], got {cfg.bits}")
         frozen = bool(self.kwargs.get("inference_only", False))
         cfg.apply_bounded_sparse_preset(ndc=self.ndc is not None)
         aabb = NDC_BOX if self.ndc is not None else self.scene_box.aabb
         resolutions = cfg.resolved_grid(self.ndc is not None)
         self._check_sparse_options(len(resolutions))
         proposal_resolutions = cfg.resolved_proposal_grid(self.ndc is not None)
+        level_bits = self._resolved_level_bits(len(resolutions))
         # Resolved once: a checkpoint or file rebuilds exactly these grids.
         cfg.grid_resolutions = tuple(resolutions)
         cfg.proposal_resolutions = tuple(proposal_resolutions)
+        cfg.level_bits = level_bits
         if not frozen and cfg.index_mode == "learned":
-            self._check_logit_memory(resolutions, cfg.logit_rank or (1 << cfg.bits))
+            self._check_logit_memory(resolutions, [cfg.logit_rank or (1 << b) for b in level_bits])
         grid = LearnedIndexCodebookGrid(
             resolutions,
-            cfg.bits,
+            level_bits,
             cfg.feature_dim,
             index_mode=cfg.index_mode,
             frozen=frozen,
@@ -312,12 +316,25 @@ class VQADModel(CompressibleModel):
         if not 0.0 <= cfg.prune_at_fraction < 1.0:
             raise UserInputError(f"vqad: prune_at_fraction must be in [0, 1), got {cfg.prune_at_fraction}")
 
-    def _check_logit_memory(self, resolutions: List[Resolution], floats_per_vertex: int) -> None:
+    def _resolved_level_bits(self, num_levels: int) -> Tuple[int, ...]:
+        cfg = self.config
+        level_bits = tuple(cfg.level_bits) if cfg.level_bits is not None else (cfg.bits,) * num_levels
+        if len(level_bits) != num_levels:
+            raise UserInputError(
+                f"vqad: level_bits gives {len(level_bits)} bit widths ({list(level_bits)}) for a grid of "
+                f"{num_levels} levels: give one per level, coarse to fine"
+            )
+        if cfg.index_mode == "learned" and not all(1 <= b <= 8 for b in level_bits):
+            raise UserInputError(f"vqad: index bits must be in [1, 8], got {list(level_bits)}")
+        return level_bits
+
+    def _check_logit_memory(self, resolutions: List[Resolution], floats_per_vertex: List[int]) -> None:
         vertices = sum(x * y * z for x, y, z in resolutions)
-        gib = vertices * floats_per_vertex * 16 / 2**30  # fp32 values, their gradient and two Adam moments
+        floats = sum(x * y * z * k for (x, y, z), k in zip(resolutions, floats_per_vertex, strict=True))
+        gib = floats * 16 / 2**30  # fp32 values, their gradient and two Adam moments
         if gib > self.config.max_training_logits_gib:
             raise UserInputError(
-                f"vqad: {vertices} vertices x {floats_per_vertex} index logits need {gib:.1f} GiB while training "
+                f"vqad: {vertices} vertices with {floats} index logits need {gib:.1f} GiB while training "
                 f"(limit {self.config.max_training_logits_gib} GiB): lower --pipeline.model.bits or the resolution, "
                 "use --pipeline.model.logit-rank, or raise --pipeline.model.max-training-logits-gib"
             )
@@ -405,7 +422,7 @@ class VQADModel(CompressibleModel):
             per_axis = samples_per_block_axis(resolution, grid.resolutions[-1])
             scores.append(block_max_density(density, resolution, grid.block_size, per_axis, device=aabb.device))
             minimums.append(opaque_density(self.config.prune_threshold, cell))
-            costs.append(block_vertex_counts(resolution, grid.block_size) * grid.bits)
+            costs.append(block_vertex_counts(resolution, grid.block_size) * grid.level_bits[lvl])
         limit = self.config.max_file_bytes
         budget = math.inf if limit is None else self._sparse_index_budget_bits(limit)
         for _ in range(8):
@@ -496,6 +513,7 @@ class VQADModel(CompressibleModel):
             layout.update(lay)
         model_payload = self.config.to_payload()
         model_payload["grid_resolutions"] = [list(r) for r in self.field.grid.resolutions[:levels]]
+        model_payload["level_bits"] = list(self.field.grid.level_bits[:levels])
         if self.config.sparse_from_level is not None and self.config.sparse_from_level >= levels:
             model_payload["sparse_from_level"] = None  # the sparse levels are not in this file
         payload = {"model": model_payload, **self.scene_space_payload(), "tensors": layout}
