@@ -337,6 +337,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         pass
     elif isinstance(pipeline.model, CompressibleModel):
         directory = args.output_dir / args.label
+        row.update(pipeline.model.training_statistics())
         row.update(export_and_evaluate(pipeline.model, pipeline, directory, pipeline.device, points))
     else:  # a peer method: evaluated as trained, sized by its fp32 parameters
         row["param_bytes"] = parameter_bytes(pipeline.model)

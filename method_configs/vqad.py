@@ -13,7 +13,11 @@ vqad_method = MethodSpecification(
     config=compression_trainer(
         "vqad",
         VQADModelConfig(eval_num_rays_per_chunk=1 << 15),
-        {"fields": adam(1e-2, 1e-4, MAX_ITERATIONS), "proposal_networks": adam(1e-2, 1e-4, MAX_ITERATIONS)},
+        {
+            "fields": adam(1e-2, 1e-4, MAX_ITERATIONS),
+            "index_logits": adam(1e-2, 1e-4, MAX_ITERATIONS),
+            "proposal_networks": adam(1e-2, 1e-4, MAX_ITERATIONS),
+        },
         MAX_ITERATIONS,
         rays_per_chunk=1 << 15,
     ),

@@ -204,3 +204,17 @@ def test_factorised_logits_train_both_factors_and_need_memory_independent_of_bit
     assert torch.allclose(grid(positions), out.detach(), atol=1e-6)  # STE value == hard lookup
     full = grid.index_queries[1] @ grid.index_keys[1].T + grid.index_bias[1]
     assert torch.equal(grid.hard_indices(1), full.argmax(dim=-1))
+
+
+def test_index_statistics_measure_saturation_and_codebook_usage() -> None:
+    grid = LearnedIndexCodebookGrid(resolutions=(4,), bits=3, feature_dim=2)
+    with torch.no_grad():
+        grid.logits[0].zero_()
+        grid.logits[0][torch.arange(64), torch.arange(64) % 4] = 50.0  # 4 entries, used equally, saturated
+    (stats,) = grid.index_statistics(chunk=10)
+    assert stats["top_probability"] == pytest.approx(1.0) and stats["usage_perplexity"] == pytest.approx(4.0)
+    with torch.no_grad():
+        grid.logits[0].zero_()  # uniform logits: every entry equally likely, argmax entry 0 everywhere
+    (stats,) = grid.index_statistics()
+    assert stats["top_probability"] == pytest.approx(1 / 8) and stats["usage_perplexity"] == pytest.approx(1.0)
+    assert LearnedIndexCodebookGrid(resolutions=(4,), bits=3, feature_dim=2, frozen=True).index_statistics() == []

@@ -171,6 +171,17 @@ def test_per_level_bits_are_stored_at_their_width_and_load(tmp_path: Path) -> No
         _model(level_bits=(9, 4, 4))
 
 
+def test_index_logits_have_their_own_parameter_group() -> None:
+    model = _model()
+    groups = model.get_param_groups()
+    assert {id(p) for p in groups["index_logits"]} == {id(p) for p in model.field.grid.logits}
+    assert not {id(p) for p in groups["fields"]} & {id(p) for p in groups["index_logits"]}
+    assert len(groups["fields"]) + len(groups["index_logits"]) == len(list(model.field.parameters()))
+    assert "index_logits" not in _model(index_mode="hashed").get_param_groups()  # nothing to learn there
+    stats = model.training_statistics()["index_statistics"]
+    assert len(stats) == 3 and all(0 < level["top_probability"] <= 1 for level in stats)
+
+
 def test_random_and_hashed_ablations_store_no_indices(tmp_path: Path) -> None:
     learned = _model().compressed_size_bytes()
     for mode in ("random", "hashed"):

@@ -21,7 +21,7 @@ their codebooks can be larger.
 from __future__ import annotations
 
 import math
-from typing import List, Literal, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -264,6 +264,37 @@ class LearnedIndexCodebookGrid(nn.Module):
         if self.logit_rank == 0:
             return self.logits[level]
         return self.index_queries[level] @ self.index_keys[level].T + self.index_bias[level]
+
+    def index_logit_parameters(self) -> List[nn.Parameter]:
+        """The parameters that only choose indices (free or factorised logits): training-only, and
+        given their own learning rate by vqad (they saturate differently from codebooks)."""
+        return [*self.logits, *self.index_queries, *self.index_keys, *self.index_bias]
+
+    @torch.no_grad()
+    def index_statistics(self, chunk: int = 1 << 18) -> List[Dict[str, float]]:
+        """Per level of a learned, unfrozen grid: ``top_probability``, the mean softmax probability
+        of each vertex's chosen entry (near 1: the logits have saturated and the straight-through
+        gradient that could still move the index is vanishing), and ``usage_perplexity``, the
+        effective number of codebook entries the hard indices use (2**bits at most)."""
+        if self.frozen:
+            return []
+        stats = []
+        for lvl in self.levels:
+            top, counts = 0.0, torch.zeros(self.codebook_size(lvl), device=self.codebooks[lvl].device)
+            for ids in torch.arange(self.num_vertices(lvl), device=counts.device).split(chunk):
+                probabilities = F.softmax(self.vertex_logits(lvl, ids).float(), dim=-1)
+                best, index = probabilities.max(dim=-1)
+                top += float(best.sum())
+                counts += torch.bincount(index, minlength=counts.numel()).to(counts)
+            share = counts / counts.sum()
+            entropy = -(share * share.clamp_min(1e-12).log()).sum()
+            stats.append(
+                {
+                    "top_probability": round(top / self.num_vertices(lvl), 4),
+                    "usage_perplexity": round(float(entropy.exp()), 2),
+                }
+            )
+        return stats
 
     def set_hard_indices(self, level: int, indices: Tensor) -> None:
         """Load stored indices into a frozen learned grid."""

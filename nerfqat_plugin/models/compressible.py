@@ -223,6 +223,10 @@ class CompressibleModel(Model):
         tensors, payload = self._full_payload(operating_point)
         return write_compressed(path, tensors, payload)
 
+    def training_statistics(self) -> Dict[str, Any]:
+        """Diagnostics of the trained state that benchmark rows record (none by default)."""
+        return {}
+
     def compressed_size_bytes(self, operating_point: Optional[str] = None) -> int:
         """Byte count the compressed file of the current weights has (the file is not written)."""
         return len(serialize_compressed(*self._full_payload(operating_point)))

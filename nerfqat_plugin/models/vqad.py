@@ -364,7 +364,21 @@ class VQADModel(CompressibleModel):
 
     # -- training -------------------------------------------------------------------------------
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
-        return {"fields": list(self.field.parameters()), "proposal_networks": list(self.proposal_field.parameters())}
+        """Codebooks and decoders (``fields``), the proposal field, and, for learned indices, the
+        index logits with a learning rate of their own (``index_logits``)."""
+        logits = self.field.grid.index_logit_parameters()
+        chosen = {id(p) for p in logits}
+        groups = {
+            "fields": [p for p in self.field.parameters() if id(p) not in chosen],
+            "proposal_networks": list(self.proposal_field.parameters()),
+        }
+        if logits:
+            groups["index_logits"] = logits
+        return groups
+
+    def training_statistics(self) -> Dict[str, Any]:
+        """How saturated the index logits are and how much of each codebook is used, per level."""
+        return {"index_statistics": self.field.grid.index_statistics()} if not self.field.grid.frozen else {}
 
     def get_training_callbacks(
         self, training_callback_attributes: TrainingCallbackAttributes
