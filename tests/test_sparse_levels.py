@@ -170,18 +170,23 @@ def test_bad_sparse_options_are_refused_with_a_clear_error(option: str, value: f
         _model(**{option: value})
 
 
-def test_bounded_scenes_without_grid_options_get_the_sparse_preset() -> None:
+def test_scenes_without_grid_options_get_their_preset() -> None:
     bounded = VQADModelConfig()
-    bounded.apply_bounded_sparse_preset(ndc=False)
+    bounded.apply_scene_preset(ndc=False)
     assert bounded.resolved_grid(ndc=False)[-1] == (256, 256, 256) and len(bounded.resolved_grid(ndc=False)) == 5
     assert bounded.sparse_from_level == 3 and bounded.max_file_bytes == 990_000
     smaller = VQADModelConfig(max_file_bytes=500_000)  # a byte limit alone keeps the preset's grid
-    smaller.apply_bounded_sparse_preset(ndc=False)
+    smaller.apply_scene_preset(ndc=False)
     assert smaller.sparse_from_level == 3 and smaller.max_file_bytes == 500_000
     ndc = VQADModelConfig()
-    ndc.apply_bounded_sparse_preset(ndc=True)
+    ndc.apply_scene_preset(ndc=True)  # NDC: dense levels, 8-bit codebooks on the coarse ones
     assert ndc.sparse_from_level is None and len(ndc.resolved_grid(ndc=True)) == 4
+    assert ndc.level_bits == (8, 8, 8, 4) and ndc.resolved_grid(ndc=True)[-1] == (184, 138, 54)
+    for given in ({"bits": 6}, {"index_mode": "hashed"}, {"finest_resolution": (64, 48, 16)}):
+        plain = VQADModelConfig(**given)  # a bit width, an ablation or a grid option: no NDC preset
+        plain.apply_scene_preset(ndc=True)
+        assert plain.level_bits is None
     explicit = VQADModelConfig(finest_resolution=(64, 64, 64))
-    explicit.apply_bounded_sparse_preset(ndc=False)
+    explicit.apply_scene_preset(ndc=False)
     assert explicit.sparse_from_level is None and explicit.max_file_bytes is None
     assert len(explicit.resolved_grid(ndc=False)) == 4

@@ -58,6 +58,12 @@ DEFAULT_FINEST_BOUNDED: Resolution = (112, 112, 112)
 # 112^3 grid (benchmarks/results/lego_vqad.jsonl); on fern (NDC) sparse levels did not help.
 BOUNDED_SPARSE_PRESET = {"num_levels": 5, "finest_resolution": (256, 256, 256), "sparse_from_level": 3}
 BOUNDED_SPARSE_MAX_FILE_BYTES = 990_000
+# NDC scenes with no grid or bit option given, learned indices: 8-bit codebooks on the three coarse
+# levels (few vertices, so 256 entries cost few bytes) and a slightly coarser finest level to stay
+# within the same file size. Measured on fern (H200, 160 s, 3 runs each): 23.13-23.20 dB at
+# 0.84-0.91 MB against 22.87-22.91 dB at 0.83 MB for 4 bits everywhere (results/fern_vqad.jsonl).
+NDC_LEVEL_BITS_PRESET = {"finest_resolution": (184, 138, 54), "level_bits": (8, 8, 8, 4)}
+DEFAULT_BITS = 4
 DEFAULT_PROPOSAL_NDC: Resolution = (64, 48, 24)
 DEFAULT_PROPOSAL_BOUNDED: Resolution = (48, 48, 48)
 
@@ -109,8 +115,9 @@ class VQADModelConfig(CompressibleModelConfig):
     """Vertices per axis (x, y, z) of the finest level; None: a default for NDC or bounded scenes."""
     grid_resolutions: Optional[Tuple[Tuple[int, int, int], ...]] = None
     """Every level's resolution explicitly (overrides num_levels and finest_resolution)."""
-    bits: int = 4
-    """Index bits b: each level's codebook has 2**b entries (4 to 8)."""
+    bits: Optional[int] = None
+    """Index bits b of every level: each level's codebook has 2**b entries (4 to 8). None: 4, or for
+    an NDC scene with no grid option given, the NDC preset (8 bits on the coarse levels, 4 on the finest)."""
     level_bits: Optional[Tuple[int, ...]] = None
     """Index bits of every level, coarse to fine (overrides bits; one per level). Coarse levels hold
     few vertices, so larger codebooks there cost few bytes, e.g. 8 8 4 4 for four levels."""
@@ -194,11 +201,17 @@ class VQADModelConfig(CompressibleModelConfig):
     max_training_logits_gib: float = 12.0
     """Refuse grids whose logits and Adam state would exceed this (vertices x 2**bits x 16 bytes)."""
 
-    def apply_bounded_sparse_preset(self, ndc: bool) -> None:
-        """A bounded scene with no grid option given gets the measured sparse grid
-        (``BOUNDED_SPARSE_PRESET``); any grid option given, or an NDC scene, keeps the plain defaults."""
+    def apply_scene_preset(self, ndc: bool) -> None:
+        """With no grid option given, a bounded scene gets the measured sparse grid
+        (``BOUNDED_SPARSE_PRESET``) and an NDC scene with learned indices and no bit option the
+        measured per-level bits (``NDC_LEVEL_BITS_PRESET``); any grid option keeps the plain defaults."""
         grid_options = (self.grid_resolutions, self.finest_resolution, self.num_levels, self.sparse_from_level)
-        if ndc or any(option is not None for option in grid_options):
+        if any(option is not None for option in grid_options):
+            return
+        if ndc:
+            if self.index_mode == "learned" and self.bits is None and self.level_bits is None:
+                for name, value in NDC_LEVEL_BITS_PRESET.items():
+                    setattr(self, name, value)
             return
         for name, value in BOUNDED_SPARSE_PRESET.items():
             setattr(self, name, value)
@@ -232,7 +245,7 @@ class VQADModel(CompressibleModel):
         self.setup_scene_space()
         cfg = self.config
         frozen = bool(self.kwargs.get("inference_only", False))
-        cfg.apply_bounded_sparse_preset(ndc=self.ndc is not None)
+        cfg.apply_scene_preset(ndc=self.ndc is not None)
         aabb = NDC_BOX if self.ndc is not None else self.scene_box.aabb
         resolutions = cfg.resolved_grid(self.ndc is not None)
         self._check_sparse_options(len(resolutions))
@@ -318,7 +331,7 @@ class VQADModel(CompressibleModel):
 
     def _resolved_level_bits(self, num_levels: int) -> Tuple[int, ...]:
         cfg = self.config
-        level_bits = tuple(cfg.level_bits) if cfg.level_bits is not None else (cfg.bits,) * num_levels
+        level_bits = tuple(cfg.level_bits) if cfg.level_bits is not None else (cfg.bits or DEFAULT_BITS,) * num_levels
         if len(level_bits) != num_levels:
             raise UserInputError(
                 f"vqad: level_bits gives {len(level_bits)} bit widths ({list(level_bits)}) for a grid of "
