@@ -60,8 +60,9 @@ BOUNDED_SPARSE_PRESET = {"num_levels": 5, "finest_resolution": (256, 256, 256), 
 BOUNDED_SPARSE_MAX_FILE_BYTES = 990_000
 # NDC scenes with no grid or bit option given, learned indices: 8-bit codebooks on the three coarse
 # levels (few vertices, so 256 entries cost few bytes) and a slightly coarser finest level to stay
-# within the same file size. Measured on fern (H200, 160 s, 3 runs each): 23.13-23.20 dB at
-# 0.84-0.91 MB against 22.87-22.91 dB at 0.83 MB for 4 bits everywhere (results/fern_vqad.jsonl).
+# within the same file size. Measured on fern (H200, 160 s; results/fern_vqad.jsonl): 23.13 dB at
+# 0.844 MB (23.20 with index-logit lr 1e-1); 8 8 4 4 at 192x144x56: 23.09 dB; 4 bits everywhere at
+# 192x144x56: 22.87 and 22.91 dB at 0.83 MB.
 NDC_LEVEL_BITS_PRESET = {"finest_resolution": (184, 138, 54), "level_bits": (8, 8, 8, 4)}
 DEFAULT_BITS = 4
 DEFAULT_PROPOSAL_NDC: Resolution = (64, 48, 24)
