@@ -253,17 +253,13 @@ class LearnedIndexCodebookGrid(nn.Module):
         chunks = torch.arange(self.num_vertices(level), device=self.codebooks[level].device).split(1 << 18)
         return torch.cat([self.vertex_logits(level, ids).argmax(dim=-1) for ids in chunks])
 
-    def vertex_logits(self, level: int, ids: Tensor) -> Tensor:
-        """Logits over the codebook of the vertices ``ids`` [..., 2**bits] (learned, unfrozen grids)."""
+    def vertex_logits(self, level: int, ids: Optional[Tensor] = None) -> Tensor:
+        """Logits over the codebook of the vertices ``ids`` [..., 2**bits], or of every vertex of the
+        level [vertices, 2**bits] when ``ids`` is None (learned, unfrozen grids)."""
         if self.logit_rank == 0:
-            return F.embedding(ids, self.logits[level])
-        return F.embedding(ids, self.index_queries[level]) @ self.index_keys[level].T + self.index_bias[level]
-
-    def level_logits(self, level: int) -> Tensor:
-        """Logits of every vertex of a level [vertices, 2**bits] (learned, unfrozen grids)."""
-        if self.logit_rank == 0:
-            return self.logits[level]
-        return self.index_queries[level] @ self.index_keys[level].T + self.index_bias[level]
+            return self.logits[level] if ids is None else F.embedding(ids, self.logits[level])
+        queries = self.index_queries[level] if ids is None else F.embedding(ids, self.index_queries[level])
+        return queries @ self.index_keys[level].T + self.index_bias[level]
 
     def index_logit_parameters(self) -> List[nn.Parameter]:
         """The parameters that only choose indices (free or factorised logits): training-only, and
@@ -328,7 +324,7 @@ class LearnedIndexCodebookGrid(nn.Module):
             # A level with fewer vertices than the batch has corners: the straight-through feature
             # of every vertex once, then a gather, instead of a softmax per corner (same values and
             # gradients; coarse levels cost vertices x 2**b instead of corners x 2**b).
-            vertex = F.embedding(ids, _straight_through(self.level_logits(level)) @ codebook)
+            vertex = F.embedding(ids, _straight_through(self.vertex_logits(level)) @ codebook)
         else:
             vertex = _straight_through(self.vertex_logits(level, ids)) @ codebook
         return (weights[..., None] * vertex).sum(dim=1)
