@@ -392,7 +392,8 @@ class VQADModel(CompressibleModel):
 
     def training_statistics(self) -> Dict[str, Any]:
         """How saturated the index logits are and how much of each codebook is used, per level."""
-        return {"index_statistics": self.field.grid.index_statistics()} if not self.field.grid.frozen else {}
+        stats = self.field.grid.index_statistics()  # empty for grids without logits
+        return {"index_statistics": stats} if stats else {}
 
     def get_training_callbacks(
         self, training_callback_attributes: TrainingCallbackAttributes
