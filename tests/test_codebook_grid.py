@@ -218,3 +218,53 @@ def test_index_statistics_measure_saturation_and_codebook_usage() -> None:
     (stats,) = grid.index_statistics()
     assert stats["top_probability"] == pytest.approx(1 / 8) and stats["usage_perplexity"] == pytest.approx(1.0)
     assert LearnedIndexCodebookGrid(resolutions=(4,), bits=3, feature_dim=2, frozen=True).index_statistics() == []
+
+
+def _probed_reference(grid: LearnedIndexCodebookGrid, positions: torch.Tensor) -> torch.Tensor:
+    """Trilinear interpolation where each vertex reads codebook[bucket * probes + probe]: the bucket
+    from the spatial hash, the probe from the index table at a second, independent hash."""
+    probes = 1 << grid.probe_bits
+    expected = torch.zeros(positions.shape[0], grid.feature_dim)
+    for level in grid.levels:
+        corners, _, weights = corner_lookup(positions, grid.resolutions[level])
+        table = grid.hard_indices(level)
+        x, y, z = corners.unbind(-1)
+        slot = ((x * 2246822519) ^ (y * 3266489917) ^ (z * 668265263)) % (1 << grid.probe_table_bits)
+        entry = hashed_indices(corners, grid.level_bits[level] - grid.probe_bits) * probes + table[slot]
+        codebook = grid.codebooks[level].detach().half().float()
+        expected += (weights[..., None] * codebook[entry]).sum(dim=1)
+    return expected
+
+
+def test_probed_grid_learns_probes_into_hashed_buckets() -> None:
+    torch.manual_seed(0)
+    grid = LearnedIndexCodebookGrid((3, (5, 4, 6)), 6, 4, index_mode="probed", probe_bits=2, probe_table_bits=5)
+    assert [tuple(p.shape) for p in grid.logits] == [(32, 4), (32, 4)]  # 2**5 table entries x 4 probes
+    assert grid.hard_indices(1).max() < 4 and grid.index_bits(1) == 2 and grid.index_entries(1) == 32
+    positions = torch.rand(40, 3)
+    grid.train()
+    soft = grid(positions)
+    soft.square().sum().backward()
+    for level in grid.levels:  # the straight-through gradient reaches the probes' logits and the codebook
+        assert grid.logits[level].grad.abs().sum() > 0 and grid.codebooks[level].grad.abs().sum() > 0
+    grid.eval()
+    hard = grid(positions)
+    assert torch.allclose(soft, hard, atol=1e-6)
+    assert torch.allclose(hard, _probed_reference(grid, positions), atol=1e-5)
+    # A frozen grid holds the index table only and renders the same.
+    frozen = LearnedIndexCodebookGrid(
+        (3, (5, 4, 6)), 6, 4, index_mode="probed", probe_bits=2, probe_table_bits=5, frozen=True
+    )
+    frozen.codebooks.load_state_dict(grid.codebooks.state_dict())
+    for level in grid.levels:
+        frozen.set_hard_indices(level, grid.hard_indices(level))
+    assert len(frozen.logits) == 0 and torch.equal(frozen(positions), hard)
+
+
+def test_bad_probed_configuration_is_rejected() -> None:
+    with pytest.raises(ValueError, match="probe_bits"):
+        LearnedIndexCodebookGrid((4,), 2, 2, index_mode="probed", probe_bits=3)
+    with pytest.raises(ValueError, match="probe_table_bits"):
+        LearnedIndexCodebookGrid((4,), 8, 2, index_mode="probed", probe_table_bits=0)
+    with pytest.raises(ValueError, match="sparse"):
+        LearnedIndexCodebookGrid((16,), 8, 2, index_mode="probed", sparse_from_level=0)

@@ -223,3 +223,23 @@ def test_evaluation_reports_every_operating_point(monkeypatch: pytest.MonkeyPatc
     with_std = CompressionPipeline.get_average_image_metrics(pipeline, None, "", get_std=True)
     assert with_std["lpips"] is None and with_std["levels=2/lpips"] is None  # ns-eval: null
     assert model.current_operating_point() == "levels=3"
+
+
+def test_probed_indices_store_the_index_table_and_render_from_the_file(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _model(index_mode="probed", bits=8, probe_bits=2, probe_table_bits=6)
+    assert {id(p) for p in model.get_param_groups()["index_logits"]} == {id(p) for p in model.field.grid.logits}
+    _train(model, 3)
+    path = tmp_path / "probed.nqz"
+    assert model.export_compressed(path) == path.stat().st_size
+    _, payload = read_compressed(path)
+    table = payload["tensors"]["field.grid.indices_2"]
+    assert {k: table[k] for k in ("bits", "shape")} == {"bits": 2, "shape": [64]}
+    loaded = load_compressed_model(path)
+    assert len(loaded.field.grid.logits) == 0 and loaded.config.probe_table_bits == 6
+    assert torch.max(torch.abs(_render(model)["rgb"] - _render(loaded)["rgb"])) <= 1e-5
+    assert _model(index_mode="probed").field.grid.level_bits == [14, 14, 14]  # a hashed-size codebook
+    with pytest.raises(UserInputError, match="probe_bits"):
+        _model(index_mode="probed", bits=8, probe_bits=9)
+    with pytest.raises(UserInputError, match="sparse levels"):
+        _model(index_mode="probed", bits=8, sparse_from_level=2)

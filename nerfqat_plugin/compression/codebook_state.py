@@ -1,7 +1,8 @@
 """Turning a module holding :class:`LearnedIndexCodebookGrid` s into file tensors and back.
 
-Learned indices are stored bit-packed (the argmax of each vertex's logits, ``bits`` bits each,
-deflated when that is smaller; the logits themselves are training-only), codebooks and every other
+Learned indices are stored bit-packed (the argmax of each vertex's logits, ``bits`` bits each, or
+of each index-table entry's for probed grids, deflated when that is smaller; the logits themselves
+are training-only), codebooks and every other
 float tensor (decoder MLPs) as fp16, the precision the model trains them at. Random and hashed
 indices are not stored at all: they are regenerated from the seed or the hash. ``keep_levels``
 truncates grids to their first levels, which is how one trained model is exported at several
@@ -65,7 +66,7 @@ def encode_codebook_module(
             sparse = grid.block_mask(lvl) is not None
             if sparse:  # only the vertices of kept blocks, block by block
                 indices = indices[grid.kept_vertices(lvl).to(indices.device)]
-            tensors[name], layout[name] = encode_integers(indices, grid.level_bits[lvl], signed=False)
+            tensors[name], layout[name] = encode_integers(indices, grid.index_bits(lvl), signed=False)
             if sparse:
                 layout[name]["sparse_blocks"] = True
         elif level is not None and level[2] == "mask":

@@ -16,6 +16,12 @@ the integer indices.
 For the paper's ablation the indices can instead be fixed: ``random`` (drawn once from a seed) or
 ``hashed`` (instant-NGP's spatial hash of the vertex). Neither needs storing, so at equal bytes
 their codebooks can be larger.
+
+``probed`` is the authors' follow-up (Takikawa et al. 2023, "Compact Neural Graphics Primitives with
+Learned Hash Probing"): a large codebook as in ``hashed``, where a vertex's hash picks a bucket of
+``2**probe_bits`` consecutive entries and a learned index, read from a small hashed table of
+``2**probe_table_bits`` indices, picks the entry within it (straight-through as above). Learned
+indices resolve the hash's collisions while the stored indices stay few.
 """
 
 from __future__ import annotations
@@ -30,12 +36,14 @@ from torch import Tensor, nn
 from nerfqat_plugin.field_components.block_occupancy import block_grid_shape
 from nerfqat_plugin.field_components.half_precision import round_to_half
 
-IndexMode = Literal["learned", "random", "hashed"]
+IndexMode = Literal["learned", "random", "hashed", "probed"]
 Resolution = Tuple[int, int, int]
 
 _CORNERS = torch.tensor([[i >> 2 & 1, i >> 1 & 1, i & 1] for i in range(8)])
 # instant-NGP's spatial-hash primes (the first is 1 so that x alone maps coherently).
 _HASH_PRIMES = (1, 2654435761, 805459861)
+# A second, independent hash for the index table of probed grids (large odd constants).
+_PROBE_HASH_PRIMES = (2246822519, 3266489917, 668265263)
 
 
 def _as_resolution(resolution: Union[int, Sequence[int]]) -> Resolution:
@@ -65,10 +73,10 @@ def corner_lookup(
     return corners, ids, weights
 
 
-def hashed_indices(corners: Tensor, bits: int) -> Tensor:
+def hashed_indices(corners: Tensor, bits: int, primes: Tuple[int, int, int] = _HASH_PRIMES) -> Tensor:
     """instant-NGP's spatial hash of integer vertex coordinates [..., 3] into ``2**bits`` slots."""
     c = corners.long()
-    h = (c[..., 0] * _HASH_PRIMES[0]) ^ (c[..., 1] * _HASH_PRIMES[1]) ^ (c[..., 2] * _HASH_PRIMES[2])
+    h = (c[..., 0] * primes[0]) ^ (c[..., 1] * primes[1]) ^ (c[..., 2] * primes[2])
     return h & ((1 << bits) - 1)
 
 
@@ -91,8 +99,10 @@ class LearnedIndexCodebookGrid(nn.Module):
             codebooks) there cost few bytes.
         feature_dim: width of codebook entries (and of the output).
         init_std: standard deviation of the initial codebook entries.
-        index_mode: ``learned`` (the method), ``random`` or ``hashed`` (fixed indices, the ablation).
-        frozen: learned indices only: hold integer indices instead of logits (inference, loaded files).
+        index_mode: ``learned`` (the method), ``random`` or ``hashed`` (fixed indices, the ablation),
+            or ``probed`` (learned indices into hashed buckets of a large codebook, see above).
+        frozen: learned or probed indices only: hold integer indices instead of logits (inference,
+            loaded files).
         seed: seed of the random indices.
         concat_levels: 0 sums the levels (output width F, as kaolin-wisp); n > 0 concatenates them
             into n * F features, zeros for levels beyond the grid's or a point's operating point
@@ -107,6 +117,8 @@ class LearnedIndexCodebookGrid(nn.Module):
             :meth:`set_block_mask`); vertices of dropped blocks contribute nothing and are not stored.
             None: every level dense.
         block_size: vertices per block edge of sparse levels.
+        probe_bits: probed grids: log2 of the entries of a bucket (the stored index width).
+        probe_table_bits: probed grids: log2 of the stored indices per level.
     """
 
     def __init__(
@@ -123,6 +135,8 @@ class LearnedIndexCodebookGrid(nn.Module):
         logit_rank: int = 0,
         sparse_from_level: Optional[int] = None,
         block_size: int = 8,
+        probe_bits: int = 2,
+        probe_table_bits: int = 16,
     ) -> None:
         super().__init__()
         self.resolutions: List[Resolution] = [_as_resolution(r) for r in resolutions]
@@ -133,15 +147,23 @@ class LearnedIndexCodebookGrid(nn.Module):
             raise ValueError(f"{len(level_bits)} codebook bit widths for {len(self.resolutions)} levels")
         if not all(1 <= b <= 24 for b in level_bits):
             raise ValueError(f"codebook bits must be in [1, 24], got {level_bits}")
-        if index_mode not in ("learned", "random", "hashed"):
-            raise ValueError(f"index_mode must be learned, random or hashed, got {index_mode!r}")
+        if index_mode not in ("learned", "random", "hashed", "probed"):
+            raise ValueError(f"index_mode must be learned, random, hashed or probed, got {index_mode!r}")
+        if index_mode == "probed" and not 1 <= probe_bits <= min(8, *level_bits):
+            raise ValueError(f"probe_bits must be in [1, min(8, codebook bits {level_bits})], got {probe_bits}")
+        if index_mode == "probed" and not 1 <= probe_table_bits <= 24:
+            raise ValueError(f"probe_table_bits must be in [1, 24], got {probe_table_bits}")
+        if index_mode == "probed" and (logit_rank or sparse_from_level is not None):
+            raise ValueError("probed indices are hashed per level: no factorised logits or sparse levels")
         if concat_levels and concat_levels < len(self.resolutions):
             raise ValueError(f"concat_levels ({concat_levels}) is below the number of levels ({len(resolutions)})")
         self.level_bits: List[int] = level_bits
         self.feature_dim = feature_dim
         self.concat_levels = concat_levels
         self.index_mode = index_mode
-        self.frozen = frozen or index_mode != "learned"
+        self.probe_bits = probe_bits
+        self.probe_table_bits = probe_table_bits
+        self.frozen = frozen or not self.learns_indices
         self.register_buffer("corner_offsets", _CORNERS.clone(), persistent=False)
         self.codebooks = nn.ParameterList(
             [nn.Parameter(init_std * torch.randn(self.codebook_size(lvl), feature_dim)) for lvl in self.levels]
@@ -151,9 +173,9 @@ class LearnedIndexCodebookGrid(nn.Module):
         self.index_queries = nn.ParameterList()
         self.index_keys = nn.ParameterList()
         self.index_bias = nn.ParameterList()
-        if index_mode == "learned" and not frozen and logit_rank == 0:
+        if self.learns_indices and not frozen and logit_rank == 0:
             for lvl in self.levels:
-                logits = 0.01 * torch.randn(self.num_vertices(lvl), self.codebook_size(lvl))
+                logits = 0.01 * torch.randn(self.index_entries(lvl), 1 << self.index_bits(lvl))
                 logits[:, 0] += initial_index_bias
                 self.logits.append(nn.Parameter(logits))
         if index_mode == "learned" and not frozen and logit_rank > 0:
@@ -165,9 +187,9 @@ class LearnedIndexCodebookGrid(nn.Module):
                 bias = torch.zeros(self.codebook_size(lvl))
                 bias[0] = initial_index_bias
                 self.index_bias.append(nn.Parameter(bias))
-        if index_mode == "learned" and frozen:
+        if self.learns_indices and frozen:
             for lvl in self.levels:
-                self.register_buffer(f"indices_{lvl}", torch.zeros(self.num_vertices(lvl), dtype=torch.int32))
+                self.register_buffer(f"indices_{lvl}", torch.zeros(self.index_entries(lvl), dtype=torch.int32))
         self.block_size = block_size
         self.sparse_from_level = sparse_from_level
         for lvl in self.sparse_levels:
@@ -192,6 +214,19 @@ class LearnedIndexCodebookGrid(nn.Module):
     def codebook_size(self, level: int) -> int:
         """Entries of one level's codebook: ``2**bits`` of that level."""
         return 1 << self.level_bits[level]
+
+    @property
+    def learns_indices(self) -> bool:
+        """Whether indices are trained (and stored): learned and probed grids."""
+        return self.index_mode in ("learned", "probed")
+
+    def index_entries(self, level: int) -> int:
+        """Stored indices of one level: one per vertex (learned), the index table (probed)."""
+        return 1 << self.probe_table_bits if self.index_mode == "probed" else self.num_vertices(level)
+
+    def index_bits(self, level: int) -> int:
+        """Width of one level's stored indices: its codebook bits (learned), probe bits (probed)."""
+        return self.probe_bits if self.index_mode == "probed" else self.level_bits[level]
 
     @property
     def sparse_levels(self) -> range:
@@ -238,7 +273,8 @@ class LearnedIndexCodebookGrid(nn.Module):
         return x * y * z
 
     def hard_indices(self, level: int) -> Tensor:
-        """Every vertex's codebook index on one level (the argmax of its logits when learned), int64."""
+        """Every vertex's codebook index on one level (the argmax of its logits when learned), int64;
+        for probed grids, the index table (each entry's probe within a bucket)."""
         if self.index_mode == "hashed":
             x, y, z = self.resolutions[level]
             device = self.codebooks[level].device
@@ -250,12 +286,13 @@ class LearnedIndexCodebookGrid(nn.Module):
             return getattr(self, f"indices_{level}").long()
         if self.logit_rank == 0:
             return self.logits[level].argmax(dim=-1)
-        chunks = torch.arange(self.num_vertices(level), device=self.codebooks[level].device).split(1 << 18)
+        chunks = torch.arange(self.index_entries(level), device=self.codebooks[level].device).split(1 << 18)
         return torch.cat([self.vertex_logits(level, ids).argmax(dim=-1) for ids in chunks])
 
     def vertex_logits(self, level: int, ids: Optional[Tensor] = None) -> Tensor:
         """Logits over the codebook of the vertices ``ids`` [..., 2**bits], or of every vertex of the
-        level [vertices, 2**bits] when ``ids`` is None (learned, unfrozen grids)."""
+        level [vertices, 2**bits] when ``ids`` is None (learned, unfrozen grids). Probed grids: of
+        index-table entries, over a bucket's probes."""
         if self.logit_rank == 0:
             return self.logits[level] if ids is None else F.embedding(ids, self.logits[level])
         queries = self.index_queries[level] if ids is None else F.embedding(ids, self.index_queries[level])
@@ -276,8 +313,8 @@ class LearnedIndexCodebookGrid(nn.Module):
             return []
         stats = []
         for lvl in self.levels:
-            top, counts = 0.0, torch.zeros(self.codebook_size(lvl), device=self.codebooks[lvl].device)
-            for ids in torch.arange(self.num_vertices(lvl), device=counts.device).split(chunk):
+            top, counts = 0.0, torch.zeros(1 << self.index_bits(lvl), device=self.codebooks[lvl].device)
+            for ids in torch.arange(self.index_entries(lvl), device=counts.device).split(chunk):
                 probabilities = F.softmax(self.vertex_logits(lvl, ids).float(), dim=-1)
                 best, index = probabilities.max(dim=-1)
                 top += float(best.sum())
@@ -286,19 +323,19 @@ class LearnedIndexCodebookGrid(nn.Module):
             entropy = -(share * share.clamp_min(1e-12).log()).sum()
             stats.append(
                 {
-                    "top_probability": round(top / self.num_vertices(lvl), 4),
+                    "top_probability": round(top / self.index_entries(lvl), 4),
                     "usage_perplexity": round(float(entropy.exp()), 2),
                 }
             )
         return stats
 
     def set_hard_indices(self, level: int, indices: Tensor) -> None:
-        """Load stored indices into a frozen learned grid."""
-        if not (self.index_mode == "learned" and self.frozen):
+        """Load stored indices into a frozen learned (or probed) grid."""
+        if not (self.learns_indices and self.frozen):
             raise RuntimeError("only a frozen grid of learned indices takes stored indices")
         buffer = getattr(self, f"indices_{level}")
         if indices.numel() != buffer.numel():
-            raise ValueError(f"level {level}: {indices.numel()} indices for {buffer.numel()} vertices")
+            raise ValueError(f"level {level}: {indices.numel()} indices for {buffer.numel()} entries")
         buffer.copy_(indices.reshape(-1).to(buffer))
 
     def level_features(self, positions: Tensor, level: int, hard: bool) -> Tensor:
@@ -314,6 +351,8 @@ class LearnedIndexCodebookGrid(nn.Module):
         # advanced indexing's backward serialises them (millions of samples share few rows).
         if self.index_mode == "hashed":
             vertex = F.embedding(hashed_indices(corners, self.level_bits[level]), codebook)
+        elif self.index_mode == "probed":
+            vertex = self._probed_features(corners, level, hard, codebook)
         elif self.frozen:
             # The stored int32 indices directly: hard_indices() would copy the whole level to int64
             # for every batch of points.
@@ -328,6 +367,20 @@ class LearnedIndexCodebookGrid(nn.Module):
         else:
             vertex = _straight_through(self.vertex_logits(level, ids)) @ codebook
         return (weights[..., None] * vertex).sum(dim=1)
+
+    def _probed_features(self, corners: Tensor, level: int, hard: bool, codebook: Tensor) -> Tensor:
+        """Corner features [N, 8, F] of a probed level: the entry ``bucket + probe`` of the codebook,
+        the bucket from the vertex's spatial hash, the probe from the hashed index table."""
+        probes = 1 << self.probe_bits
+        bucket = hashed_indices(corners, self.level_bits[level] - self.probe_bits) * probes
+        slot = hashed_indices(corners, self.probe_table_bits, _PROBE_HASH_PRIMES)
+        if self.frozen:
+            return F.embedding(bucket + getattr(self, f"indices_{level}")[slot], codebook)
+        logits = self.vertex_logits(level, slot)
+        if hard:
+            return F.embedding(bucket + logits.argmax(dim=-1), codebook)
+        candidates = F.embedding(bucket[..., None] + torch.arange(probes, device=bucket.device), codebook)
+        return (_straight_through(logits)[..., None] * candidates).sum(dim=-2)
 
     def forward(
         self, positions: Tensor, num_levels: Optional[int] = None, level_mask: Optional[Tensor] = None

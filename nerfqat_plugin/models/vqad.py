@@ -65,6 +65,9 @@ BOUNDED_SPARSE_MAX_FILE_BYTES = 990_000
 # 192x144x56: 22.87 and 22.91 dB at 0.83 MB.
 NDC_LEVEL_BITS_PRESET = {"finest_resolution": (184, 138, 54), "level_bits": (8, 8, 8, 4)}
 DEFAULT_BITS = 4
+# Probed grids: bits of the (large, hashed) codebook when none are given; instant-NGP-sized tables
+# of 2**14 entries per level are what a ~1 MB file affords at 4 levels x 7 features (fp16).
+DEFAULT_PROBED_BITS = 14
 DEFAULT_PROPOSAL_NDC: Resolution = (64, 48, 24)
 DEFAULT_PROPOSAL_BOUNDED: Resolution = (48, 48, 48)
 
@@ -92,6 +95,8 @@ class VQADModelConfig(CompressibleModelConfig):
         "feature_dim",
         "index_mode",
         "index_seed",
+        "probe_bits",
+        "probe_table_bits",
         "concat_levels",
         "sparse_from_level",
         "sparse_block_size",
@@ -125,7 +130,14 @@ class VQADModelConfig(CompressibleModelConfig):
     feature_dim: int = 8
     """Width of codebook entries."""
     index_mode: IndexMode = "learned"
-    """learned (the method), or the ablations: random (fixed, seeded) or hashed (instant-NGP hash)."""
+    """learned (the method), or the ablations: random (fixed, seeded) or hashed (instant-NGP hash);
+    probed: learned hash probing (Compact NGP, the authors' follow-up): ``bits`` sizes a hashed
+    codebook (default 14), and a learned probe_bits index per index-table entry picks the entry
+    within the vertex's bucket of 2**probe_bits. Not measured yet."""
+    probe_bits: int = 2
+    """probed: log2 of a bucket's entries (the width of each stored index)."""
+    probe_table_bits: int = 16
+    """probed: log2 of the stored indices per level (the hashed index table)."""
     index_seed: int = 0
     """Seed of random indices."""
     logit_rank: int = 0
@@ -207,7 +219,7 @@ class VQADModelConfig(CompressibleModelConfig):
         (``BOUNDED_SPARSE_PRESET``) and an NDC scene with learned indices and no bit option the
         measured per-level bits (``NDC_LEVEL_BITS_PRESET``); any grid option keeps the plain defaults."""
         grid_options = (self.grid_resolutions, self.finest_resolution, self.num_levels, self.sparse_from_level)
-        if any(option is not None for option in grid_options):
+        if any(option is not None for option in grid_options) or self.index_mode == "probed":
             return
         if ndc:
             if self.index_mode == "learned" and self.bits is None and self.level_bits is None:
@@ -270,6 +282,8 @@ class VQADModel(CompressibleModel):
             logit_rank=cfg.logit_rank,
             sparse_from_level=cfg.sparse_from_level,
             block_size=cfg.sparse_block_size,
+            probe_bits=cfg.probe_bits,
+            probe_table_bits=cfg.probe_table_bits,
         )
         self._pruned = False
         self._total_steps: Optional[Callable[[], int]] = None
@@ -332,7 +346,8 @@ class VQADModel(CompressibleModel):
 
     def _resolved_level_bits(self, num_levels: int) -> Tuple[int, ...]:
         cfg = self.config
-        level_bits = tuple(cfg.level_bits) if cfg.level_bits is not None else (cfg.bits or DEFAULT_BITS,) * num_levels
+        default_bits = DEFAULT_PROBED_BITS if cfg.index_mode == "probed" else DEFAULT_BITS
+        level_bits = tuple(cfg.level_bits) if cfg.level_bits is not None else (cfg.bits or default_bits,) * num_levels
         if len(level_bits) != num_levels:
             raise UserInputError(
                 f"vqad: level_bits gives {len(level_bits)} bit widths ({list(level_bits)}) for a grid of "
@@ -340,7 +355,21 @@ class VQADModel(CompressibleModel):
             )
         if cfg.index_mode == "learned" and not all(1 <= b <= 8 for b in level_bits):
             raise UserInputError(f"vqad: index bits must be in [1, 8], got {list(level_bits)}")
+        if cfg.index_mode == "probed":
+            self._check_probed_options(level_bits)
         return level_bits
+
+    def _check_probed_options(self, level_bits: Tuple[int, ...]) -> None:
+        cfg = self.config
+        if not 1 <= cfg.probe_bits <= min(8, *level_bits):
+            raise UserInputError(
+                f"vqad: probe_bits must be in [1, 8] and at most the codebook bits {list(level_bits)}, "
+                f"got {cfg.probe_bits}"
+            )
+        if not 1 <= cfg.probe_table_bits <= 24:
+            raise UserInputError(f"vqad: probe_table_bits must be in [1, 24], got {cfg.probe_table_bits}")
+        if cfg.sparse_from_level is not None or cfg.logit_rank:
+            raise UserInputError("vqad: probed indices take neither sparse levels nor factorised logits (logit_rank)")
 
     def _check_logit_memory(self, resolutions: List[Resolution], floats_per_vertex: List[int]) -> None:
         vertices = sum(x * y * z for x, y, z in resolutions)
