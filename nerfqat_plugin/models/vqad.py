@@ -217,7 +217,8 @@ class VQADModelConfig(CompressibleModelConfig):
     def apply_scene_preset(self, ndc: bool) -> None:
         """With no grid option given, a bounded scene gets the measured sparse grid
         (``BOUNDED_SPARSE_PRESET``) and an NDC scene with learned indices and no bit option the
-        measured per-level bits (``NDC_LEVEL_BITS_PRESET``); any grid option keeps the plain defaults."""
+        measured per-level bits (``NDC_LEVEL_BITS_PRESET``); any grid option, and probed indices
+        (hashed per level, never sparse), keep the plain defaults."""
         grid_options = (self.grid_resolutions, self.finest_resolution, self.num_levels, self.sparse_from_level)
         if any(option is not None for option in grid_options) or self.index_mode == "probed":
             return
@@ -270,21 +271,10 @@ class VQADModel(CompressibleModel):
         cfg.level_bits = level_bits
         if not frozen and cfg.index_mode == "learned":
             self._check_logit_memory(resolutions, [cfg.logit_rank or (1 << b) for b in level_bits])
-        grid = LearnedIndexCodebookGrid(
-            resolutions,
-            level_bits,
-            cfg.feature_dim,
-            index_mode=cfg.index_mode,
-            frozen=frozen,
-            seed=cfg.index_seed,
-            initial_index_bias=cfg.initial_index_bias,
-            concat_levels=cfg.concat_levels,
-            logit_rank=cfg.logit_rank,
-            sparse_from_level=cfg.sparse_from_level,
-            block_size=cfg.sparse_block_size,
-            probe_bits=cfg.probe_bits,
-            probe_table_bits=cfg.probe_table_bits,
-        )
+        try:  # the grid checks its own options (probe widths, ...): report them as bad input
+            grid = self._make_grid(resolutions, level_bits, frozen)
+        except ValueError as error:
+            raise UserInputError(f"vqad: {error}") from None
         self._pruned = False
         self._total_steps: Optional[Callable[[], int]] = None
         self.field = VQADField(
@@ -327,6 +317,26 @@ class VQADModel(CompressibleModel):
         )
         self.add_size_viewer_elements()
 
+    def _make_grid(
+        self, resolutions: List[Resolution], level_bits: Tuple[int, ...], frozen: bool
+    ) -> LearnedIndexCodebookGrid:
+        cfg = self.config
+        return LearnedIndexCodebookGrid(
+            resolutions,
+            level_bits,
+            cfg.feature_dim,
+            index_mode=cfg.index_mode,
+            frozen=frozen,
+            seed=cfg.index_seed,
+            initial_index_bias=cfg.initial_index_bias,
+            concat_levels=cfg.concat_levels,
+            logit_rank=cfg.logit_rank,
+            sparse_from_level=cfg.sparse_from_level,
+            block_size=cfg.sparse_block_size,
+            probe_bits=cfg.probe_bits,
+            probe_table_bits=cfg.probe_table_bits,
+        )
+
     def _check_sparse_options(self, num_levels: int) -> None:
         cfg = self.config
         if cfg.sparse_from_level is not None and not 0 <= cfg.sparse_from_level < num_levels:
@@ -355,21 +365,7 @@ class VQADModel(CompressibleModel):
             )
         if cfg.index_mode == "learned" and not all(1 <= b <= 8 for b in level_bits):
             raise UserInputError(f"vqad: index bits must be in [1, 8], got {list(level_bits)}")
-        if cfg.index_mode == "probed":
-            self._check_probed_options(level_bits)
         return level_bits
-
-    def _check_probed_options(self, level_bits: Tuple[int, ...]) -> None:
-        cfg = self.config
-        if not 1 <= cfg.probe_bits <= min(8, *level_bits):
-            raise UserInputError(
-                f"vqad: probe_bits must be in [1, 8] and at most the codebook bits {list(level_bits)}, "
-                f"got {cfg.probe_bits}"
-            )
-        if not 1 <= cfg.probe_table_bits <= 24:
-            raise UserInputError(f"vqad: probe_table_bits must be in [1, 24], got {cfg.probe_table_bits}")
-        if cfg.sparse_from_level is not None or cfg.logit_rank:
-            raise UserInputError("vqad: probed indices take neither sparse levels nor factorised logits (logit_rank)")
 
     def _check_logit_memory(self, resolutions: List[Resolution], floats_per_vertex: List[int]) -> None:
         vertices = sum(x * y * z for x, y, z in resolutions)
