@@ -2,7 +2,8 @@
 
 ``torch.fake_quantize_per_channel_affine`` and ``torch.fake_quantize_per_tensor_affine`` round in
 the forward pass and pass gradients straight through (zeroed outside the representable range), in
-one fused kernel each. The classes here only decide *which* scale and zero point to use.
+one fused kernel each; :mod:`.fake_quant_ops` wraps the per-tensor one so that torch.compile traces it.
+The classes here only decide *which* scale and zero point to use.
 
 State that must survive a checkpoint (observed ranges, whether quantization is on) lives in
 buffers, as in ``torch.ao.quantization.FakeQuantize``, so ``ns-eval`` and the viewer see the same
@@ -18,6 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from nerfqat_plugin.field_components.fake_quant_ops import fake_quantize_per_tensor
 from nerfqat_plugin.field_components.half_precision import round_to_half
 from nerfqat_plugin.field_components.ranks import reduce_over_ranks
 
@@ -189,7 +191,7 @@ class ActivationQuantizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and self.observer_enabled:
             self.observe(x)
-        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.quant_min, self.quant_max)
+        return fake_quantize_per_tensor(x, self.scale, self.zero_point, self.quant_min, self.quant_max)
 
     def export_state(self) -> Dict[str, torch.Tensor]:
         return {"scale": self.scale.detach().clone(), "zero_point": self.zero_point.detach().clone()}
