@@ -28,12 +28,14 @@ def test_per_tensor_matches_native_values_and_gradient(dtype: torch.dtype) -> No
 
 
 @pytest.mark.parametrize("observe", [True, False], ids=["calibration", "frozen-ranges"])
-def test_quantized_mlp_is_captured_without_graph_breaks(observe: bool) -> None:
+@pytest.mark.parametrize("spec", [QuantSpec(8), QuantSpec(4, activation_range="mse")], ids=["int8-max", "int4-mse"])
+def test_quantized_mlp_is_captured_without_graph_breaks(observe: bool, spec: QuantSpec) -> None:
     """The native ops' gradient kernels have no fake-tensor implementation for symbolic shapes;
     called directly they break dynamo's graph at every quantizer once shapes are dynamic (training
     runs the coarse and fine sample counts through one compiled field), and on the GPU the QAT
-    phase fell back to eager."""
-    mlp = QuantMLP(in_dim=6, num_layers=3, layer_width=16, spec=QuantSpec(8), out_dim=2, skip_connections=(2,))
+    phase fell back to eager. The least-error (mse) range search must not read a tensor on the host
+    either."""
+    mlp = QuantMLP(in_dim=6, num_layers=3, layer_width=16, spec=spec, out_dim=2, skip_connections=(2,))
     mlp.train()
     set_quantization(mlp, True)
     set_observers(mlp, observe)

@@ -133,8 +133,10 @@ def mse_clipped_range(
     zero_point = (quant_min - torch.round(cand_lo[:, None] / scale)).clamp(quant_min, quant_max)
     q = torch.clamp(torch.round(flat[None] / scale) + zero_point, quant_min, quant_max)
     errors = reduce_over_ranks(((q - zero_point) * scale - flat[None]).square().sum(dim=1))
-    best = errors.argmin()
-    return cand_lo[best], cand_hi[best]
+    # Gather with a tensor index: indexing with argmin's 0-d tensor reads it on the host, which
+    # synchronises with the GPU and breaks torch.compile's graph at every calibration step.
+    best = errors.argmin().view(1)
+    return cand_lo.gather(0, best).squeeze(0), cand_hi.gather(0, best).squeeze(0)
 
 
 class ActivationQuantizer(nn.Module):
