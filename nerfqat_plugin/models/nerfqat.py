@@ -78,7 +78,7 @@ class NeRFQATModelConfig(CompressibleModelConfig):
     ranges collapsed to an empty scene; see README)."""
     learned_weight_scales: bool = False
     """Learn per-channel weight scales (LSQ) instead of max |w| / qmax. Off: on fern int4 it lost
-    1.4 dB at 180 s (lr 5e-4) and collapsed to 18 dB at 400 s (lr 4e-3); see README."""
+    0.58 dB at 180 s (lr 5e-4) and collapsed to 18 dB at 400 s (lr 4e-3); see README."""
     float_warmup_steps: int = 1000
     """Steps trained in float before fake quantization switches on, when qat_start_fraction is None
     or the run's length is unknown."""
