@@ -133,7 +133,8 @@ class VQADModelConfig(CompressibleModelConfig):
     """learned (the method), or the ablations: random (fixed, seeded) or hashed (instant-NGP hash);
     probed: learned hash probing (Compact NGP, the authors' follow-up): ``bits`` sizes a hashed
     codebook (default 14), and a learned probe_bits index per index-table entry picks the entry
-    within the vertex's bucket of 2**probe_bits. Not measured yet."""
+    within the vertex's bucket of 2**probe_bits. fern, 2^14 x 7: 24.05 dB at 0.99 MB, hashed 23.95 at
+    0.97 MB (README)."""
     probe_bits: int = 2
     """probed: log2 of a bucket's entries (the width of each stored index)."""
     probe_table_bits: int = 16
