@@ -39,14 +39,13 @@ def _(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: i
 
 def _save_mask(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[Tensor, Tensor]) -> None:
     ctx.save_for_backward(output[1])
-    ctx.num_qparam_inputs = len(inputs) - 1
 
 
 def _straight_through(ctx: Any, grad_output: Tensor, _grad_mask: Any) -> Tuple[Any, ...]:
-    """Gradient passes where the value was representable and is zero where it was clamped; the
-    quantization parameters get none (as with the native ops)."""
+    """Gradient passes where the value was representable and is zero where it was clamped; scale,
+    zero point and range get none (as with the native op)."""
     (mask,) = ctx.saved_tensors
-    return (grad_output * mask,) + (None,) * ctx.num_qparam_inputs
+    return grad_output * mask, None, None, None, None
 
 
 _fake_quant_per_tensor.register_autograd(_straight_through, setup_context=_save_mask)
