@@ -9,6 +9,7 @@ from torch._dynamo.utils import counters
 
 from nerfqat_plugin.field_components.fake_quant_ops import fake_quantize_per_tensor
 from nerfqat_plugin.field_components.quant_mlp import QuantMLP, QuantSpec, set_observers, set_quantization
+from nerfqat_plugin.fields.nerfqat_field import QuantNeRFField
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -53,3 +54,28 @@ def test_quantized_mlp_is_captured_without_graph_breaks(observe: bool, spec: Qua
     assert dict(counters["graph_break"]) == {}
     assert len(graphs) == 1
     assert mlp.layers[0].linear.weight.grad is not None
+
+
+def test_nerf_field_compiles_each_method_into_one_graph_in_every_phase() -> None:
+    """The nerf-qat field as training runs it: coarse and fine sample counts (dynamic shapes), float,
+    calibration and QAT phases; every call of a compiled method is one whole graph."""
+    field = QuantNeRFField(QuantSpec(4, activation_range="mse"), layer_width=16, head_width=8)
+    field.train()
+    graphs = []
+
+    def count_graphs(gm: torch.fx.GraphModule, example_inputs: list) -> torch.fx.GraphModule:
+        graphs.append(gm)
+        return gm
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = {name: torch.compile(getattr(field, name), backend=count_graphs) for name in field.compiled_methods}
+    for quant, observe in [(False, False), (True, True), (True, False)]:
+        set_quantization(field, quant)
+        set_observers(field, observe)
+        for n in (32, 96):
+            density, features = compiled["density_and_features"](torch.rand(n, 3))
+            rgb = compiled["color"](features, torch.nn.functional.normalize(torch.randn(n, 3), dim=-1))
+            (density.sum() + rgb.sum()).backward()
+    assert dict(counters["graph_break"]) == {}
+    assert all(len(list(gm.graph.nodes)) > 10 for gm in graphs)
