@@ -3,6 +3,8 @@ native ops, and a quantized MLP that dynamo captures without graph breaks."""
 
 from __future__ import annotations
 
+from typing import Callable, List, Tuple
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -10,6 +12,22 @@ from torch._dynamo.utils import counters
 from nerfqat_plugin.field_components.fake_quant_ops import fake_quantize_per_tensor
 from nerfqat_plugin.field_components.quant_mlp import QuantMLP, QuantSpec, set_observers, set_quantization
 from nerfqat_plugin.fields.nerfqat_field import QuantNeRFField
+
+GraphRecorder = Tuple[List[torch.fx.GraphModule], Callable[..., torch.fx.GraphModule]]
+
+
+@pytest.fixture
+def graph_recorder() -> GraphRecorder:
+    """A fresh dynamo state and a ``torch.compile`` backend that records every graph it is given."""
+    graphs: List[torch.fx.GraphModule] = []
+
+    def count_graphs(gm: torch.fx.GraphModule, example_inputs: list) -> torch.fx.GraphModule:
+        graphs.append(gm)
+        return gm
+
+    torch._dynamo.reset()
+    counters.clear()
+    return graphs, count_graphs
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -30,7 +48,9 @@ def test_per_tensor_matches_native_values_and_gradient(dtype: torch.dtype) -> No
 
 @pytest.mark.parametrize("observe", [True, False], ids=["calibration", "frozen-ranges"])
 @pytest.mark.parametrize("spec", [QuantSpec(8), QuantSpec(4, activation_range="mse")], ids=["int8-max", "int4-mse"])
-def test_quantized_mlp_is_captured_without_graph_breaks(observe: bool, spec: QuantSpec) -> None:
+def test_quantized_mlp_is_captured_without_graph_breaks(
+    graph_recorder: GraphRecorder, observe: bool, spec: QuantSpec
+) -> None:
     """The native ops' gradient kernels have no fake-tensor implementation for symbolic shapes;
     called directly they break dynamo's graph at every quantizer once shapes are dynamic (training
     runs the coarse and fine sample counts through one compiled field), and on the GPU the QAT
@@ -40,14 +60,7 @@ def test_quantized_mlp_is_captured_without_graph_breaks(observe: bool, spec: Qua
     mlp.train()
     set_quantization(mlp, True)
     set_observers(mlp, observe)
-    graphs = []
-
-    def count_graphs(gm: torch.fx.GraphModule, example_inputs: list) -> torch.fx.GraphModule:
-        graphs.append(gm)
-        return gm
-
-    torch._dynamo.reset()
-    counters.clear()
+    graphs, count_graphs = graph_recorder
     compiled = torch.compile(mlp, backend=count_graphs, dynamic=True)
     out = compiled(torch.randn(64, 6))
     out.sum().backward()
@@ -56,19 +69,12 @@ def test_quantized_mlp_is_captured_without_graph_breaks(observe: bool, spec: Qua
     assert mlp.layers[0].linear.weight.grad is not None
 
 
-def test_nerf_field_compiles_each_method_into_one_graph_in_every_phase() -> None:
+def test_nerf_field_compiles_each_method_into_one_graph_in_every_phase(graph_recorder: GraphRecorder) -> None:
     """The nerf-qat field as training runs it: coarse and fine sample counts (dynamic shapes), float,
     calibration and QAT phases; every call of a compiled method is one whole graph."""
     field = QuantNeRFField(QuantSpec(4, activation_range="mse"), layer_width=16, head_width=8)
     field.train()
-    graphs = []
-
-    def count_graphs(gm: torch.fx.GraphModule, example_inputs: list) -> torch.fx.GraphModule:
-        graphs.append(gm)
-        return gm
-
-    torch._dynamo.reset()
-    counters.clear()
+    graphs, count_graphs = graph_recorder
     compiled = {name: torch.compile(getattr(field, name), backend=count_graphs) for name in field.compiled_methods}
     for quant, observe in [(False, False), (True, True), (True, False)]:
         set_quantization(field, quant)
