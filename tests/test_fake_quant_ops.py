@@ -47,7 +47,11 @@ def test_per_tensor_matches_native_values_and_gradient(dtype: torch.dtype) -> No
 
 
 @pytest.mark.parametrize("observe", [True, False], ids=["calibration", "frozen-ranges"])
-@pytest.mark.parametrize("spec", [QuantSpec(8), QuantSpec(4, activation_range="mse")], ids=["int8-max", "int4-mse"])
+@pytest.mark.parametrize(
+    "spec",
+    [QuantSpec(8), QuantSpec(4, activation_range="mse"), QuantSpec(4, activation_range="mse", weight_range="mse")],
+    ids=["int8-max", "int4-mse", "int4-mse-weights"],
+)
 def test_quantized_mlp_is_captured_without_graph_breaks(
     graph_recorder: GraphRecorder, observe: bool, spec: QuantSpec
 ) -> None:

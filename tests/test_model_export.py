@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import pytest
 import torch
@@ -57,17 +57,23 @@ def _render(model: NeRFQATModel) -> Dict[str, torch.Tensor]:
         return model(_rays(256, seed=99))
 
 
-# bits, fused, learned scales, edge bits (8 by default; None: the edges at ``bits`` too)
-CASES = [(8, True, False, 8), (4, True, False, 8), (6, False, False, None), (4, True, True, 8)]
+# bits, fused, learned scales, edge bits (8 by default; None: the edges at ``bits`` too), other options
+CASES = [
+    (8, True, False, 8, {}),
+    (4, True, False, 8, {}),
+    (6, False, False, None, {}),
+    (4, True, True, 8, {}),
+    (4, True, False, 8, {"weight_range": "mse", "activation_bits": 8}),
+]
 EDGE_LAYERS = ("density_head.", "color_head.out_layer.")
 
 
-@pytest.mark.parametrize(("bits", "fuse", "learned", "edge_bits"), CASES)
+@pytest.mark.parametrize(("bits", "fuse", "learned", "edge_bits", "options"), CASES)
 def test_render_from_file_equals_trained_quantized_model(
-    tmp_path: Path, bits: int, fuse: bool, learned: bool, edge_bits: Optional[int]
+    tmp_path: Path, bits: int, fuse: bool, learned: bool, edge_bits: Optional[int], options: Dict[str, Any]
 ) -> None:
     torch.manual_seed(0)
-    model = _model(bits=bits, fuse_relu=fuse, learned_weight_scales=learned, edge_bits=edge_bits)
+    model = _model(bits=bits, fuse_relu=fuse, learned_weight_scales=learned, edge_bits=edge_bits, **options)
     _train(model, 8)
     assert model.is_quantized()
     path = tmp_path / "model.nqz"
@@ -84,6 +90,9 @@ def test_render_from_file_equals_trained_quantized_model(
         assert spec["bits"] == ((edge_bits or bits) if on_edge else bits), name
     assert sum(any(layer in name for layer in EDGE_LAYERS) for name in packed) == 4  # 2 per field
     assert not any("log_scale" in name for name in read_compressed(path)[0])  # training-only
+    activation_bits = options.get("activation_bits", bits)
+    hidden_output = loaded.field_fine.trunk.layers[1].output_quantizer
+    assert (hidden_output.quant_min, hidden_output.quant_max) == (0, 2**activation_bits - 1)
 
 
 def test_files_from_before_edge_bits_rebuild_with_every_layer_at_bits(tmp_path: Path) -> None:

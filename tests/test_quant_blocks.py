@@ -157,3 +157,28 @@ def test_mse_range_clips_outliers_and_quantizes_the_bulk_better_than_max() -> No
     assert errors["mse"] < 0.8 * errors["max"]
     with pytest.raises(ValueError, match="max or mse"):
         ActivationQuantizer(4, range_method="median")
+
+
+def test_mse_weight_range_clips_row_outliers_and_lowers_the_error() -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(8, 256)
+    weight[:4, 0] = 8.0  # rows 0-3: one outlier sets max |w|; rows 4-7: Gaussian only
+    errors, scales = {}, {}
+    for method in ("max", "mse"):
+        quantizer = PerChannelWeightQuantizer(8, bits=4, range_method=method)
+        errors[method] = (quantizer(weight) - weight).square().sum(dim=1)
+        scales[method] = quantizer.scale.clone()
+    assert torch.all(errors["mse"] <= errors["max"] + 1e-6)  # never worse, row by row
+    assert torch.all(errors["mse"][:4] < 0.8 * errors["max"][:4])  # the outliers are clipped
+    assert torch.all(scales["mse"][:4] < 0.8 * scales["max"][:4])
+    assert torch.all(scales["mse"] >= 0.5 * scales["max"] - 1e-6)  # the search stops at half the range
+    with pytest.raises(ValueError, match="max or mse"):
+        PerChannelWeightQuantizer(8, bits=4, range_method="median")
+
+
+def test_activation_bits_differ_from_weight_bits() -> None:
+    block = QuantLinear(8, 4, QuantSpec(bits=4, activation_bits=8), relu=True)
+    assert block.weight_quantizer.quant_max == 7
+    assert block.output_quantizer is not None and block.output_quantizer.quant_max == 255
+    with pytest.raises(ValueError, match="activation bits"):
+        QuantSpec(bits=4, activation_bits=2)

@@ -34,17 +34,31 @@ class QuantSpec:
     """How a block is quantized."""
 
     bits: int = 8
-    """Bits of the stored weights and of the activations (4 to 8 are the supported range)."""
+    """Bits of the stored weights, and of the activations unless ``activation_bits`` is set (4 to 8)."""
     fuse_relu: bool = True
     """Fuse each Linear with its ReLU before quantizing its output (see module docstring)."""
     learned_weight_scales: bool = False
     """Learn the per-channel weight scales (LSQ) instead of taking max |w| / qmax."""
     activation_range: RangeMethod = "max"
     """How activation ranges are observed: batch min/max, or the least-error clipped range (mse)."""
+    weight_range: RangeMethod = "max"
+    """How per-channel weight scales are set: max |w| of the row, or the least-error clipped range (mse)."""
+    activation_bits: Optional[int] = None
+    """Bits of the activations when they differ from the weights' (e.g. 4-bit weights, 8-bit activations)."""
 
     def __post_init__(self) -> None:
-        if not MIN_QUANT_BITS <= self.bits <= MAX_QUANT_BITS:
-            raise ValueError(f"quantization bits must be in [{MIN_QUANT_BITS}, {MAX_QUANT_BITS}], got {self.bits}")
+        for name, value in (("bits", self.bits), ("activation bits", self.act_bits)):
+            if not MIN_QUANT_BITS <= value <= MAX_QUANT_BITS:
+                raise ValueError(f"quantization {name} must be in [{MIN_QUANT_BITS}, {MAX_QUANT_BITS}], got {value}")
+
+    @property
+    def act_bits(self) -> int:
+        """Bits of the activation quantizers."""
+        return self.bits if self.activation_bits is None else self.activation_bits
+
+    def activation_quantizer(self) -> ActivationQuantizer:
+        """A fresh activation quantizer with this spec's bits and range method."""
+        return ActivationQuantizer(self.act_bits, range_method=self.activation_range)
 
 
 class QuantSwitch(nn.Module):
@@ -84,10 +98,10 @@ class QuantLinear(QuantSwitch):
         self.linear = nn.Linear(in_features, out_features)
         self.spec = spec
         self.relu = relu
-        self.weight_quantizer = PerChannelWeightQuantizer(out_features, spec.bits, spec.learned_weight_scales)
-        self.output_quantizer: Optional[ActivationQuantizer] = (
-            ActivationQuantizer(spec.bits, range_method=spec.activation_range) if quantize_output else None
+        self.weight_quantizer = PerChannelWeightQuantizer(
+            out_features, spec.bits, spec.learned_weight_scales, spec.weight_range
         )
+        self.output_quantizer: Optional[ActivationQuantizer] = spec.activation_quantizer() if quantize_output else None
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.quant_enabled:
@@ -143,7 +157,7 @@ class QuantMLP(QuantSwitch):
         edge_spec = edge_spec or spec
         self.in_dim = in_dim
         self.skip_connections = frozenset(skip_connections)
-        self.input_quantizer = ActivationQuantizer(edge_spec.bits, range_method=edge_spec.activation_range)
+        self.input_quantizer = edge_spec.activation_quantizer()
         layers = []
         for i in range(num_layers):
             width_in = in_dim if i == 0 else layer_width

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ClassVar, Dict, Iterator, List, Literal, Optional, Tuple, Type
 
 import torch
@@ -43,6 +43,7 @@ class NeRFQATModelConfig(CompressibleModelConfig):
         "num_importance_samples",
         "quantize",
         "bits",
+        "activation_bits",
         "edge_bits",
         "fuse_relu",
     )
@@ -66,7 +67,10 @@ class NeRFQATModelConfig(CompressibleModelConfig):
     quantize: bool = True
     """Quantization-aware training; False trains the same field in fp32 (the baseline)."""
     bits: int = 8
-    """Bits of weights and activations (4 to 8)."""
+    """Bits of weights, and of activations unless activation_bits is set (4 to 8)."""
+    activation_bits: Optional[int] = None
+    """Bits of the activations, when they should differ from ``bits`` (None: ``bits``). The file's
+    size depends only on ``bits``; activations are quantized with these bits when rendering."""
     edge_bits: Optional[int] = 8
     """Bits of the fields' edges: the quantizers of the encoded inputs and the density and colour
     output layers (640 weights per field: 0.64 kB more than at 4 bits); None: ``bits``."""
@@ -74,8 +78,11 @@ class NeRFQATModelConfig(CompressibleModelConfig):
     """Fuse each Linear with its ReLU before quantizing (False reproduces the paper's unfused ablation)."""
     activation_range: Literal["auto", "max", "mse"] = "auto"
     """How activation ranges are calibrated: each batch's min/max (max), or the clipped range with the
-    least quantization error (mse). auto: max at 8 bits, mse below (on lego, 4- and 6-bit QAT with max
+    least quantization error (mse). auto: max for 8-bit activations, mse below (on lego, 4- and 6-bit QAT with max
     ranges collapsed to an empty scene; see README)."""
+    weight_range: Literal["max", "mse"] = "max"
+    """How per-channel weight scales are set: max |w| / qmax of each row (max), or the clipped range
+    with the least quantization error (mse)."""
     learned_weight_scales: bool = False
     """Learn per-channel weight scales (LSQ) instead of max |w| / qmax. Off: on fern int4 it lost
     0.58 dB at 180 s (lr 5e-4) and collapsed to 18 dB at 400 s (lr 4e-3); see README."""
@@ -105,9 +112,13 @@ class NeRFQATModel(CompressibleModel):
         self.setup_scene_space()
 
         cfg = self.config
-        ranges = cfg.activation_range if cfg.activation_range != "auto" else ("max" if cfg.bits >= 8 else "mse")
-        spec = QuantSpec(cfg.bits, cfg.fuse_relu, cfg.learned_weight_scales, ranges)
-        edge_spec = QuantSpec(cfg.edge_bits or cfg.bits, cfg.fuse_relu, cfg.learned_weight_scales, ranges)
+        activation_bits = cfg.activation_bits or cfg.bits
+        ranges = cfg.activation_range if cfg.activation_range != "auto" else ("max" if activation_bits >= 8 else "mse")
+        spec = QuantSpec(
+            cfg.bits, cfg.fuse_relu, cfg.learned_weight_scales, ranges, cfg.weight_range, cfg.activation_bits
+        )
+        # Edges keep their own bits for weights and activations alike.
+        edge_spec = replace(spec, bits=cfg.edge_bits, activation_bits=cfg.edge_bits) if cfg.edge_bits else spec
         self.field_coarse = self._make_field(spec, edge_spec)
         self.field_fine = self._make_field(spec, edge_spec)
         if not self.config.quantize:
