@@ -64,6 +64,7 @@ CASES = [
     (6, False, False, None, {}),
     (4, True, True, 8, {}),
     (4, True, False, 8, {"weight_range": "mse", "activation_bits": 8}),
+    (4, True, False, 8, {"first_layer_bits": 8}),
 ]
 EDGE_LAYERS = ("density_head.", "color_head.out_layer.")
 
@@ -87,7 +88,8 @@ def test_render_from_file_equals_trained_quantized_model(
     packed = {name: spec for name, spec in payload["tensors"].items() if spec["encoding"] == "packed-int"}
     for name, spec in packed.items():
         on_edge = any(layer in name for layer in EDGE_LAYERS)
-        assert spec["bits"] == ((edge_bits or bits) if on_edge else bits), name
+        expected_bits = options.get("first_layer_bits", bits) if "trunk.layers.0." in name else bits
+        assert spec["bits"] == ((edge_bits or bits) if on_edge else expected_bits), name
     assert sum(any(layer in name for layer in EDGE_LAYERS) for name in packed) == 4  # 2 per field
     assert not any("log_scale" in name for name in read_compressed(path)[0])  # training-only
     activation_bits = options.get("activation_bits", bits)

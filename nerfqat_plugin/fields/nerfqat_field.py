@@ -46,6 +46,8 @@ class QuantNeRFField(TrainingCompiledField):
         direction_frequencies: positional-encoding frequencies of view directions (NeRF: 4).
         edge_spec: quantization of the field's edges: the quantizers of the encoded position and
             direction and the density and colour output layers (default ``spec``).
+        first_layer_spec: quantization of the trunk's first block, which reads the encoded position
+            (default ``spec``).
     """
 
     compiled_methods = ("density_and_features", "color")
@@ -60,6 +62,7 @@ class QuantNeRFField(TrainingCompiledField):
         position_frequencies: int = 10,
         direction_frequencies: int = 4,
         edge_spec: Optional[QuantSpec] = None,
+        first_layer_spec: Optional[QuantSpec] = None,
     ) -> None:
         super().__init__()
         edge_spec = edge_spec or spec
@@ -72,6 +75,7 @@ class QuantNeRFField(TrainingCompiledField):
             spec=spec,
             skip_connections=skip_connections,
             edge_spec=edge_spec,
+            first_layer_spec=first_layer_spec,
         )
         self.density_head = QuantLinear(layer_width, 1, edge_spec, relu=False, quantize_output=False)
         # NeRF's bottleneck has no activation; its output is quantized because it feeds a block.

@@ -45,6 +45,7 @@ class NeRFQATModelConfig(CompressibleModelConfig):
         "bits",
         "activation_bits",
         "edge_bits",
+        "first_layer_bits",
         "fuse_relu",
     )
     _target: Type = field(default_factory=lambda: NeRFQATModel)
@@ -74,6 +75,9 @@ class NeRFQATModelConfig(CompressibleModelConfig):
     edge_bits: Optional[int] = 8
     """Bits of the fields' edges: the quantizers of the encoded inputs and the density and colour
     output layers (640 weights per field: 0.64 kB more than at 4 bits); None: ``bits``."""
+    first_layer_bits: Optional[int] = None
+    """Bits of the first trunk block's weights and output, the block reading the encoded position
+    (63 x 256 weights per field: 8 kB more at 8 than at 4 bits); None: ``bits``."""
     fuse_relu: bool = True
     """Fuse each Linear with its ReLU before quantizing (False reproduces the paper's unfused ablation)."""
     activation_range: Literal["auto", "max", "mse"] = "auto"
@@ -119,8 +123,10 @@ class NeRFQATModel(CompressibleModel):
         )
         # Edges keep their own bits for weights and activations alike.
         edge_spec = replace(spec, bits=cfg.edge_bits, activation_bits=cfg.edge_bits) if cfg.edge_bits else spec
-        self.field_coarse = self._make_field(spec, edge_spec)
-        self.field_fine = self._make_field(spec, edge_spec)
+        first_bits = cfg.first_layer_bits
+        first_spec = replace(spec, bits=first_bits, activation_bits=first_bits) if first_bits else spec
+        self.field_coarse = self._make_field(spec, edge_spec, first_spec)
+        self.field_fine = self._make_field(spec, edge_spec, first_spec)
         if not self.config.quantize:
             set_quantization(self, False)
 
@@ -136,11 +142,12 @@ class NeRFQATModel(CompressibleModel):
         )
         self.add_size_viewer_elements()
 
-    def _make_field(self, spec: QuantSpec, edge_spec: QuantSpec) -> QuantNeRFField:
+    def _make_field(self, spec: QuantSpec, edge_spec: QuantSpec, first_layer_spec: QuantSpec) -> QuantNeRFField:
         cfg = self.config
         return QuantNeRFField(
             spec,
             edge_spec=edge_spec,
+            first_layer_spec=first_layer_spec,
             num_layers=cfg.num_layers,
             layer_width=cfg.layer_width,
             skip_connections=cfg.skip_connections,
