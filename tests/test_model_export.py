@@ -9,7 +9,10 @@ import pytest
 import torch
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
+from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.engine.optimizers import Optimizers
 
+from method_configs.common import adam
 from nerfqat_plugin.compression.file_format import CompressedFileError, read_compressed
 from nerfqat_plugin.models.compressible import load_compressed_model
 from nerfqat_plugin.models.nerfqat import NeRFQATModel, NeRFQATModelConfig
@@ -197,3 +200,20 @@ def test_loading_a_file_of_an_unknown_method(tmp_path: Path) -> None:
     write_compressed(tmp_path / "x.nqz", {"w": torch.zeros(1)}, {"method": "mystery"})
     with pytest.raises(CompressedFileError, match="unknown method 'mystery'"):
         load_compressed_model(tmp_path / "x.nqz")
+
+
+def test_qat_lr_scale_multiplies_the_scheduled_rate_once_quantization_is_on() -> None:
+    model = _model(qat_start_fraction=None, float_warmup_steps=2, qat_lr_scale=0.25)
+    optimizers = Optimizers({"fields": adam(1e-3, 1e-4, 100)}, model.get_param_groups())
+    attributes = TrainingCallbackAttributes(optimizers=optimizers, grad_scaler=None, pipeline=None, trainer=None)
+    callbacks = model.get_training_callbacks(attributes)
+    scheduler = optimizers.schedulers["fields"]
+    unscaled = [1e-3 * scheduler.lr_lambdas[0](step) for step in range(6)]
+    for step in range(5):
+        for _ in range(2):  # twice per step: the scale must not compound
+            for callback in callbacks:
+                callback.run_callback_at_location(step, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
+        optimizers.optimizers["fields"].step()
+        scheduler.step()
+        lr = optimizers.optimizers["fields"].param_groups[0]["lr"]
+        assert lr == pytest.approx(unscaled[step + 1] * (0.25 if step >= 2 else 1.0)), step

@@ -9,6 +9,7 @@ from typing import Any, Callable, ClassVar, Dict, Iterator, List, Literal, Optio
 import torch
 from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.engine.optimizers import Optimizers
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
 from nerfstudio.utils.rich_utils import CONSOLE
@@ -96,6 +97,9 @@ class NeRFQATModelConfig(CompressibleModelConfig):
     qat_start_fraction: Optional[float] = 0.75
     """Start quantization at this fraction of the run's iterations (float for three quarters of the
     run, QAT for the rest; measured best on fern, see README); None: after float_warmup_steps."""
+    qat_lr_scale: float = 1.0
+    """Learning-rate multiplier while quantization is on (the decay schedule is kept; only its scale
+    changes at the QAT start)."""
     calibration_steps: int = 300
     """Steps, once quantization is on, during which activation ranges are observed; then they freeze."""
     compile: bool = True
@@ -179,13 +183,33 @@ class NeRFQATModel(CompressibleModel):
         if trainer is not None:
             # Read at every step: a benchmark that re-plans the run length moves the QAT start too.
             self._total_steps = lambda: trainer.config.max_num_iterations
-        return [
+        callbacks = [
             TrainingCallback(
                 where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
                 update_every_num_iters=1,
                 func=self._apply_quant_schedule,
             )
         ]
+        if self.config.quantize and self.config.qat_lr_scale != 1.0:
+            optimizers = training_callback_attributes.optimizers
+            callbacks.append(
+                TrainingCallback(
+                    where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
+                    update_every_num_iters=1,
+                    func=self.scale_learning_rates,
+                    args=[optimizers],
+                )
+            )
+        return callbacks
+
+    def scale_learning_rates(self, optimizers: Optimizers, step: int) -> None:
+        """Set every scheduler's initial rate to the configured one, times ``qat_lr_scale`` once
+        quantization is on. Derived from the configuration each time, so it never compounds (a
+        resumed run's schedulers come back with the scaled rate)."""
+        factor = self.config.qat_lr_scale if step >= self.float_steps() else 1.0
+        for name, scheduler in optimizers.schedulers.items():
+            base = optimizers.config[name]["optimizer"].lr * factor
+            scheduler.base_lrs = [base] * len(scheduler.base_lrs)
 
     def update_to_step(self, step: int) -> None:
         self._apply_quant_schedule(step)
