@@ -140,6 +140,7 @@ def train(config, budget_s: float, fit_budget: bool, operating_points: Optional[
 
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
+    config.save_config()  # as ns-train does: ns-eval, ns-export-compressed and the analysis scripts load the run
     if operating_points is not None:
         operating_points = resolve_operating_points(trainer.pipeline.model, operating_points)
     schedulers = [g["scheduler"] for g in config.optimizers.values() if g.get("scheduler") is not None]

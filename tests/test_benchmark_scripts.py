@@ -1,0 +1,46 @@
+"""The GPU benchmark runner and the layer-sensitivity analysis, run on CPU on a tiny scene: the runner
+writes its row and a loadable run (config.yml), and the analysis reads that run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import make_llff_scene
+from test_end_to_end import TINY_NERF_QAT
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str, args: list, cwd: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / name), *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def test_benchmark_run_is_loadable_and_its_layer_sensitivity_is_reported(tmp_path: Path) -> None:
+    scene = make_llff_scene(tmp_path / "scene")
+    rows = tmp_path / "rows.jsonl"
+    runner_args = ["--data", str(scene), "--label", "tiny-fp32", "--iterations", "6", "--budget-s", "300"]
+    runner_args += ["--output-dir", str(tmp_path / "out"), "--results", str(rows), "--"]
+    runner_args += TINY_NERF_QAT + ["--pipeline.model.quantize", "False", "--machine.device-type", "cpu"]
+    runner_args += ["--pipeline.datamanager.train-num-rays-per-batch", "64"]
+    _script("run_benchmark.py", runner_args, tmp_path)
+    (row,) = [json.loads(line) for line in rows.read_text().splitlines()]
+    assert row["label"] == "tiny-fp32" and row["iterations"] == 6 and row["psnr"] > 0
+
+    (config,) = (tmp_path / "out" / "tiny-fp32").glob("*/nerf-qat/*/config.yml")
+    out = tmp_path / "sensitivity.json"
+    _script("layer_sensitivity.py", ["--load-config", str(config), "--bits", "4", "--out", str(out)], tmp_path)
+    result = json.loads(out.read_text())
+    blocks = [r["block"] for r in result["rows"]]
+    assert blocks[0] == "trunk.layers.0" and blocks[-1] == "all" and "bottleneck" in blocks
+    assert all(r["psnr"] == pytest.approx(result["float_psnr"] - r["drop_db"]) for r in result["rows"])
+    # Quantizing every block's weights to 4 bits changes the render (the swap really happens).
+    assert result["rows"][-1]["drop_db"] != 0.0
