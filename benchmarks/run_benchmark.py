@@ -70,6 +70,7 @@ def make_config(method: str, data: Path, output_dir: Path, iterations: int, extr
     args += ["--steps-per-eval-all-images", str(10**9), "--viewer.quit-on-train-completion", "True"]
     config = tyro.cli(AnnotatedBaseConfigUnion, args=args + extra)
     config.pipeline.datamanager.data = data  # what ns-train does with --data
+    config.set_timestamp()  # as ns-train does: the run's folder is named by its start time
     for group in config.optimizers.values():
         if lr is not None:
             group["optimizer"].lr = lr

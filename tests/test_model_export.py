@@ -67,7 +67,7 @@ CASES = [
     (6, False, False, None, {}),
     (4, True, True, 8, {}),
     (4, True, False, 8, {"weight_range": "mse", "activation_bits": 8}),
-    (4, True, False, 8, {"first_layer_bits": 8}),
+    (4, True, False, 8, {"high_precision_layers": (1,), "high_precision_bits": 6}),
 ]
 EDGE_LAYERS = ("density_head.", "color_head.out_layer.")
 
@@ -91,11 +91,14 @@ def test_render_from_file_equals_trained_quantized_model(
     packed = {name: spec for name, spec in payload["tensors"].items() if spec["encoding"] == "packed-int"}
     for name, spec in packed.items():
         on_edge = any(layer in name for layer in EDGE_LAYERS)
-        expected_bits = options.get("first_layer_bits", bits) if "trunk.layers.0." in name else bits
+        high = any(f"trunk.layers.{i}." in name for i in options.get("high_precision_layers", ()))
+        expected_bits = options["high_precision_bits"] if high else bits
         assert spec["bits"] == ((edge_bits or bits) if on_edge else expected_bits), name
     assert sum(any(layer in name for layer in EDGE_LAYERS) for name in packed) == 4  # 2 per field
     assert not any("log_scale" in name for name in read_compressed(path)[0])  # training-only
     activation_bits = options.get("activation_bits", bits)
+    if 1 in options.get("high_precision_layers", ()):
+        activation_bits = options["high_precision_bits"]
     hidden_output = loaded.field_fine.trunk.layers[1].output_quantizer
     assert (hidden_output.quant_min, hidden_output.quant_max) == (0, 2**activation_bits - 1)
 
@@ -217,3 +220,8 @@ def test_qat_lr_scale_multiplies_the_scheduled_rate_once_quantization_is_on() ->
         scheduler.step()
         lr = optimizers.optimizers["fields"].param_groups[0]["lr"]
         assert lr == pytest.approx(unscaled[step + 1] * (0.25 if step >= 2 else 1.0)), step
+
+
+def test_high_precision_layers_must_name_trunk_blocks() -> None:
+    with pytest.raises(ValueError, match=r"high_precision_layers \[3\] are not trunk blocks \(0 to 2\)"):
+        _model(bits=4, high_precision_layers=(1, 3))

@@ -16,7 +16,7 @@ Any nerfstudio Field can use :class:`QuantMLP` in place of ``nerfstudio.field_co
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterator, Optional, Sequence
+from typing import Dict, Iterator, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -140,8 +140,8 @@ class QuantMLP(QuantSwitch):
         edge_spec: quantization of the MLP's edges, its input quantizer and final Linear (default
             ``spec``). NeRF's fields keep these at 8 bits below 8: they hold a few hundred weights,
             and on lego 8-bit edges added 1.7 dB to int4 (README).
-        first_layer_spec: quantization of the first hidden block, the one reading the MLP's input
-            (default ``spec``).
+        layer_specs: quantization of particular hidden blocks, by index (the others use ``spec``),
+            e.g. more bits for the blocks that lose most at low bit widths.
     """
 
     def __init__(
@@ -154,7 +154,7 @@ class QuantMLP(QuantSwitch):
         skip_connections: Sequence[int] = (),
         quantize_out: bool = False,
         edge_spec: Optional[QuantSpec] = None,
-        first_layer_spec: Optional[QuantSpec] = None,
+        layer_specs: Optional[Mapping[int, QuantSpec]] = None,
     ) -> None:
         super().__init__()
         edge_spec = edge_spec or spec
@@ -166,7 +166,7 @@ class QuantMLP(QuantSwitch):
             width_in = in_dim if i == 0 else layer_width
             if i in self.skip_connections and i > 0:
                 width_in += in_dim
-            layers.append(QuantLinear(width_in, layer_width, (first_layer_spec or spec) if i == 0 else spec, relu=True))
+            layers.append(QuantLinear(width_in, layer_width, (layer_specs or {}).get(i, spec), relu=True))
         self.layers = nn.ModuleList(layers)
         self.out_layer = (
             QuantLinear(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -46,8 +46,7 @@ class QuantNeRFField(TrainingCompiledField):
         direction_frequencies: positional-encoding frequencies of view directions (NeRF: 4).
         edge_spec: quantization of the field's edges: the quantizers of the encoded position and
             direction and the density and colour output layers (default ``spec``).
-        first_layer_spec: quantization of the trunk's first block, which reads the encoded position
-            (default ``spec``).
+        trunk_layer_specs: quantization of particular trunk blocks, by index (default ``spec``).
     """
 
     compiled_methods = ("density_and_features", "color")
@@ -62,7 +61,7 @@ class QuantNeRFField(TrainingCompiledField):
         position_frequencies: int = 10,
         direction_frequencies: int = 4,
         edge_spec: Optional[QuantSpec] = None,
-        first_layer_spec: Optional[QuantSpec] = None,
+        trunk_layer_specs: Optional[Mapping[int, QuantSpec]] = None,
     ) -> None:
         super().__init__()
         edge_spec = edge_spec or spec
@@ -75,7 +74,7 @@ class QuantNeRFField(TrainingCompiledField):
             spec=spec,
             skip_connections=skip_connections,
             edge_spec=edge_spec,
-            first_layer_spec=first_layer_spec,
+            layer_specs=trunk_layer_specs,
         )
         self.density_head = QuantLinear(layer_width, 1, edge_spec, relu=False, quantize_output=False)
         # NeRF's bottleneck has no activation; its output is quantized because it feeds a block.
