@@ -15,7 +15,7 @@ Any nerfstudio Field can use :class:`QuantMLP` in place of ``nerfstudio.field_co
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, Iterator, Mapping, Optional, Sequence
 
 import torch
@@ -55,6 +55,10 @@ class QuantSpec:
     def act_bits(self) -> int:
         """Bits of the activation quantizers."""
         return self.bits if self.activation_bits is None else self.activation_bits
+
+    def with_bits(self, bits: int) -> QuantSpec:
+        """This spec with ``bits`` for weights and activations alike (edges, high-precision blocks)."""
+        return replace(self, bits=bits, activation_bits=bits)
 
     def activation_quantizer(self) -> ActivationQuantizer:
         """A fresh activation quantizer with this spec's bits and range method."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Dict, Iterator, List, Literal, Optional, Tuple, Type
 
 import torch
@@ -132,13 +132,11 @@ class NeRFQATModel(CompressibleModel):
         spec = QuantSpec(
             cfg.bits, cfg.fuse_relu, cfg.learned_weight_scales, ranges, cfg.weight_range, cfg.activation_bits
         )
-        # Edges keep their own bits for weights and activations alike.
-        edge_spec = replace(spec, bits=cfg.edge_bits, activation_bits=cfg.edge_bits) if cfg.edge_bits else spec
+        edge_spec = spec.with_bits(cfg.edge_bits) if cfg.edge_bits else spec
         outside = [i for i in cfg.high_precision_layers if not 0 <= i < cfg.num_layers]
         if outside:
             raise ValueError(f"high_precision_layers {outside} are not trunk blocks (0 to {cfg.num_layers - 1})")
-        high = replace(spec, bits=cfg.high_precision_bits, activation_bits=cfg.high_precision_bits)
-        trunk_specs = {i: high for i in cfg.high_precision_layers}
+        trunk_specs = {i: spec.with_bits(cfg.high_precision_bits) for i in cfg.high_precision_layers}
         self.field_coarse = self._make_field(spec, edge_spec, trunk_specs)
         self.field_fine = self._make_field(spec, edge_spec, trunk_specs)
         if not self.config.quantize:
