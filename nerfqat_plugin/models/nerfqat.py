@@ -78,11 +78,14 @@ class NeRFQATModelConfig(CompressibleModelConfig):
     edge_bits: Optional[int] = 8
     """Bits of the fields' edges: the quantizers of the encoded inputs and the density and colour
     output layers (640 weights per field: 0.64 kB more than at 4 bits); None: ``bits``."""
-    high_precision_layers: Tuple[int, ...] = ()
+    high_precision_layers: Optional[Tuple[int, ...]] = None
     """Trunk blocks quantized with ``high_precision_bits`` (weights and output) instead of ``bits``.
-    On fern, 4-bit weights in blocks 4 (the skip block) and 5 alone cost 0.70 and 0.76 dB of a float
-    model's PSNR, every other block at most 0.14 (``benchmarks/layer_sensitivity.py``); at 8 bits
-    the two add 74 kB per field to an int4 file."""
+    None: the skip blocks and the blocks right after them (NeRF: 4 and 5) whenever ``bits`` is below
+    ``high_precision_bits``; an empty list (``--pipeline.model.high-precision-layers``) turns it off.
+    On fern, 4-bit weights in blocks 4 and 5 alone cost 0.70 and 0.76 dB of a float model's PSNR,
+    every other block at most 0.14 (``benchmarks/layer_sensitivity.py``). Trained at 400 s, int4
+    with blocks 4 and 5 at 8 bits: 25.04 / 25.13 / 25.16 dB at 0.64 MB, against 24.19-24.50 with
+    every block at 4 bits and 25.69 / 25.90 for fp32 (README)."""
     high_precision_bits: int = 8
     """Bits of the ``high_precision_layers``."""
     fuse_relu: bool = True
@@ -115,6 +118,21 @@ class NeRFQATModelConfig(CompressibleModelConfig):
     """Run the field MLPs under bf16 autocast while training on CUDA (about half the activation
     traffic); evaluation, export and rendering stay in fp32."""
 
+    def trunk_high_precision_layers(self) -> Tuple[int, ...]:
+        """The trunk blocks kept at ``high_precision_bits``: ``high_precision_layers`` checked
+        against the trunk, or the default (each skip block and its successor) when it is None."""
+        if self.high_precision_layers is not None:
+            outside = [i for i in self.high_precision_layers if not 0 <= i < self.num_layers]
+            if outside:
+                raise ValueError(f"high_precision_layers {outside} are not trunk blocks (0 to {self.num_layers - 1})")
+            return tuple(sorted(set(self.high_precision_layers)))
+        if not self.quantize or self.bits >= self.high_precision_bits:
+            return ()
+        # The skip block re-reads the encoded position next to the hidden features, and its output
+        # feeds the next block: those two lose most at 4 bits (layer sensitivity, README).
+        blocks = {j for i in self.skip_connections if 0 < i < self.num_layers for j in (i, i + 1)}
+        return tuple(sorted(j for j in blocks if j < self.num_layers))
+
 
 @register_compressible("nerf-qat")
 class NeRFQATModel(CompressibleModel):
@@ -133,10 +151,7 @@ class NeRFQATModel(CompressibleModel):
             cfg.bits, cfg.fuse_relu, cfg.learned_weight_scales, ranges, cfg.weight_range, cfg.activation_bits
         )
         edge_spec = spec.with_bits(cfg.edge_bits) if cfg.edge_bits else spec
-        outside = [i for i in cfg.high_precision_layers if not 0 <= i < cfg.num_layers]
-        if outside:
-            raise ValueError(f"high_precision_layers {outside} are not trunk blocks (0 to {cfg.num_layers - 1})")
-        trunk_specs = {i: spec.with_bits(cfg.high_precision_bits) for i in cfg.high_precision_layers}
+        trunk_specs = {i: spec.with_bits(cfg.high_precision_bits) for i in cfg.trunk_high_precision_layers()}
         self.field_coarse = self._make_field(spec, edge_spec, trunk_specs)
         self.field_fine = self._make_field(spec, edge_spec, trunk_specs)
         if not self.config.quantize:
@@ -316,7 +331,12 @@ class NeRFQATModel(CompressibleModel):
             tensors.update(t)
             layout.update(lay)
         payload = {
-            "model": {**self.config.to_payload(), "quantize": quantized},
+            "model": {
+                **self.config.to_payload(),
+                "quantize": quantized,
+                # Stored resolved, so a later change of the default cannot change how a file decodes.
+                "high_precision_layers": list(self.config.trunk_high_precision_layers()),
+            },
             **self.scene_space_payload(),
             "tensors": layout,
         }
@@ -324,8 +344,10 @@ class NeRFQATModel(CompressibleModel):
 
     @classmethod
     def from_compressed_state(cls, tensors: Dict[str, Tensor], payload: Dict[str, Any]) -> NeRFQATModel:
-        # Files written before edge_bits existed quantized the edges with ``bits`` too.
-        config = NeRFQATModelConfig.from_payload({"edge_bits": None, **payload["model"]}, compile=False)
+        # Files written before edge_bits (or high_precision_layers) existed quantized the edges (and
+        # every trunk block) with ``bits`` too.
+        old_defaults = {"edge_bits": None, "high_precision_layers": []}
+        config = NeRFQATModelConfig.from_payload({**old_defaults, **payload["model"]}, compile=False)
         metadata = cls.metadata_from_payload(payload)
         model = cls(config=config, scene_box=scene_box_from_payload(payload), num_train_data=0, metadata=metadata)
         decode_quantized_module(model.field_coarse, "coarse.", tensors, payload["tensors"])
