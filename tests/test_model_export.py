@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import pytest
 import torch
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
-from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.engine.optimizers import Optimizers
 
 from method_configs.common import adam
@@ -42,7 +42,7 @@ def _rays(n: int = 64, seed: int = 0) -> RayBundle:
     )
 
 
-def _train(model: NeRFQATModel, steps: int) -> None:
+def _train(model: NeRFQATModel, steps: int, after_step: Sequence[TrainingCallback] = ()) -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     target = {"image": torch.rand(64, 3, generator=torch.Generator().manual_seed(1))}
     model.train()
@@ -53,6 +53,8 @@ def _train(model: NeRFQATModel, steps: int) -> None:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        for callback in after_step:
+            callback.run_callback_at_location(step, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
     model.eval()
 
 
@@ -258,3 +260,39 @@ def test_high_precision_layers_default_to_the_skip_block_and_its_successor_below
 def test_high_precision_layers_must_name_trunk_blocks() -> None:
     with pytest.raises(ValueError, match=r"high_precision_layers \[3\] are not trunk blocks \(0 to 2\)"):
         _model(bits=4, high_precision_layers=(1, 3))
+
+
+def test_ema_weights_render_evaluate_and_export_and_training_keeps_its_own(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    model = _model(bits=4, ema_decay=0.9)
+    callbacks = model.get_training_callbacks(SimpleNamespace(trainer=None, optimizers=None))
+    after = [c for c in callbacks if TrainingCallbackLocation.AFTER_TRAIN_ITERATION in c.where_to_run]
+    assert len(after) == 1
+    _train(model, 8, after)  # ends in eval mode
+    assert model.weight_average is not None and model.weight_average.num_updates == 8
+    trained = {k: v.clone() for k, v in model.field_fine.named_parameters()}
+    with model.weight_average.applied():
+        averaged = {k: v.clone() for k, v in model.field_fine.named_parameters()}
+    assert any(not torch.equal(averaged[k], trained[k]) for k in trained)
+
+    # Rendering outside training uses the average and leaves the trained weights in place.
+    expected = _render(model)
+    assert all(torch.equal(trained[k], p) for k, p in model.field_fine.named_parameters())
+    average, model.weight_average = model.weight_average, None
+    assert torch.max(torch.abs(_render(model)["rgb"] - expected["rgb"])) > 1e-4
+    model.weight_average = average
+
+    # The file holds the averaged model, whichever mode the model was exported from.
+    model.train()
+    model.export_compressed(tmp_path / "ema.nqz")
+    assert all(torch.equal(trained[k], p) for k, p in model.field_fine.named_parameters())
+    loaded = load_compressed_model(tmp_path / "ema.nqz")
+    assert torch.max(torch.abs(_render(loaded)["rgb"] - expected["rgb"])) <= 1e-5
+
+    # A checkpoint keeps the average, also when loaded after eval() as nerfstudio's eval_setup does.
+    reloaded = _model(bits=4, ema_decay=0.9).eval()
+    reloaded.load_state_dict(model.state_dict())
+    assert reloaded.weight_average.num_updates == 8
+    assert torch.max(torch.abs(_render(reloaded)["rgb"] - expected["rgb"])) <= 1e-5

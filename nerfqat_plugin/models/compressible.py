@@ -8,13 +8,15 @@ forward-facing captures, near/far bounds otherwise, and the background that suit
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Dict, List, Literal, Optional, Tuple, Type, TypeVar
+from typing import Any, Callable, ClassVar, ContextManager, Dict, List, Literal, Optional, Tuple, Type, TypeVar
 
 import torch
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 from nerfstudio.model_components.renderers import RGBRenderer
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps
@@ -36,6 +38,7 @@ from nerfqat_plugin.model_components.ray_setup import (
     SamplingRays,
     make_sampling_rays,
 )
+from nerfqat_plugin.model_components.weight_averaging import AveragedWeights
 
 ModelT = TypeVar("ModelT", bound="CompressibleModel")
 _REGISTRY: Dict[str, Type[CompressibleModel]] = {}
@@ -93,6 +96,13 @@ class CompressibleModel(Model):
     config: CompressibleModelConfig
     compressed_method_name: str = ""
 
+    def populate_modules(self) -> None:
+        super().populate_modules()
+        # An instance attribute, not a class one: nn.Module looks submodules up only when normal
+        # attribute lookup fails, so a class-level None would hide the module set later.
+        self.weight_average: Optional[AveragedWeights] = None
+        """Averaged weights (see :meth:`average_weights`), or None: the model renders its own weights."""
+
     # -- to implement -------------------------------------------------------------------------
     def compressed_state(self, operating_point: Optional[str] = None) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
         """Tensors and JSON-able payload (configuration, tensor layout) that rebuild this model,
@@ -126,6 +136,39 @@ class CompressibleModel(Model):
         if name is not None and name not in self.operating_points():
             known = ", ".join(self.operating_points()) or "none"
             raise ValueError(f"unknown operating point {name!r} of {self.compressed_method_name} (known: {known})")
+
+    # -- averaged weights -----------------------------------------------------------------------
+    def average_weights(self, decay: float) -> None:
+        """Keep an exponential moving average of the trained parameters (torch-ema) and render,
+        evaluate and export with it (swapped in for each render outside training and for each
+        export). Call from ``populate_modules``; :meth:`weight_average_callbacks` updates it."""
+        params = [p for group in self.get_param_groups().values() for p in group]
+        self.weight_average = AveragedWeights(params, decay)
+
+    def weight_average_callbacks(self) -> List[TrainingCallback]:
+        """The callback that folds each step's weights into the average (none without one)."""
+        if self.weight_average is None:
+            return []
+        return [
+            TrainingCallback(
+                where_to_run=[TrainingCallbackLocation.AFTER_TRAIN_ITERATION],
+                update_every_num_iters=1,
+                func=lambda step: self.weight_average.update(),
+            )
+        ]
+
+    def forward(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
+        # Every render outside training (evaluation, ns-eval, the viewer, benchmarks) goes through
+        # here, one chunk of rays at a time: it sees the averaged weights, training its own. Swapping
+        # per call rather than on ``model.eval()`` also covers a checkpoint loaded after eval().
+        with self.rendering_weights():
+            return super().forward(ray_bundle)
+
+    def rendering_weights(self) -> ContextManager[None]:
+        """Context in which the parameters are those the model renders and exports with."""
+        if self.weight_average is None or self.training:
+            return contextlib.nullcontext()
+        return self.weight_average.applied()
 
     # -- scene space ----------------------------------------------------------------------------
     def setup_scene_space(self) -> None:
@@ -210,7 +253,8 @@ class CompressibleModel(Model):
     # -- shared -------------------------------------------------------------------------------
     def _full_payload(self, operating_point: Optional[str] = None) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
         self.check_operating_point(operating_point)
-        tensors, payload = self.compressed_state(operating_point)
+        with self.weight_average.applied() if self.weight_average is not None else contextlib.nullcontext():
+            tensors, payload = self.compressed_state(operating_point)
         payload = {
             "method": self.compressed_method_name,
             "scene_box": self.scene_box.aabb.detach().cpu().tolist(),

@@ -110,6 +110,9 @@ class NeRFQATModelConfig(CompressibleModelConfig):
     qat_lr_scale: float = 1.0
     """Learning-rate multiplier while quantization is on (the decay schedule is kept; only its scale
     changes at the QAT start). fern int4, 400 s: 0.25 23.84 dB, 4 23.89, 1 24.19-24.50 (README)."""
+    ema_decay: Optional[float] = None
+    """Render, evaluate and export an exponential moving average of the weights (torch-ema) with this
+    decay, e.g. 0.999; None: the weights as trained."""
     calibration_steps: int = 300
     """Steps, once quantization is on, during which activation ranges are observed; then they freeze."""
     compile: bool = True
@@ -156,6 +159,8 @@ class NeRFQATModel(CompressibleModel):
         self.field_fine = self._make_field(spec, edge_spec, trunk_specs)
         if not self.config.quantize:
             set_quantization(self, False)
+        if cfg.ema_decay is not None:
+            self.average_weights(cfg.ema_decay)
 
         self.sampler_uniform = UniformSampler(num_samples=self.config.num_coarse_samples)
         self.sampler_pdf = PDFSampler(num_samples=self.config.num_importance_samples)
@@ -225,7 +230,7 @@ class NeRFQATModel(CompressibleModel):
                     args=[optimizers],
                 )
             )
-        return callbacks
+        return callbacks + self.weight_average_callbacks()
 
     def scale_learning_rates(self, optimizers: Optimizers, step: int) -> None:
         """Set every scheduler's initial rate to the configured one, times ``qat_lr_scale`` once
