@@ -85,7 +85,7 @@ class NeRFQATModelConfig(CompressibleModelConfig):
     On fern, 4-bit weights in blocks 4 and 5 alone cost 0.70 and 0.76 dB of a float model's PSNR,
     every other block at most 0.14 (``benchmarks/layer_sensitivity.py``). Trained at 400 s, int4
     with blocks 4 and 5 at 8 bits: 25.04 / 25.13 / 25.16 dB at 0.64 MB, against 24.19-24.50 with
-    every block at 4 bits and 25.69 / 25.90 for fp32 (README)."""
+    every block at 4 bits and 25.69 / 25.90 / 25.70 for fp32 (README)."""
     high_precision_bits: int = 8
     """Bits of the ``high_precision_layers``."""
     fuse_relu: bool = True
