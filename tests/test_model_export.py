@@ -149,15 +149,14 @@ def test_sizes_shrink_with_bits_and_full_nerf_meets_the_size_targets() -> None:
         model = NeRFQATModel(config=config, scene_box=box, num_train_data=1, metadata={"ndc": NDC})
         model._apply_quant_schedule(config.float_warmup_steps)
         assert model.is_quantized()
-        uniform_size = model.compressed_size_bytes()
+        if bits == 8:
+            assert model.compressed_size_bytes() <= limit  # whatever the weights
         torch.manual_seed(0)
         with torch.no_grad():
             for block in model.modules():
                 if isinstance(block, QuantLinear):
                     block.linear.weight.normal_(0.0, 0.05)
         assert model.compressed_size_bytes() <= limit, bits
-        if bits == 8:
-            assert uniform_size <= limit  # whatever the weights
 
 
 def test_quant_schedule_warmup_then_calibration_then_frozen() -> None:

@@ -100,8 +100,8 @@ class CompressibleModel(Model):
         super().populate_modules()
         # An instance attribute, not a class one: nn.Module looks submodules up only when normal
         # attribute lookup fails, so a class-level None would hide the module set later.
+        # Averaged weights (see average_weights), or None: the model renders its own weights.
         self.weight_average: Optional[AveragedWeights] = None
-        """Averaged weights (see :meth:`average_weights`), or None: the model renders its own weights."""
 
     # -- to implement -------------------------------------------------------------------------
     def compressed_state(self, operating_point: Optional[str] = None) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
@@ -161,14 +161,12 @@ class CompressibleModel(Model):
         # Every render outside training (evaluation, ns-eval, the viewer, benchmarks) goes through
         # here, one chunk of rays at a time: it sees the averaged weights, training its own. Swapping
         # per call rather than on ``model.eval()`` also covers a checkpoint loaded after eval().
-        with self.rendering_weights():
+        with contextlib.nullcontext() if self.training else self.averaged_weights():
             return super().forward(ray_bundle)
 
-    def rendering_weights(self) -> ContextManager[None]:
-        """Context in which the parameters are those the model renders and exports with."""
-        if self.weight_average is None or self.training:
-            return contextlib.nullcontext()
-        return self.weight_average.applied()
+    def averaged_weights(self) -> ContextManager[None]:
+        """Context in which the parameters hold the averaged weights (their own without an average)."""
+        return contextlib.nullcontext() if self.weight_average is None else self.weight_average.applied()
 
     # -- scene space ----------------------------------------------------------------------------
     def setup_scene_space(self) -> None:
@@ -253,7 +251,7 @@ class CompressibleModel(Model):
     # -- shared -------------------------------------------------------------------------------
     def _full_payload(self, operating_point: Optional[str] = None) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
         self.check_operating_point(operating_point)
-        with self.weight_average.applied() if self.weight_average is not None else contextlib.nullcontext():
+        with self.averaged_weights():
             tensors, payload = self.compressed_state(operating_point)
         payload = {
             "method": self.compressed_method_name,
