@@ -20,6 +20,10 @@ class DataError(UserInputError, ValueError):
     """A dataset folder is missing files or holds inconsistent or unreadable data."""
 
 
+class OptionError(UserInputError, ValueError):
+    """A method option whose value cannot work (out of range, naming a layer that does not exist)."""
+
+
 _previous_hook = sys.excepthook
 
 

@@ -14,6 +14,7 @@ from nerfstudio.engine.optimizers import Optimizers
 
 from method_configs.common import adam
 from nerfqat_plugin.compression.file_format import CompressedFileError, read_compressed
+from nerfqat_plugin.errors import UserInputError
 from nerfqat_plugin.field_components.quant_mlp import QuantLinear
 from nerfqat_plugin.models.compressible import load_compressed_model
 from nerfqat_plugin.models.nerfqat import NeRFQATModel, NeRFQATModelConfig
@@ -259,6 +260,21 @@ def test_high_precision_layers_default_to_the_skip_block_and_its_successor_below
 def test_high_precision_layers_must_name_trunk_blocks() -> None:
     with pytest.raises(ValueError, match=r"high_precision_layers \[3\] are not trunk blocks \(0 to 2\)"):
         _model(bits=4, high_precision_layers=(1, 3))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"high_precision_layers": (3,)}, r"nerf-qat: high_precision_layers \[3\] are not trunk blocks"),
+        ({"bits": 9}, r"nerf-qat: quantization bits must be in \[4, 8\], got 9"),
+        ({"activation_bits": 2}, r"nerf-qat: quantization activation bits must be in \[4, 8\], got 2"),
+        ({"ema_decay": 1.5}, r"nerf-qat: EMA decay must be between 0 and 1"),
+    ],
+)
+def test_bad_options_are_user_input_errors_reported_in_one_line(options: Dict[str, Any], message: str) -> None:
+    # UserInputError: ns-train prints "error: <message>" instead of a traceback (errors.py).
+    with pytest.raises(UserInputError, match=message):
+        _model(**options)
 
 
 def test_ema_weights_render_evaluate_and_export_and_training_keeps_its_own(tmp_path: Path) -> None:

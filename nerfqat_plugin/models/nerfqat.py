@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.nn import Parameter
 
 from nerfqat_plugin.compression.quantized_state import decode_quantized_module, encode_quantized_module
+from nerfqat_plugin.errors import OptionError
 from nerfqat_plugin.field_components.quant_mlp import QuantSpec, iter_quant_modules, set_observers, set_quantization
 from nerfqat_plugin.fields.compiled_field import TrainingCompiledField
 from nerfqat_plugin.fields.nerfqat_field import QuantNeRFField
@@ -150,19 +151,12 @@ class NeRFQATModel(CompressibleModel):
         self.setup_scene_space()
 
         cfg = self.config
-        activation_bits = cfg.activation_bits or cfg.bits
-        ranges = cfg.activation_range if cfg.activation_range != "auto" else ("max" if activation_bits >= 8 else "mse")
-        spec = QuantSpec(
-            cfg.bits, cfg.fuse_relu, cfg.learned_weight_scales, ranges, cfg.weight_range, cfg.activation_bits
-        )
-        edge_spec = spec.with_bits(cfg.edge_bits) if cfg.edge_bits else spec
-        trunk_specs = {i: spec.with_bits(cfg.high_precision_bits) for i in cfg.trunk_high_precision_layers()}
-        self.field_coarse = self._make_field(spec, edge_spec, trunk_specs)
-        self.field_fine = self._make_field(spec, edge_spec, trunk_specs)
-        if not self.config.quantize:
-            set_quantization(self, False)
-        if cfg.ema_decay is not None:
-            self.average_weights(cfg.ema_decay)
+        try:  # the quantization specs and the weight average check their own options
+            self._build_fields()
+            if cfg.ema_decay is not None:
+                self.average_weights(cfg.ema_decay)
+        except ValueError as error:
+            raise OptionError(f"nerf-qat: {error}") from None
 
         self.sampler_uniform = UniformSampler(num_samples=self.config.num_coarse_samples)
         self.sampler_pdf = PDFSampler(num_samples=self.config.num_importance_samples)
@@ -175,6 +169,21 @@ class NeRFQATModel(CompressibleModel):
             cb_hook=lambda element: setattr(self, "_view_float", bool(element.value)),
         )
         self.add_size_viewer_elements()
+
+    def _build_fields(self) -> None:
+        """The coarse and fine fields, quantized as the options say (float when quantize is off)."""
+        cfg = self.config
+        activation_bits = cfg.activation_bits or cfg.bits
+        ranges = cfg.activation_range if cfg.activation_range != "auto" else ("max" if activation_bits >= 8 else "mse")
+        spec = QuantSpec(
+            cfg.bits, cfg.fuse_relu, cfg.learned_weight_scales, ranges, cfg.weight_range, cfg.activation_bits
+        )
+        edge_spec = spec.with_bits(cfg.edge_bits) if cfg.edge_bits else spec
+        trunk_specs = {i: spec.with_bits(cfg.high_precision_bits) for i in cfg.trunk_high_precision_layers()}
+        self.field_coarse = self._make_field(spec, edge_spec, trunk_specs)
+        self.field_fine = self._make_field(spec, edge_spec, trunk_specs)
+        if not cfg.quantize:
+            set_quantization(self, False)
 
     def _make_field(
         self, spec: QuantSpec, edge_spec: QuantSpec, trunk_layer_specs: Dict[int, QuantSpec]
