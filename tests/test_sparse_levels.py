@@ -109,13 +109,14 @@ def test_max_file_bytes_prunes_the_file_to_fit(tmp_path: Path) -> None:
 
 def test_file_keeps_only_kept_blocks_and_renders_like_the_model(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = _model(grid_resolutions=((4, 4, 3), (8, 6, 5), (24, 20, 14)), sparse_from_level=2, sparse_block_size=4)
+    # Blocks of 8, not the default 4: the file must carry its own block size.
+    model = _model(grid_resolutions=((4, 4, 3), (8, 6, 5), (24, 20, 14)), sparse_from_level=2, sparse_block_size=8)
     _train(model, 3)
     dense_size = model.export_compressed(tmp_path / "dense.nqz")
     fractions = model.prune_empty_blocks()  # runs on the trained (random) field
     assert set(fractions) == {2} and 0.0 <= fractions[2] <= 1.0
-    keep = torch.zeros(block_grid_shape((24, 20, 14), 4), dtype=torch.bool)
-    keep[:3] = True  # half of the blocks
+    keep = torch.zeros(block_grid_shape((24, 20, 14), 8), dtype=torch.bool)
+    keep[:2] = True  # two of three x-blocks
     model.field.grid.set_block_mask(2, keep)
     model.eval()
     size = model.export_compressed(tmp_path / "sparse.nqz")
@@ -127,7 +128,8 @@ def test_file_keeps_only_kept_blocks_and_renders_like_the_model(tmp_path: Path) 
         assert torch.max(torch.abs(expected[key] - actual[key])) <= 1e-5, key
     _, payload = read_compressed(tmp_path / "sparse.nqz")
     stored = payload["tensors"]["field.grid.indices_2"]
-    assert stored["sparse_blocks"] and stored["shape"] == [12 * 20 * 14]  # x-vertices 0..11 of 24
+    assert loaded.field.grid.block_size == 8
+    assert stored["sparse_blocks"] and stored["shape"] == [16 * 20 * 14]  # x-vertices 0..15 of 24
     # The coarser operating points leave the sparse level and its mask out.
     model.export_compressed(tmp_path / "levels2.nqz", "levels=2")
     assert not any("_2" in name for name in read_compressed(tmp_path / "levels2.nqz")[1]["tensors"])
@@ -175,6 +177,7 @@ def test_scenes_without_grid_options_get_their_preset() -> None:
     bounded.apply_scene_preset(ndc=False)
     assert bounded.resolved_grid(ndc=False)[-1] == (256, 256, 256) and len(bounded.resolved_grid(ndc=False)) == 5
     assert bounded.sparse_from_level == 3 and bounded.max_file_bytes == 990_000
+    assert bounded.sparse_block_size == 4  # measured better than 8 at equal bytes on lego
     smaller = VQADModelConfig(max_file_bytes=500_000)  # a byte limit alone keeps the preset's grid
     smaller.apply_scene_preset(ndc=False)
     assert smaller.sparse_from_level == 3 and smaller.max_file_bytes == 500_000

@@ -54,8 +54,9 @@ NDC_BOX = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
 DEFAULT_FINEST_NDC: Resolution = (192, 144, 56)
 DEFAULT_FINEST_BOUNDED: Resolution = (112, 112, 112)
 # Bounded scenes with no grid option given: five levels to 256^3, the two finest sparse and pruned to
-# fit 990 kB. Measured on lego (H200, 240-330 s): 26.9 dB at 0.94 MB against 24.2 dB for the dense
-# 112^3 grid (benchmarks/results/lego_vqad.jsonl); on fern (NDC) sparse levels did not help.
+# fit 990 kB. Measured on lego (H200, 240-330 s, 8^3 blocks): 26.9 dB at 0.94 MB against 24.2 dB for
+# the dense 112^3 grid; 4^3 blocks (the default since session 11) 27.65-28.06 dB at 0.91-0.92 MB
+# (benchmarks/results/lego_vqad.jsonl); on fern (NDC) sparse levels did not help.
 BOUNDED_SPARSE_PRESET = {"num_levels": 5, "finest_resolution": (256, 256, 256), "sparse_from_level": 3}
 BOUNDED_SPARSE_MAX_FILE_BYTES = 990_000
 # NDC scenes with no grid or bit option given, learned indices: 8-bit codebooks on the three coarse
@@ -155,8 +156,11 @@ class VQADModelConfig(CompressibleModelConfig):
     decided once at ``prune_at_fraction`` of the run (None: every level dense). Dense levels of a
     1 MB file are coarse and spend most indices on empty space; sparse ones can be finer for the
     same bytes. Logits stay dense while training, so memory is unchanged; files shrink."""
-    sparse_block_size: int = 8
-    """Vertices per block edge of sparse levels."""
+    sparse_block_size: int = 4
+    """Vertices per block edge of sparse levels. Smaller blocks hug the surface, so the same bytes
+    keep more of it: lego's sparse preset, two pairs on H200s, 4 against 8: 28.06 / 27.53 dB
+    (420 s) and 27.65 / 26.87 dB (340 s) at 0.91-0.92 MB (results/lego_vqad.jsonl, S11-*). The block
+    flags cost 1 bit per 64 vertices. Files store their block size, so older files keep theirs."""
     prune_at_fraction: float = 0.25
     """Fraction of the run's iterations after which empty blocks are dropped (sparse levels)."""
     prune_threshold: float = 0.01
