@@ -55,8 +55,8 @@ DEFAULT_FINEST_NDC: Resolution = (192, 144, 56)
 DEFAULT_FINEST_BOUNDED: Resolution = (112, 112, 112)
 # Bounded scenes with no grid option given: five levels to 256^3, the two finest sparse and pruned to
 # fit 990 kB. Measured on lego (H200, 240-330 s, 8^3 blocks): 26.9 dB at 0.94 MB against 24.2 dB for
-# the dense 112^3 grid; 4^3 blocks (the default since session 11) 27.65-28.06 dB at 0.91-0.92 MB
-# (benchmarks/results/lego_vqad.jsonl); on fern (NDC) sparse levels did not help.
+# the dense 112^3 grid (benchmarks/results/lego_vqad.jsonl; 4^3 blocks: see sparse_block_size); on
+# fern (NDC) sparse levels did not help.
 BOUNDED_SPARSE_PRESET = {"num_levels": 5, "finest_resolution": (256, 256, 256), "sparse_from_level": 3}
 BOUNDED_SPARSE_MAX_FILE_BYTES = 990_000
 # NDC scenes with no grid or bit option given, learned indices: 8-bit codebooks on the three coarse
