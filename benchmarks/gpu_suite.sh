@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run several benchmark configurations on one GPU host, one configuration per GPU at a time.
+# Run several benchmark configurations on one GPU host, one configuration per GPU at a time
+# (JOBS_PER_GPU=N shares each GPU among N at once; rows record it as jobs_per_gpu).
 # Run from the repository root after: . benchmarks/gpu_env.sh
 # usage: bash benchmarks/gpu_suite.sh "LABEL|METHOD|DATA|BUDGET_S|NS-TRAIN ARGS[|RUNNER ARGS]" ...
 #   e.g. "int8-fused|nerf-qat|.gpu/fern|420|--pipeline.model.bits 8"
@@ -8,6 +9,8 @@ set -u
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
 ngpu=$(nvidia-smi -L | wc -l)
+export JOBS_PER_GPU=${JOBS_PER_GPU:-1}
+slots=$((ngpu * JOBS_PER_GPU))
 i=0
 for entry in "$@"; do
   IFS='|' read -r label method data budget opts runner_opts <<< "$entry"
@@ -17,7 +20,7 @@ for entry in "$@"; do
     --iterations 1000000 --fit-budget --budget-s "$budget" --results "$out/rows.jsonl" ${runner_opts:-} -- $opts \
     > "$out/$label.log" 2>&1 &
   i=$((i + 1))
-  if [ $((i % ngpu)) -eq 0 ]; then wait; fi
+  if [ $((i % slots)) -eq 0 ]; then wait; fi
 done
 wait
 for entry in "$@"; do

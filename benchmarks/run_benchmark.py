@@ -328,6 +328,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "steady_iterations_per_s": round(run.get("steady_iterations_per_s") or 0.0, 3) or None,
         "rays_per_iteration": trainer.pipeline.datamanager.get_train_rays_per_batch(),
         "gpu": gpu_name(),
+        "jobs_per_gpu": int(os.environ.get("JOBS_PER_GPU", "1")),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "code_commit": os.environ.get("CODE_COMMIT"),

@@ -144,7 +144,7 @@ def test_blocks_are_pruned_once_at_the_configured_fraction_of_the_run() -> None:
     model = _model(grid_resolutions=((4, 4, 3), (16, 12, 8)), sparse_from_level=1, sparse_block_size=4)
     model._total_steps = lambda: 100  # what the trainer's max_num_iterations provides
     calls = []
-    model.prune_empty_blocks = lambda: calls.append(1) or {1: 0.5}  # type: ignore[method-assign]
+    model.prune_empty_blocks = lambda **_: calls.append(1) or {1: 0.5}  # type: ignore[method-assign]
     model._prune_on_schedule(24)
     assert not calls
     model._prune_on_schedule(25)  # prune_at_fraction 0.25

@@ -1,23 +1,30 @@
 """A dataparser that recognises the scene format from the folder's contents.
 
 So that ``ns-train nerf-qat --data SCENE`` works with no subcommand on LLFF, Blender and
-nerfstudio scenes; the explicit dataparser subcommands still work as usual.
+nerfstudio / instant-ngp scenes; the explicit dataparser subcommands still work as usual. Each
+scene gets a type the models read from the metadata (forward-facing, bounded object, or a real
+capture), the split nerfstudio users expect (every 8th frame of a capture held out, like LLFF),
+and a check, before any training, that every frame's image exists.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Type
+from typing import Any, Dict, List, Literal, Optional, Tuple, Type
 
 from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserConfig, DataparserOutputs
 from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+from nerfstudio.utils.rich_utils import CONSOLE
+from PIL import Image
 
 from nerfqat_plugin.data.llff_dataparser import LLFFDataParserConfig
 from nerfqat_plugin.errors import DataError
-from nerfqat_plugin.model_components.ray_setup import NEAR_FAR_METADATA_KEY
+from nerfqat_plugin.model_components.ray_setup import NEAR_FAR_METADATA_KEY, SCENE_TYPE_METADATA_KEY, SceneType
 
 SceneFormat = Literal["llff", "blender", "nerfstudio"]
 
@@ -25,6 +32,8 @@ BLENDER_NEAR_FAR = (2.0, 6.0)
 """NeRF's bounds for the synthetic scenes (cameras at radius 4 around a unit-sized object)."""
 NERFSTUDIO_NEAR_FAR = (0.05, 4.0)
 """nerfstudio scenes are scaled into [-1, 1]; rays are sampled up to beyond the box's far corner."""
+HOLDOUT_INTERVAL = 8
+"""Captures without a split of their own hold out every 8th frame (sorted by file name), like LLFF."""
 
 
 def detect_scene_format(data: Path) -> SceneFormat:
@@ -45,6 +54,36 @@ def detect_scene_format(data: Path) -> SceneFormat:
     )
 
 
+def read_transforms(path: Path) -> Dict[str, Any]:
+    """A transforms.json as a dict, or one :class:`DataError` naming what is wrong with it."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: unreadable transforms file ({err})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("frames"), list) or not meta["frames"]:
+        raise DataError(f"{path}: no 'frames' list in the transforms file")
+    if not all(isinstance(f, dict) and "file_path" in f for f in meta["frames"]):
+        raise DataError(f"{path}: every frame needs a 'file_path'")
+    return meta
+
+
+def frame_image(data_dir: Path, file_path: str) -> Optional[Path]:
+    """The image a frame names, or None; an extensionless path (Blender style) may be any image suffix."""
+    path = data_dir / file_path
+    candidates = [path] + [path.with_suffix(suffix) for suffix in (".png", ".jpg", ".jpeg")]
+    return next((candidate for candidate in candidates if candidate.is_file()), None)
+
+
+def missing_frames(meta: Dict[str, Any], data_dir: Path) -> List[str]:
+    """The ``file_path`` of every frame whose image does not exist."""
+    return [str(frame["file_path"]) for frame in meta["frames"] if frame_image(data_dir, frame["file_path"]) is None]
+
+
+def has_alpha(image_path: Path) -> bool:
+    with Image.open(image_path) as image:
+        return image.mode in ("RGBA", "LA") or "transparency" in image.info
+
+
 @dataclass
 class AutoDataParserConfig(DataParserConfig):
     """Detects LLFF, Blender or nerfstudio scenes and parses them with their own parser's defaults."""
@@ -54,6 +93,12 @@ class AutoDataParserConfig(DataParserConfig):
     """Scene folder (or a nerfstudio transforms.json)."""
     llff: LLFFDataParserConfig = field(default_factory=LLFFDataParserConfig)
     """Options used when the folder is an LLFF scene."""
+    alpha_color: Optional[Literal["white", "black"]] = None
+    """Blender scenes: composite their RGBA images on this colour while loading; None keeps the alpha
+    so that the model composites (our methods train on random backgrounds, render on white)."""
+    skip_missing_images: bool = False
+    """Train on the frames whose images exist when a transforms.json lists some that do not
+    (default: stop with an error naming them)."""
 
 
 @dataclass
@@ -62,22 +107,56 @@ class AutoDataParser(DataParser):
 
     config: AutoDataParserConfig
 
-    def _inner(self) -> DataParser:
-        data = Path(self.config.data)
-        fmt = detect_scene_format(data)
-        if fmt == "llff":
-            inner: DataParserConfig = dataclasses.replace(self.config.llff, data=data)
-        elif fmt == "blender":
-            inner = BlenderDataParserConfig(data=data)
+    def __post_init__(self) -> None:
+        self._transforms_copy: Optional[Path] = None
+
+    def _nerfstudio_source(self, data: Path) -> Tuple[Path, bool]:
+        """The transforms.json to parse (a copy listing only existing frames, with
+        ``skip_missing_images``) and whether its images carry alpha."""
+        path = data if data.is_file() else data / "transforms.json"
+        meta = read_transforms(path)
+        missing = missing_frames(meta, path.parent)
+        if missing and len(missing) == len(meta["frames"]):
+            raise DataError(f"{path}: none of the {len(missing)} frames' images exist (first: {missing[0]})")
+        if missing:
+            listed = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+            summary = f"{len(missing)} of {len(meta['frames'])} frames name images that do not exist ({listed})"
+            if not self.config.skip_missing_images:
+                raise DataError(f"{path}: {summary}; add --skip-missing-images to train on the others")
+            if self._transforms_copy is None:
+                CONSOLE.print(f"[yellow]{path}: {summary}; training on the other {len(meta['frames']) - len(missing)}")
+                kept = [frame for frame in meta["frames"] if str(frame["file_path"]) not in set(missing)]
+                for frame in kept:  # absolute paths: the copy lives elsewhere
+                    for key in ("file_path", "mask_path", "depth_file_path"):
+                        if key in frame:
+                            frame[key] = str((path.parent / frame[key]).resolve())
+                folder = Path(tempfile.mkdtemp(prefix="nerfqat-frames-"))
+                self._transforms_copy = folder / "transforms.json"
+                self._transforms_copy.write_text(json.dumps({**meta, "frames": kept}), encoding="utf8")
+            meta_path = self._transforms_copy
         else:
-            inner = NerfstudioDataParserConfig(data=data)
-        return inner.setup()
+            meta_path = path
+        present = (frame_image(path.parent, frame["file_path"]) for frame in meta["frames"])
+        return meta_path, has_alpha(next(image for image in present if image is not None))
 
     def _generate_dataparser_outputs(self, split: str = "train", **kwargs) -> DataparserOutputs:
         data = Path(self.config.data)
         fmt = detect_scene_format(data)
-        outputs = self._inner()._generate_dataparser_outputs(split)
-        if fmt != "llff":
-            near_far = BLENDER_NEAR_FAR if fmt == "blender" else NERFSTUDIO_NEAR_FAR
-            outputs.metadata = {**outputs.metadata, NEAR_FAR_METADATA_KEY: near_far}
+        scene_type: SceneType
+        if fmt == "llff":
+            inner: DataParserConfig = dataclasses.replace(self.config.llff, data=data)
+            scene_type, near_far = "forward-facing", None
+        elif fmt == "blender":
+            inner = BlenderDataParserConfig(data=data, alpha_color=self.config.alpha_color)
+            scene_type, near_far = "bounded", BLENDER_NEAR_FAR
+        else:
+            source, alpha = self._nerfstudio_source(data)
+            inner = NerfstudioDataParserConfig(data=source, eval_mode="interval", eval_interval=HOLDOUT_INTERVAL)
+            # Images with alpha are an object on an empty background; photos are of a whole scene.
+            scene_type, near_far = ("bounded" if alpha else "unbounded"), NERFSTUDIO_NEAR_FAR
+        outputs = inner.setup()._generate_dataparser_outputs(split)
+        metadata = {**outputs.metadata, SCENE_TYPE_METADATA_KEY: scene_type}
+        if near_far is not None:
+            metadata[NEAR_FAR_METADATA_KEY] = near_far
+        outputs.metadata = metadata
         return outputs

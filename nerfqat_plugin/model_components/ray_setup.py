@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 from nerfstudio.cameras.rays import RayBundle
@@ -16,6 +16,11 @@ NDC_METADATA_KEY = "ndc"
 """Dataparser metadata: the NDC warp of a forward-facing scene (the fields of :class:`NDCSpace`)."""
 NEAR_FAR_METADATA_KEY = "near_far"
 """Dataparser metadata: (near, far) sampling bounds of the scene in world units."""
+SCENE_TYPE_METADATA_KEY = "scene_type"
+"""Dataparser metadata: the :data:`SceneType` detected from the data."""
+
+SceneType = Literal["forward-facing", "bounded", "unbounded"]
+"""Forward-facing captures (NDC), objects on an empty background, and real captures all around."""
 
 
 @dataclass

@@ -31,6 +31,7 @@ from nerfqat_plugin.compression.file_format import (
 )
 from nerfqat_plugin.fields.compiled_field import TrainingCompiledField
 from nerfqat_plugin.metrics.image_metrics import image_metrics
+from nerfqat_plugin.model_components.collapse_monitor import CollapseMonitor
 from nerfqat_plugin.model_components.ndc import NDCSpace
 from nerfqat_plugin.model_components.ray_setup import (
     NDC_METADATA_KEY,
@@ -38,6 +39,7 @@ from nerfqat_plugin.model_components.ray_setup import (
     SamplingRays,
     make_sampling_rays,
 )
+from nerfqat_plugin.model_components.renderers import RandomTrainingBackgroundRenderer
 from nerfqat_plugin.model_components.weight_averaging import AveragedWeights
 
 ModelT = TypeVar("ModelT", bound="CompressibleModel")
@@ -67,7 +69,9 @@ class CompressibleModelConfig(ModelConfig):
     far_plane: float = 6.0
     """Far bound for scenes without NDC when the dataparser gives none."""
     background_color: Literal["auto", "black", "white", "last_sample", "random"] = "auto"
-    """'auto': the last sample's colour in NDC (NeRF's infinitely deep last interval), else white."""
+    """auto: the last sample's colour in NDC (NeRF's infinitely deep last interval); elsewhere white,
+    with a random background per ray while training on images with alpha (so empty space cannot
+    pass for the object's background)."""
 
     def to_payload(self) -> Dict[str, Any]:
         """The options that define the rendered model, as JSON."""
@@ -102,6 +106,7 @@ class CompressibleModel(Model):
         # attribute lookup fails, so a class-level None would hide the module set later.
         # Averaged weights (see average_weights), or None: the model renders its own weights.
         self.weight_average: Optional[AveragedWeights] = None
+        self.collapse_monitor = CollapseMonitor()
 
     # -- to implement -------------------------------------------------------------------------
     def compressed_state(self, operating_point: Optional[str] = None) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
@@ -141,21 +146,29 @@ class CompressibleModel(Model):
     def average_weights(self, decay: float) -> None:
         """Keep an exponential moving average of the trained parameters (torch-ema) and render,
         evaluate and export with it (swapped in for each render outside training and for each
-        export). Call from ``populate_modules``; :meth:`weight_average_callbacks` updates it."""
+        export). Call from ``populate_modules``; :meth:`shared_training_callbacks` updates it."""
         params = [p for group in self.get_param_groups().values() for p in group]
         self.weight_average = AveragedWeights(params, decay)
 
-    def weight_average_callbacks(self) -> List[TrainingCallback]:
-        """The callback that folds each step's weights into the average (none without one)."""
-        if self.weight_average is None:
-            return []
-        return [
+    def shared_training_callbacks(self) -> List[TrainingCallback]:
+        """Callbacks every model of the plugin adds to its own: the collapse check, and folding each
+        step's weights into the average where there is one."""
+        callbacks = [
             TrainingCallback(
                 where_to_run=[TrainingCallbackLocation.AFTER_TRAIN_ITERATION],
                 update_every_num_iters=1,
-                func=lambda step: self.weight_average.update(),
+                func=self.collapse_monitor.check,
             )
         ]
+        if self.weight_average is not None:
+            callbacks.append(
+                TrainingCallback(
+                    where_to_run=[TrainingCallbackLocation.AFTER_TRAIN_ITERATION],
+                    update_every_num_iters=1,
+                    func=lambda step: self.weight_average.update(),
+                )
+            )
+        return callbacks
 
     def forward(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
         # Every render outside training (evaluation, ns-eval, the viewer, benchmarks) goes through
@@ -177,9 +190,10 @@ class CompressibleModel(Model):
         near_far = metadata.get(NEAR_FAR_METADATA_KEY)
         self.near, self.far = near_far if near_far else (self.config.near_plane, self.config.far_plane)
         background = self.config.background_color
-        if background == "auto":
-            background = "last_sample" if self.ndc is not None else "white"
-        self.renderer_rgb = RGBRenderer(background_color=background)
+        if background == "auto" and self.ndc is None:
+            self.renderer_rgb: RGBRenderer = RandomTrainingBackgroundRenderer(eval_background="white")
+        else:
+            self.renderer_rgb = RGBRenderer(background_color="last_sample" if background == "auto" else background)
 
     def sampling_rays(self, ray_bundle: RayBundle) -> SamplingRays:
         return make_sampling_rays(ray_bundle, self.ndc, self.near, self.far)
@@ -220,10 +234,14 @@ class CompressibleModel(Model):
             losses[loss_name] = torch.mean((gt - pred) ** 2)
         return losses
 
-    def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
+    def get_metrics_dict(self, outputs, batch) -> Dict[str, Any]:
         image = self.renderer_rgb.blend_background(batch["image"].to(outputs["rgb"].device))
         mse = torch.mean((outputs["rgb"].detach() - image) ** 2)
-        return {"psnr": -10.0 * torch.log10(mse.clamp_min(1e-10))}
+        metrics: Dict[str, Any] = {"psnr": -10.0 * torch.log10(mse.clamp_min(1e-10))}
+        if self.training:
+            self.collapse_monitor.observe(outputs["rgb"], outputs["accumulation"], image)
+            metrics["collapsed"] = float(self.collapse_monitor.collapsed)
+        return metrics
 
     def get_image_metrics_and_images(
         self, outputs: Dict[str, Tensor], batch: Dict[str, Tensor]
@@ -266,8 +284,8 @@ class CompressibleModel(Model):
         return write_compressed(path, tensors, payload)
 
     def training_statistics(self) -> Dict[str, Any]:
-        """Diagnostics of the trained state that benchmark rows record (none by default)."""
-        return {}
+        """Diagnostics of the trained state that benchmark rows record."""
+        return {"collapse_warning": self.collapse_monitor.warned}
 
     def compressed_size_bytes(self, operating_point: Optional[str] = None) -> int:
         """Byte count the compressed file of the current weights has (the file is not written)."""

@@ -241,7 +241,7 @@ class NeRFQATModel(CompressibleModel):
                     args=[optimizers],
                 )
             )
-        return callbacks + self.weight_average_callbacks()
+        return callbacks + self.shared_training_callbacks()
 
     def scale_learning_rates(self, optimizers: Optimizers, step: int) -> None:
         """Set every scheduler's initial rate to the configured one, times ``qat_lr_scale`` once

@@ -69,6 +69,12 @@ DEFAULT_BITS = 4
 # Probed grids: bits of the (large, hashed) codebook when none are given; instant-NGP-sized tables
 # of 2**14 entries per level are what a ~1 MB file affords at 4 levels x 7 features (fp16).
 DEFAULT_PROBED_BITS = 14
+# Pruning that would keep fewer than this fraction of the sparse levels' blocks waits for the field
+# (an empty estimate early in training would otherwise erase the scene for good); it retries every
+# PRUNE_RETRY_FRACTION of the run, and at PRUNE_DEADLINE_FRACTION keeps the densest blocks regardless.
+MIN_KEPT_BLOCK_FRACTION = 0.001
+PRUNE_RETRY_FRACTION = 0.05
+PRUNE_DEADLINE_FRACTION = 0.5
 DEFAULT_PROPOSAL_NDC: Resolution = (64, 48, 24)
 DEFAULT_PROPOSAL_BOUNDED: Resolution = (48, 48, 48)
 
@@ -281,6 +287,7 @@ class VQADModel(CompressibleModel):
         except ValueError as error:
             raise UserInputError(f"vqad: {error}") from None
         self._pruned = False
+        self._prune_attempts = 0
         self._total_steps: Optional[Callable[[], int]] = None
         self.field = VQADField(
             aabb,
@@ -423,7 +430,7 @@ class VQADModel(CompressibleModel):
     def training_statistics(self) -> Dict[str, Any]:
         """How saturated the index logits are and how much of each codebook is used, per level."""
         stats = self.field.grid.index_statistics()  # empty for grids without logits
-        return {"index_statistics": stats} if stats else {}
+        return {**super().training_statistics(), **({"index_statistics": stats} if stats else {})}
 
     def get_training_callbacks(
         self, training_callback_attributes: TrainingCallbackAttributes
@@ -454,20 +461,47 @@ class VQADModel(CompressibleModel):
                 update_every_num_iters=1,
                 func=self._prune_on_schedule,
             ),
+            *self.shared_training_callbacks(),
         ]
 
     def _prune_on_schedule(self, step: int) -> None:
+        """Prune at ``prune_at_fraction`` of the run. While the field is too faint for the threshold
+        to keep more than a trace of the sparse levels, pruning waits (one line each time) and tries
+        again every ``PRUNE_RETRY_FRACTION`` of the run; the last try, at ``PRUNE_DEADLINE_FRACTION``,
+        keeps the densest blocks within the byte budget whatever their density."""
         if self._pruned or not self.field.grid.sparse_levels or self._total_steps is None:
             return
-        if step >= int(self.config.prune_at_fraction * self._total_steps()):
-            kept = self.prune_empty_blocks()
-            CONSOLE.print(f"vqad: step {step}, kept blocks per sparse level: {kept}")
+        due, deadline = self._prune_steps(self._total_steps())
+        if step < due:
+            return
+        last_try = step >= deadline
+        kept = self.prune_empty_blocks(require_occupancy=not last_try)
+        self._prune_attempts += 1
+        if kept is None:
+            retry = self._prune_steps(self._total_steps())[0]
+            CONSOLE.print(
+                f"[yellow]vqad: step {step}, pruning deferred to step {retry}: fewer than "
+                f"{MIN_KEPT_BLOCK_FRACTION:.1%} of the sparse levels' blocks are more than "
+                f"{self.config.prune_threshold:.0%} opaque yet (the field has not learned the scene's occupancy)"
+            )
+            return
+        how = " (the densest within the byte budget: no block reached the threshold in time)" if last_try else ""
+        CONSOLE.print(f"vqad: step {step}, kept blocks per sparse level: {kept}{how}")
+
+    def _prune_steps(self, total: int) -> Tuple[int, int]:
+        """The step of the next pruning attempt and of the last one (the deadline), in a run of ``total``."""
+        first = int(self.config.prune_at_fraction * total)
+        deadline = max(first, int(PRUNE_DEADLINE_FRACTION * total))
+        retry = first + self._prune_attempts * max(1, int(PRUNE_RETRY_FRACTION * total))
+        return min(retry, deadline), deadline
 
     @torch.no_grad()
-    def prune_empty_blocks(self) -> Dict[int, float]:
+    def prune_empty_blocks(self, require_occupancy: bool = True) -> Optional[Dict[int, float]]:
         """Keep only the blocks of the sparse levels where the field has density (the densest first
-        within ``max_file_bytes``); returns the kept fraction per level. Every DDP rank keeps the
-        same blocks (:func:`block_max_density` reduces over ranks)."""
+        within ``max_file_bytes``); returns the kept fraction per level. With ``require_occupancy``,
+        a pruning that would keep fewer than ``MIN_KEPT_BLOCK_FRACTION`` of the blocks is refused:
+        every level stays dense and None is returned. Without it, blocks are ranked by density alone
+        (no threshold). Every DDP rank keeps the same blocks (:func:`block_max_density` reduces over ranks)."""
         grid, aabb = self.field.grid, self.field.aabb
 
         def density(unit: Tensor) -> Tensor:
@@ -480,8 +514,12 @@ class VQADModel(CompressibleModel):
             cell = float(((aabb[1] - aabb[0]) / (torch.tensor(resolution, device=aabb.device) - 1)).mean())
             per_axis = samples_per_block_axis(resolution, grid.resolutions[-1])
             scores.append(block_max_density(density, resolution, grid.block_size, per_axis, device=aabb.device))
-            minimums.append(opaque_density(self.config.prune_threshold, cell))
+            minimums.append(opaque_density(self.config.prune_threshold, cell) if require_occupancy else -math.inf)
             costs.append(block_vertex_counts(resolution, grid.block_size) * grid.level_bits[lvl])
+        if require_occupancy:
+            occupied = sum(int((score > minimum).sum()) for score, minimum in zip(scores, minimums, strict=True))
+            if occupied < MIN_KEPT_BLOCK_FRACTION * sum(score.numel() for score in scores):
+                return None
         limit = self.config.max_file_bytes
         budget = math.inf if limit is None else self._sparse_index_budget_bits(limit)
         for _ in range(8):

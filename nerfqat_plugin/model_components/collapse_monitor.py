@@ -1,0 +1,81 @@
+"""Notices when training has collapsed: rendered rays (almost) empty or one colour, images not.
+
+A radiance field can settle into empty space (or a constant colour) and stay there, and the loss
+alone does not say so. The monitor accumulates, per training step and without reading the GPU,
+the mean accumulation of the batch's rays and the spread of rendered and true colours; every
+``check_every`` steps it reads them once and, when two windows in a row look collapsed, prints one
+warning line naming the likely cause and what to try. The state is a flag the models report as a
+metric, so the run's event log records it too.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from nerfstudio.utils.rich_utils import CONSOLE
+from torch import Tensor
+
+EMPTY_ACCUMULATION = 0.01
+"""Mean opacity of the batch's rays below which renders count as empty."""
+CONSTANT_SPREAD_RATIO = 0.05
+"""Rendered colours spread less than this fraction of the true ones: renders count as constant."""
+MIN_IMAGE_SPREAD = 0.02
+"""True colours must spread at least this much (std, colours in [0, 1]) for a verdict."""
+
+COLLAPSE_ADVICE = (
+    "the field has collapsed to {what} ({detail}) although the training images are not. Likely "
+    "causes: a learning rate too high for this scene (try --optimizers.fields.optimizer.lr at half "
+    "the value), or sampling bounds that miss the scene (near/far planes, scene scale). The run goes "
+    "on; its renders will stay {what}."
+)
+
+
+class CollapseMonitor:
+    """Accumulates batch statistics and decides every ``check_every`` steps after ``start_step``."""
+
+    def __init__(self, check_every: int = 200, start_step: int = 500) -> None:
+        self.check_every = check_every
+        self.start_step = start_step
+        self.collapsed = False
+        """Whether the last two windows looked collapsed (stays set once warned)."""
+        self.warned = False
+        self._suspect = False
+        self._sums: Optional[Tensor] = None
+
+    def observe(self, rgb: Tensor, accumulation: Tensor, image: Tensor) -> None:
+        """Add one training batch: rendered ``rgb`` [R, 3], its ``accumulation`` [R, 1], true ``image`` [R, 3+]."""
+        stats = torch.stack(
+            [
+                accumulation.detach().float().mean(),
+                rgb.detach().float().std(dim=0).mean(),
+                image[..., :3].detach().float().std(dim=0).mean(),
+                torch.ones((), device=rgb.device),
+            ]
+        )
+        self._sums = stats if self._sums is None else self._sums + stats
+
+    def check(self, step: int) -> bool:
+        """Decide on the steps observed since the last check (one host read); True when it warned now."""
+        if self._sums is None or step < self.start_step or step % self.check_every:
+            return False
+        accumulation, rendered_spread, image_spread, count = (self._sums / self._sums[3]).tolist()
+        self._sums = None
+        if image_spread < MIN_IMAGE_SPREAD:
+            return False
+        empty = accumulation < EMPTY_ACCUMULATION
+        constant = rendered_spread < CONSTANT_SPREAD_RATIO * image_spread
+        looks_collapsed = empty or constant
+        self.collapsed = looks_collapsed and (self._suspect or self.collapsed)
+        self._suspect = looks_collapsed
+        if not self.collapsed or self.warned:
+            return False
+        self.warned = True
+        what = "empty space" if empty else "one colour"
+        detail = (
+            f"mean opacity {accumulation:.3f}"
+            if empty
+            else f"rendered colour spread {rendered_spread:.4f} vs {image_spread:.4f} in the images"
+        )
+        CONSOLE.print(f"[bold yellow]warning: step {step}: " + COLLAPSE_ADVICE.format(what=what, detail=detail))
+        return True
