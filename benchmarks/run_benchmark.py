@@ -194,14 +194,19 @@ def train(config, budget_s: float, fit_budget: bool, operating_points: Optional[
 
 
 def export_and_evaluate(
-    model, pipeline, directory: Path, device: torch.device, operating_points: Optional[List[str]] = None
+    model,
+    pipeline,
+    directory: Path,
+    device: torch.device,
+    operating_points: Optional[List[str]] = None,
+    max_views: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Export the full model and the ``operating_points`` (None: all of the model's, e.g. vqad's
     levels; []: none); evaluate each from its file."""
     wanted = model.operating_points() if operating_points is None else operating_points
     path = directory / "model.nqz"
     result: Dict[str, Any] = {"file_bytes": model.export_compressed(path)}
-    result.update(evaluate_file(path, pipeline, device))
+    result.update(evaluate_file(path, pipeline, device, max_views))
     points = []
     for name in wanted:
         if name == model.current_operating_point():
@@ -209,7 +214,7 @@ def export_and_evaluate(
         else:
             point_path = directory / f"model.{name.replace('=', '')}.nqz"
             size = model.export_compressed(point_path, name)
-            metrics = evaluate_file(point_path, pipeline, device)
+            metrics = evaluate_file(point_path, pipeline, device, max_views)
         quality = {k: metrics[k] for k in ("psnr", "ssim", "lpips")}
         points.append({"operating_point": name, "file_bytes": size, **quality})
         print(f"[benchmark] operating point {name}: {size} bytes, PSNR {metrics['psnr']:.2f}", flush=True)
@@ -218,11 +223,11 @@ def export_and_evaluate(
     return result
 
 
-def evaluate_file(path: Path, pipeline, device: torch.device) -> Dict[str, Any]:
-    """PSNR/SSIM/LPIPS and render fps of every test view, rendered from the compressed file."""
+def evaluate_file(path: Path, pipeline, device: torch.device, max_views: Optional[int] = None) -> Dict[str, Any]:
+    """PSNR/SSIM/LPIPS and render fps of the test views, rendered from the compressed file."""
     from nerfqat_plugin.models.compressible import load_compressed_model
 
-    return evaluate_model(load_compressed_model(path, device), pipeline, device)
+    return evaluate_model(load_compressed_model(path, device), pipeline, device, max_views)
 
 
 def parameter_bytes(model: torch.nn.Module) -> int:
@@ -231,15 +236,23 @@ def parameter_bytes(model: torch.nn.Module) -> int:
     return 4 * sum(p.numel() for p in model.parameters())
 
 
-def evaluate_model(model, pipeline, device: torch.device) -> Dict[str, Any]:
-    """PSNR/SSIM/LPIPS (offline-safe: null without pretrained weights) and render fps of every test view."""
+def test_view_indices(count: int, limit: Optional[int]) -> List[int]:
+    """All ``count`` test views, or ``limit`` of them spread evenly (first and last included)."""
+    if limit is None or limit >= count:
+        return list(range(count))
+    return sorted({round(k * (count - 1) / max(1, limit - 1)) for k in range(limit)})
+
+
+def evaluate_model(model, pipeline, device: torch.device, max_views: Optional[int] = None) -> Dict[str, Any]:
+    """PSNR/SSIM/LPIPS (offline-safe: null without pretrained weights) and render fps of the test views
+    (every one, or ``max_views`` spread over them)."""
     from nerfqat_plugin.metrics.image_metrics import image_metrics
 
     model.eval()
     model.config.eval_num_rays_per_chunk = 1 << 16
     dataset = pipeline.datamanager.eval_dataset
     per_view = []
-    for i in range(len(dataset)):
+    for i in test_view_indices(len(dataset), max_views):
         camera = dataset.cameras[i : i + 1].to(device)
         gt = dataset.get_image_float32(i).to(device)
         outputs = model.get_outputs_for_camera(camera)
@@ -296,6 +309,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         default=None,
         help="comma-separated operating points to evaluate (default: all); largest:N: the N largest",
     )
+    parser.add_argument("--test-views", type=int, default=None, help="evaluate N test views, spread (default: all)")
     args = parser.parse_args(argv)
 
     import nerfqat_plugin  # noqa: F401  (offline-safe checkpoint loading, error reporting)
@@ -341,11 +355,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     elif isinstance(pipeline.model, CompressibleModel):
         directory = args.output_dir / args.label
         row.update(pipeline.model.training_statistics())
-        row.update(export_and_evaluate(pipeline.model, pipeline, directory, pipeline.device, points))
+        row.update(export_and_evaluate(pipeline.model, pipeline, directory, pipeline.device, points, args.test_views))
     else:  # a peer method: evaluated as trained, sized by its fp32 parameters
         row["param_bytes"] = parameter_bytes(pipeline.model)
         with torch.no_grad():
-            row.update(evaluate_model(pipeline.model, pipeline, pipeline.device))
+            row.update(evaluate_model(pipeline.model, pipeline, pipeline.device, args.test_views))
     args.results.parent.mkdir(parents=True, exist_ok=True)
     with args.results.open("a", encoding="utf8") as handle:
         handle.write(json.dumps(row) + "\n")
