@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any, Dict
 
 from nerfstudio.configs.base_config import ViewerConfig
-from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.engine.trainer import TrainerConfig
 
 from nerfqat_plugin.data.auto_dataparser import AutoDataParserConfig
+from nerfqat_plugin.data.datamanager import CompressionDataManagerConfig
 from nerfqat_plugin.models.compressible import CompressibleModelConfig
 from nerfqat_plugin.pipelines.compression_pipeline import CompressionPipelineConfig
 
@@ -30,7 +30,8 @@ def compression_trainer(
     max_iterations: int,
     rays_per_chunk: int,
 ) -> TrainerConfig:
-    """nerfstudio's trainer with the compression pipeline, auto-detected data and 4096-ray batches."""
+    """nerfstudio's trainer with the compression pipeline, auto-detected data and 4096-ray batches
+    (drawn from the image centres for the first steps on object scenes)."""
     return TrainerConfig(
         method_name=method_name,
         steps_per_eval_batch=500,
@@ -39,7 +40,7 @@ def compression_trainer(
         max_num_iterations=max_iterations,
         mixed_precision=False,
         pipeline=CompressionPipelineConfig(
-            datamanager=VanillaDataManagerConfig(
+            datamanager=CompressionDataManagerConfig(
                 dataparser=AutoDataParserConfig(),
                 train_num_rays_per_batch=4096,
                 images_on_gpu=True,  # sample pixels on the GPU: the CPU sampler is the bottleneck otherwise
