@@ -350,21 +350,29 @@ def main(argv: Optional[List[str]] = None) -> int:
     if torch.cuda.is_available():
         row["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     pipeline = trainer.pipeline
-    if args.speed_only:
-        pass
-    elif isinstance(pipeline.model, CompressibleModel):
-        directory = args.output_dir / args.label
+    status = 0
+    if isinstance(pipeline.model, CompressibleModel):
         row.update(pipeline.model.training_statistics())
-        row.update(export_and_evaluate(pipeline.model, pipeline, directory, pipeline.device, points, args.test_views))
-    else:  # a peer method: evaluated as trained, sized by its fp32 parameters
-        row["param_bytes"] = parameter_bytes(pipeline.model)
-        with torch.no_grad():
-            row.update(evaluate_model(pipeline.model, pipeline, pipeline.device, args.test_views))
+    try:  # a failed evaluation still leaves its row (training figures, the error), never nothing
+        if args.speed_only:
+            pass
+        elif isinstance(pipeline.model, CompressibleModel):
+            directory = args.output_dir / args.label
+            row.update(
+                export_and_evaluate(pipeline.model, pipeline, directory, pipeline.device, points, args.test_views)
+            )
+        else:  # a peer method: evaluated as trained, sized by its fp32 parameters
+            row["param_bytes"] = parameter_bytes(pipeline.model)
+            with torch.no_grad():
+                row.update(evaluate_model(pipeline.model, pipeline, pipeline.device, args.test_views))
+    except Exception as err:  # noqa: BLE001  (recorded in the row; the exit status says it failed)
+        row["evaluation_error"] = f"{type(err).__name__}: {err}"[:500]
+        status = 1
     args.results.parent.mkdir(parents=True, exist_ok=True)
     with args.results.open("a", encoding="utf8") as handle:
         handle.write(json.dumps(row) + "\n")
     print("[benchmark] " + json.dumps({k: v for k, v in row.items() if k not in ("options", "command")}), flush=True)
-    return 0
+    return status
 
 
 if __name__ == "__main__":

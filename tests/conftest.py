@@ -75,3 +75,33 @@ def fern() -> Path:
 @pytest.fixture()
 def lego() -> Path:
     return _shared_scene("lego", "transforms_train.json")
+
+
+DEV_SCENES = {"fern": "poses_bounds.npy", "horns": "poses_bounds.npy", "lego": "transforms_train.json"}
+DEV_SCENES.update(chair="transforms_train.json", fruit="transforms.json")
+
+
+@pytest.fixture(params=sorted(DEV_SCENES))
+def dev_scene(request: pytest.FixtureRequest) -> Path:
+    """Each of the five development scenes in ../shared/data (skipped where absent)."""
+    return _shared_scene(request.param, DEV_SCENES[request.param])
+
+
+def make_capture_scene(root: Path, frames: int = 10, present: int = 10, alpha: bool = False) -> Path:
+    """An instant-ngp / COLMAP style capture: one transforms.json with shared intrinsics and distortion,
+    ``frames`` frames naming images/frame_XXX.png, of which the first ``present`` exist."""
+    (root / "images").mkdir(parents=True)
+    entries = []
+    for i in range(frames):
+        angle = 2 * np.pi * i / frames
+        pose = np.eye(4)
+        pose[:3, 3] = [3 * np.cos(angle), 3 * np.sin(angle), 0.5]
+        entries.append({"file_path": f"images/frame_{i:03d}.png", "transform_matrix": pose.tolist()})
+        if i < present:
+            pixels = _image(i, 16, 12)
+            if alpha:
+                pixels = np.dstack([pixels, np.full((12, 16), 255, np.uint8)])
+            Image.fromarray(pixels).save(root / "images" / f"frame_{i:03d}.png")
+    meta = {"fl_x": 14.0, "fl_y": 14.0, "cx": 8.0, "cy": 6.0, "w": 16, "h": 12, "k1": 0.01, "k2": 0.0}
+    (root / "transforms.json").write_text(json.dumps({**meta, "frames": entries}))
+    return root

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_HEIGHT, TINY_WIDTH, make_blender_scene, make_llff_scene
+from conftest import TINY_HEIGHT, TINY_WIDTH, make_blender_scene, make_capture_scene, make_llff_scene
 
 from nerfqat_plugin.data.auto_dataparser import AutoDataParserConfig, detect_scene_format
 from nerfqat_plugin.data.llff_dataparser import LLFFDataParserConfig
@@ -100,3 +100,65 @@ def test_malformed_poses(scene_copy: Path) -> None:
     np.save(scene_copy / "poses_bounds.npy", np.zeros((17, 5)))
     with pytest.raises(DataError, match="N x 17"):
         _parse(scene_copy)
+
+
+# -- every scene type -----------------------------------------------------------------------------
+
+EXPECTED_DEV_SPLITS = {"fern": (17, 3), "horns": (54, 8), "lego": (100, 25), "chair": (100, 25), "fruit": (70, 11)}
+EXPECTED_DEV_TYPES = {"fern": "forward-facing", "horns": "forward-facing", "lego": "bounded", "chair": "bounded"}
+EXPECTED_DEV_TYPES["fruit"] = "unbounded"
+
+
+def test_auto_parser_reads_every_dev_scene_with_its_type_and_split(dev_scene: Path) -> None:
+    parser = AutoDataParserConfig(data=dev_scene).setup()
+    train, test = parser.get_dataparser_outputs("train"), parser.get_dataparser_outputs("test")
+    assert (len(train.image_filenames), len(test.image_filenames)) == EXPECTED_DEV_SPLITS[dev_scene.name]
+    assert not set(train.image_filenames) & set(test.image_filenames)
+    assert train.metadata["scene_type"] == EXPECTED_DEV_TYPES[dev_scene.name]
+    assert all(Path(p).is_file() for p in train.image_filenames + test.image_filenames)
+
+
+def test_a_capture_holds_out_every_eighth_frame_and_keeps_its_distortion(tmp_path: Path) -> None:
+    scene = make_capture_scene(tmp_path / "capture", frames=17, present=17)
+    parser = AutoDataParserConfig(data=scene).setup()
+    test = parser.get_dataparser_outputs("test")
+    assert [p.name for p in test.image_filenames] == ["frame_000.png", "frame_008.png", "frame_016.png"]
+    assert test.metadata["scene_type"] == "unbounded" and test.metadata["near_far"] == (0.05, 4.0)
+    assert float(test.cameras.distortion_params[0, 0]) == pytest.approx(0.01)
+
+
+def test_a_capture_with_alpha_is_an_object_scene(tmp_path: Path) -> None:
+    scene = make_capture_scene(tmp_path / "capture", alpha=True)
+    assert AutoDataParserConfig(data=scene).setup().get_dataparser_outputs("train").metadata["scene_type"] == "bounded"
+
+
+def test_blender_images_keep_their_alpha_unless_asked(tmp_path: Path) -> None:
+    from nerfstudio.data.datasets.base_dataset import InputDataset
+
+    scene = make_blender_scene(tmp_path / "b")
+    outputs = AutoDataParserConfig(data=scene).setup().get_dataparser_outputs("train")
+    assert outputs.metadata["scene_type"] == "bounded" and InputDataset(outputs)[0]["image"].shape[-1] == 4
+    white = AutoDataParserConfig(data=scene, alpha_color="white").setup().get_dataparser_outputs("train")
+    assert InputDataset(white)[0]["image"].shape[-1] == 3
+
+
+def test_missing_capture_images_are_named_in_one_error(tmp_path: Path) -> None:
+    scene = make_capture_scene(tmp_path / "capture", frames=14, present=10)
+    with pytest.raises(DataError, match=r"4 of 14 frames name images that do not exist \(images/frame_010.png, "
+                       r"images/frame_011.png, images/frame_012.png, \.\.\.\); add --skip-missing-images"):  # fmt: skip
+        AutoDataParserConfig(data=scene).setup().get_dataparser_outputs("train")
+    empty = make_capture_scene(tmp_path / "none", frames=3, present=0)
+    with pytest.raises(DataError, match="none of the 3 frames' images exist"):
+        AutoDataParserConfig(data=empty).setup().get_dataparser_outputs("train")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(DataError, match="bad.json: unreadable transforms file"):
+        AutoDataParserConfig(data=tmp_path / "bad.json").setup().get_dataparser_outputs("train")
+
+
+def test_skip_missing_images_trains_on_the_frames_that_exist(tmp_path: Path) -> None:
+    scene = make_capture_scene(tmp_path / "capture", frames=14, present=10)
+    parser = AutoDataParserConfig(data=scene, skip_missing_images=True).setup()
+    train, test = parser.get_dataparser_outputs("train"), parser.get_dataparser_outputs("test")
+    names = sorted(p.name for p in train.image_filenames + test.image_filenames)
+    assert names == [f"frame_{i:03d}.png" for i in range(10)]
+    assert all(Path(p).is_file() for p in train.image_filenames)

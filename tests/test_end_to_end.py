@@ -134,3 +134,14 @@ def test_corrupt_compressed_file_is_one_clear_error(tmp_path: Path) -> None:
     proc = run("ns-compressed-info", [str(bad)], check=False)
     assert proc.returncode == 1
     assert f"error: {bad}" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ns_train_stops_in_one_line_on_a_capture_with_missing_images(tmp_path: Path) -> None:
+    from conftest import make_capture_scene
+
+    scene = make_capture_scene(tmp_path / "capture", frames=12, present=9)
+    args = ["--data", str(scene), "--output-dir", str(tmp_path / "out"), "--machine.device-type", "cpu"]
+    proc = run("ns-train", ["nerf-qat", *args, "--vis", "tensorboard"], check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "3 of 12 frames name images that do not exist" in errors[0]
