@@ -5,6 +5,8 @@
 # calls on the same machine run the code they carried (the installed entry points resolve to it).
 export PYTHONPATH=$PWD:$PYTHONPATH
 export OUT=${OUT:-/tmp/out}
+# LPIPS offline: AlexNet weights converted here with ns-lpips-weights and carried in .gpu/.
+if [ -f .gpu/alexnet-lpips.safetensors ]; then export NERFQAT_LPIPS_ALEXNET=$PWD/.gpu/alexnet-lpips.safetensors; fi
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 # nerfacc 0.5.2 (instant-ngp's sampler, built on first use) calls cub::Equality, which CUDA 13's CCCL

@@ -347,6 +347,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         "command": command,
         "code_commit": os.environ.get("CODE_COMMIT"),
     }
+    from nerfqat_plugin.metrics.image_metrics import lpips_weights_source
+
+    row["lpips_weights"] = lpips_weights_source()  # None: LPIPS is null in this row
     if torch.cuda.is_available():
         row["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     pipeline = trainer.pipeline

