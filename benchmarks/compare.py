@@ -58,31 +58,38 @@ class Job:
     runner_args: List[str] = field(default_factory=list)
     evaluations: int = 1
     """How many times its test views are rendered (once per evaluated operating point)."""
+    scene: str = ""
+    """Scene name of its log and rows (default: the command's --scene)."""
+    data: Optional[Path] = None
+    """Scene folder (default: the command's --data)."""
+    results: Optional[Path] = None
+    """Rows file (default: ``<scene>_rows.jsonl``)."""
 
     def expected_s(self, budget_s: float, margin_s: float, eval_s: float) -> float:
         """Wall-clock seconds the configuration is expected to take, evaluation included."""
         return budget_s + margin_s + self.evaluations * eval_s
 
 
-def near_far(data: Path) -> Optional[Tuple[float, float]]:
-    """World-space sampling bounds our dataparser derives for a scene (given to peers that need them)."""
+def scene_space(data: Path) -> Tuple[Optional[Tuple[float, float]], str]:
+    """World-space sampling bounds our dataparser derives for a scene (given to peers that need them)
+    and the scene type it detects."""
     from nerfqat_plugin.data.auto_dataparser import AutoDataParserConfig
-    from nerfqat_plugin.model_components.ray_setup import NEAR_FAR_METADATA_KEY
+    from nerfqat_plugin.model_components.ray_setup import NEAR_FAR_METADATA_KEY, SCENE_TYPE_METADATA_KEY
 
     outputs = AutoDataParserConfig(data=data).setup().get_dataparser_outputs("train")
     bounds = outputs.metadata.get(NEAR_FAR_METADATA_KEY)
-    return (float(bounds[0]), float(bounds[1])) if bounds else None
+    return (float(bounds[0]), float(bounds[1])) if bounds else None, outputs.metadata[SCENE_TYPE_METADATA_KEY]
 
 
-def plan(scene: str, data: Path, bounds: Optional[Tuple[float, float]], forward_facing: bool = True) -> List[Job]:
+def plan(scene: str, data: Path, bounds: Optional[Tuple[float, float]], white_background: bool = False) -> List[Job]:
     """Table 1 and 2 configurations. Peers: camera optimizer off, torch implementations, our
-    dataparser (same split), the scene's near/far, and on bounded (Blender) scenes the white
-    background the test images are composited on."""
+    dataparser (same split), the scene's near/far, and on object scenes (``white_background``) the
+    white background the test images are composited on."""
     near, far = bounds or (2.0, 6.0)
     peers_parser = ["auto-data"]
     no_camera_opt = ["--pipeline.model.camera-optimizer.mode", "off"]
     collider = ["--pipeline.model.collider-params", "near_plane", f"{near:.4f}", "far_plane", f"{far:.4f}"]
-    white = [] if forward_facing else ["--pipeline.model.background-color", "white"]
+    white = ["--pipeline.model.background-color", "white"] if white_background else []
     return [
         Job("nerf-fp32", "nerf-qat", ["--pipeline.model.quantize", "False"]),
         Job("nerf-qat-int8", "nerf-qat", ["--pipeline.model.bits", "8"]),
@@ -114,17 +121,13 @@ def plan(scene: str, data: Path, bounds: Optional[Tuple[float, float]], forward_
     ]
 
 
-def is_forward_facing(data: Path) -> bool:
-    return (data / "poses_bounds.npy").is_file()
-
-
 def rows_path(scene: str) -> Path:
     return RESULTS / f"{scene}_rows.jsonl"
 
 
-def load_rows(scene: str, budget_s: Optional[float] = None) -> Dict[str, Dict[str, Any]]:
-    """The latest row of every label (for one budget if given)."""
-    path = rows_path(scene)
+def load_rows(scene: str, budget_s: Optional[float] = None, path: Optional[Path] = None) -> Dict[str, Dict[str, Any]]:
+    """The latest row of every label in ``path`` (default: the scene's comparison rows), for one budget if given."""
+    path = path or rows_path(scene)
     rows: Dict[str, Dict[str, Any]] = {}
     if path.is_file():
         for line in path.read_text().splitlines():
@@ -184,17 +187,19 @@ def run_jobs(jobs: List[Job], args: argparse.Namespace, gpus: int) -> List[str]:
                     print(f"[compare] left for the next call (deadline): {left}", flush=True)
                     pending.clear()
                 break
-            log = log_dir / f"{args.scene}_{job.label}.log"
-            command = [sys.executable, str(ROOT / "benchmarks" / "run_benchmark.py"), "--data", str(args.data)]
+            scene = job.scene or args.scene
+            log = log_dir / f"{scene}_{job.label}.log"
+            data, results = job.data or args.data, job.results or rows_path(scene)
+            command = [sys.executable, str(ROOT / "benchmarks" / "run_benchmark.py"), "--data", str(data)]
             command += ["--method", job.method, "--label", job.label, "--iterations", "1000000", "--fit-budget"]
-            command += ["--budget-s", str(args.budget_s), "--results", str(rows_path(args.scene))]
+            command += ["--budget-s", str(args.budget_s), "--results", str(results)]
             command += ["--output-dir", str(args.output_dir), *job.runner_args, "--", *job.args]
             # One share of the host's cores per configuration: with every process on all cores, the
             # peers' CPU-side ray sampling and kernel launches stall each other (OpenMP oversubscription).
             threads = str(args.threads_per_job or max(1, (os.cpu_count() or 1) // gpus))
             device = visible_gpu(gpu)
             env = {**os.environ, "CUDA_VISIBLE_DEVICES": device, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads}
-            print(f"[compare] start {job.label} on GPU {device}: {' '.join(command[1:])}", flush=True)
+            print(f"[compare] start {scene} {job.label} on GPU {device}: {' '.join(command[1:])}", flush=True)
             handle = log.open("w")
             proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
             running[gpu] = (job, proc, time.perf_counter(), log)
@@ -379,7 +384,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.report_only:
         if args.data is None or not args.data.is_dir():
             parser.error(f"--data: scene folder {args.data} not found")
-        jobs = plan(args.scene, args.data, near_far(args.data), is_forward_facing(args.data))
+        bounds, scene_type = scene_space(args.data)
+        jobs = plan(args.scene, args.data, bounds, white_background=scene_type == "bounded")
         for job in jobs:
             job.args = shlex.split(args.common_args) + job.args
         done = load_rows(args.scene, args.budget_s)

@@ -54,7 +54,8 @@ def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_plan_covers_both_tables_and_configures_peers_fairly(tiny_llff: Path) -> None:
-    bounds = compare.near_far(tiny_llff)
+    bounds, scene_type = compare.scene_space(tiny_llff)
+    assert scene_type == "forward-facing"
     jobs = {job.label: job for job in compare.plan("tiny", tiny_llff, bounds)}
     assert {"nerf-fp32", "nerf-qat-int8", "nerf-qat-int8-unfused", "nerf-qat-int4", "vqad"} <= set(jobs)
     assert {"vanilla-nerf", "nerfacto", "instant-ngp", "tensorf"} <= set(jobs)
@@ -63,7 +64,7 @@ def test_plan_covers_both_tables_and_configures_peers_fairly(tiny_llff: Path) ->
         assert args[args.index("--pipeline.model.camera-optimizer.mode") + 1] == "off"
     assert f"{bounds[0]:.4f}" in jobs["vanilla-nerf"].args and jobs["vanilla-nerf"].args[-1] == "auto-data"
     assert "white" not in jobs["instant-ngp"].args  # forward-facing: the peers' own backgrounds
-    bounded = {job.label: job for job in compare.plan("lego", tiny_llff, (2.0, 6.0), forward_facing=False)}
+    bounded = {job.label: job for job in compare.plan("lego", tiny_llff, (2.0, 6.0), white_background=True)}
     for peer in ("vanilla-nerf", "nerfacto", "instant-ngp", "tensorf"):
         args = bounded[peer].args
         assert args[args.index("--pipeline.model.background-color") + 1] == "white"  # like the test images
@@ -130,7 +131,7 @@ def test_budget_planner_fits_the_budget_and_replans_after_a_slow_start() -> None
 
 def test_longest_configuration_starts_first_and_late_gpus_take_what_still_fits() -> None:
     args = argparse.Namespace(budget_s=150.0, margin_s=45.0, eval_s=80.0, deadline_s=540.0)
-    jobs = {job.label: job for job in compare.plan("lego", Path("."), (2.0, 6.0), forward_facing=False)}
+    jobs = {job.label: job for job in compare.plan("lego", Path("."), (2.0, 6.0), white_background=True)}
     assert jobs["vqad"].evaluations == 3
     assert jobs["vqad"].runner_args == ["--operating-points", "largest:3"]
     pending = sorted(jobs.values(), key=lambda j: -j.expected_s(150.0, 45.0, 80.0))
@@ -170,3 +171,36 @@ def test_operating_points_resolve_largest_n_and_refuse_unknown_names_before_trai
         run_benchmark.resolve_operating_points(model, ["levels=9"])
     with pytest.raises(SystemExit, match="positive N"):
         run_benchmark.resolve_operating_points(model, ["largest:x"])
+
+
+scene_suite = _load_benchmark_script("scene_suite")
+
+
+def test_suite_plans_four_configurations_per_scene_with_the_peers_background(tmp_path: Path) -> None:
+    from conftest import make_blender_scene, make_capture_scene
+
+    for maker, white in ((make_blender_scene, True), (make_capture_scene, False)):
+        jobs = scene_suite.suite_jobs("s", maker(tmp_path / maker.__name__), tmp_path)
+        assert [j.label for j in jobs] == list(scene_suite.SUITE)
+        assert all(j.results == tmp_path / "s.jsonl" and j.scene == "s" for j in jobs)
+        assert ("white" in jobs[-1].args) is white  # object scenes' test images are composited on white
+        vqad = next(j for j in jobs if j.method == "vqad")
+        assert vqad.runner_args == ["--no-operating-points"]
+
+
+def test_results_doc_is_generated_per_scene_with_the_gap_to_nerfacto(tmp_path: Path) -> None:
+    rows = [
+        _row("nerf-qat-int8", "nerf-qat", 25.0, file_bytes=1_100_000, jobs_per_gpu=1),
+        _row("nerfacto", "nerfacto", 26.5, param_bytes=50_000_000),
+        _row("vqad", "vqad", 12.0, file_bytes=900_000, collapse_warning=True),
+    ]
+    (tmp_path / "fern.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = scene_suite.results_markdown(tmp_path)
+    assert "## fern" in text and "## lego" not in text
+    assert "| nerf-qat-int8 | 25.00 |" in text and "-1.50 dB" in text and "collapse warning" in text
+    assert text.index("| nerf-qat-int8") < text.index("| nerfacto")  # the peer last
+
+
+def test_committed_results_doc_is_up_to_date() -> None:
+    committed = (ROOT / "docs" / "results.md").read_text()
+    assert committed == scene_suite.results_markdown(), "run: python benchmarks/scene_suite.py --report-only"
