@@ -24,6 +24,10 @@ class OptionError(UserInputError, ValueError):
     """A method option whose value cannot work (out of range, naming a layer that does not exist)."""
 
 
+class OutputError(UserInputError, OSError):
+    """An output file that cannot be written (a directory in its place, a read-only folder)."""
+
+
 _previous_hook = sys.excepthook
 
 

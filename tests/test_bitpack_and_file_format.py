@@ -21,6 +21,7 @@ from nerfqat_plugin.compression.bitpack import (
     unpack_unsigned,
 )
 from nerfqat_plugin.compression.file_format import CompressedFileError, read_compressed, write_compressed
+from nerfqat_plugin.errors import OutputError
 
 
 @pytest.mark.parametrize("bits", list(range(1, 17)))
@@ -101,10 +102,25 @@ def test_failed_write_keeps_the_previous_file(tmp_path: Path, monkeypatch: pytes
         raise OSError("disk full")
 
     monkeypatch.setattr(file_format.os, "replace", broken_replace)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match=f"{path}: cannot write here \\(disk full\\)"):
         write_compressed(path, {"x": torch.zeros(5)}, {"method": "test"})
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["field.nqz"]
+
+
+def test_unwritable_outputs_are_one_line_errors_and_leave_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(OutputError, match=f"{tmp_path}: is a directory; name the file to write"):
+        write_compressed(tmp_path, {"x": torch.zeros(5)}, {"method": "test"})
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(file_format.tempfile, "mkstemp", read_only)
+    with pytest.raises(OutputError, match=r"out.nqz: cannot write here \(Read-only file system\)"):
+        write_compressed(tmp_path / "out.nqz", {"x": torch.zeros(5)}, {"method": "test"})
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize(

@@ -145,3 +145,50 @@ def test_ns_train_stops_in_one_line_on_a_capture_with_missing_images(tmp_path: P
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "3 of 12 frames name images that do not exist" in errors[0]
+
+
+def _unwritable_folder(tmp_path: Path) -> Path:
+    """A folder this process cannot create files in (root ignores permission bits: /sys then)."""
+    if os.geteuid() == 0:
+        return Path("/sys/nerfqat-test")
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, path: Path, problem: str) -> None:
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {path}: {problem}"), errors
+
+
+def test_export_bad_inputs_are_one_line_each_and_leave_the_old_file(trained: Path, tmp_path: Path) -> None:
+    if "nerf-qat" not in trained.parts:
+        pytest.skip("the command's input handling does not depend on the method; checked with nerf-qat")
+    existing = tmp_path / "existing.nqz"
+    existing.write_bytes(b"keep me")
+    export = ["--load-config", str(trained), "--output-path"]
+
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    _one_line_error(run("ns-export-compressed", [*export, str(folder)], check=False), folder, "is a directory")
+
+    unwritable = _unwritable_folder(tmp_path) / "out.nqz"
+    proc = run("ns-export-compressed", [*export, str(unwritable)], check=False)
+    _one_line_error(proc, unwritable, "cannot write here")
+
+    not_yaml = tmp_path / "config.yml"
+    not_yaml.write_bytes(bytes(range(256)))
+    proc = run("ns-export-compressed", ["--load-config", str(not_yaml), "--output-path", str(existing)], check=False)
+    _one_line_error(proc, not_yaml, "not a nerfstudio config.yml")
+
+    (checkpoint,) = (trained.parent / "nerfstudio_models").glob("step-*.ckpt")
+    whole = checkpoint.read_bytes()
+    try:
+        checkpoint.write_bytes(whole[: len(whole) // 2])
+        proc = run("ns-export-compressed", [*export, str(existing)], check=False)
+        _one_line_error(proc, checkpoint, "unreadable checkpoint")
+    finally:
+        checkpoint.write_bytes(whole)
+    assert existing.read_bytes() == b"keep me"

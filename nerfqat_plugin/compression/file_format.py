@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
-from nerfqat_plugin.errors import UserInputError
+from nerfqat_plugin.errors import OutputError, UserInputError
 
 FORMAT_NAME = "nerfqat-plugin/compressed-field"
 FORMAT_VERSION = 2
@@ -80,12 +80,18 @@ def write_compressed(path: Path, tensors: Dict[str, torch.Tensor], payload: Dict
     """Write ``tensors`` and ``payload`` atomically to ``path``; returns the file's size in bytes.
 
     The file is written to a temporary sibling and renamed into place, so an interrupted export
-    never leaves a half-written file under the final name.
+    never leaves a half-written file under the final name, and a failed one leaves an existing file
+    as it was. A path that cannot be written raises :class:`OutputError`.
     """
     path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a directory; name the file to write, e.g. {path / 'scene.nqz'}")
     blob = serialize_compressed(tensors, payload)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise OutputError(f"{path}: cannot write here ({err.strerror or err})") from None
     try:
         os.chmod(tmp_name, 0o666 & ~_current_umask())  # mkstemp creates 0600; use the usual mode
         with os.fdopen(fd, "wb") as handle:
@@ -93,6 +99,9 @@ def write_compressed(path: Path, tensors: Dict[str, torch.Tensor], payload: Dict
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
+    except OSError as err:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write here ({err.strerror or err})") from None
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise

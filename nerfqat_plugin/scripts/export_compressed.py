@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Optional
 
 import tyro
-from nerfstudio.utils.eval_utils import eval_setup
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from nerfqat_plugin.errors import UserInputError
 from nerfqat_plugin.models.compressible import CompressibleModel
+from nerfqat_plugin.scripts.run_loading import load_trained_pipeline
 
 
 @dataclass
@@ -26,9 +26,7 @@ class ExportCompressed:
     """vqad: export only this operating point (e.g. levels=2); default: the full model."""
 
     def main(self) -> int:
-        if not self.load_config.is_file():
-            raise UserInputError(f"{self.load_config}: config file not found")
-        _, pipeline, checkpoint, _ = eval_setup(self.load_config, test_mode="inference")
+        pipeline, checkpoint = load_trained_pipeline(self.load_config)
         model = pipeline.model
         if not isinstance(model, CompressibleModel):
             raise UserInputError(
