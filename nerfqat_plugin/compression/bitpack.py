@@ -17,6 +17,8 @@ import torch
 
 MIN_BITS = 1
 MAX_BITS = 16
+MAX_DEFLATE_RATIO = 1032
+"""deflate's largest possible expansion (its longest match per bit pair): a stream announcing more is corrupt."""
 
 
 def packed_num_bytes(num_values: int, bits: int) -> int:
@@ -91,6 +93,8 @@ def decode_integers(data: torch.Tensor, spec: Dict[str, Any]) -> torch.Tensor:
     count = int(np.prod(shape)) if shape else 1
     if spec.get("compression") == "deflate":
         expected = packed_num_bytes(count, bits)
+        if expected > MAX_DEFLATE_RATIO * data.numel() + 64:  # rejected before inflating anything
+            raise ValueError(f"deflated stream of {data.numel()} bytes cannot hold the announced {expected}")
         inflater = zlib.decompressobj()
         try:
             # Bounded: a hostile stream cannot inflate beyond the bytes the layout announces.

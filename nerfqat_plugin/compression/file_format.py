@@ -9,7 +9,8 @@ The JSON header's ``__metadata__`` holds:
 * ``format``: :data:`FORMAT_NAME`, to reject foreign safetensors files;
 * ``format_version``: an integer; readers refuse versions newer than :data:`FORMAT_VERSION`;
 * ``payload``: JSON describing how to rebuild the field (method, configuration, tensor encodings);
-* ``sha256``: digest of the tensor bytes, so a flipped bit is caught at load time.
+* ``sha256``: digest of the payload and the tensor bytes, so a flipped bit is caught at load time
+  (files of format 1 and 2 digest their tensors only, and are checked that way).
 
 No pickle is involved anywhere: loading a file can never execute code. Files are reproducible
 byte for byte: the header's keys are written sorted (safetensors' own writer orders metadata by a
@@ -33,8 +34,9 @@ from safetensors.torch import save as safetensors_save
 from nerfqat_plugin.errors import OutputError, UserInputError
 
 FORMAT_NAME = "nerfqat-plugin/compressed-field"
-FORMAT_VERSION = 2
-"""2: packed integers may be deflated (layout ``compression``); version 1 files still load."""
+FORMAT_VERSION = 3
+"""2: packed integers may be deflated (layout ``compression``); 3: the checksum covers the payload too.
+Files of every earlier version still load."""
 _HEADER_LEN_BYTES = 8
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 
@@ -43,8 +45,11 @@ class CompressedFileError(UserInputError, ValueError):
     """A compressed-field file is missing, truncated, corrupt, foreign or too new."""
 
 
-def _digest(tensors: Dict[str, torch.Tensor]) -> str:
+def _digest(tensors: Dict[str, torch.Tensor], payload_text: str | None = None) -> str:
+    """sha256 of the tensors (names, dtypes, shapes, bytes), preceded by the payload's JSON text when given."""
     sha = hashlib.sha256()
+    if payload_text is not None:
+        sha.update(payload_text.encode())
     for name in sorted(tensors):
         tensor = tensors[name].detach().contiguous().cpu()
         sha.update(name.encode())
@@ -57,11 +62,12 @@ def _digest(tensors: Dict[str, torch.Tensor]) -> str:
 def serialize_compressed(tensors: Dict[str, torch.Tensor], payload: Dict[str, Any]) -> bytes:
     """The exact bytes :func:`write_compressed` writes (its length is the reported file size)."""
     cpu_tensors = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
+    payload_text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     metadata = {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
-        "payload": json.dumps(payload, sort_keys=True, separators=(",", ":")),
-        "sha256": _digest(cpu_tensors),
+        "payload": payload_text,
+        "sha256": _digest(cpu_tensors, payload_text),
     }
     return _with_sorted_header(safetensors_save(cpu_tensors, metadata=metadata))
 
@@ -153,10 +159,15 @@ def read_compressed(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]
         tensors = safetensors_load(blob)
     except Exception as err:  # safetensors raises its own error type for any malformed body
         raise CompressedFileError(f"{path}: corrupt or truncated tensor data ({err})") from err
-    if _digest(tensors) != metadata.get("sha256"):
+    payload_text = metadata.get("payload")
+    if not isinstance(payload_text, str):
+        raise CompressedFileError(f"{path}: missing payload description")
+    if _digest(tensors, payload_text if version >= 3 else None) != metadata.get("sha256"):
         raise CompressedFileError(f"{path}: checksum mismatch, the file is corrupt")
     try:
-        payload = json.loads(metadata["payload"])
-    except (KeyError, json.JSONDecodeError) as err:
-        raise CompressedFileError(f"{path}: missing or invalid payload description") from err
+        payload = json.loads(payload_text)
+    except json.JSONDecodeError as err:
+        raise CompressedFileError(f"{path}: invalid payload description") from err
+    if not isinstance(payload, dict):
+        raise CompressedFileError(f"{path}: invalid payload description")
     return tensors, payload

@@ -1,0 +1,115 @@
+"""The compressed file as a product: files written by earlier versions keep loading and rendering
+identically, and no corruption of a file gets past the reader as anything but its one-line error."""
+
+from __future__ import annotations
+
+import json
+import random
+import struct
+import sys
+import time
+from pathlib import Path
+from typing import Dict
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from nerfqat_plugin.compression import file_format
+from nerfqat_plugin.compression.file_format import CompressedFileError, read_compressed, serialize_compressed
+from nerfqat_plugin.models.compressible import load_compressed_model
+
+FIXTURES = Path(__file__).parent / "fixtures"
+sys.path.insert(0, str(FIXTURES))
+from make_old_files import fixture_rays  # noqa: E402
+
+METHODS = ("nerf_qat", "vqad")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_format_2_files_load_and_render_as_they_did(method: str) -> None:
+    path = FIXTURES / f"format2_{method}.nqz"
+    assert (
+        json.loads(path.read_bytes()[8 : 8 + struct.unpack("<Q", path.read_bytes()[:8])[0]])["__metadata__"][
+            "format_version"
+        ]
+        == "2"
+    )
+    expected = load_file(FIXTURES / "format2_renders.safetensors")[method]
+    with torch.no_grad():
+        rgb = load_compressed_model(path)(fixture_rays())["rgb"]
+    assert torch.max(torch.abs(rgb - expected)) <= 1e-6
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_rewritten_file_holds_the_same_model(method: str, tmp_path: Path) -> None:
+    model = load_compressed_model(FIXTURES / f"format2_{method}.nqz")
+    model.export_compressed(tmp_path / "new.nqz")
+    assert read_compressed(tmp_path / "new.nqz")[1]["method"] == method.replace("_", "-")
+    with torch.no_grad():
+        rgb = load_compressed_model(tmp_path / "new.nqz")(fixture_rays())["rgb"]
+    assert torch.max(torch.abs(rgb - load_file(FIXTURES / "format2_renders.safetensors")[method])) <= 1e-6
+
+
+def test_the_checksum_covers_the_payload(tmp_path: Path) -> None:
+    blob = serialize_compressed({"a": torch.arange(4, dtype=torch.uint8)}, {"method": "test", "bits": 8})
+    tampered = blob.replace(b'\\"bits\\":8', b'\\"bits\\":9')
+    assert tampered != blob
+    (tmp_path / "t.nqz").write_bytes(tampered)
+    with pytest.raises(CompressedFileError, match="checksum mismatch"):
+        read_compressed(tmp_path / "t.nqz")
+
+
+def _load_tensors_or_error(path: Path, original: Dict[str, torch.Tensor]) -> str:
+    """'same' when the file decodes to exactly the original tensors and model, 'error' for the one-line error."""
+    try:
+        tensors, _ = read_compressed(path)
+        load_compressed_model(path)
+    except CompressedFileError:
+        return "error"
+    assert set(tensors) == set(original) and all(torch.equal(tensors[k], original[k]) for k in original)
+    return "same"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_fuzzed_files_either_decode_exactly_or_give_the_one_line_error(method: str, tmp_path: Path) -> None:
+    """Every truncation, and random single- and multi-byte corruptions (fixed seed): never another
+    exception type. Runs in a few seconds: the checksum rejects nearly every case before decoding."""
+    source = tmp_path / "source.nqz"
+    load_compressed_model(FIXTURES / f"format2_{method}.nqz").export_compressed(source)
+    blob = source.read_bytes()
+    original, _ = read_compressed(source)
+    target = tmp_path / "fuzzed.nqz"
+    outcomes = {"same": 0, "error": 0}
+    start = time.perf_counter()
+    for length in range(len(blob)):
+        target.write_bytes(blob[:length])
+        outcomes[_load_tensors_or_error(target, original)] += 1
+    rng = random.Random(0)
+    for trial in range(2000):
+        damaged = bytearray(blob)
+        for _ in range(1 if trial % 2 else rng.randint(2, 16)):
+            damaged[rng.randrange(len(blob))] = rng.randrange(256)
+        target.write_bytes(bytes(damaged))
+        outcomes[_load_tensors_or_error(target, original)] += 1
+    assert outcomes["error"] >= len(blob)  # every truncation is an error
+    assert time.perf_counter() - start < 60
+
+
+def test_a_header_claiming_a_huge_tensor_is_refused_before_allocating(tmp_path: Path) -> None:
+    header = {
+        "__metadata__": {"format": file_format.FORMAT_NAME, "format_version": "3", "payload": "{}", "sha256": "0"},
+        "w": {"dtype": "F32", "shape": [10**6, 10**6], "data_offsets": [0, 4 * 10**12]},
+    }
+    encoded = json.dumps(header).encode()
+    (tmp_path / "huge.nqz").write_bytes(struct.pack("<Q", len(encoded)) + encoded + b"\0" * 64)
+    with pytest.raises(CompressedFileError, match="corrupt or truncated tensor data"):
+        read_compressed(tmp_path / "huge.nqz")
+
+
+def test_a_deflated_stream_announcing_more_than_deflate_can_hold_is_refused() -> None:
+    from nerfqat_plugin.compression.bitpack import decode_integers
+
+    spec = {"encoding": "packed-uint", "bits": 8, "shape": [10**12], "compression": "deflate"}
+    with pytest.raises(ValueError, match="cannot hold the announced"):
+        decode_integers(torch.zeros(100, dtype=torch.uint8), spec)
