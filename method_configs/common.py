@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from nerfstudio.configs.base_config import ViewerConfig
+import torch
+from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.engine.trainer import TrainerConfig
@@ -49,6 +50,8 @@ def compression_trainer(
             model=model,
         ),
         optimizers=optimizers,
+        # nerfstudio defaults to CUDA and fails without a driver; our methods train on the CPU there.
+        machine=MachineConfig(device_type="cuda" if torch.cuda.is_available() else "cpu"),
         viewer=ViewerConfig(num_rays_per_chunk=rays_per_chunk),
         vis="viewer",
     )

@@ -113,3 +113,21 @@ def test_a_deflated_stream_announcing_more_than_deflate_can_hold_is_refused() ->
     spec = {"encoding": "packed-uint", "bits": 8, "shape": [10**12], "compression": "deflate"}
     with pytest.raises(ValueError, match="cannot hold the announced"):
         decode_integers(torch.zeros(100, dtype=torch.uint8), spec)
+
+
+def test_compressed_info_says_what_applies(capsys: pytest.CaptureFixture[str]) -> None:
+    from nerfqat_plugin.scripts.compressed_info import CompressedInfo
+
+    CompressedInfo(path=FIXTURES / "format2_vqad.nqz", json_output=True).main()
+    info = json.loads(capsys.readouterr().out)
+    assert info["sampling"].startswith("NDC") and "near_plane" not in info["model"]  # NDC: no near/far planes
+    model = load_compressed_model(FIXTURES / "format2_vqad.nqz")
+    assert info["stored_values"] > sum(p.numel() for p in model.parameters())  # the grid's indices count too
+
+
+def test_our_methods_train_on_the_cpu_where_there_is_no_gpu() -> None:
+    from method_configs.nerf_qat import nerf_qat_method
+    from method_configs.vqad import vqad_method
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert nerf_qat_method.config.machine.device_type == vqad_method.config.machine.device_type == expected

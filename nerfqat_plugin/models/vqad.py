@@ -129,7 +129,7 @@ class VQADModelConfig(CompressibleModelConfig):
     grid_resolutions: Optional[Tuple[Tuple[int, int, int], ...]] = None
     """Every level's resolution explicitly (overrides num_levels and finest_resolution)."""
     bits: Optional[int] = None
-    """Index bits b of every level: each level's codebook has 2**b entries (4 to 8). None: 4, or for
+    """Index bits b of every level: each level's codebook has 2**b entries (1 to 8). None: 4, or for
     an NDC scene with no grid option given, the NDC preset (8 bits on the coarse levels, 4 on the finest)."""
     level_bits: Optional[Tuple[int, ...]] = None
     """Index bits of every level, coarse to fine (overrides bits; one per level). Coarse levels hold

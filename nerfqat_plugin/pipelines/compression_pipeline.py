@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Type
 
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
+from nerfstudio.utils.rich_utils import CONSOLE
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nerfqat_plugin.models.compressible import CompressibleModel
@@ -67,6 +68,7 @@ class CompressionPipeline(VanillaPipeline):
             try:
                 for name in model.operating_points():
                     if name != current:
+                        CONSOLE.print(f"Evaluating operating point {name} (of {', '.join(model.operating_points())})")
                         model.set_operating_point(name)
                         point = self._metrics_at(name, data_loader, image_prefix, step, None, False)
                     else:
