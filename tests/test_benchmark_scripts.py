@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_llff_scene
-from test_end_to_end import TINY_NERF_QAT
+from helpers import TINY_NERF_QAT
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,49 +6,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
-from typing import List
 
 import pytest
 import torch
 from conftest import make_llff_scene
+from helpers import TINY_MODELS, run
 
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
-TINY_NERF_QAT = [
-    "--pipeline.model.num-layers", "2",
-    "--pipeline.model.layer-width", "16",
-    "--pipeline.model.skip-connections", "1",
-    "--pipeline.model.head-width", "8",
-    "--pipeline.model.position-frequencies", "4",
-    "--pipeline.model.direction-frequencies", "2",
-    "--pipeline.model.num-coarse-samples", "8",
-    "--pipeline.model.num-importance-samples", "8",
-    "--pipeline.model.qat-start-fraction", "0.5",
-    "--pipeline.model.calibration-steps", "3",
-]  # fmt: skip
-TINY_VQAD = [
-    "--pipeline.model.num-levels", "2",
-    "--pipeline.model.finest-resolution", "10", "8", "6",
-    "--pipeline.model.proposal-finest-resolution", "6", "6", "4",
-    "--pipeline.model.feature-dim", "4",
-    "--pipeline.model.hidden-dim", "16",
-    "--pipeline.model.color-hidden-dim", "16",
-    "--pipeline.model.num-proposal-samples", "16", "8",
-    "--pipeline.model.num-nerf-samples", "8",
-    "--pipeline.model.sparse-from-level", "1",  # the finest level drops empty blocks at 1/4 of the run
-    "--pipeline.model.sparse-block-size", "4",
-]  # fmt: skip
-TINY_MODELS = {"nerf-qat": TINY_NERF_QAT, "vqad": TINY_VQAD}
-
-
-def run(tool: str, args: List[str], check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([str(BIN / tool), *args], capture_output=True, text=True, env=env, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{tool} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
 
 
 @pytest.fixture(scope="module", params=sorted(TINY_MODELS))

@@ -151,14 +151,20 @@ class CompressibleModel(Model):
         self.weight_average = AveragedWeights(params, decay)
 
     def shared_training_callbacks(self) -> List[TrainingCallback]:
-        """Callbacks every model of the plugin adds to its own: the collapse check, and folding each
-        step's weights into the average where there is one."""
+        """Callbacks every model of the plugin adds to its own: per-step seeding, the collapse check,
+        and folding each step's weights into the average where there is one."""
+        seed = torch.initial_seed()  # the run's seed, as nerfstudio set it (per DDP rank)
         callbacks = [
+            TrainingCallback(
+                where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
+                update_every_num_iters=1,
+                func=lambda step: seed_step(seed, step),
+            ),
             TrainingCallback(
                 where_to_run=[TrainingCallbackLocation.AFTER_TRAIN_ITERATION],
                 update_every_num_iters=1,
                 func=self.collapse_monitor.check,
-            )
+            ),
         ]
         if self.weight_average is not None:
             callbacks.append(
@@ -296,6 +302,19 @@ class CompressibleModel(Model):
         (the pipeline then reports it as null)."""
         metrics = image_metrics(gt, pred)
         return {name: value for name, value in metrics.items() if value is not None}
+
+
+def run_length(trainer: Any) -> int:
+    """Steps of the whole run: a run resumed with ``--load-dir`` trains ``max_num_iterations`` more steps
+    after its checkpoint's, so fractions of the run (the QAT start, vqad's pruning) keep their steps
+    when the remainder is given, and never move before steps already taken."""
+    return int(getattr(trainer, "_start_step", 0)) + int(trainer.config.max_num_iterations)
+
+
+def seed_step(seed: int, step: int) -> None:
+    """Seed torch's generators from the run's seed and the step: every step draws its rays and samples
+    from its own stream, so a run resumed from a checkpoint goes on exactly as one never stopped."""
+    torch.manual_seed((seed + 1_000_003 * step) % 2**63)
 
 
 def scene_box_from_payload(payload: Dict[str, Any]) -> SceneBox:

@@ -26,6 +26,7 @@ from nerfqat_plugin.models.compressible import (
     CompressibleModel,
     CompressibleModelConfig,
     register_compressible,
+    run_length,
     scene_box_from_payload,
 )
 
@@ -162,6 +163,7 @@ class NeRFQATModel(CompressibleModel):
         self.sampler_pdf = PDFSampler(num_samples=self.config.num_importance_samples)
         self._view_float = False
         self._total_steps: Optional[Callable[[], int]] = None
+        self._qat_started_at: Optional[int] = None
 
         self.viewer_float_weights = ViewerCheckbox(
             name="Show float weights (not quantized)",
@@ -209,13 +211,28 @@ class NeRFQATModel(CompressibleModel):
             return self.config.float_warmup_steps
         return int(fraction * self._total_steps())
 
+    def quantizing_at(self, step: int) -> bool:
+        """Whether training step ``step`` runs quantized. The step at which quantization first switched
+        on is kept (and saved in checkpoints), so a re-planned or resumed run never switches it off
+        again or restarts calibration."""
+        if not self.config.quantize:
+            return False
+        if self._qat_started_at is None and step >= self.float_steps():
+            self._qat_started_at = step
+        return self._qat_started_at is not None and step >= self._qat_started_at
+
     def _apply_quant_schedule(self, step: int) -> None:
         if not self.config.quantize:
             return
-        start = self.float_steps()
-        quant_on = step >= start
+        quant_on = self.quantizing_at(step)
         set_quantization(self, quant_on)
-        set_observers(self, quant_on and step < start + self.config.calibration_steps)
+        set_observers(self, quant_on and step < self._qat_started_at + self.config.calibration_steps)
+
+    def get_extra_state(self) -> Dict[str, Any]:
+        return {"qat_started_at": self._qat_started_at}
+
+    def set_extra_state(self, state: Dict[str, Any]) -> None:
+        self._qat_started_at = state.get("qat_started_at")
 
     def get_training_callbacks(
         self, training_callback_attributes: TrainingCallbackAttributes
@@ -223,7 +240,7 @@ class NeRFQATModel(CompressibleModel):
         trainer = training_callback_attributes.trainer
         if trainer is not None:
             # Read at every step: a benchmark that re-plans the run length moves the QAT start too.
-            self._total_steps = lambda: trainer.config.max_num_iterations
+            self._total_steps = lambda: run_length(trainer)
         callbacks = [
             TrainingCallback(
                 where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
@@ -247,7 +264,7 @@ class NeRFQATModel(CompressibleModel):
         """Set every scheduler's initial rate to the configured one, times ``qat_lr_scale`` once
         quantization is on. Derived from the configuration each time, so it never compounds (a
         resumed run's schedulers come back with the scaled rate)."""
-        factor = self.config.qat_lr_scale if step >= self.float_steps() else 1.0
+        factor = self.config.qat_lr_scale if self.quantizing_at(step) else 1.0
         for name, scheduler in optimizers.schedulers.items():
             base = optimizers.config[name]["optimizer"].lr * factor
             scheduler.base_lrs = [base] * len(scheduler.base_lrs)

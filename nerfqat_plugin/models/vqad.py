@@ -44,6 +44,7 @@ from nerfqat_plugin.models.compressible import (
     CompressibleModel,
     CompressibleModelConfig,
     register_compressible,
+    run_length,
     scene_box_from_payload,
 )
 
@@ -438,7 +439,7 @@ class VQADModel(CompressibleModel):
         cfg = self.config
         trainer = training_callback_attributes.trainer
         if trainer is not None:  # read at every step: a benchmark may re-plan the run's length
-            self._total_steps = lambda: trainer.config.max_num_iterations
+            self._total_steps = lambda: run_length(trainer)
 
         def set_anneal(step: int) -> None:
             fraction = np.clip(step / cfg.proposal_weights_anneal_max_num_iters, 0, 1)
@@ -487,6 +488,23 @@ class VQADModel(CompressibleModel):
             return
         how = " (the densest within the byte budget: no block reached the threshold in time)" if last_try else ""
         CONSOLE.print(f"vqad: step {step}, kept blocks per sparse level: {kept}{how}")
+
+    def get_extra_state(self) -> Dict[str, Any]:
+        """Training state that lives outside tensors: the pruning's progress and the proposal sampler's
+        update counters, so a resumed run goes on exactly as an uninterrupted one."""
+        sampler = self.proposal_sampler
+        return {
+            "pruned": self._pruned,
+            "prune_attempts": self._prune_attempts,
+            "proposal_step": sampler._step,
+            "proposal_steps_since_update": sampler._steps_since_update,
+        }
+
+    def set_extra_state(self, state: Dict[str, Any]) -> None:
+        self._pruned = bool(state.get("pruned", False))
+        self._prune_attempts = int(state.get("prune_attempts", 0))
+        self.proposal_sampler._step = int(state.get("proposal_step", 0))
+        self.proposal_sampler._steps_since_update = int(state.get("proposal_steps_since_update", 0))
 
     def _prune_steps(self, total: int) -> Tuple[int, int]:
         """The step of the next pruning attempt and of the last one (the deadline), in a run of ``total``."""
