@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 BIN = Path(sys.executable).parent
 TINY_NERF_QAT = [
@@ -36,9 +36,9 @@ TINY_VQAD = [
 TINY_MODELS = {"nerf-qat": TINY_NERF_QAT, "vqad": TINY_VQAD}
 
 
-def run(tool: str, args: List[str], check: bool = True) -> subprocess.CompletedProcess:
+def run(tool: str, args: List[str], check: bool = True, cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([str(BIN / tool), *args], capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run([str(BIN / tool), *args], capture_output=True, text=True, env=env, timeout=600, cwd=cwd)
     if check and proc.returncode != 0:
         raise AssertionError(f"{tool} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -157,3 +158,25 @@ def test_export_bad_inputs_are_one_line_each_and_leave_the_old_file(trained: Pat
     finally:
         checkpoint.write_bytes(whole)
     assert existing.read_bytes() == b"keep me"
+
+
+def readme_block(marker: str) -> list[list[str]]:
+    """The commands of README.md's code block after ``<!-- marker -->``, continuation lines joined."""
+    lines = (Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines()
+    start = lines.index(f"<!-- {marker} -->") + 2  # past the marker and the opening fence
+    block = "\n".join(lines[start : lines.index("```", start)]).replace("\\\n", " ")
+    return [shlex.split(line) for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_cpu_quickstart_runs_as_written(tmp_path: Path) -> None:
+    """The README's CPU quickstart, verbatim but for the scene path (a tiny generated scene)."""
+    scene = make_llff_scene(tmp_path / "scene")
+    for command in readme_block("cpu-quickstart"):
+        args = [str(scene) if a == "path/to/scene" else a for a in command[1:]]
+        if any("<run>" in a for a in args):
+            (run_dir,) = (tmp_path / "outputs" / "scene" / "nerf-qat").iterdir()
+            args = [a.replace("<run>", run_dir.name) for a in args]
+        proc = run(command[0], args, cwd=tmp_path)
+        assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "eval.json").read_text())["results"]["psnr"] > 0
+    assert (tmp_path / "scene.nqz").stat().st_size > 0

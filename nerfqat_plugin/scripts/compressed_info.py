@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import tyro
 from nerfstudio.utils.rich_utils import CONSOLE
 
@@ -35,7 +36,7 @@ class CompressedInfo:
             "sampling": sampling,
             "model": options,
             # Everything the model computes with: parameters and buffers (vqad's grid indices are buffers).
-            "stored_values": sum(t.numel() for t in model.state_dict().values()),
+            "stored_values": sum(t.numel() for t in model.state_dict().values() if isinstance(t, torch.Tensor)),
             "operating_points": {name: model.compressed_size_bytes(name) for name in model.operating_points()},
         }
         if self.json_output:
