@@ -155,6 +155,8 @@ def test_export_bad_inputs_are_one_line_each_and_leave_the_old_file(trained: Pat
         checkpoint.write_bytes(whole[: len(whole) // 2])
         proc = run("ns-export-compressed", [*export, str(existing)], check=False)
         _one_line_error(proc, checkpoint, "unreadable checkpoint")
+        proc = run("ns-eval", ["--load-config", str(trained), "--output-path", str(tmp_path / "e.json")], check=False)
+        _one_line_error(proc, checkpoint, "unreadable checkpoint")  # nerfstudio's loader, our message
     finally:
         checkpoint.write_bytes(whole)
     assert existing.read_bytes() == b"keep me"
