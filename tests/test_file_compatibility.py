@@ -131,3 +131,32 @@ def test_our_methods_train_on_the_cpu_where_there_is_no_gpu() -> None:
 
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert nerf_qat_method.config.machine.device_type == vqad_method.config.machine.device_type == expected
+
+
+def test_the_readme_python_example_renders_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    lines = (Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines()
+    start = lines.index("<!-- python-example -->") + 2
+    code = "\n".join(lines[start : lines.index("```", start)])
+    (tmp_path / "scene.nqz").write_bytes((FIXTURES / "format2_vqad.nqz").read_bytes())
+    monkeypatch.chdir(tmp_path)
+    namespace: Dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102  (our own README's example)
+    rgb = namespace["rgb"]
+    assert isinstance(rgb, torch.Tensor) and rgb.shape == (24, 32, 3) and rgb.std() > 0
+
+
+def test_preview_cameras_of_a_bounded_scene_look_at_its_centre() -> None:
+    from nerfstudio.data.scene_box import SceneBox
+
+    from nerfqat_plugin.models.vqad import VQADModel, VQADModelConfig
+    from nerfqat_plugin.rendering import preview_cameras
+
+    config = VQADModelConfig(grid_resolutions=((4, 4, 4),), proposal_resolutions=((4, 4, 4),), compile=False)
+    box = SceneBox(aabb=torch.tensor([[-1.0, -1.0, 0.0], [1.0, 1.0, 2.0]]))
+    model = VQADModel(config=config, scene_box=box, num_train_data=1, metadata={"near_far": (2.0, 6.0)})
+    cameras = preview_cameras(model, count=3, size=9)
+    rays = cameras.generate_rays(camera_indices=torch.arange(3)[:, None], coords=torch.full((3, 2), 4.5))
+    centre = torch.tensor([0.0, 0.0, 1.0])
+    to_centre = centre - rays.origins
+    assert torch.allclose(to_centre.norm(dim=-1), torch.full((3,), 4.0), atol=1e-4)  # middle of near/far
+    assert torch.allclose(torch.nn.functional.normalize(to_centre, dim=-1), rays.directions, atol=1e-4)
