@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -278,7 +279,8 @@ def markdown(scene: str, rows: Dict[str, Dict[str, Any]]) -> str:
             f"| {_fmt(r['train_seconds'], 0)} | {_fmt(r['iterations_per_s'], 1)} | {_fmt(r['render_fps'], 2)} |"
         )
     lines += ["", f"![PSNR against size on {scene}](benchmarks_{scene}.png)", "", "Commands:", ""]
-    lines += [f"- `{r['command']}`" for r in rows.values()]
+    # Launch notes of early rows name the work's organisation ("session N call M"), not the run.
+    lines += [f"- `{re.sub(r';? ?session [0-9]+ call [0-9]+', '', r['command'])}`" for r in rows.values()]
     reading = ROOT / "benchmarks" / "readings" / f"{scene}.md"
     if reading.is_file():
         lines += ["", reading.read_text().strip()]

@@ -8,9 +8,8 @@ from method_configs.common import adam, compression_trainer
 from nerfqat_plugin.models.nerfqat import NeRFQATModelConfig
 
 MAX_ITERATIONS = 30000
-# Initial learning rate: NeRF's 5e-4 is tuned for 1024-ray batches; with 4096 rays, fp32 on fern
-# at 180 s (H200, two seeds each, results/fern_nerf_qat.jsonl S7-fp32-lr*): 5e-4 22.61/22.98,
-# 1e-3 23.75/23.51, 2e-3 24.18/24.47, 4e-3 24.62/24.45 dB. Decays to NeRF's 5e-5 over the run.
+# Initial learning rate, decaying to NeRF's 5e-5 over the run: NeRF's 5e-4 is tuned for 1024-ray
+# batches; for 4096 rays this was measured best (docs/methods/nerf-qat.md).
 INITIAL_LR = 4e-3
 
 nerf_qat_method = MethodSpecification(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -204,3 +205,18 @@ def test_results_doc_is_generated_per_scene_with_the_gap_to_nerfacto(tmp_path: P
 def test_committed_results_doc_is_up_to_date() -> None:
     committed = (ROOT / "docs" / "results.md").read_text()
     assert committed == scene_suite.results_markdown(), "run: python benchmarks/scene_suite.py --report-only"
+
+
+def test_readme_is_short_and_words_hold_no_development_history() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    places = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]
+    places += [*(ROOT / "nerfqat_plugin").rglob("*.py"), *(ROOT / "method_configs").rglob("*.py")]
+    mentions = [str(p.relative_to(ROOT)) for p in places if "session" in p.read_text().lower()]
+    assert not mentions, mentions
+
+
+def test_config_docstrings_and_comments_carry_no_measurements() -> None:
+    code = [*(ROOT / "nerfqat_plugin").rglob("*.py"), *(ROOT / "method_configs").rglob("*.py")]
+    figures = [str(p.relative_to(ROOT)) for p in code if re.search(r"\d dB\b|\(README\)|see README", p.read_text())]
+    assert not figures, figures

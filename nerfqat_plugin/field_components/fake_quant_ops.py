@@ -5,8 +5,8 @@ gradient, to aten's ``_fake_quantize_per_tensor_affine_cachemask_tensor_qparams`
 fake-tensor implementation for symbolic shapes. Training compiles the coarse and fine sample counts
 into one dynamic-shape graph, so dynamo broke the graph at every activation quantizer: the
 fields ran as many small graphs with eager work between them (for int4 the per-layer frames also
-exceeded dynamo's recompile limit), and on an H200 the QAT phase of a 400 s fern run went at 12-20
-instead of 26-28 iterations/s (README, "Measured"). Weights have static shapes, so the
+exceeded dynamo's recompile limit), and the QAT phase ran at about half the speed
+(docs/measurements.md). Weights have static shapes, so the
 per-channel weight op traces as it is.
 
 Registering the kernel as a :func:`torch.library.custom_op` with a fake implementation (output

@@ -8,7 +8,7 @@ is fake-quantized per tensor. Fusion decides where the activation quantizer sits
   ``2**bits`` levels are spent on what the next layer sees;
 * unfused (``Linear -> quantize -> ReLU``): the quantizer's range also covers the negative
   pre-activations the ReLU is about to discard, wasting about half of the levels. This is the
-  paper's ablation, where quality collapses (30.79 dB fused vs 24.59 dB unfused on fern).
+  paper's ablation, where quality collapses (the paper's fern figures: docs/methods/nerf-qat.md).
 
 Any nerfstudio Field can use :class:`QuantMLP` in place of ``nerfstudio.field_components.mlp.MLP``.
 """
@@ -142,8 +142,7 @@ class QuantMLP(QuantSwitch):
         quantize_out: fake-quantize the final Linear's output (when the next consumer is another
             quantized block rather than a float activation).
         edge_spec: quantization of the MLP's edges, its input quantizer and final Linear (default
-            ``spec``). NeRF's fields keep these at 8 bits below 8: they hold a few hundred weights,
-            and on lego 8-bit edges added 1.7 dB to int4 (README).
+            ``spec``). NeRF's fields keep these at 8 bits below 8: they hold a few hundred weights.
         layer_specs: quantization of particular hidden blocks, by index (the others use ``spec``),
             e.g. more bits for the blocks that lose most at low bit widths.
     """

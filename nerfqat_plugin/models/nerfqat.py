@@ -74,49 +74,37 @@ class NeRFQATModelConfig(CompressibleModelConfig):
     bits: int = 8
     """Bits of weights, and of activations unless activation_bits is set (4 to 8)."""
     activation_bits: Optional[int] = None
-    """Bits of the activations, when they should differ from ``bits`` (None: ``bits``). The file's
-    size depends only on ``bits``; activations are quantized with these bits when rendering. fern,
-    4-bit weights, 400 s: 8-bit activations 24.37 dB against 24.19-24.50 with 4-bit ones (README)."""
+    """Bits of the activations when they differ from ``bits`` (4 to 8; None: ``bits``). The file's size
+    depends only on ``bits``."""
     edge_bits: Optional[int] = 8
     """Bits of the fields' edges: the quantizers of the encoded inputs and the density and colour
     output layers (640 weights per field: 0.64 kB more than at 4 bits); None: ``bits``."""
     high_precision_layers: Optional[Tuple[int, ...]] = None
-    """Trunk blocks quantized with ``high_precision_bits`` (weights and output) instead of ``bits``.
-    None: the skip blocks and the blocks right after them (NeRF: 4 and 5) whenever ``bits`` is below
-    ``high_precision_bits``; an empty list (``--pipeline.model.high-precision-layers``) turns it off.
-    On fern, 4-bit weights in blocks 4 and 5 alone cost 0.70 and 0.76 dB of a float model's PSNR,
-    every other block at most 0.14 (``benchmarks/layer_sensitivity.py``). Trained at 400 s, int4
-    with blocks 4 and 5 at 8 bits: 25.04 / 25.13 / 25.16 dB at 0.64 MB, against 24.19-24.50 with
-    every block at 4 bits and 25.69 / 25.90 / 25.70 for fp32 (README)."""
+    """Trunk blocks quantized with ``high_precision_bits`` instead of ``bits``. None: each skip block and
+    the block after it (NeRF: 4 and 5) when ``bits`` is lower; an empty list turns it off."""
     high_precision_bits: int = 8
     """Bits of the ``high_precision_layers``."""
     fuse_relu: bool = True
     """Fuse each Linear with its ReLU before quantizing (False reproduces the paper's unfused ablation)."""
     activation_range: Literal["auto", "max", "mse"] = "auto"
     """How activation ranges are calibrated: each batch's min/max (max), or the clipped range with the
-    least quantization error (mse). auto: max for 8-bit activations, mse below (on lego, 4- and 6-bit
-    QAT with max ranges collapsed to an empty scene; see README)."""
+    least quantization error (mse); auto: max for 8-bit activations, mse below."""
     weight_range: Literal["max", "mse"] = "max"
     """How per-channel weight scales are set: max |w| / qmax of each row (max), or the clipped range
-    with the least quantization error (mse). fern int4, 400 s: mse 23.93 dB against 24.19-24.50 with
-    max, and slower QAT steps (README)."""
+    with the least quantization error (mse)."""
     learned_weight_scales: bool = False
-    """Learn per-channel weight scales (LSQ) instead of max |w| / qmax. Off: on fern int4 it lost
-    0.58 dB at 180 s (lr 5e-4) and collapsed to 18 dB at 400 s (lr 4e-3); see README."""
+    """Learn per-channel weight scales (LSQ) instead of max |w| / qmax."""
     float_warmup_steps: int = 1000
     """Steps trained in float before fake quantization switches on, when qat_start_fraction is None
     or the run's length is unknown."""
     qat_start_fraction: Optional[float] = 0.75
-    """Start quantization at this fraction of the run's iterations (float for three quarters of the
-    run, QAT for the rest; measured best on fern, see README); None: after float_warmup_steps."""
+    """Start quantization at this fraction of the run's iterations (0 to 1); None: after
+    float_warmup_steps."""
     qat_lr_scale: float = 1.0
-    """Learning-rate multiplier while quantization is on (the decay schedule is kept; only its scale
-    changes at the QAT start). fern int4, 400 s: 0.25 23.84 dB, 4 23.89, 1 24.19-24.50 (README)."""
+    """Learning-rate multiplier while quantization is on (the decay schedule is kept)."""
     ema_decay: Optional[float] = None
     """Render, evaluate and export an exponential moving average of the weights (torch-ema) with this
-    decay, e.g. 0.999; None: the weights as trained. Off: fern int4, 400 s, 0.999 gave 23.96 dB
-    against 25.04-25.16 without (one run; the average of QAT's latent weights is a model that
-    training never quantized; README)."""
+    decay, in (0, 1), e.g. 0.999; None: the weights as trained."""
     calibration_steps: int = 300
     """Steps, once quantization is on, during which activation ranges are observed; then they freeze."""
     compile: bool = True
@@ -136,7 +124,7 @@ class NeRFQATModelConfig(CompressibleModelConfig):
         if not self.quantize or self.bits >= self.high_precision_bits:
             return ()
         # The skip block re-reads the encoded position next to the hidden features, and its output
-        # feeds the next block: those two lose most at 4 bits (layer sensitivity, README).
+        # feeds the next block: those two lose most at 4 bits (docs/methods/nerf-qat.md).
         blocks = {j for i in self.skip_connections if 0 < i < self.num_layers for j in (i, i + 1)}
         return tuple(sorted(j for j in blocks if j < self.num_layers))
 

@@ -55,16 +55,12 @@ NDC_BOX = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
 DEFAULT_FINEST_NDC: Resolution = (192, 144, 56)
 DEFAULT_FINEST_BOUNDED: Resolution = (112, 112, 112)
 # Bounded scenes with no grid option given: five levels to 256^3, the two finest sparse and pruned to
-# fit 990 kB. Measured on lego (H200, 240-330 s, 8^3 blocks): 26.9 dB at 0.94 MB against 24.2 dB for
-# the dense 112^3 grid (benchmarks/results/lego_vqad.jsonl; 4^3 blocks: see sparse_block_size); on
-# fern (NDC) sparse levels did not help.
+# fit 990 kB (why: docs/methods/vqad.md).
 BOUNDED_SPARSE_PRESET = {"num_levels": 5, "finest_resolution": (256, 256, 256), "sparse_from_level": 3}
 BOUNDED_SPARSE_MAX_FILE_BYTES = 990_000
 # NDC scenes with no grid or bit option given, learned indices: 8-bit codebooks on the three coarse
 # levels (few vertices, so 256 entries cost few bytes) and a slightly coarser finest level to stay
-# within the same file size. Measured on fern (H200, 160 s; results/fern_vqad.jsonl): 23.13 dB at
-# 0.844 MB (23.20 with index-logit lr 1e-1); 8 8 4 4 at 192x144x56: 23.09 dB; 4 bits everywhere at
-# 192x144x56: 22.87 and 22.91 dB at 0.83 MB.
+# within the same file size (why: docs/methods/vqad.md).
 NDC_LEVEL_BITS_PRESET = {"finest_resolution": (184, 138, 54), "level_bits": (8, 8, 8, 4)}
 DEFAULT_BITS = 4
 # Probed grids: bits of the (large, hashed) codebook when none are given; instant-NGP-sized tables
@@ -141,8 +137,7 @@ class VQADModelConfig(CompressibleModelConfig):
     """learned (the method), or the ablations: random (fixed, seeded) or hashed (instant-NGP hash);
     probed: learned hash probing (Compact NGP, the authors' follow-up): ``bits`` sizes a hashed
     codebook (default 14), and a learned probe_bits index per index-table entry picks the entry
-    within the vertex's bucket of 2**probe_bits. fern, 2^14 x 7: 24.05 dB at 0.99 MB, hashed 23.95 at
-    0.97 MB (README)."""
+    within the vertex's bucket of 2**probe_bits."""
     probe_bits: int = 2
     """probed: log2 of a bucket's entries (the width of each stored index)."""
     probe_table_bits: int = 16
@@ -164,10 +159,8 @@ class VQADModelConfig(CompressibleModelConfig):
     1 MB file are coarse and spend most indices on empty space; sparse ones can be finer for the
     same bytes. Logits stay dense while training, so memory is unchanged; files shrink."""
     sparse_block_size: int = 4
-    """Vertices per block edge of sparse levels. Smaller blocks hug the surface, so the same bytes
-    keep more of it: lego's sparse preset, two pairs on H200s, 4 against 8: 28.06 / 27.53 dB
-    (420 s) and 27.65 / 26.87 dB (340 s) at 0.91-0.92 MB (results/lego_vqad.jsonl, S11-*). The block
-    flags cost 1 bit per 64 vertices. Files store their block size, so older files keep theirs."""
+    """Vertices per block edge of sparse levels (at least 2); smaller blocks hug the surface, and each
+    block costs one flag bit in the file."""
     prune_at_fraction: float = 0.25
     """Fraction of the run's iterations after which empty blocks are dropped (sparse levels)."""
     prune_threshold: float = 0.01
@@ -219,8 +212,7 @@ class VQADModelConfig(CompressibleModelConfig):
     proposal_weights_anneal_slope: float = 10.0
     """Slope of that annealing."""
     compile: bool = True
-    """torch.compile the fields for training on CUDA (evaluation stays eager). Measured on an H200:
-    17.2 -> 33.1 it/s on lego, 23.6 -> 40.1 it/s on fern, at equal or better PSNR."""
+    """torch.compile the fields for training on CUDA (evaluation stays eager)."""
     eval_levels: Optional[int] = None
     """Operating point rendered by evaluation and the viewer at start (None: all levels)."""
     max_training_logits_gib: float = 12.0
