@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+import torch
+from nerfstudio.cameras.rays import RayBundle
+
 BIN = Path(sys.executable).parent
 TINY_NERF_QAT = [
     "--pipeline.model.num-layers", "2",
@@ -42,3 +45,17 @@ def run(tool: str, args: List[str], check: bool = True, cwd: Optional[Path] = No
     if check and proc.returncode != 0:
         raise AssertionError(f"{tool} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def forward_rays(n: int = 64, seed: int = 0) -> RayBundle:
+    """``n`` rays near the origin looking down -z, spread a little (a forward-facing camera's)."""
+    g = torch.Generator().manual_seed(seed)
+    directions = torch.nn.functional.normalize(
+        torch.cat([0.3 * torch.randn(n, 2, generator=g), -torch.ones(n, 1)], -1), dim=-1
+    )
+    return RayBundle(
+        origins=0.05 * torch.randn(n, 3, generator=g),
+        directions=directions,
+        pixel_area=torch.ones(n, 1),
+        camera_indices=torch.zeros(n, 1, dtype=torch.long),
+    )

@@ -7,6 +7,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import pytest
 import torch
+from helpers import forward_rays
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
@@ -31,16 +32,7 @@ def _model(metadata: Optional[dict] = None, **overrides) -> NeRFQATModel:
 
 
 def _rays(n: int = 64, seed: int = 0) -> RayBundle:
-    g = torch.Generator().manual_seed(seed)
-    directions = torch.nn.functional.normalize(
-        torch.cat([0.3 * torch.randn(n, 2, generator=g), -torch.ones(n, 1)], -1), dim=-1
-    )
-    return RayBundle(
-        origins=0.05 * torch.randn(n, 3, generator=g),
-        directions=directions,
-        pixel_area=torch.ones(n, 1),
-        camera_indices=torch.zeros(n, 1, dtype=torch.long),
-    )
+    return forward_rays(n, seed)
 
 
 def _train(model: NeRFQATModel, steps: int, after_step: Sequence[TrainingCallback] = ()) -> None:
@@ -179,11 +171,14 @@ def test_qat_can_start_at_a_fraction_of_the_run_read_from_the_trainer() -> None:
     model.get_training_callbacks(SimpleNamespace(trainer=trainer))
     model._apply_quant_schedule(74)
     assert not model.is_quantized()
+    trainer.config.max_num_iterations = 120  # a re-plan before the start moves the start
     model._apply_quant_schedule(75)
-    assert model.is_quantized()
-    trainer.config.max_num_iterations = 200  # a re-planned run moves the start
-    model._apply_quant_schedule(149)
     assert not model.is_quantized()
+    model._apply_quant_schedule(90)
+    assert model.is_quantized() and model.get_extra_state() == {"qat_started_at": 90}
+    trainer.config.max_num_iterations = 200  # once started, a re-plan never switches QAT off again
+    model._apply_quant_schedule(91)
+    assert model.is_quantized()
 
 
 def test_export_during_warmup_holds_float_weights(tmp_path: Path) -> None:
