@@ -222,3 +222,13 @@ def test_pruning_goes_ahead_once_the_field_is_opaque_and_at_the_deadline_regardl
     late._prune_on_schedule(50)
     kept = _mask(late)
     assert late._pruned and bool(kept.any()) and not bool(kept.all())  # the densest within the budget
+
+
+def test_the_steps_before_the_first_check_start_no_window() -> None:
+    monitor = CollapseMonitor(check_every=20, start_step=20)
+    image = torch.rand(64, 3)
+    for step in range(20):  # an untrained field's fog: one colour, nearly empty
+        monitor.observe(torch.zeros(64, 3), torch.zeros(64, 1), image)
+        monitor.check(step)
+    monitor.observe(torch.rand(64, 3), torch.ones(64, 1), image)
+    assert not monitor.check(20) and not monitor._suspect  # judged on step 20 alone

@@ -9,8 +9,10 @@ and a check, before any training, that every frame's image exists.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,12 +127,14 @@ class AutoDataParser(DataParser):
                 raise DataError(f"{path}: {summary}; add --skip-missing-images to train on the others")
             if self._transforms_copy is None:
                 CONSOLE.print(f"[yellow]{path}: {summary}; training on the other {len(meta['frames']) - len(missing)}")
-                kept = [frame for frame in meta["frames"] if str(frame["file_path"]) not in set(missing)]
+                absent = set(missing)
+                kept = [frame for frame in meta["frames"] if str(frame["file_path"]) not in absent]
                 for frame in kept:  # absolute paths: the copy lives elsewhere
                     for key in ("file_path", "mask_path", "depth_file_path"):
                         if key in frame:
                             frame[key] = str((path.parent / frame[key]).resolve())
                 folder = Path(tempfile.mkdtemp(prefix="nerfqat-frames-"))
+                atexit.register(shutil.rmtree, folder, ignore_errors=True)  # read only while parsing
                 self._transforms_copy = folder / "transforms.json"
                 self._transforms_copy.write_text(json.dumps({**meta, "frames": kept}), encoding="utf8")
             meta_path = self._transforms_copy

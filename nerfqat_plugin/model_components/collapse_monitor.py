@@ -57,7 +57,10 @@ class CollapseMonitor:
 
     def check(self, step: int) -> bool:
         """Decide on the steps observed since the last check (one host read); True when it warned now."""
-        if self._sums is None or step < self.start_step or step % self.check_every:
+        if self._sums is None or step % self.check_every:
+            return False
+        if step < self.start_step:  # the first steps render fog by design: they start no window
+            self._sums = None
             return False
         accumulation, rendered_spread, image_spread, count = (self._sums / self._sums[3]).tolist()
         self._sums = None
