@@ -203,26 +203,30 @@ def test_logit_memory_and_operating_point_are_checked_before_allocating() -> Non
     assert _model(eval_levels=2).current_operating_point() == "levels=2"
 
 
-def test_evaluation_reports_every_operating_point(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_evaluation_reports_every_operating_point(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     model = _model()
     seen = []
 
-    def fake_average(self, data_loader, image_prefix, step=None, output_path=None, get_std=False):
+    def fake_image(self, camera, batch):
         seen.append(model.current_operating_point())
-        return {"psnr": float(model.active_levels), "ssim": 0.5, "num_rays_per_sec": 1.0}
+        return {"psnr": float(model.active_levels) + batch, "ssim": 0.5}, {}, 0.1, 100
 
-    monkeypatch.setattr("nerfstudio.pipelines.base_pipeline.VanillaPipeline.get_average_image_metrics", fake_average)
+    monkeypatch.setattr(CompressionPipeline, "_image_metrics", fake_image)
     pipeline = CompressionPipeline.__new__(CompressionPipeline)
     torch.nn.Module.__init__(pipeline)
     pipeline._model = model
-    metrics = CompressionPipeline.get_average_image_metrics(pipeline, None, "")
-    assert seen == ["levels=3", "levels=1", "levels=2"]
-    assert metrics["psnr"] == 3.0 and metrics["levels=1/psnr"] == 1.0 and metrics["levels=2/psnr"] == 2.0
+    images = [(object(), 0.0), (object(), 1.0)]  # two images whose psnr differ by 1
+    metrics = CompressionPipeline.get_average_image_metrics(pipeline, images, "")
+    assert seen == ["levels=3"] * 2 + ["levels=1"] * 2 + ["levels=2"] * 2
+    assert metrics["psnr"] == 3.5 and metrics["levels=1/psnr"] == 1.5 and metrics["levels=2/psnr"] == 2.5
+    assert metrics["levels=3/psnr"] == 3.5
     assert metrics["levels=1/size_bytes"] == model.compressed_size_bytes("levels=1")
     assert "lpips" not in metrics  # periodic training evaluation: numbers only for the writers
-    with_std = CompressionPipeline.get_average_image_metrics(pipeline, None, "", get_std=True)
+    with_std = CompressionPipeline.get_average_image_metrics(pipeline, images, "", get_std=True)
     assert with_std["lpips"] is None and with_std["levels=2/lpips"] is None  # ns-eval: null
+    assert with_std["psnr_std"] == pytest.approx(2**-0.5) and with_std["fps"] == pytest.approx(10.0)
     assert model.current_operating_point() == "levels=3"
+    assert "Evaluating operating point levels=1, image 2 of 2" in capsys.readouterr().out  # logs: one line each
 
 
 def test_probed_indices_store_the_index_table_and_render_from_the_file(tmp_path: Path) -> None:

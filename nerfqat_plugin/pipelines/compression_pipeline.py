@@ -9,11 +9,16 @@ several operating points (vqad's levels) it evaluates every one and reports each
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import Type
+from typing import Any, Dict, Optional, Tuple, Type
 
+import torch
+import torchvision.utils as vutils
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils.rich_utils import CONSOLE
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nerfqat_plugin.models.compressible import CompressibleModel
@@ -61,32 +66,81 @@ class CompressionPipeline(VanillaPipeline):
             self._model = rewrap_for_ddp(self._model, local_rank)
 
     def get_average_image_metrics(self, data_loader, image_prefix, step=None, output_path=None, get_std=False):
-        metrics = self._metrics_at(None, data_loader, image_prefix, step, output_path, get_std)
+        """Average metrics of every image, at every operating point (the model's own first, unprefixed;
+        each as ``<point>/<metric>``), with one progress bar naming the point and the image."""
         model = self.model
-        if isinstance(model, CompressibleModel) and model.operating_points():
-            current = model.current_operating_point()
+        points = model.operating_points() if isinstance(model, CompressibleModel) else []
+        current = model.current_operating_point() if points else None
+        order = [current] + [name for name in points if name != current]
+        results: Dict[Optional[str], Dict[str, Any]] = {}
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=CONSOLE
+        ) as progress:
+            task = progress.add_task("Evaluating", total=len(order) * len(data_loader))
             try:
-                for name in model.operating_points():
+                for name in order:
                     if name != current:
-                        CONSOLE.print(f"Evaluating operating point {name} (of {', '.join(model.operating_points())})")
                         model.set_operating_point(name)
-                        point = self._metrics_at(name, data_loader, image_prefix, step, None, False)
-                    else:
-                        point = metrics
-                    metrics.update({f"{name}/{key}": point[key] for key in ("psnr", "ssim", "lpips", "size_bytes")})
+                    own = name == current  # images are saved, and std reported, for the model's own point
+                    results[name] = self._metrics_at(
+                        name, data_loader, image_prefix, output_path if own else None, get_std and own, progress, task
+                    )
             finally:
-                model.set_operating_point(current)
+                if points:
+                    model.set_operating_point(current)
+        metrics = dict(results[current])
+        for name in points:
+            metrics.update({f"{name}/{key}": results[name][key] for key in ("psnr", "ssim", "lpips", "size_bytes")})
         if not get_std:
             # The trainer's periodic evaluation (get_std=False) hands these to nerfstudio's writers,
             # which take numbers only; ns-eval (get_std=True) reports unavailable LPIPS as null.
             metrics = {key: value for key, value in metrics.items() if value is not None}
         return metrics
 
-    def _metrics_at(self, operating_point, data_loader, image_prefix, step, output_path, get_std):
-        metrics = super().get_average_image_metrics(data_loader, image_prefix, step, output_path, get_std)
-        metrics.setdefault("lpips", None)
+    def _metrics_at(
+        self, point: Optional[str], data_loader, image_prefix: str, output_path, get_std: bool, progress, task
+    ) -> Dict[str, Any]:
+        """nerfstudio's per-image evaluation (metrics, saved images, rays/s) averaged over the images,
+        plus the file's size and a null-safe LPIPS."""
+        self.eval()
+        per_image = []
+        count = len(data_loader)
+        if output_path is not None:
+            output_path.mkdir(exist_ok=True, parents=True)
+        for index, (camera, batch) in enumerate(data_loader):
+            where = f"operating point {point}, " if point else ""
+            description = f"Evaluating {where}image {index + 1} of {count}"
+            progress.update(task, description=description)
+            if not CONSOLE.is_terminal:  # a log shows no live bar: one line per image instead
+                CONSOLE.print(description)
+            metrics, images, seconds, pixels = self._image_metrics(camera, batch)
+            if output_path is not None:
+                for key, image in images.items():
+                    path = output_path / f"{image_prefix}_{key}_{index:04d}.png"
+                    vutils.save_image(image.permute(2, 0, 1).cpu(), path)
+            if seconds > 0:
+                metrics["num_rays_per_sec"] = pixels / seconds
+                metrics["fps"] = 1.0 / seconds
+            per_image.append(metrics)
+            progress.advance(task)
+        self.train()
+        averaged: Dict[str, Any] = {}
+        for key in per_image[0]:
+            values = torch.tensor([float(m[key]) for m in per_image])
+            averaged[key] = float(values.mean())
+            if get_std:
+                averaged[f"{key}_std"] = float(values.std()) if len(values) > 1 else 0.0
+        averaged.setdefault("lpips", None)
         if get_std:
-            metrics.setdefault("lpips_std", None)
+            averaged.setdefault("lpips_std", None)
         if isinstance(self.model, CompressibleModel):
-            metrics["size_bytes"] = self.model.compressed_size_bytes(operating_point)
-        return metrics
+            averaged["size_bytes"] = self.model.compressed_size_bytes(point)
+        return averaged
+
+    def _image_metrics(self, camera, batch) -> Tuple[Dict[str, Any], Dict[str, Tensor], float, int]:
+        """One image's metrics and images, the seconds its render took and its pixel count."""
+        start = time.perf_counter()
+        outputs = self.model.get_outputs_for_camera(camera=camera)
+        seconds = time.perf_counter() - start
+        metrics, images = self.model.get_image_metrics_and_images(outputs, batch)
+        return metrics, images, seconds, int(camera.height.item() * camera.width.item())
