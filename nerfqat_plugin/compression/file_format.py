@@ -83,16 +83,18 @@ def _with_sorted_header(blob: bytes) -> bytes:
 
 
 def write_compressed(path: Path, tensors: Dict[str, torch.Tensor], payload: Dict[str, Any]) -> int:
-    """Write ``tensors`` and ``payload`` atomically to ``path``; returns the file's size in bytes.
+    """Write ``tensors`` and ``payload`` atomically to ``path`` (:func:`write_atomically`); returns the
+    file's size in bytes."""
+    return write_atomically(Path(path), serialize_compressed(tensors, payload))
 
-    The file is written to a temporary sibling and renamed into place, so an interrupted export
-    never leaves a half-written file under the final name, and a failed one leaves an existing file
-    as it was. A path that cannot be written raises :class:`OutputError`.
-    """
+
+def write_atomically(path: Path, blob: bytes) -> int:
+    """Write ``blob`` to ``path`` through a temporary sibling renamed into place, so an interrupted
+    write never leaves a half-written file under the final name and a failed one leaves an existing
+    file as it was. A path that cannot be written raises :class:`OutputError`. Returns the byte count."""
     path = Path(path)
     if path.is_dir():
-        raise OutputError(f"{path}: is a directory; name the file to write, e.g. {path / 'scene.nqz'}")
-    blob = serialize_compressed(tensors, payload)
+        raise OutputError(f"{path}: is a directory; name the file to write")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

