@@ -110,38 +110,41 @@ class AutoDataParser(DataParser):
     config: AutoDataParserConfig
 
     def __post_init__(self) -> None:
-        self._transforms_copy: Optional[Path] = None
+        self._capture: Optional[Tuple[Path, bool]] = None
 
     def _nerfstudio_source(self, data: Path) -> Tuple[Path, bool]:
         """The transforms.json to parse (a copy listing only existing frames, with
-        ``skip_missing_images``) and whether its images carry alpha."""
+        ``skip_missing_images``) and whether its images carry alpha; worked out once for all splits."""
+        if self._capture is None:
+            self._capture = self._check_capture(data)
+        return self._capture
+
+    def _check_capture(self, data: Path) -> Tuple[Path, bool]:
         path = data if data.is_file() else data / "transforms.json"
         meta = read_transforms(path)
         missing = missing_frames(meta, path.parent)
         if missing and len(missing) == len(meta["frames"]):
             raise DataError(f"{path}: none of the {len(missing)} frames' images exist (first: {missing[0]})")
-        if missing:
-            listed = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
-            summary = f"{len(missing)} of {len(meta['frames'])} frames name images that do not exist ({listed})"
-            if not self.config.skip_missing_images:
-                raise DataError(f"{path}: {summary}; add --skip-missing-images to train on the others")
-            if self._transforms_copy is None:
-                CONSOLE.print(f"[yellow]{path}: {summary}; training on the other {len(meta['frames']) - len(missing)}")
-                absent = set(missing)
-                kept = [frame for frame in meta["frames"] if str(frame["file_path"]) not in absent]
-                for frame in kept:  # absolute paths: the copy lives elsewhere
-                    for key in ("file_path", "mask_path", "depth_file_path"):
-                        if key in frame:
-                            frame[key] = str((path.parent / frame[key]).resolve())
-                folder = Path(tempfile.mkdtemp(prefix="nerfqat-frames-"))
-                atexit.register(shutil.rmtree, folder, ignore_errors=True)  # read only while parsing
-                self._transforms_copy = folder / "transforms.json"
-                self._transforms_copy.write_text(json.dumps({**meta, "frames": kept}), encoding="utf8")
-            meta_path = self._transforms_copy
-        else:
-            meta_path = path
         present = (frame_image(path.parent, frame["file_path"]) for frame in meta["frames"])
-        return meta_path, has_alpha(next(image for image in present if image is not None))
+        alpha = has_alpha(next(image for image in present if image is not None))
+        if not missing:
+            return path, alpha
+        listed = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        summary = f"{len(missing)} of {len(meta['frames'])} frames name images that do not exist ({listed})"
+        if not self.config.skip_missing_images:
+            raise DataError(f"{path}: {summary}; add --skip-missing-images to train on the others")
+        CONSOLE.print(f"[yellow]{path}: {summary}; training on the other {len(meta['frames']) - len(missing)}")
+        absent = set(missing)
+        kept = [frame for frame in meta["frames"] if str(frame["file_path"]) not in absent]
+        for frame in kept:  # absolute paths: the copy lives elsewhere
+            for key in ("file_path", "mask_path", "depth_file_path"):
+                if key in frame:
+                    frame[key] = str((path.parent / frame[key]).resolve())
+        folder = Path(tempfile.mkdtemp(prefix="nerfqat-frames-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)  # read only while parsing
+        copy = folder / "transforms.json"
+        copy.write_text(json.dumps({**meta, "frames": kept}), encoding="utf8")
+        return copy, alpha
 
     def _generate_dataparser_outputs(self, split: str = "train", **kwargs) -> DataparserOutputs:
         data = Path(self.config.data)
