@@ -347,9 +347,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         "command": command,
         "code_commit": os.environ.get("CODE_COMMIT"),
     }
-    from nerfqat_plugin.metrics.image_metrics import lpips_weights_source
-
-    row["lpips_weights"] = lpips_weights_source()  # None: LPIPS is null in this row
     if torch.cuda.is_available():
         row["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     pipeline = trainer.pipeline
@@ -371,6 +368,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Exception as err:  # noqa: BLE001  (recorded in the row; the exit status says it failed)
         row["evaluation_error"] = f"{type(err).__name__}: {err}"[:500]
         status = 1
+    from nerfqat_plugin.metrics.image_metrics import lpips_weights_source
+
+    row["lpips_weights"] = lpips_weights_source()  # the weights evaluation used; None: LPIPS is null
     args.results.parent.mkdir(parents=True, exist_ok=True)
     with args.results.open("a", encoding="utf8") as handle:
         handle.write(json.dumps(row) + "\n")

@@ -66,6 +66,7 @@ def test_a_missing_file_named_in_the_environment_gives_null_not_random_weights(
     monkeypatch.setenv(LPIPS_ALEXNET_ENV, str(tmp_path / "nowhere.safetensors"))
     with pytest.warns(UserWarning, match="AlexNet weights file not found"):
         assert metrics_module.image_metrics(torch.rand(8, 8, 3), torch.rand(8, 8, 3))["lpips"] is None
+    assert metrics_module.lpips_weights_source() is None  # rows never name weights LPIPS was not computed with
 
 
 def test_kernels_are_transposed_from_hwio_and_named_as_torchvision_does() -> None:

@@ -24,11 +24,8 @@ _STATE: Dict[str, Optional[str]] = {}
 
 
 def lpips_weights_source() -> Optional[str]:
-    """A label of the AlexNet weights LPIPS is computed with, or None where there are none."""
-    if "source" not in _STATE:
-        found = find_alexnet_weights()
-        _STATE["source"] = found[1] if found else None
-    return _STATE["source"]
+    """A label of the AlexNet weights LPIPS was computed with, or None where it was not (yet)."""
+    return _STATE.get("source")
 
 
 def lpips_metric(device: torch.device) -> Optional[torch.nn.Module]:
@@ -53,6 +50,7 @@ def lpips_metric(device: torch.device) -> Optional[torch.nn.Module]:
         )
         return None
     _LPIPS_CACHE[key] = model
+    _STATE["source"] = found[1]
     return model
 
 
