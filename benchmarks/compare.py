@@ -166,11 +166,14 @@ def visible_gpu(slot: int) -> str:
 
 
 def run_jobs(jobs: List[Job], args: argparse.Namespace, gpus: int) -> List[str]:
-    """Run ``jobs`` (one per GPU at a time) until done or the deadline; returns the failed labels.
+    """Run ``jobs`` (``args.jobs_per_gpu`` per GPU at a time, default one) until done or the deadline;
+    returns the failed labels.
 
     The longest configurations start first (they would not fit at the end of a call), and a GPU
     that frees up late takes the longest one that still fits."""
     start = time.perf_counter()
+    per_gpu = max(1, int(getattr(args, "jobs_per_gpu", 1) or 1))
+    slots = gpus * per_gpu
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     pending = sorted(jobs, key=lambda j: -j.expected_s(args.budget_s, args.margin_s, args.eval_s))
@@ -178,7 +181,7 @@ def run_jobs(jobs: List[Job], args: argparse.Namespace, gpus: int) -> List[str]:
     failed: List[str] = []
     last_report = 0.0
     while pending or running:
-        for gpu in range(gpus):
+        for gpu in range(slots):
             if gpu in running or not pending:
                 continue
             job = next_job(pending, time.perf_counter() - start, args)
@@ -197,9 +200,10 @@ def run_jobs(jobs: List[Job], args: argparse.Namespace, gpus: int) -> List[str]:
             command += ["--output-dir", str(args.output_dir), *job.runner_args, "--", *job.args]
             # One share of the host's cores per configuration: with every process on all cores, the
             # peers' CPU-side ray sampling and kernel launches stall each other (OpenMP oversubscription).
-            threads = str(args.threads_per_job or max(1, (os.cpu_count() or 1) // gpus))
-            device = visible_gpu(gpu)
+            threads = str(args.threads_per_job or max(1, (os.cpu_count() or 1) // slots))
+            device = visible_gpu(gpu % gpus)
             env = {**os.environ, "CUDA_VISIBLE_DEVICES": device, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads}
+            env["JOBS_PER_GPU"] = str(per_gpu)  # recorded in the row: the GPU was shared
             print(f"[compare] start {scene} {job.label} on GPU {device}: {' '.join(command[1:])}", flush=True)
             handle = log.open("w")
             proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)

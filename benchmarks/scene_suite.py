@@ -119,6 +119,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--eval-s", type=float, default=60.0, help="time to render a scene's test views once")
     parser.add_argument("--threads-per-job", type=int, default=0)
     parser.add_argument("--gpus", type=int, default=None, help="GPUs to use (default: all visible)")
+    parser.add_argument("--jobs-per-gpu", type=int, default=1, help="configurations sharing a GPU at once")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/suite"))
     parser.add_argument("--log-dir", type=Path, default=Path(os.environ.get("OUT", "outputs/suite")))
     parser.add_argument("--poll-s", type=float, default=5.0)

@@ -83,10 +83,18 @@ def test_training_updates_logits_codebooks_decoders_and_proposals() -> None:
     assert any(k.startswith("proposal_field.grid.logits") for k in changed)
 
 
-@pytest.mark.parametrize("bounded", [False, True])
-def test_render_from_file_equals_hard_index_rendering(tmp_path: Path, bounded: bool) -> None:
+SCENE_METADATA = {
+    "forward-facing": None,
+    "bounded": {"near_far": (2.0, 6.0), "scene_type": "bounded"},
+    "unbounded": {"near_far": (0.05, 4.0), "scene_type": "unbounded"},
+}
+
+
+@pytest.mark.parametrize("scene_type", list(SCENE_METADATA))
+def test_render_from_file_equals_hard_index_rendering(tmp_path: Path, scene_type: str) -> None:
     torch.manual_seed(0)
-    model = _model(metadata={"near_far": (2.0, 6.0)} if bounded else None)
+    bounded = scene_type != "forward-facing"
+    model = _model(metadata=SCENE_METADATA[scene_type])
     _train(model, 4, bounded)
     path = tmp_path / "model.nqz"
     size = model.export_compressed(path)
@@ -101,6 +109,24 @@ def test_render_from_file_equals_hard_index_rendering(tmp_path: Path, bounded: b
     expected_names = {f"field.grid.indices_{i}" for i in range(3)} | {f"proposal.grid.indices_{i}" for i in range(2)}
     assert set(packed) == expected_names
     assert {k: packed["field.grid.indices_2"][k] for k in ("bits", "shape")} == {"bits": 4, "shape": [12 * 10 * 7]}
+
+
+def test_unbounded_scenes_contract_space_beyond_the_box_into_the_grid(tmp_path: Path) -> None:
+    bounded, unbounded = _model(SCENE_METADATA["bounded"]), _model(SCENE_METADATA["unbounded"])
+    assert (bounded.far, unbounded.far) == (6.0, unbounded.config.unbounded_far_plane)
+    far_away = torch.tensor([[0.0, 0.0, 0.0], [1.5, 0.0, 0.0], [40.0, -3.0, 0.0], [-1e4, 0.0, 2.0]])
+    unit, inside = bounded.field.normalized(far_away)
+    assert inside.squeeze(-1).tolist() == [True, True, False, False]
+    unit, inside = unbounded.field.normalized(far_away)
+    assert bool(inside.all()) and bool(((unit >= 0) & (unit <= 1)).all())
+    # The box's centre and faces map to the centre and the central half; infinity to the cube's faces.
+    assert torch.allclose(unit[0], torch.full((3,), 0.5)) and torch.isclose(unit[1, 0], torch.tensor(0.75))
+    assert unit[3, 0] < 1e-3 and 0.9 < unit[2, 0] < 1.0
+    assert unbounded.proposal_field.contraction is not None
+    path = tmp_path / "unbounded.nqz"
+    unbounded.export_compressed(path)
+    loaded = load_compressed_model(path)
+    assert loaded.field.contraction is not None and loaded.far == unbounded.far
 
 
 @pytest.mark.parametrize("concat", [0, 3])

@@ -2,8 +2,9 @@
 
 :class:`VQADField` is the radiance field (density and view-dependent colour); :class:`VQADProposalField`
 is the density-only field the proposal sampler reads. Both normalise positions by an axis-aligned box
-(the NDC cube for forward-facing scenes, the scene box for bounded ones) and decode with MLPs that
-compute with fp16-rounded weights, the values the compressed file stores.
+(the NDC cube for forward-facing scenes, the scene box for bounded ones, the contracted scene box for
+unbounded ones) and decode with MLPs that compute with fp16-rounded weights, the values the compressed
+file stores.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from nerfstudio.field_components.activations import trunc_exp
 from nerfstudio.field_components.encodings import SHEncoding
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.field_components.mlp import MLP
+from nerfstudio.field_components.spatial_distortions import SceneContraction
 from torch import Tensor, nn
 
 from nerfqat_plugin.field_components.codebook_grid import LearnedIndexCodebookGrid
@@ -37,15 +39,29 @@ def _mlp(in_dim: int, num_layers: int, width: int, out_dim: int) -> MLP:
 
 class _BoxNormalizedField(TrainingCompiledField):
     """Maps positions in ``aabb`` to [0, 1]^3 for the grid; positions outside have no density
-    (bounded scenes; the NDC cube contains every sample by construction)."""
+    (bounded scenes; the NDC cube contains every sample by construction). With ``contract``, space
+    beyond the box is contracted into a shell around it instead (unbounded scenes): the box is mapped
+    to [-1, 1]^3, mip-NeRF 360's L-inf contraction maps everything into [-2, 2]^3, and that cube
+    spans the grid, so the box itself gets the central half of each axis."""
 
-    def __init__(self, aabb: Tensor) -> None:
+    def __init__(self, aabb: Tensor, contract: bool = False) -> None:
         super().__init__()
         self.register_buffer("aabb", aabb.detach().clone().float(), persistent=False)
+        self.contraction = SceneContraction(order=float("inf")) if contract else None
+
+    @property
+    def unit_extent(self) -> Tensor:
+        """World length of the unit cube's axes near the centre [3] (where a grid cell is smallest)."""
+        extent = self.aabb[1] - self.aabb[0]
+        return extent * 2.0 if self.contraction is not None else extent
 
     def normalized(self, positions: Tensor) -> Tuple[Tensor, Tensor]:
-        """Flat positions in [0, 1]^3 [N, 3] and whether each lay inside the box [N, 1]."""
+        """Flat positions in [0, 1]^3 [N, 3] and whether each lay inside the grid's space [N, 1]."""
         flat = positions.reshape(-1, 3)
+        if self.contraction is not None:
+            centred = (flat - self.aabb.mean(dim=0)) / ((self.aabb[1] - self.aabb[0]) / 2.0)
+            unit = (self.contraction(centred) + 2.0) / 4.0
+            return unit, torch.ones_like(unit[:, :1])
         unit = (flat - self.aabb[0]) / (self.aabb[1] - self.aabb[0])
         inside = ((unit >= 0.0) & (unit <= 1.0)).all(dim=-1, keepdim=True)
         return unit, inside
@@ -62,6 +78,7 @@ class VQADField(_BoxNormalizedField):
         color_layers: depth of the colour MLP.
         color_hidden_dim: width of the colour MLP.
         sh_levels: spherical-harmonics levels of the view-direction encoding.
+        contract: contract space beyond ``aabb`` into the grid (unbounded scenes).
     """
 
     compiled_methods = ("density_from_unit", "color_from_features")
@@ -75,8 +92,9 @@ class VQADField(_BoxNormalizedField):
         color_layers: int = 3,
         color_hidden_dim: int = 64,
         sh_levels: int = 4,
+        contract: bool = False,
     ) -> None:
-        super().__init__(aabb)
+        super().__init__(aabb, contract)
         self.grid = grid
         self.num_active_levels: Optional[int] = None
         """Operating point: levels used when rays do not say (None: all)."""
@@ -129,12 +147,15 @@ class VQADProposalField(_BoxNormalizedField):
         aabb: the box the grid spans [2, 3].
         grid: a (small) codebook grid.
         hidden_dim: width of the density MLP.
+        contract: contract space beyond ``aabb`` into the grid (unbounded scenes).
     """
 
     compiled_methods = ("density_from_unit",)
 
-    def __init__(self, aabb: Tensor, grid: LearnedIndexCodebookGrid, hidden_dim: int = 16) -> None:
-        super().__init__(aabb)
+    def __init__(
+        self, aabb: Tensor, grid: LearnedIndexCodebookGrid, hidden_dim: int = 16, contract: bool = False
+    ) -> None:
+        super().__init__(aabb, contract)
         self.grid = grid
         self.density_mlp = _mlp(grid.output_dim, 2, hidden_dim, 1)
 

@@ -36,7 +36,9 @@ from nerfqat_plugin.model_components.ndc import NDCSpace
 from nerfqat_plugin.model_components.ray_setup import (
     NDC_METADATA_KEY,
     NEAR_FAR_METADATA_KEY,
+    SCENE_TYPE_METADATA_KEY,
     SamplingRays,
+    SceneType,
     make_sampling_rays,
 )
 from nerfqat_plugin.model_components.renderers import RandomTrainingBackgroundRenderer
@@ -195,6 +197,7 @@ class CompressibleModel(Model):
         self.ndc: Optional[NDCSpace] = NDCSpace(**ndc) if ndc else None
         near_far = metadata.get(NEAR_FAR_METADATA_KEY)
         self.near, self.far = near_far if near_far else (self.config.near_plane, self.config.far_plane)
+        self.scene_type: Optional[SceneType] = metadata.get(SCENE_TYPE_METADATA_KEY)
         background = self.config.background_color
         if background == "auto" and self.ndc is None:
             self.renderer_rgb: RGBRenderer = RandomTrainingBackgroundRenderer(eval_background="white")
@@ -205,7 +208,11 @@ class CompressibleModel(Model):
         return make_sampling_rays(ray_bundle, self.ndc, self.near, self.far)
 
     def scene_space_payload(self) -> Dict[str, Any]:
-        return {"ndc": self.ndc.to_dict() if self.ndc is not None else None, "near_far": [self.near, self.far]}
+        return {
+            "ndc": self.ndc.to_dict() if self.ndc is not None else None,
+            "near_far": [self.near, self.far],
+            "scene_type": self.scene_type,
+        }
 
     @staticmethod
     def metadata_from_payload(payload: Dict[str, Any]) -> Dict[str, Any]:
@@ -213,6 +220,8 @@ class CompressibleModel(Model):
         metadata: Dict[str, Any] = {NEAR_FAR_METADATA_KEY: tuple(payload["near_far"])}
         if payload.get("ndc"):
             metadata[NDC_METADATA_KEY] = payload["ndc"]
+        if payload.get("scene_type"):  # absent from files older than the key: sampled as then
+            metadata[SCENE_TYPE_METADATA_KEY] = payload["scene_type"]
         return metadata
 
     def fields_to_compile(self) -> Tuple[TrainingCompiledField, ...]:

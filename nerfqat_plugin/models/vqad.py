@@ -2,7 +2,8 @@
 
 A :class:`VQADField` (learned-index codebook grid + small decoder MLPs) is sampled with nerfstudio's
 proposal sampler, whose proposal density field is a small codebook grid of its own. Forward-facing
-scenes are sampled in NDC (the grid spans the NDC cube), bounded ones in the scene box.
+scenes are sampled in NDC (the grid spans the NDC cube), bounded ones in the scene box, unbounded ones
+in the scene box and a contracted shell around it that reaches to ``unbounded_far_plane``.
 
 Variable bitrate: the grid's levels are summed, so its first ``k`` levels form a coarser field with a
 smaller file. Training renders a fraction of the rays with a random number of levels, so every
@@ -22,7 +23,11 @@ from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.model_components.losses import distortion_loss, interlevel_loss
-from nerfstudio.model_components.ray_samplers import ProposalNetworkSampler, UniformSampler
+from nerfstudio.model_components.ray_samplers import (
+    ProposalNetworkSampler,
+    UniformLinDispPiecewiseSampler,
+    UniformSampler,
+)
 from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio.viewer.viewer_elements import ViewerDropdown
 from torch import Tensor
@@ -115,6 +120,7 @@ class VQADModelConfig(CompressibleModelConfig):
         "proposal_hidden_dim",
         "num_proposal_samples",
         "num_nerf_samples",
+        "unbounded_far_plane",
     )
     _target: Type = field(default_factory=lambda: VQADModel)
     num_levels: Optional[int] = None
@@ -215,6 +221,9 @@ class VQADModelConfig(CompressibleModelConfig):
     """torch.compile the fields for training on CUDA (evaluation stays eager)."""
     eval_levels: Optional[int] = None
     """Operating point rendered by evaluation and the viewer at start (None: all levels)."""
+    unbounded_far_plane: float = 1000.0
+    """Far sampling bound of unbounded scenes (world units), whose space beyond the scene box the
+    grids contract into a shell around it (nerfacto's far plane)."""
     max_training_logits_gib: float = 12.0
     """Refuse grids whose logits and Adam state would exceed this (vertices x 2**bits x 16 bytes)."""
 
@@ -265,6 +274,9 @@ class VQADModel(CompressibleModel):
         frozen = bool(self.kwargs.get("inference_only", False))
         cfg.apply_scene_preset(ndc=self.ndc is not None)
         aabb = NDC_BOX if self.ndc is not None else self.scene_box.aabb
+        contract = self.ndc is None and self.scene_type == "unbounded"
+        if contract:  # the contracted grid reaches far beyond the box: so do the samples
+            self.far = cfg.unbounded_far_plane
         resolutions = cfg.resolved_grid(self.ndc is not None)
         self._check_sparse_options(len(resolutions))
         proposal_resolutions = cfg.resolved_proposal_grid(self.ndc is not None)
@@ -290,11 +302,14 @@ class VQADModel(CompressibleModel):
             color_layers=cfg.color_layers,
             color_hidden_dim=cfg.color_hidden_dim,
             sh_levels=cfg.sh_levels,
+            contract=contract,
         )
         proposal_grid = LearnedIndexCodebookGrid(
             proposal_resolutions, cfg.proposal_bits, cfg.proposal_feature_dim, frozen=frozen
         )
-        self.proposal_field = VQADProposalField(aabb, proposal_grid, hidden_dim=cfg.proposal_hidden_dim)
+        self.proposal_field = VQADProposalField(
+            aabb, proposal_grid, hidden_dim=cfg.proposal_hidden_dim, contract=contract
+        )
         self.density_fns = [self.proposal_field.density_fn] * len(cfg.num_proposal_samples)
 
         def update_schedule(step: int) -> float:
@@ -307,7 +322,8 @@ class VQADModel(CompressibleModel):
             num_proposal_network_iterations=len(cfg.num_proposal_samples),
             single_jitter=False,
             update_sched=update_schedule,
-            initial_sampler=UniformSampler(single_jitter=False),
+            # Contracted space: samples uniform near the cameras, then in disparity (nerfacto's).
+            initial_sampler=(UniformLinDispPiecewiseSampler if contract else UniformSampler)(single_jitter=False),
         )
         if cfg.eval_levels is not None and not 1 <= cfg.eval_levels <= grid.num_levels:
             raise UserInputError(f"vqad: eval_levels must be in [1, {grid.num_levels}], got {cfg.eval_levels}")
@@ -512,7 +528,7 @@ class VQADModel(CompressibleModel):
         a pruning that would keep fewer than ``MIN_KEPT_BLOCK_FRACTION`` of the blocks is refused:
         every level stays dense and None is returned. Without it, blocks are ranked by density alone
         (no threshold). Every DDP rank keeps the same blocks (:func:`block_max_density` reduces over ranks)."""
-        grid, aabb = self.field.grid, self.field.aabb
+        grid, aabb, extent = self.field.grid, self.field.aabb, self.field.unit_extent
 
         def density(unit: Tensor) -> Tensor:
             inside = torch.ones(unit.shape[0], 1, device=unit.device)
@@ -521,7 +537,7 @@ class VQADModel(CompressibleModel):
         scores, minimums, costs = [], [], []
         for lvl in grid.sparse_levels:
             resolution = grid.resolutions[lvl]
-            cell = float(((aabb[1] - aabb[0]) / (torch.tensor(resolution, device=aabb.device) - 1)).mean())
+            cell = float((extent / (torch.tensor(resolution, device=aabb.device) - 1)).mean())
             per_axis = samples_per_block_axis(resolution, grid.resolutions[-1])
             scores.append(block_max_density(density, resolution, grid.block_size, per_axis, device=aabb.device))
             minimums.append(opaque_density(self.config.prune_threshold, cell) if require_occupancy else -math.inf)
