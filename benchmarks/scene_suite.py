@@ -14,6 +14,7 @@ nerfacto runs with the torch implementation and the camera optimizer off, on the
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 from pathlib import Path
@@ -28,6 +29,9 @@ RESULTS_DOC = ROOT / "docs" / "results.md"
 SCENES = ("fern", "horns", "lego", "chair", "fruit")
 SUITE = ("nerf-qat-int8", "nerf-qat-int4", "vqad", "nerfacto")
 PEER = "nerfacto"
+CONSTANT_IMAGES = RESULTS / "constant_images.json"
+"""PSNR of constant images per scene (``--constant-images``): the floor a collapsed run sits at."""
+COLLAPSE_MARGIN_DB = 8.0
 
 
 def suite_path(scene: str, results: Path = RESULTS) -> Path:
@@ -45,34 +49,92 @@ def suite_jobs(scene: str, data: Path, results: Path = RESULTS) -> List[Job]:
     return jobs
 
 
+def constant_image_psnr(data: Path) -> Dict[str, float]:
+    """PSNR of constant images (white, black, the test views' mean colour) against a scene's test
+    views as evaluated (RGBA composited on white): what a collapsed field would score."""
+    import torch
+    from nerfstudio.data.datasets.base_dataset import InputDataset
+
+    from nerfqat_plugin.data.auto_dataparser import AutoDataParserConfig
+
+    dataset = InputDataset(AutoDataParserConfig(data=data).setup().get_dataparser_outputs("test"))
+    views = []
+    for i in range(len(dataset)):
+        image = dataset.get_image_float32(i)
+        if image.shape[-1] == 4:
+            image = image[..., :3] * image[..., 3:] + (1.0 - image[..., 3:])
+        views.append(image)
+    mean_colour = torch.stack([v.reshape(-1, 3).mean(0) for v in views]).mean(0)
+
+    def psnr(colour: torch.Tensor) -> float:
+        return sum(float(-10 * torch.log10(((v - colour) ** 2).mean())) for v in views) / len(views)
+
+    return {"white": psnr(torch.ones(3)), "black": psnr(torch.zeros(3)), "mean_colour": psnr(mean_colour)}
+
+
+def write_constant_images(data_root: Path, scenes: List[str], path: Path = CONSTANT_IMAGES) -> Path:
+    """Record :func:`constant_image_psnr` of every scene found under ``data_root`` in ``path``."""
+    table = json.loads(path.read_text()) if path.is_file() else {}
+    for scene in scenes:
+        if (data_root / scene).is_dir():
+            table[scene] = {k: round(v, 3) for k, v in constant_image_psnr(data_root / scene).items()}
+            print(f"[suite] {scene}: constant images {table[scene]}", flush=True)
+    path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    return path
+
+
 def _fmt(value: Any, digits: int) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def scene_table(scene: str, rows: Dict[str, Dict[str, Any]]) -> List[str]:
-    """Markdown for one scene: one line per configuration, the latest row of each label."""
-    peer = next((r for r in rows.values() if r.get("method") == PEER and r.get("psnr") is not None), None)
+def _row_line(
+    scene: str, label: str, row: Dict[str, Any], peer: Optional[Dict[str, Any]], blank: Optional[float]
+) -> str:
+    size = row.get("file_bytes") or row.get("param_bytes")
+    gap = None if peer is None or row.get("psnr") is None or row is peer else row["psnr"] - peer["psnr"]
+    notes = []
+    if row.get("collapse_warning"):
+        notes.append("collapse warning")
+    if blank is not None and row.get("psnr") is not None and row["psnr"] < blank + COLLAPSE_MARGIN_DB:
+        notes.append(f"within {COLLAPSE_MARGIN_DB:.0f} dB of a blank image")
+    if (row.get("jobs_per_gpu") or 1) > 1:
+        notes.append(f"{row['jobs_per_gpu']} jobs shared the GPU")
+    if row.get("num_test_views") and scene in FULL_TEST_VIEWS and row["num_test_views"] < FULL_TEST_VIEWS[scene]:
+        notes.append(f"{row['num_test_views']} of {FULL_TEST_VIEWS[scene]} test views")
+    if row.get("evaluation_error"):
+        notes.append("evaluation failed: " + row["evaluation_error"].split(":")[0])
+    return (
+        f"| {label} | {_fmt(row.get('psnr'), 2)} | {_fmt(row.get('ssim'), 3)} | {_fmt(row.get('lpips'), 3)} "
+        f"| {_fmt(None if size is None else size / 1e6, 3)} | {_fmt(row.get('train_seconds'), 0)} "
+        f"| {_fmt(row.get('iterations_per_s'), 1)} | {_fmt(row.get('render_fps'), 2)} "
+        f"| {'' if gap is None else f'{gap:+.2f} dB'} | {'; '.join(notes)} |"
+    )
+
+
+def scene_table(scene: str, rows: Dict[str, Dict[str, Any]], constants: Optional[Dict[str, float]] = None) -> List[str]:
+    """Markdown for one scene: the latest row of each suite configuration, then any other labels
+    (experiments) in a table of their own. ``constants``: :func:`constant_image_psnr` of the scene;
+    a row less than ``COLLAPSE_MARGIN_DB`` above a blank (white or black) image is marked."""
+    peer = rows.get(PEER) if (rows.get(PEER) or {}).get("psnr") is not None else None
+    blank = max(constants["white"], constants["black"]) if constants else None
     lines = [f"## {scene}", ""]
-    lines += ["| configuration | PSNR | SSIM | LPIPS | size (MB) | train s | it/s | render fps | vs nerfacto | notes |"]
-    lines += ["|---|---|---|---|---|---|---|---|---|---|"]
-    for label, row in sorted(rows.items(), key=lambda item: (item[1].get("method") == PEER, item[0])):
-        size = row.get("file_bytes") or row.get("param_bytes")
-        gap = None if peer is None or row.get("psnr") is None or row is peer else row["psnr"] - peer["psnr"]
-        notes = []
-        if row.get("collapse_warning"):
-            notes.append("collapse warning")
-        if (row.get("jobs_per_gpu") or 1) > 1:
-            notes.append(f"{row['jobs_per_gpu']} jobs shared the GPU")
-        if row.get("num_test_views") and scene in FULL_TEST_VIEWS and row["num_test_views"] < FULL_TEST_VIEWS[scene]:
-            notes.append(f"{row['num_test_views']} of {FULL_TEST_VIEWS[scene]} test views")
-        if row.get("evaluation_error"):
-            notes.append("evaluation failed: " + row["evaluation_error"].split(":")[0])
-        lines.append(
-            f"| {label} | {_fmt(row.get('psnr'), 2)} | {_fmt(row.get('ssim'), 3)} | {_fmt(row.get('lpips'), 3)} "
-            f"| {_fmt(None if size is None else size / 1e6, 3)} | {_fmt(row.get('train_seconds'), 0)} "
-            f"| {_fmt(row.get('iterations_per_s'), 1)} | {_fmt(row.get('render_fps'), 2)} "
-            f"| {'' if gap is None else f'{gap:+.2f} dB'} | {'; '.join(notes)} |"
-        )
+    if constants:
+        lines += [
+            f"Constant images score {constants['white']:.2f} dB (white), {constants['black']:.2f} dB (black) and "
+            f"{constants['mean_colour']:.2f} dB (the views' mean colour) on these test views.",
+            "",
+        ]
+    header = "| configuration | PSNR | SSIM | LPIPS | size (MB) | train s | it/s | render fps | vs nerfacto | notes |"
+    rule = "|---|---|---|---|---|---|---|---|---|---|"
+    suite = [label for label in SUITE if label in rows]
+    others = sorted(label for label in rows if label not in SUITE)
+    if suite:
+        lines += [header, rule] + [_row_line(scene, label, rows[label], peer, blank) for label in suite]
+    else:
+        lines += ["The suite has not run on this scene yet."]
+    if others:
+        lines += ["", "Experiments (options in each row's `command`):", "", header, rule]
+        lines += [_row_line(scene, label, rows[label], peer, blank) for label in others]
     first = min((r.get("date", "") for r in rows.values()), default="")
     last = max((r.get("date", "") for r in rows.values()), default="")
     gpus = sorted({str(r.get("gpu")) for r in rows.values()})
@@ -94,17 +156,59 @@ def results_markdown(results: Path = RESULTS) -> str:
         "(the latest row of each configuration; every row holds its command, GPU, date and commit). Sizes:",
         "our compressed files, nerfacto's fp32 parameters. A dash: not measured (LPIPS needs AlexNet weights).",
         "",
+        "The suite trains every development scene (fern, horns, lego, chair, fruit, by name under `--data-root`)",
+        "with nerf-qat int8, nerf-qat int4, vqad (evaluated at its largest operating point) and nerfacto (torch,",
+        "camera optimizer off, the same split), at one budget, rows to `benchmarks/results/<scene>.jsonl`; it",
+        "resumes, so call it again until nothing is left (`../shared/gpu/README.md` sets up a GPU host):",
+        "",
+        "```bash",
+        ". benchmarks/gpu_env.sh && python benchmarks/scene_suite.py --data-root .gpu --budget-s 300",
+        "python benchmarks/scene_suite.py --data-root path/to/scenes --constant-images  # CPU: the blank-image floor",
+        "```",
+        "",
     ]
+    constants_path = results / CONSTANT_IMAGES.name
+    constants = json.loads(constants_path.read_text()) if constants_path.is_file() else {}
     for scene in SCENES:
         rows = load_rows(scene, path=suite_path(scene, results))
         if rows:
-            lines += scene_table(scene, rows)
+            lines += scene_table(scene, rows, constants.get(scene))
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_report(results: Path = RESULTS, doc: Path = RESULTS_DOC) -> Path:
+README = ROOT / "README.md"
+README_MARKERS = ("<!-- results:begin -->", "<!-- results:end -->")
+
+
+def readme_table(results: Path = RESULTS) -> str:
+    """The README's summary: PSNR and size of each suite configuration per scene (the latest rows)."""
+    lines = ["| scene | " + " | ".join(SUITE) + " |", "|---" * (len(SUITE) + 1) + "|"]
+    for scene in SCENES:
+        rows = load_rows(scene, path=suite_path(scene, results))
+        cells = []
+        for label in SUITE:
+            row = rows.get(label) or {}
+            size = row.get("file_bytes") or row.get("param_bytes")
+            psnr = row.get("psnr")
+            cells.append("—" if psnr is None else f"{psnr:.2f} dB, {size / 1e6:.2f} MB" if size else f"{psnr:.2f} dB")
+        lines.append(f"| {scene} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def readme_with_table(readme: str, results: Path = RESULTS) -> str:
+    """``readme`` with the text between :data:`README_MARKERS` replaced by :func:`readme_table`."""
+    begin, end = README_MARKERS
+    head, rest = readme.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{readme_table(results)}{end}{tail}"
+
+
+def write_report(results: Path = RESULTS, doc: Path = RESULTS_DOC, readme: Optional[Path] = README) -> Path:
+    """Regenerate ``doc`` and the summary table in ``readme`` (None: leave the README alone)."""
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(results_markdown(results))
+    if readme is not None and readme.is_file():
+        readme.write_text(readme_with_table(readme.read_text(), results))
     return doc
 
 
@@ -127,15 +231,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     parser.add_argument("--doc", type=Path, default=RESULTS_DOC)
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument(
+        "--constant-images", action="store_true", help="record the PSNR of constant images per scene (CPU), then report"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print what would run")
     args = parser.parse_args(argv)
 
-    if not args.report_only:
-        if args.data_root is None or not args.data_root.is_dir():
-            parser.error(f"--data-root: folder {args.data_root} not found")
+    scenes = [s for s in args.scenes.split(",") if s]
+    if not args.report_only and (args.data_root is None or not args.data_root.is_dir()):
+        parser.error(f"--data-root: folder {args.data_root} not found")
+    if args.constant_images:
+        write_constant_images(args.data_root, scenes, args.results_dir / CONSTANT_IMAGES.name)
+    elif not args.report_only:
         wanted = {s for s in args.only.split(",") if s}
         todo: List[Job] = []
-        for scene in [s for s in args.scenes.split(",") if s]:
+        for scene in scenes:
             data = args.data_root / scene
             if not data.is_dir():
                 print(f"[suite] {scene}: not in {args.data_root}, skipped", flush=True)
@@ -155,7 +265,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             failed = run_jobs(todo, args, args.gpus or max(1, torch.cuda.device_count()))
             if failed:
                 print(f"[suite] failed: {', '.join(failed)}", flush=True)
-    print(f"[suite] wrote {write_report(args.results_dir, args.doc)}", flush=True)
+    readme = README if args.results_dir.resolve() == RESULTS else None  # other rows: leave the README alone
+    print(f"[suite] wrote {write_report(args.results_dir, args.doc, readme)}", flush=True)
     return 0
 
 

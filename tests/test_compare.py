@@ -196,15 +196,46 @@ def test_results_doc_is_generated_per_scene_with_the_gap_to_nerfacto(tmp_path: P
         _row("vqad", "vqad", 12.0, file_bytes=900_000, collapse_warning=True),
     ]
     (tmp_path / "fern.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rows.append(_row("nerf-qat-lr-x2", "nerf-qat", 24.0, file_bytes=1_100_000))  # an experiment
+    (tmp_path / "fern.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    constants = {"fern": {"white": 5.0, "black": 4.0, "mean_colour": 12.0}}
+    (tmp_path / scene_suite.CONSTANT_IMAGES.name).write_text(json.dumps(constants))
     text = scene_suite.results_markdown(tmp_path)
     assert "## fern" in text and "## lego" not in text
     assert "| nerf-qat-int8 | 25.00 |" in text and "-1.50 dB" in text and "collapse warning" in text
-    assert text.index("| nerf-qat-int8") < text.index("| nerfacto")  # the peer last
+    assert text.index("| nerf-qat-int8") < text.index("| vqad") < text.index("| nerfacto")  # suite order
+    assert text.index("| nerfacto") < text.index("Experiments") < text.index("| nerf-qat-lr-x2")
+    # 12 dB is within 8 dB of the white image's 5 dB; 25 dB is not.
+    vqad_line = next(line for line in text.splitlines() if line.startswith("| vqad"))
+    int8_line = next(line for line in text.splitlines() if line.startswith("| nerf-qat-int8"))
+    assert "within 8 dB of a blank image" in vqad_line and "blank" not in int8_line
+    assert "5.00 dB (white)" in text
 
 
-def test_committed_results_doc_is_up_to_date() -> None:
+def test_constant_image_psnr_scores_blank_images_against_the_test_views(tmp_path: Path) -> None:
+    from conftest import make_blender_scene
+
+    scores = scene_suite.constant_image_psnr(make_blender_scene(tmp_path / "scene"))
+    assert set(scores) == {"white", "black", "mean_colour"}
+    # The mean colour minimises the squared error among constant images.
+    assert scores["mean_colour"] >= max(scores["white"], scores["black"]) and scores["white"] > 0
+
+
+def test_committed_results_doc_and_readme_table_are_up_to_date() -> None:
     committed = (ROOT / "docs" / "results.md").read_text()
     assert committed == scene_suite.results_markdown(), "run: python benchmarks/scene_suite.py --report-only"
+    readme = (ROOT / "README.md").read_text()
+    assert readme == scene_suite.readme_with_table(readme), "run: python benchmarks/scene_suite.py --report-only"
+
+
+def test_readme_table_lists_every_scene_and_configuration(tmp_path: Path) -> None:
+    row = _row("vqad", "vqad", 23.456, file_bytes=987_654)
+    (tmp_path / "fruit.jsonl").write_text(json.dumps(row) + "\n")
+    readme = "intro\n<!-- results:begin -->\nold\n<!-- results:end -->\nrest\n"
+    text = scene_suite.readme_with_table(readme, tmp_path)
+    assert text.startswith("intro\n<!-- results:begin -->\n| scene |") and text.endswith("<!-- results:end -->\nrest\n")
+    assert "old" not in text and "| fruit | — | — | 23.46 dB, 0.99 MB | — |" in text
+    assert all(f"| {scene} |" in text for scene in scene_suite.SCENES)
 
 
 def test_readme_is_short_and_words_hold_no_development_history() -> None:
