@@ -4,6 +4,7 @@ warning when a run collapses anyway."""
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -217,7 +218,8 @@ def test_pruning_goes_ahead_once_the_field_is_opaque_and_at_the_deadline_regardl
     model._prune_on_schedule(30)
     assert model._pruned and bool(_mask(model).all())  # every block is occupied: all kept
     late = _sparse_vqad()
-    late.config.max_file_bytes = late.compressed_size_bytes() - 2000  # a budget that forces a choice
+    budget = late.compressed_size_bytes() - 2000  # a budget that forces a choice
+    late.grid_spec = dataclasses.replace(late.grid_spec, max_file_bytes=budget)
     _set_density(late, -30.0)  # still empty at the deadline (half the run)
     late._prune_on_schedule(50)
     kept = _mask(late)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from nerfqat_plugin.field_components.block_occupancy import (
 from nerfqat_plugin.field_components.codebook_grid import LearnedIndexCodebookGrid
 from nerfqat_plugin.models.compressible import load_compressed_model
 from nerfqat_plugin.models.vqad import VQADModelConfig
+from nerfqat_plugin.models.vqad_grid_spec import operating_point_levels, operating_point_name, resolve_grid_spec
 
 
 def _sparse_grid() -> LearnedIndexCodebookGrid:
@@ -172,24 +174,28 @@ def test_bad_sparse_options_are_refused_with_a_clear_error(option: str, value: f
         _model(**{option: value})
 
 
-def test_scenes_without_grid_options_get_their_preset() -> None:
+def test_scenes_without_grid_options_get_their_preset_and_the_config_is_never_rewritten() -> None:
     bounded = VQADModelConfig()
-    bounded.apply_scene_preset(ndc=False)
-    assert bounded.resolved_grid(ndc=False)[-1] == (256, 256, 256) and len(bounded.resolved_grid(ndc=False)) == 5
-    assert bounded.sparse_from_level == 3 and bounded.max_file_bytes == 990_000
+    before = dataclasses.asdict(bounded)
+    spec = resolve_grid_spec(bounded, ndc=False)
+    assert dataclasses.asdict(bounded) == before  # resolved purely
+    assert spec.resolutions[-1] == (256, 256, 256) and spec.num_levels == 5
+    assert spec.sparse_from_level == 3 and spec.max_file_bytes == 990_000
     assert bounded.sparse_block_size == 4  # measured better than 8 at equal bytes on lego
-    smaller = VQADModelConfig(max_file_bytes=500_000)  # a byte limit alone keeps the preset's grid
-    smaller.apply_scene_preset(ndc=False)
+    smaller = resolve_grid_spec(VQADModelConfig(max_file_bytes=500_000), ndc=False)  # a byte limit keeps the grid
     assert smaller.sparse_from_level == 3 and smaller.max_file_bytes == 500_000
-    ndc = VQADModelConfig()
-    ndc.apply_scene_preset(ndc=True)  # NDC: dense levels, 8-bit codebooks on the coarse ones
-    assert ndc.sparse_from_level is None and len(ndc.resolved_grid(ndc=True)) == 4
-    assert ndc.level_bits == (8, 8, 8, 4) and ndc.resolved_grid(ndc=True)[-1] == (184, 138, 54)
+    ndc = resolve_grid_spec(VQADModelConfig(), ndc=True)  # NDC: dense levels, 8-bit codebooks on the coarse ones
+    assert ndc.sparse_from_level is None and ndc.num_levels == 4
+    assert ndc.level_bits == (8, 8, 8, 4) and ndc.resolutions[-1] == (184, 138, 54)
     for given in ({"bits": 6}, {"index_mode": "hashed"}, {"finest_resolution": (64, 48, 16)}):
-        plain = VQADModelConfig(**given)  # a bit width, an ablation or a grid option: no NDC preset
-        plain.apply_scene_preset(ndc=True)
-        assert plain.level_bits is None
-    explicit = VQADModelConfig(finest_resolution=(64, 64, 64))
-    explicit.apply_scene_preset(ndc=False)
-    assert explicit.sparse_from_level is None and explicit.max_file_bytes is None
-    assert len(explicit.resolved_grid(ndc=False)) == 4
+        plain = resolve_grid_spec(VQADModelConfig(**given), ndc=True)  # a bit option, ablation or grid option
+        assert len(set(plain.level_bits)) == 1
+    explicit = resolve_grid_spec(VQADModelConfig(finest_resolution=(64, 64, 64)), ndc=False)
+    assert explicit.sparse_from_level is None and explicit.max_file_bytes is None and explicit.num_levels == 4
+
+
+def test_operating_point_names_round_trip_and_bad_names_are_one_line() -> None:
+    assert [operating_point_levels(operating_point_name(k)) for k in (1, 2, 12)] == [1, 2, 12]
+    for bad in ("levels=", "level=2", "levels=two", "2"):
+        with pytest.raises(UserInputError, match="levels=k"):
+            operating_point_levels(bad)

@@ -13,7 +13,8 @@ from nerfstudio.data.scene_box import SceneBox
 from nerfqat_plugin.compression.file_format import read_compressed
 from nerfqat_plugin.errors import UserInputError
 from nerfqat_plugin.models.compressible import load_compressed_model
-from nerfqat_plugin.models.vqad import VQADModel, VQADModelConfig, level_resolutions
+from nerfqat_plugin.models.vqad import VQADModel, VQADModelConfig
+from nerfqat_plugin.models.vqad_grid_spec import level_resolutions
 from nerfqat_plugin.pipelines.compression_pipeline import CompressionPipeline
 
 TINY = dict(

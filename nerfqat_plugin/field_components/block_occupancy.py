@@ -11,14 +11,18 @@ are kept first, so a file lands within its size whatever the scene's occupancy.
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
 from nerfqat_plugin.field_components.ranks import reduce_over_ranks
+
+if TYPE_CHECKING:  # the grid imports this module
+    from nerfqat_plugin.field_components.codebook_grid import LearnedIndexCodebookGrid
 
 Resolution = Tuple[int, int, int]
 
@@ -111,3 +115,63 @@ def densest_blocks_within_budget(
     keep[order[within]] = True
     keep &= torch.cat(candidates)
     return list(keep.split([s.numel() for s in scores]))
+
+
+def prune_sparse_levels(
+    grid: LearnedIndexCodebookGrid,
+    density: Callable[[Tensor], Tensor],
+    unit_extent: Tensor,
+    threshold: float,
+    max_file_bytes: Optional[int],
+    file_bytes: Callable[[], int],
+    min_kept_fraction: Optional[float] = None,
+) -> Optional[Dict[int, float]]:
+    """Set the block masks of ``grid``'s sparse levels: blocks where one cell is more than
+    ``threshold`` opaque, the densest first while ``file_bytes()`` stays within ``max_file_bytes``
+    (None: every such block). Returns the kept fraction per sparse level.
+
+    ``density`` maps points in the unit cube [N, 3] to density [N, 1]; ``unit_extent`` is the world
+    length of the unit cube's axes [3] (cell sizes for the opacity threshold). With
+    ``min_kept_fraction``, a pruning that would keep fewer than that fraction of the blocks is refused
+    and None returned, the masks untouched; without it, blocks are ranked by density alone (no
+    threshold). Every DDP rank keeps the same blocks (:func:`block_max_density` reduces over ranks)."""
+    device = unit_extent.device
+    scores, minimums, costs = [], [], []
+    for lvl in grid.sparse_levels:
+        resolution = grid.resolutions[lvl]
+        cell = float((unit_extent / (torch.tensor(resolution, device=device) - 1)).mean())
+        per_axis = samples_per_block_axis(resolution, grid.resolutions[-1])
+        scores.append(block_max_density(density, resolution, grid.block_size, per_axis, device=device))
+        minimums.append(opaque_density(threshold, cell) if min_kept_fraction is not None else -math.inf)
+        costs.append(block_vertex_counts(resolution, grid.block_size) * grid.level_bits[lvl])
+    if min_kept_fraction is not None:
+        occupied = sum(int((score > minimum).sum()) for score, minimum in zip(scores, minimums, strict=True))
+        if occupied < min_kept_fraction * sum(score.numel() for score in scores):
+            return None
+    budget = math.inf if max_file_bytes is None else _sparse_index_budget_bits(grid, max_file_bytes, file_bytes)
+    for _ in range(8):
+        masks = densest_blocks_within_budget(scores, minimums, costs, budget)
+        for lvl, keep in zip(grid.sparse_levels, masks, strict=True):
+            grid.set_block_mask(lvl, keep)
+        if max_file_bytes is None:
+            break
+        # Headers, byte padding and incompressible streams can add a few bytes: measure, tighten.
+        excess = file_bytes() - max_file_bytes
+        if excess <= 0 or not any(keep.any() for keep in masks):
+            break
+        budget -= 8.0 * excess + 512.0
+    return {lvl: round(keep.float().mean().item(), 4) for lvl, keep in zip(grid.sparse_levels, masks, strict=True)}
+
+
+def _sparse_index_budget_bits(grid: LearnedIndexCodebookGrid, limit: int, file_bytes: Callable[[], int]) -> float:
+    """Bits left for the sparse levels' indices in a file of ``limit`` bytes: measured as the file's
+    size with every sparse block dropped (dense levels, masks, codebooks, decoders, header)."""
+    for lvl in grid.sparse_levels:
+        grid.set_block_mask(lvl, torch.zeros_like(grid.block_mask(lvl)))
+    base = file_bytes()
+    if base > limit:
+        CONSOLE.print(
+            f"[yellow]vqad: the file without sparse blocks already takes {base} bytes "
+            f"(max_file_bytes {limit}): every sparse block is dropped"
+        )
+    return max(0, limit - base) * 8.0

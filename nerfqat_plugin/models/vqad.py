@@ -13,7 +13,6 @@ operating point stays usable; the viewer switches between them, ``ns-eval`` repo
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
@@ -35,13 +34,7 @@ from torch.nn import Parameter
 
 from nerfqat_plugin.compression.codebook_state import decode_codebook_module, encode_codebook_module
 from nerfqat_plugin.errors import UserInputError
-from nerfqat_plugin.field_components.block_occupancy import (
-    block_max_density,
-    block_vertex_counts,
-    densest_blocks_within_budget,
-    opaque_density,
-    samples_per_block_axis,
-)
+from nerfqat_plugin.field_components.block_occupancy import prune_sparse_levels
 from nerfqat_plugin.field_components.codebook_grid import IndexMode, LearnedIndexCodebookGrid
 from nerfqat_plugin.fields.compiled_field import TrainingCompiledField
 from nerfqat_plugin.fields.vqad_field import ACTIVE_LEVELS_KEY, VQADField, VQADProposalField
@@ -52,45 +45,21 @@ from nerfqat_plugin.models.compressible import (
     run_length,
     scene_box_from_payload,
 )
+from nerfqat_plugin.models.vqad_grid_spec import (
+    GridSpec,
+    Resolution,
+    operating_point_levels,
+    operating_point_name,
+    resolve_grid_spec,
+)
 
-Resolution = Tuple[int, int, int]
 NDC_BOX = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
-# Default finest resolutions. NDC: x/y follow a 4:3 image at about 2.6 pixels per cell at 504x378
-# and z (linear in disparity) is coarser; bounded: a cube. Both keep a 4-bit file under 1 MB.
-DEFAULT_FINEST_NDC: Resolution = (192, 144, 56)
-DEFAULT_FINEST_BOUNDED: Resolution = (112, 112, 112)
-# Bounded scenes with no grid option given: five levels to 256^3, the two finest sparse and pruned to
-# fit 990 kB (why: docs/methods/vqad.md).
-BOUNDED_SPARSE_PRESET = {"num_levels": 5, "finest_resolution": (256, 256, 256), "sparse_from_level": 3}
-BOUNDED_SPARSE_MAX_FILE_BYTES = 990_000
-# NDC scenes with no grid or bit option given, learned indices: 8-bit codebooks on the three coarse
-# levels (few vertices, so 256 entries cost few bytes) and a slightly coarser finest level to stay
-# within the same file size (why: docs/methods/vqad.md).
-NDC_LEVEL_BITS_PRESET = {"finest_resolution": (184, 138, 54), "level_bits": (8, 8, 8, 4)}
-DEFAULT_BITS = 4
-# Probed grids: bits of the (large, hashed) codebook when none are given; instant-NGP-sized tables
-# of 2**14 entries per level are what a ~1 MB file affords at 4 levels x 7 features (fp16).
-DEFAULT_PROBED_BITS = 14
 # Pruning that would keep fewer than this fraction of the sparse levels' blocks waits for the field
 # (an empty estimate early in training would otherwise erase the scene for good); it retries every
 # PRUNE_RETRY_FRACTION of the run, and at PRUNE_DEADLINE_FRACTION keeps the densest blocks regardless.
 MIN_KEPT_BLOCK_FRACTION = 0.001
 PRUNE_RETRY_FRACTION = 0.05
 PRUNE_DEADLINE_FRACTION = 0.5
-DEFAULT_PROPOSAL_NDC: Resolution = (64, 48, 24)
-DEFAULT_PROPOSAL_BOUNDED: Resolution = (48, 48, 48)
-
-
-def level_resolutions(finest: Resolution, num_levels: int) -> List[Resolution]:
-    """Resolutions halving from ``finest`` towards the coarsest level (at least 2 per axis)."""
-    return [
-        tuple(max(2, round(r / 2 ** (num_levels - 1 - level))) for r in finest)  # type: ignore[misc]
-        for level in range(num_levels)
-    ]
-
-
-def operating_point_name(levels: int) -> str:
-    return f"levels={levels}"
 
 
 @dataclass
@@ -227,39 +196,6 @@ class VQADModelConfig(CompressibleModelConfig):
     max_training_logits_gib: float = 12.0
     """Refuse grids whose logits and Adam state would exceed this (vertices x 2**bits x 16 bytes)."""
 
-    def apply_scene_preset(self, ndc: bool) -> None:
-        """With no grid option given, a bounded scene gets the measured sparse grid
-        (``BOUNDED_SPARSE_PRESET``) and an NDC scene with learned indices and no bit option the
-        measured per-level bits (``NDC_LEVEL_BITS_PRESET``); any grid option, and probed indices
-        (hashed per level, never sparse), keep the plain defaults."""
-        grid_options = (self.grid_resolutions, self.finest_resolution, self.num_levels, self.sparse_from_level)
-        if any(option is not None for option in grid_options) or self.index_mode == "probed":
-            return
-        if ndc:
-            if self.index_mode == "learned" and self.bits is None and self.level_bits is None:
-                for name, value in NDC_LEVEL_BITS_PRESET.items():
-                    setattr(self, name, value)
-            return
-        for name, value in BOUNDED_SPARSE_PRESET.items():
-            setattr(self, name, value)
-        if self.max_file_bytes is None:
-            self.max_file_bytes = BOUNDED_SPARSE_MAX_FILE_BYTES
-
-    def resolved_grid(self, ndc: bool) -> List[Resolution]:
-        default = DEFAULT_FINEST_NDC if ndc else DEFAULT_FINEST_BOUNDED
-        return _resolutions(self.grid_resolutions, self.finest_resolution or default, self.num_levels or 4)
-
-    def resolved_proposal_grid(self, ndc: bool) -> List[Resolution]:
-        default = DEFAULT_PROPOSAL_NDC if ndc else DEFAULT_PROPOSAL_BOUNDED
-        return _resolutions(self.proposal_resolutions, self.proposal_finest_resolution or default, self.proposal_levels)
-
-
-def _resolutions(explicit: Optional[Sequence[Sequence[int]]], finest: Sequence[int], levels: int) -> List[Resolution]:
-    """Explicit per-level resolutions if given, else ``levels`` halving from ``finest``."""
-    if explicit is not None:
-        return [tuple(int(v) for v in r) for r in explicit]  # type: ignore[misc]
-    return level_resolutions(tuple(finest), levels)  # type: ignore[arg-type]
-
 
 @register_compressible("vqad")
 class VQADModel(CompressibleModel):
@@ -272,23 +208,15 @@ class VQADModel(CompressibleModel):
         self.setup_scene_space()
         cfg = self.config
         frozen = bool(self.kwargs.get("inference_only", False))
-        cfg.apply_scene_preset(ndc=self.ndc is not None)
+        self.grid_spec = spec = resolve_grid_spec(cfg, ndc=self.ndc is not None)
         aabb = NDC_BOX if self.ndc is not None else self.scene_box.aabb
         contract = self.ndc is None and self.scene_type == "unbounded"
         if contract:  # the contracted grid reaches far beyond the box: so do the samples
             self.far = cfg.unbounded_far_plane
-        resolutions = cfg.resolved_grid(self.ndc is not None)
-        self._check_sparse_options(len(resolutions))
-        proposal_resolutions = cfg.resolved_proposal_grid(self.ndc is not None)
-        level_bits = self._resolved_level_bits(len(resolutions))
-        # Resolved once: a checkpoint or file rebuilds exactly these grids.
-        cfg.grid_resolutions = tuple(resolutions)
-        cfg.proposal_resolutions = tuple(proposal_resolutions)
-        cfg.level_bits = level_bits
         if not frozen and cfg.index_mode == "learned":
-            self._check_logit_memory(resolutions, [cfg.logit_rank or (1 << b) for b in level_bits])
+            self._check_logit_memory(spec.resolutions, [cfg.logit_rank or (1 << b) for b in spec.level_bits])
         try:  # the grid checks its own options (probe widths, ...): report them as bad input
-            grid = self._make_grid(resolutions, level_bits, frozen)
+            grid = self._make_grid(spec, frozen)
         except ValueError as error:
             raise UserInputError(f"vqad: {error}") from None
         self._pruned = False
@@ -305,7 +233,7 @@ class VQADModel(CompressibleModel):
             contract=contract,
         )
         proposal_grid = LearnedIndexCodebookGrid(
-            proposal_resolutions, cfg.proposal_bits, cfg.proposal_feature_dim, frozen=frozen
+            list(spec.proposal_resolutions), cfg.proposal_bits, cfg.proposal_feature_dim, frozen=frozen
         )
         self.proposal_field = VQADProposalField(
             aabb, proposal_grid, hidden_dim=cfg.proposal_hidden_dim, contract=contract
@@ -325,8 +253,6 @@ class VQADModel(CompressibleModel):
             # Contracted space: samples uniform near the cameras, then in disparity (nerfacto's).
             initial_sampler=(UniformLinDispPiecewiseSampler if contract else UniformSampler)(single_jitter=False),
         )
-        if cfg.eval_levels is not None and not 1 <= cfg.eval_levels <= grid.num_levels:
-            raise UserInputError(f"vqad: eval_levels must be in [1, {grid.num_levels}], got {cfg.eval_levels}")
         self.set_operating_point(None if cfg.eval_levels is None else operating_point_name(cfg.eval_levels))
         # Names only: a file's size depends on its (deflated) contents, so the size panel below
         # measures the chosen point when it is switched to rather than labelling it in advance.
@@ -338,13 +264,11 @@ class VQADModel(CompressibleModel):
         )
         self.add_size_viewer_elements()
 
-    def _make_grid(
-        self, resolutions: List[Resolution], level_bits: Tuple[int, ...], frozen: bool
-    ) -> LearnedIndexCodebookGrid:
+    def _make_grid(self, spec: GridSpec, frozen: bool) -> LearnedIndexCodebookGrid:
         cfg = self.config
         return LearnedIndexCodebookGrid(
-            resolutions,
-            level_bits,
+            list(spec.resolutions),
+            spec.level_bits,
             cfg.feature_dim,
             index_mode=cfg.index_mode,
             frozen=frozen,
@@ -352,43 +276,13 @@ class VQADModel(CompressibleModel):
             initial_index_bias=cfg.initial_index_bias,
             concat_levels=cfg.concat_levels,
             logit_rank=cfg.logit_rank,
-            sparse_from_level=cfg.sparse_from_level,
+            sparse_from_level=spec.sparse_from_level,
             block_size=cfg.sparse_block_size,
             probe_bits=cfg.probe_bits,
             probe_table_bits=cfg.probe_table_bits,
         )
 
-    def _check_sparse_options(self, num_levels: int) -> None:
-        cfg = self.config
-        if cfg.sparse_from_level is not None and not 0 <= cfg.sparse_from_level < num_levels:
-            raise UserInputError(
-                f"vqad: sparse_from_level must name one of the grid's levels (0 to {num_levels - 1}), "
-                f"got {cfg.sparse_from_level}"
-            )
-        if cfg.sparse_block_size < 2:
-            raise UserInputError(f"vqad: sparse_block_size must be at least 2, got {cfg.sparse_block_size}")
-        if cfg.max_file_bytes is not None and (cfg.sparse_from_level is None or cfg.max_file_bytes <= 0):
-            raise UserInputError(
-                f"vqad: max_file_bytes ({cfg.max_file_bytes}) sizes the sparse levels: it needs "
-                "--pipeline.model.sparse-from-level and a positive byte count"
-            )
-        if not 0.0 <= cfg.prune_at_fraction < 1.0:
-            raise UserInputError(f"vqad: prune_at_fraction must be in [0, 1), got {cfg.prune_at_fraction}")
-
-    def _resolved_level_bits(self, num_levels: int) -> Tuple[int, ...]:
-        cfg = self.config
-        default_bits = DEFAULT_PROBED_BITS if cfg.index_mode == "probed" else DEFAULT_BITS
-        level_bits = tuple(cfg.level_bits) if cfg.level_bits is not None else (cfg.bits or default_bits,) * num_levels
-        if len(level_bits) != num_levels:
-            raise UserInputError(
-                f"vqad: level_bits gives {len(level_bits)} bit widths ({list(level_bits)}) for a grid of "
-                f"{num_levels} levels: give one per level, coarse to fine"
-            )
-        if cfg.index_mode == "learned" and not all(1 <= b <= 8 for b in level_bits):
-            raise UserInputError(f"vqad: index bits must be in [1, 8], got {list(level_bits)}")
-        return level_bits
-
-    def _check_logit_memory(self, resolutions: List[Resolution], floats_per_vertex: List[int]) -> None:
+    def _check_logit_memory(self, resolutions: Sequence[Resolution], floats_per_vertex: List[int]) -> None:
         vertices = sum(x * y * z for x, y, z in resolutions)
         floats = sum(x * y * z * k for (x, y, z), k in zip(resolutions, floats_per_vertex, strict=True))
         gib = floats * 16 / 2**30  # fp32 values, their gradient and two Adam moments
@@ -412,7 +306,7 @@ class VQADModel(CompressibleModel):
 
     def set_operating_point(self, name: Optional[str]) -> None:
         self.check_operating_point(name)
-        levels = None if name is None else int(name.split("=")[1])
+        levels = None if name is None else operating_point_levels(name)
         self.field.num_active_levels = None if levels == self.field.grid.num_levels else levels
 
     def _switch_operating_point(self, element: ViewerDropdown) -> None:
@@ -523,58 +417,26 @@ class VQADModel(CompressibleModel):
 
     @torch.no_grad()
     def prune_empty_blocks(self, require_occupancy: bool = True) -> Optional[Dict[int, float]]:
-        """Keep only the blocks of the sparse levels where the field has density (the densest first
-        within ``max_file_bytes``); returns the kept fraction per level. With ``require_occupancy``,
-        a pruning that would keep fewer than ``MIN_KEPT_BLOCK_FRACTION`` of the blocks is refused:
-        every level stays dense and None is returned. Without it, blocks are ranked by density alone
-        (no threshold). Every DDP rank keeps the same blocks (:func:`block_max_density` reduces over ranks)."""
-        grid, aabb, extent = self.field.grid, self.field.aabb, self.field.unit_extent
+        """Keep only the blocks of the sparse levels where the field has density, the densest first
+        within the spec's ``max_file_bytes`` (:func:`prune_sparse_levels`); returns the kept fraction
+        per level, or None (every level left dense) when ``require_occupancy`` and fewer than
+        ``MIN_KEPT_BLOCK_FRACTION`` of the blocks are occupied."""
+        field = self.field
 
         def density(unit: Tensor) -> Tensor:
-            inside = torch.ones(unit.shape[0], 1, device=unit.device)
-            return self.field.density_from_unit(unit, inside, None)[0]
+            return field.density_from_unit(unit, torch.ones_like(unit[:, :1]), None)[0]
 
-        scores, minimums, costs = [], [], []
-        for lvl in grid.sparse_levels:
-            resolution = grid.resolutions[lvl]
-            cell = float((extent / (torch.tensor(resolution, device=aabb.device) - 1)).mean())
-            per_axis = samples_per_block_axis(resolution, grid.resolutions[-1])
-            scores.append(block_max_density(density, resolution, grid.block_size, per_axis, device=aabb.device))
-            minimums.append(opaque_density(self.config.prune_threshold, cell) if require_occupancy else -math.inf)
-            costs.append(block_vertex_counts(resolution, grid.block_size) * grid.level_bits[lvl])
-        if require_occupancy:
-            occupied = sum(int((score > minimum).sum()) for score, minimum in zip(scores, minimums, strict=True))
-            if occupied < MIN_KEPT_BLOCK_FRACTION * sum(score.numel() for score in scores):
-                return None
-        limit = self.config.max_file_bytes
-        budget = math.inf if limit is None else self._sparse_index_budget_bits(limit)
-        for _ in range(8):
-            masks = densest_blocks_within_budget(scores, minimums, costs, budget)
-            for lvl, keep in zip(grid.sparse_levels, masks, strict=True):
-                grid.set_block_mask(lvl, keep)
-            if limit is None:
-                break
-            # Headers, byte padding and incompressible streams can add a few bytes: measure, tighten.
-            excess = self.compressed_size_bytes(operating_point_name(grid.num_levels)) - limit
-            if excess <= 0 or not any(keep.any() for keep in masks):
-                break
-            budget -= 8.0 * excess + 512.0
-        self._pruned = True
-        return {lvl: round(keep.float().mean().item(), 4) for lvl, keep in zip(grid.sparse_levels, masks, strict=True)}
-
-    def _sparse_index_budget_bits(self, limit: int) -> float:
-        """Bits left for the sparse levels' indices in a file of ``limit`` bytes: measured as the
-        file's size with every sparse block dropped (dense levels, masks, codebooks, decoders, header)."""
-        grid = self.field.grid
-        for lvl in grid.sparse_levels:
-            grid.set_block_mask(lvl, torch.zeros_like(grid.block_mask(lvl)))
-        base = self.compressed_size_bytes(operating_point_name(grid.num_levels))
-        if base > limit:
-            CONSOLE.print(
-                f"[yellow]vqad: the file without sparse blocks already takes {base} bytes "
-                f"(max_file_bytes {limit}): every sparse block is dropped"
-            )
-        return max(0, limit - base) * 8.0
+        kept = prune_sparse_levels(
+            field.grid,
+            density,
+            field.unit_extent,
+            self.config.prune_threshold,
+            self.grid_spec.max_file_bytes,
+            file_bytes=lambda: self.compressed_size_bytes(operating_point_name(field.grid.num_levels)),
+            min_kept_fraction=MIN_KEPT_BLOCK_FRACTION if require_occupancy else None,
+        )
+        self._pruned = self._pruned or kept is not None
+        return kept
 
     # -- rendering ------------------------------------------------------------------------------
     def fields_to_compile(self) -> Tuple[TrainingCompiledField, ...]:
@@ -625,7 +487,7 @@ class VQADModel(CompressibleModel):
 
     # -- compressed form ------------------------------------------------------------------------
     def compressed_state(self, operating_point: Optional[str] = None) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
-        levels = self.active_levels if operating_point is None else int(operating_point.split("=")[1])
+        levels = self.active_levels if operating_point is None else operating_point_levels(operating_point)
         modules = {"field.": self.field, "proposal.": self.proposal_field}
         tensors: Dict[str, Tensor] = {}
         layout: Dict[str, Any] = {}
@@ -634,11 +496,13 @@ class VQADModel(CompressibleModel):
             t, lay = encode_codebook_module(module, prefix, keep)
             tensors.update(t)
             layout.update(lay)
-        model_payload = self.config.to_payload()
-        model_payload["grid_resolutions"] = [list(r) for r in self.field.grid.resolutions[:levels]]
-        model_payload["level_bits"] = list(self.field.grid.level_bits[:levels])
-        if self.config.sparse_from_level is not None and self.config.sparse_from_level >= levels:
-            model_payload["sparse_from_level"] = None  # the sparse levels are not in this file
+        spec = self.grid_spec
+        model_payload = self.config.to_payload()  # the user's options, then the grids as resolved
+        model_payload["grid_resolutions"] = [list(r) for r in spec.resolutions[:levels]]
+        model_payload["level_bits"] = list(spec.level_bits[:levels])
+        model_payload["proposal_resolutions"] = [list(r) for r in spec.proposal_resolutions]
+        sparse = spec.sparse_from_level
+        model_payload["sparse_from_level"] = sparse if sparse is not None and sparse < levels else None
         payload = {"model": model_payload, **self.scene_space_payload(), "tensors": layout}
         return tensors, payload
 

@@ -1,0 +1,153 @@
+"""What grids a vqad model builds: its options and the scene's kind resolved once, purely.
+
+:func:`resolve_grid_spec` turns a :class:`~nerfqat_plugin.models.vqad.VQADModelConfig` and whether the
+scene is sampled in NDC into a :class:`GridSpec` (the presets live here, beside it); the config is
+never rewritten. A model built from a spec, a checkpoint or a file rebuilds the same grids. The
+operating points' names (``levels=k``) are built and parsed here too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
+
+from nerfqat_plugin.errors import UserInputError
+
+if TYPE_CHECKING:
+    from nerfqat_plugin.models.vqad import VQADModelConfig
+
+Resolution = Tuple[int, int, int]
+
+# Default finest resolutions. NDC: x/y follow a 4:3 image at about 2.6 pixels per cell at 504x378
+# and z (linear in disparity) is coarser; bounded: a cube. Both keep a 4-bit file under 1 MB.
+DEFAULT_FINEST_NDC: Resolution = (192, 144, 56)
+DEFAULT_FINEST_BOUNDED: Resolution = (112, 112, 112)
+DEFAULT_NUM_LEVELS = 4
+DEFAULT_PROPOSAL_NDC: Resolution = (64, 48, 24)
+DEFAULT_PROPOSAL_BOUNDED: Resolution = (48, 48, 48)
+# Scenes outside NDC with no grid option given: five levels to 256^3, the two finest sparse and
+# pruned to fit 990 kB (why: docs/methods/vqad.md).
+BOUNDED_SPARSE_PRESET = {"num_levels": 5, "finest_resolution": (256, 256, 256), "sparse_from_level": 3}
+BOUNDED_SPARSE_MAX_FILE_BYTES = 990_000
+# NDC scenes with no grid or bit option given, learned indices: 8-bit codebooks on the three coarse
+# levels (few vertices, so 256 entries cost few bytes) and a slightly coarser finest level to stay
+# within the same file size (why: docs/methods/vqad.md).
+NDC_LEVEL_BITS_PRESET = {"finest_resolution": (184, 138, 54), "level_bits": (8, 8, 8, 4)}
+DEFAULT_BITS = 4
+# Probed grids: bits of the (large, hashed) codebook when none are given; instant-NGP-sized tables
+# of 2**14 entries per level are what a ~1 MB file affords at 4 levels x 7 features (fp16).
+DEFAULT_PROBED_BITS = 14
+OPERATING_POINT_PREFIX = "levels="
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """The grids of one vqad model, every option resolved."""
+
+    resolutions: Tuple[Resolution, ...]
+    """Vertices per axis of each level of the radiance field's grid, coarse to fine."""
+    level_bits: Tuple[int, ...]
+    """Index bits of each level."""
+    proposal_resolutions: Tuple[Resolution, ...]
+    """Levels of the proposal field's grid."""
+    sparse_from_level: Optional[int]
+    """Levels from this index on keep only occupied blocks (None: all dense)."""
+    max_file_bytes: Optional[int]
+    """Byte budget the sparse levels are pruned to (None: every occupied block)."""
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.resolutions)
+
+
+def level_resolutions(finest: Resolution, num_levels: int) -> List[Resolution]:
+    """Resolutions halving from ``finest`` towards the coarsest level (at least 2 per axis)."""
+    return [
+        tuple(max(2, round(r / 2 ** (num_levels - 1 - level))) for r in finest)  # type: ignore[misc]
+        for level in range(num_levels)
+    ]
+
+
+def _resolutions(explicit: Optional[Sequence[Sequence[int]]], finest: Sequence[int], levels: int) -> List[Resolution]:
+    """Explicit per-level resolutions if given, else ``levels`` halving from ``finest``."""
+    if explicit is not None:
+        return [tuple(int(v) for v in r) for r in explicit]  # type: ignore[misc]
+    return level_resolutions(tuple(finest), levels)  # type: ignore[arg-type]
+
+
+def scene_preset(cfg: VQADModelConfig, ndc: bool) -> dict:
+    """The preset options a scene gets when the user gave none of the grid options: outside NDC the
+    sparse grid (``BOUNDED_SPARSE_PRESET``), in NDC with learned indices and no bit option the
+    per-level bits (``NDC_LEVEL_BITS_PRESET``); probed indices (hashed per level, never sparse) none."""
+    grid_options = (cfg.grid_resolutions, cfg.finest_resolution, cfg.num_levels, cfg.sparse_from_level)
+    if any(option is not None for option in grid_options) or cfg.index_mode == "probed":
+        return {}
+    if ndc:
+        plain_bits = cfg.index_mode == "learned" and cfg.bits is None and cfg.level_bits is None
+        return dict(NDC_LEVEL_BITS_PRESET) if plain_bits else {}
+    return {**BOUNDED_SPARSE_PRESET, "max_file_bytes": cfg.max_file_bytes or BOUNDED_SPARSE_MAX_FILE_BYTES}
+
+
+def resolve_grid_spec(cfg: VQADModelConfig, ndc: bool) -> GridSpec:
+    """The grids ``cfg`` asks for on a scene sampled in NDC (``ndc``) or not; bad options raise
+    :class:`UserInputError` with one line naming the option."""
+    preset = scene_preset(cfg, ndc)
+
+    def option(name: str):  # the user's value, else the preset's
+        return preset.get(name, getattr(cfg, name))
+
+    finest = option("finest_resolution") or (DEFAULT_FINEST_NDC if ndc else DEFAULT_FINEST_BOUNDED)
+    resolutions = _resolutions(cfg.grid_resolutions, finest, option("num_levels") or DEFAULT_NUM_LEVELS)
+    proposal_finest = cfg.proposal_finest_resolution or (DEFAULT_PROPOSAL_NDC if ndc else DEFAULT_PROPOSAL_BOUNDED)
+    proposal = _resolutions(cfg.proposal_resolutions, proposal_finest, cfg.proposal_levels)
+    default_bits = DEFAULT_PROBED_BITS if cfg.index_mode == "probed" else DEFAULT_BITS
+    level_bits = option("level_bits")
+    level_bits = tuple(level_bits) if level_bits is not None else (cfg.bits or default_bits,) * len(resolutions)
+    spec = GridSpec(
+        resolutions=tuple(resolutions),
+        level_bits=level_bits,
+        proposal_resolutions=tuple(proposal),
+        sparse_from_level=option("sparse_from_level"),
+        max_file_bytes=option("max_file_bytes"),
+    )
+    _check(spec, cfg)
+    return spec
+
+
+def _check(spec: GridSpec, cfg: VQADModelConfig) -> None:
+    levels = spec.num_levels
+    if len(spec.level_bits) != levels:
+        raise UserInputError(
+            f"vqad: level_bits gives {len(spec.level_bits)} bit widths ({list(spec.level_bits)}) for a grid of "
+            f"{levels} levels: give one per level, coarse to fine"
+        )
+    if cfg.index_mode == "learned" and not all(1 <= b <= 8 for b in spec.level_bits):
+        raise UserInputError(f"vqad: index bits must be in [1, 8], got {list(spec.level_bits)}")
+    if spec.sparse_from_level is not None and not 0 <= spec.sparse_from_level < levels:
+        raise UserInputError(
+            f"vqad: sparse_from_level must name one of the grid's levels (0 to {levels - 1}), "
+            f"got {spec.sparse_from_level}"
+        )
+    if cfg.sparse_block_size < 2:
+        raise UserInputError(f"vqad: sparse_block_size must be at least 2, got {cfg.sparse_block_size}")
+    if spec.max_file_bytes is not None and (spec.sparse_from_level is None or spec.max_file_bytes <= 0):
+        raise UserInputError(
+            f"vqad: max_file_bytes ({spec.max_file_bytes}) sizes the sparse levels: it needs "
+            "--pipeline.model.sparse-from-level and a positive byte count"
+        )
+    if not 0.0 <= cfg.prune_at_fraction < 1.0:
+        raise UserInputError(f"vqad: prune_at_fraction must be in [0, 1), got {cfg.prune_at_fraction}")
+    if cfg.eval_levels is not None and not 1 <= cfg.eval_levels <= levels:
+        raise UserInputError(f"vqad: eval_levels must be in [1, {levels}], got {cfg.eval_levels}")
+
+
+def operating_point_name(levels: int) -> str:
+    """The name of the operating point made of a grid's first ``levels`` levels."""
+    return f"{OPERATING_POINT_PREFIX}{levels}"
+
+
+def operating_point_levels(name: str) -> int:
+    """The level count an operating point's name stands for (the inverse of :func:`operating_point_name`)."""
+    if not name.startswith(OPERATING_POINT_PREFIX) or not name[len(OPERATING_POINT_PREFIX) :].isdigit():
+        raise UserInputError(f"vqad: an operating point is named {OPERATING_POINT_PREFIX}k, got {name!r}")
+    return int(name[len(OPERATING_POINT_PREFIX) :])
