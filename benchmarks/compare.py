@@ -4,19 +4,17 @@ then the paper's tables side by side, a size-PSNR plot and ``docs/benchmarks.md`
     python benchmarks/compare.py --scene fern --data .gpu/fern --budget-s 420 --deadline-s 560
 
 Every configuration runs through ``run_benchmark.py`` (one per GPU at a time) and appends its row to
-``benchmarks/results/<scene>_rows.jsonl``. The command resumes: configurations with a row for this
+``benchmarks/results/<scene>.jsonl`` (kind ``comparison``). The command resumes: configurations with a row for this
 budget are skipped, and no configuration starts unless it can finish before ``--deadline-s``, so
 each call fits in one 10-minute device run; call it again until it reports nothing left to run.
 While running it prints each configuration's step, planned iterations and remaining time; a failing
 configuration is reported with its log's last error line and the others go on. ``--report-only``
-rebuilds ``benchmarks/results/<scene>.json``, the plot and ``docs/benchmarks.md`` from the rows.
+rebuilds the plots and ``docs/benchmarks.md`` from the rows.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import math
 import os
 import re
@@ -27,6 +25,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from rows import latest_by_label, scene_path
+
+from nerfqat_plugin.models.compressible import registered_methods
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -46,7 +48,6 @@ REPORTED: List[Tuple[str, float, float]] = [
     ("Instant-NGP", 33.18, 64.1),
     ("NeRF-QAT", 30.56, 1.33),
 ]
-OURS = ("nerf-qat", "vqad")
 
 
 @dataclass
@@ -64,7 +65,7 @@ class Job:
     data: Optional[Path] = None
     """Scene folder (default: the command's --data)."""
     results: Optional[Path] = None
-    """Rows file (default: ``<scene>_rows.jsonl``)."""
+    """Rows file (default: the scene's, ``<scene>.jsonl``)."""
 
     def expected_s(self, budget_s: float, margin_s: float, eval_s: float) -> float:
         """Wall-clock seconds the configuration is expected to take, evaluation included."""
@@ -123,20 +124,15 @@ def plan(scene: str, data: Path, bounds: Optional[Tuple[float, float]], white_ba
 
 
 def rows_path(scene: str) -> Path:
-    return RESULTS / f"{scene}_rows.jsonl"
+    return scene_path(scene, RESULTS)
 
 
-def load_rows(scene: str, budget_s: Optional[float] = None, path: Optional[Path] = None) -> Dict[str, Dict[str, Any]]:
-    """The latest row of every label in ``path`` (default: the scene's comparison rows), for one budget if given."""
-    path = path or rows_path(scene)
-    rows: Dict[str, Dict[str, Any]] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                if budget_s is None or float(row.get("budget_s", -1)) == float(budget_s):
-                    rows[row["label"]] = row
-    return rows
+def load_rows(
+    scene: str, budget_s: Optional[float] = None, path: Optional[Path] = None, kind: str = "comparison"
+) -> Dict[str, Dict[str, Any]]:
+    """The latest row of every label of ``kind`` in ``path`` (default: the scene's rows file), for one
+    budget if given."""
+    return latest_by_label(path or rows_path(scene), kind, budget_s)
 
 
 def _last_line(path: Path, markers: Sequence[str]) -> str:
@@ -197,6 +193,7 @@ def run_jobs(jobs: List[Job], args: argparse.Namespace, gpus: int) -> List[str]:
             command = [sys.executable, str(ROOT / "benchmarks" / "run_benchmark.py"), "--data", str(data)]
             command += ["--method", job.method, "--label", job.label, "--iterations", "1000000", "--fit-budget"]
             command += ["--budget-s", str(args.budget_s), "--results", str(results)]
+            command += ["--kind", getattr(args, "kind", "comparison")]
             command += ["--output-dir", str(args.output_dir), *job.runner_args, "--", *job.args]
             # One share of the host's cores per configuration: with every process on all cores, the
             # peers' CPU-side ray sampling and kernel launches stall each other (OpenMP oversubscription).
@@ -240,7 +237,7 @@ def table_rows(rows: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
             "iterations_per_s": row.get("iterations_per_s"),
             "render_fps": row.get("render_fps"),
             "method": row.get("method"),
-            "ours": row.get("method") in OURS,
+            "ours": row.get("method") in registered_methods(),
         }
         points = row.get("operating_points") or []
         if points:
@@ -285,7 +282,7 @@ def markdown(scene: str, rows: Dict[str, Dict[str, Any]]) -> str:
     lines += ["", f"![PSNR against size on {scene}](benchmarks_{scene}.png)", "", "Commands:", ""]
     # Launch notes of early rows name the work's organisation ("session N call M"), not the run.
     lines += [f"- `{re.sub(r';? ?session [0-9]+ call [0-9]+', '', r['command'])}`" for r in rows.values()]
-    reading = ROOT / "benchmarks" / "readings" / f"{scene}.md"
+    reading = ROOT / "docs" / "comparison" / f"{scene}.md"  # the written reading of the table
     if reading.is_file():
         lines += ["", reading.read_text().strip()]
     return "\n".join(lines) + "\n"
@@ -329,29 +326,18 @@ def plot(scene: str, rows: Dict[str, Dict[str, Any]], path: Path) -> None:
 
 
 def report(scenes: Sequence[str]) -> None:
-    """Write results/<scene>.json and the plot for each scene with rows, and docs/benchmarks.md."""
+    """Write the plot of each scene with comparison rows, and docs/benchmarks.md."""
     sections = [
         "# Benchmarks",
         "",
         "Generated by `python benchmarks/compare.py --report-only` from "
-        "`benchmarks/results/<scene>_rows.jsonl`; every row holds its exact command, GPU and date.",
+        "the `comparison` rows of `benchmarks/results/<scene>.jsonl`; every row holds its exact command, GPU and date.",
         "",
     ]
     for scene in scenes:
         rows = load_rows(scene)
         if not rows:
             continue
-        (RESULTS / f"{scene}.json").write_text(
-            json.dumps(
-                {
-                    "scene": scene,
-                    "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                    "table2": table_rows(rows),
-                    "rows": list(rows.values()),
-                },
-                indent=1,
-            )
-        )
         plot(scene, rows, DOCS / f"benchmarks_{scene}.png")
         sections.append(markdown(scene, rows))
     DOCS.mkdir(exist_ok=True)
@@ -409,7 +395,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             failed = run_jobs(todo, args, gpus)
             if failed:
                 print(f"[compare] failed: {', '.join(failed)}", flush=True)
-    report(sorted({p.name[: -len("_rows.jsonl")] for p in RESULTS.glob("*_rows.jsonl")}))
+    report(sorted(p.stem for p in RESULTS.glob("*.jsonl") if load_rows(p.stem)))
     print(f"[compare] wrote {DOCS / 'benchmarks.md'}", flush=True)
     return 0
 

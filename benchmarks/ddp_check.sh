@@ -38,7 +38,11 @@ for line in open(log, errors="replace").read().replace("\x1b[0m", "").splitlines
         last = columns  # step, iteration time, ETA, rays/s
         timings[int(columns[0].split()[0])] = float(columns[1].split()[0])
 results = json.load(open(path))["results"]
-row = {"method": method, "devices": int(devices), "iterations": int(iterations), "rays_per_iteration_per_gpu": int(rays),
+import os, subprocess
+commit = os.environ.get("CODE_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
+row = {"kind": "ddp", "label": f"ddp-{method}-{devices}gpu-{rays}rays", "scene": os.path.basename(os.environ.get("DATA", ".gpu/fern").rstrip("/")),
+       "command": f"bash benchmarks/ddp_check.sh {method} {iterations}", "code_commit": commit,
+       "method": method, "devices": int(devices), "iterations": int(iterations), "rays_per_iteration_per_gpu": int(rays),
        "wall_s_including_startup": int(wall), "psnr": results.get("psnr"), "ssim": results.get("ssim"),
        "lpips": results.get("lpips"), "size_bytes": results.get("size_bytes"), "export": size,
        "train_iter_ms": float(last[1].split()[0]) if last else None,

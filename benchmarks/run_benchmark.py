@@ -19,12 +19,14 @@ import datetime as dt
 import json
 import os
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
+from rows import KINDS, ROOT, append_row, scene_path
 
 OUR_METHODS = ("nerf-qat", "vqad")
 
@@ -230,6 +232,17 @@ def evaluate_file(path: Path, pipeline, device: torch.device, max_views: Optiona
     return evaluate_model(load_compressed_model(path, device), pipeline, device, max_views)
 
 
+def code_commit() -> str:
+    """The commit the code was run at: ``$CODE_COMMIT`` (set where the checkout has no git), else git's."""
+    if os.environ.get("CODE_COMMIT"):
+        return os.environ["CODE_COMMIT"]
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    except OSError:
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
 def parameter_bytes(model: torch.nn.Module) -> int:
     """fp32 bytes of a peer model's trained parameters (metric networks are stubbed out in peer runs,
     optimizer state is not part of the model)."""
@@ -297,7 +310,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--iterations", type=int, required=True)
     parser.add_argument("--budget-s", type=float, default=540.0, help="training wall-clock limit")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/benchmarks"))
-    parser.add_argument("--results", type=Path, default=Path("benchmarks/results/rows.jsonl"))
+    parser.add_argument("--results", type=Path, default=None, help="rows file (default: the scene's)")
+    parser.add_argument("--kind", default="experiment", choices=sorted(KINDS), help="what the row belongs to")
     parser.add_argument("--lr", type=float, default=None, help="initial learning rate of every parameter group")
     parser.add_argument("--fit-budget", action="store_true", help="fit iterations and lr decay to --budget-s")
     parser.add_argument("--speed-only", action="store_true", help="measure iterations/s only (peer methods)")
@@ -329,6 +343,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         run = train(config, args.budget_s, args.fit_budget, points)
     trainer, points = run["trainer"], run["operating_points"]
     row: Dict[str, Any] = {
+        "kind": args.kind,
         "label": args.label,
         "method": args.method,
         "options": extra + ([f"lr={args.lr}"] if args.lr is not None else []),
@@ -345,7 +360,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "jobs_per_gpu": int(os.environ.get("JOBS_PER_GPU", "1")),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
-        "code_commit": os.environ.get("CODE_COMMIT"),
+        "code_commit": code_commit(),
     }
     if torch.cuda.is_available():
         row["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
@@ -371,9 +386,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from nerfqat_plugin.metrics.image_metrics import lpips_weights_source
 
     row["lpips_weights"] = lpips_weights_source()  # the weights evaluation used; None: LPIPS is null
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    with args.results.open("a", encoding="utf8") as handle:
-        handle.write(json.dumps(row) + "\n")
+    append_row(args.results or scene_path(args.data.name), row)
     print("[benchmark] " + json.dumps({k: v for k, v in row.items() if k not in ("options", "command")}), flush=True)
     return status
 

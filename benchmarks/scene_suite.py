@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional
 
 import compare
 from compare import Job, load_rows, plan, run_jobs, scene_space
+from rows import read_rows, scene_path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -35,7 +36,12 @@ COLLAPSE_MARGIN_DB = 8.0
 
 
 def suite_path(scene: str, results: Path = RESULTS) -> Path:
-    return results / f"{scene}.jsonl"
+    return scene_path(scene, results)
+
+
+def suite_rows(scene: str, results: Path = RESULTS, budget_s: Optional[float] = None) -> Dict[str, Dict[str, Any]]:
+    """The latest suite row of every configuration of ``scene``."""
+    return load_rows(scene, budget_s, suite_path(scene, results), kind="suite")
 
 
 def suite_jobs(scene: str, data: Path, results: Path = RESULTS) -> List[Job]:
@@ -111,9 +117,11 @@ def _row_line(
     )
 
 
-def scene_table(scene: str, rows: Dict[str, Dict[str, Any]], constants: Optional[Dict[str, float]] = None) -> List[str]:
-    """Markdown for one scene: the latest row of each suite configuration, then any other labels
-    (experiments) in a table of their own. ``constants``: :func:`constant_image_psnr` of the scene;
+def scene_table(
+    scene: str, rows: Dict[str, Dict[str, Any]], constants: Optional[Dict[str, float]] = None, others: int = 0
+) -> List[str]:
+    """Markdown for one scene: the latest row of each suite configuration; ``others``: how many rows
+    of other kinds the scene's file holds. ``constants``: :func:`constant_image_psnr` of the scene;
     a row less than ``COLLAPSE_MARGIN_DB`` above a blank (white or black) image is marked."""
     peer = rows.get(PEER) if (rows.get(PEER) or {}).get("psnr") is not None else None
     blank = max(constants["white"], constants["black"]) if constants else None
@@ -127,14 +135,14 @@ def scene_table(scene: str, rows: Dict[str, Dict[str, Any]], constants: Optional
     header = "| configuration | PSNR | SSIM | LPIPS | size (MB) | train s | it/s | render fps | vs nerfacto | notes |"
     rule = "|---|---|---|---|---|---|---|---|---|---|"
     suite = [label for label in SUITE if label in rows]
-    others = sorted(label for label in rows if label not in SUITE)
     if suite:
         lines += [header, rule] + [_row_line(scene, label, rows[label], peer, blank) for label in suite]
     else:
-        lines += ["The suite has not run on this scene yet."]
+        lines += ["The suite has not run on this scene with the current defaults yet."]
     if others:
-        lines += ["", "Experiments (options in each row's `command`):", "", header, rule]
-        lines += [_row_line(scene, label, rows[label], peer, blank) for label in others]
+        lines += ["", f"The scene's file holds {others} more rows (comparisons, experiments; `kind` says which)."]
+    if not rows:
+        return lines + [""]
     first = min((r.get("date", "") for r in rows.values()), default="")
     last = max((r.get("date", "") for r in rows.values()), default="")
     gpus = sorted({str(r.get("gpu")) for r in rows.values()})
@@ -170,9 +178,10 @@ def results_markdown(results: Path = RESULTS) -> str:
     constants_path = results / CONSTANT_IMAGES.name
     constants = json.loads(constants_path.read_text()) if constants_path.is_file() else {}
     for scene in SCENES:
-        rows = load_rows(scene, path=suite_path(scene, results))
-        if rows:
-            lines += scene_table(scene, rows, constants.get(scene))
+        others = [row for row in read_rows(suite_path(scene, results)) if row.get("kind") != "suite"]
+        rows = suite_rows(scene, results)
+        if rows or others:
+            lines += scene_table(scene, rows, constants.get(scene), len(others))
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -184,7 +193,7 @@ def readme_table(results: Path = RESULTS) -> str:
     """The README's summary: PSNR and size of each suite configuration per scene (the latest rows)."""
     lines = ["| scene | " + " | ".join(SUITE) + " |", "|---" * (len(SUITE) + 1) + "|"]
     for scene in SCENES:
-        rows = load_rows(scene, path=suite_path(scene, results))
+        rows = suite_rows(scene, results)
         cells = []
         for label in SUITE:
             row = rows.get(label) or {}
@@ -250,7 +259,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             if not data.is_dir():
                 print(f"[suite] {scene}: not in {args.data_root}, skipped", flush=True)
                 continue
-            done = load_rows(scene, args.budget_s, suite_path(scene, args.results_dir))
+            done = suite_rows(scene, args.results_dir, args.budget_s)
             jobs = suite_jobs(scene, data, args.results_dir)
             todo += [j for j in jobs if j.label not in done and (not wanted or j.label in wanted)]
             print(f"[suite] {scene}: {sum(j.label in done for j in jobs)} of {len(jobs)} done", flush=True)
@@ -261,7 +270,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if todo:
             import torch
 
-            args.scene, args.data = "", None  # every job names its own scene
+            args.scene, args.data, args.kind = "", None, "suite"  # every job names its own scene
             failed = run_jobs(todo, args, args.gpus or max(1, torch.cuda.device_count()))
             if failed:
                 print(f"[suite] failed: {', '.join(failed)}", flush=True)

@@ -34,6 +34,7 @@ def test_benchmark_run_is_loadable_and_its_layer_sensitivity_is_reported(tmp_pat
     _script("run_benchmark.py", runner_args, tmp_path)
     (row,) = [json.loads(line) for line in rows.read_text().splitlines()]
     assert row["label"] == "tiny-fp32" and row["iterations"] == 6 and row["psnr"] > 0
+    assert row["kind"] == "experiment" and row["scene"] == "scene" and row["code_commit"]  # the one schema
 
     (config,) = (tmp_path / "out" / "tiny-fp32").glob("*/nerf-qat/*/config.yml")
     out = tmp_path / "sensitivity.json"

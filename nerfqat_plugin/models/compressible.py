@@ -59,6 +59,14 @@ def register_compressible(method_name: str) -> Callable[[Type[ModelT]], Type[Mod
     return wrap
 
 
+def registered_methods() -> Tuple[str, ...]:
+    """The method names of every registered compressible model (importing ``nerfqat_plugin.models``
+    registers the plugin's own)."""
+    import nerfqat_plugin.models  # noqa: F401  (registers them)
+
+    return tuple(sorted(_REGISTRY))
+
+
 @dataclass
 class CompressibleModelConfig(ModelConfig):
     """Options every compressible model shares; ``payload_keys`` name those its file must keep."""
