@@ -7,9 +7,9 @@ from typing import List
 
 import pytest
 import torch
-from test_model_export import _model as nerfqat_model
-from test_model_export import _rays
-from test_vqad_model import _model as vqad_model
+from helpers import forward_rays as _rays
+from helpers import tiny_nerf_qat_model as nerfqat_model
+from helpers import tiny_vqad_model as vqad_model
 
 
 @pytest.mark.parametrize("build", [nerfqat_model, vqad_model], ids=["nerf-qat", "vqad"])

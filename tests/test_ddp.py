@@ -14,9 +14,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_model_export import _model as nerfqat_model
-from test_model_export import _rays
-from test_vqad_model import _model as vqad_model
+from helpers import forward_rays as _rays
+from helpers import tiny_nerf_qat_model as nerfqat_model
+from helpers import tiny_vqad_model as vqad_model
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nerfqat_plugin.pipelines.compression_pipeline import rewrap_for_ddp

@@ -7,7 +7,9 @@ from typing import Any, Dict, Optional, Sequence
 
 import pytest
 import torch
+from helpers import TINY_NDC as NDC
 from helpers import forward_rays
+from helpers import tiny_nerf_qat_model as _model
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
@@ -19,16 +21,6 @@ from nerfqat_plugin.errors import UserInputError
 from nerfqat_plugin.field_components.quant_mlp import QuantLinear
 from nerfqat_plugin.models.compressible import load_compressed_model
 from nerfqat_plugin.models.nerfqat import NeRFQATModel, NeRFQATModelConfig
-
-TINY = dict(num_layers=3, layer_width=24, skip_connections=(2,), head_width=12, position_frequencies=4)
-TINY.update(direction_frequencies=2, num_coarse_samples=8, num_importance_samples=8, compile=False)
-NDC = {"focal": 30.0, "width": 32.0, "height": 24.0, "near": 1.0}
-
-
-def _model(metadata: Optional[dict] = None, **overrides) -> NeRFQATModel:
-    config = NeRFQATModelConfig(**{**TINY, "float_warmup_steps": 2, "calibration_steps": 3, **overrides})
-    box = SceneBox(aabb=torch.tensor([[-2.0] * 3, [2.0] * 3]))
-    return NeRFQATModel(config=config, scene_box=box, num_train_data=4, metadata=metadata or {"ndc": NDC})
 
 
 def _rays(n: int = 64, seed: int = 0) -> RayBundle:

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_vqad_model import _model, _render, _train
+from helpers import render_vqad as _render
+from helpers import tiny_vqad_model as _model
+from helpers import train_vqad as _train
 
 from nerfqat_plugin.compression.file_format import read_compressed
 from nerfqat_plugin.errors import UserInputError

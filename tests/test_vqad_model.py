@@ -3,69 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional
 
 import pytest
 import torch
-from nerfstudio.cameras.rays import RayBundle
-from nerfstudio.data.scene_box import SceneBox
+from helpers import render_vqad as _render
+from helpers import tiny_vqad_model as _model
+from helpers import train_vqad as _train
 
 from nerfqat_plugin.compression.file_format import read_compressed
 from nerfqat_plugin.errors import UserInputError
 from nerfqat_plugin.models.compressible import load_compressed_model
-from nerfqat_plugin.models.vqad import VQADModel, VQADModelConfig
 from nerfqat_plugin.models.vqad_grid_spec import level_resolutions
 from nerfqat_plugin.pipelines.compression_pipeline import CompressionPipeline
-
-TINY = dict(
-    grid_resolutions=((4, 4, 3), (8, 6, 5), (12, 10, 7)),
-    proposal_resolutions=((4, 4, 4), (6, 6, 6)),
-    feature_dim=4,
-    hidden_dim=16,
-    color_hidden_dim=16,
-    num_proposal_samples=(16, 8),
-    num_nerf_samples=8,
-)
-NDC = {"focal": 30.0, "width": 32.0, "height": 24.0, "near": 1.0}
-
-
-def _model(metadata: Optional[dict] = None, **overrides) -> VQADModel:
-    config = VQADModelConfig(**{**TINY, **overrides})
-    box = SceneBox(aabb=torch.tensor([[-1.5] * 3, [1.5] * 3]))
-    return VQADModel(config=config, scene_box=box, num_train_data=4, metadata=metadata or {"ndc": NDC})
-
-
-def _rays(n: int = 64, seed: int = 0, bounded: bool = False) -> RayBundle:
-    g = torch.Generator().manual_seed(seed)
-    directions = torch.nn.functional.normalize(
-        torch.cat([0.3 * torch.randn(n, 2, generator=g), -torch.ones(n, 1)], -1), dim=-1
-    )
-    origins = 0.05 * torch.randn(n, 3, generator=g) + (torch.tensor([0.0, 0.0, 4.0]) if bounded else 0.0)
-    return RayBundle(
-        origins=origins,
-        directions=directions,
-        pixel_area=torch.ones(n, 1),
-        camera_indices=torch.zeros(n, 1, dtype=torch.long),
-    )
-
-
-def _train(model: VQADModel, steps: int, bounded: bool = False) -> None:
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    target = {"image": torch.rand(64, 3, generator=torch.Generator().manual_seed(1))}
-    model.train()
-    for step in range(steps):
-        outputs = model(_rays(seed=step, bounded=bounded))
-        loss = sum(model.get_loss_dict(outputs, target).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        model.proposal_sampler.step_cb(step)
-    model.eval()
-
-
-def _render(model: VQADModel, bounded: bool = False) -> Dict[str, torch.Tensor]:
-    with torch.no_grad():
-        return model(_rays(256, seed=99, bounded=bounded))
 
 
 def test_level_resolutions_halve_towards_the_coarsest() -> None:
