@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from rows import latest_by_label, scene_path
 
-from nerfqat_plugin.models.compressible import registered_methods
+from nerfqat_plugin.compression.codec import registered_methods
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

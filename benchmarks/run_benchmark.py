@@ -28,7 +28,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import torch
 from rows import KINDS, ROOT, append_row, scene_path
 
-OUR_METHODS = ("nerf-qat", "vqad")
+from nerfqat_plugin.compression.codec import registered_methods
 
 
 def synchronize() -> None:
@@ -227,7 +227,7 @@ def export_and_evaluate(
 
 def evaluate_file(path: Path, pipeline, device: torch.device, max_views: Optional[int] = None) -> Dict[str, Any]:
     """PSNR/SSIM/LPIPS and render fps of the test views, rendered from the compressed file."""
-    from nerfqat_plugin.models.compressible import load_compressed_model
+    from nerfqat_plugin.compression.codec import load_compressed_model
 
     return evaluate_model(load_compressed_model(path, device), pipeline, device, max_views)
 
@@ -333,9 +333,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     config = make_config(args.method, args.data, args.output_dir / args.label, args.iterations, extra, args.lr)
     print(f"[benchmark] {args.label}: training {args.method} for {args.iterations} iterations", flush=True)
     # Peers build LPIPS(AlexNet) at construction (and fail offline); their metrics are computed here.
-    guard = peer_lpips_disabled() if args.method not in OUR_METHODS else contextlib.nullcontext()
+    guard = peer_lpips_disabled() if args.method not in registered_methods() else contextlib.nullcontext()
     points: Optional[List[str]] = [] if args.no_operating_points else None
-    if args.operating_points and args.method not in OUR_METHODS:
+    if args.operating_points and args.method not in registered_methods():
         parser.error("--operating-points: only our methods have operating points")
     if args.operating_points:
         points = [p for p in args.operating_points.split(",") if p]

@@ -48,7 +48,7 @@ def test_train_eval_export_and_render_from_file(trained: Path, tmp_path: Path) -
 
     from nerfstudio.utils.eval_utils import eval_setup
 
-    from nerfqat_plugin.models.compressible import load_compressed_model
+    from nerfqat_plugin.compression.codec import load_compressed_model
 
     _, pipeline, _, _ = eval_setup(trained, test_mode="test")
     loaded = load_compressed_model(compressed)

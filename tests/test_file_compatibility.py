@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from nerfqat_plugin.compression import file_format
+from nerfqat_plugin.compression.codec import load_compressed_model
 from nerfqat_plugin.compression.file_format import CompressedFileError, read_compressed, serialize_compressed
-from nerfqat_plugin.models.compressible import load_compressed_model
 
 FIXTURES = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(FIXTURES))
@@ -160,3 +160,47 @@ def test_preview_cameras_of_a_bounded_scene_look_at_its_centre() -> None:
     to_centre = centre - rays.origins
     assert torch.allclose(to_centre.norm(dim=-1), torch.full((3,), 4.0), atol=1e-4)  # middle of near/far
     assert torch.allclose(torch.nn.functional.normalize(to_centre, dim=-1), rays.directions, atol=1e-4)
+
+
+def test_renaming_an_attribute_changes_no_file_key_and_old_files_still_decode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The codec names tensors by its file_keys, not by attribute: a field whose density decoder is
+    renamed, with the one file_keys entry pointed at the new name, decodes a file written before the
+    rename (here the format-2 fixture) to the same renders, and writes the same keys."""
+    import nerfqat_plugin.models.vqad as vqad_module
+    from nerfqat_plugin.fields.vqad_field import VQADField
+    from nerfqat_plugin.models.vqad_codec import VQADCodec
+
+    class RenamedField(VQADField):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.sigma_decoder = self.density_mlp  # the same module under its new name only
+            del self.density_mlp
+
+        @property
+        def density_mlp(self):  # the forward pass still reads the old name
+            return self.sigma_decoder
+
+    before_keys = set(read_compressed(FIXTURES / "format2_vqad.nqz")[0])
+    expected = load_compressed_model(FIXTURES / "format2_vqad.nqz")
+    monkeypatch.setattr(vqad_module, "VQADField", RenamedField)
+    monkeypatch.setitem(VQADCodec.file_keys, "field.density_mlp", "field.sigma_decoder")
+    renamed = load_compressed_model(FIXTURES / "format2_vqad.nqz")
+    assert "sigma_decoder" in dict(renamed.field.named_children()) and "density_mlp" not in dict(
+        renamed.field.named_children()
+    )
+    with torch.no_grad():
+        assert torch.equal(expected(fixture_rays())["rgb"], renamed(fixture_rays())["rgb"])
+    renamed.export_compressed(tmp_path / "renamed.nqz")
+    assert set(read_compressed(tmp_path / "renamed.nqz")[0]) == before_keys
+
+
+def test_a_module_without_a_file_key_is_refused_on_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nerfqat_plugin.models.vqad_codec import VQADCodec
+
+    model = load_compressed_model(FIXTURES / "format2_vqad.nqz")
+    monkeypatch.delitem(VQADCodec.file_keys, "field.color_mlp")
+    with pytest.raises(ValueError, match="field.color_mlp.* has no file key"):
+        model.export_compressed(tmp_path / "x.nqz")
+    assert not (tmp_path / "x.nqz").exists()

@@ -16,11 +16,12 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttrib
 from nerfstudio.engine.optimizers import Optimizers
 
 from method_configs.common import adam
+from nerfqat_plugin.compression.codec import load_compressed_model
 from nerfqat_plugin.compression.file_format import CompressedFileError, read_compressed
 from nerfqat_plugin.errors import UserInputError
 from nerfqat_plugin.field_components.quant_mlp import QuantLinear
-from nerfqat_plugin.models.compressible import load_compressed_model
 from nerfqat_plugin.models.nerfqat import NeRFQATModel, NeRFQATModelConfig
+from nerfqat_plugin.models.nerfqat_codec import NeRFQATCodec
 
 
 def _rays(n: int = 64, seed: int = 0) -> RayBundle:
@@ -100,7 +101,7 @@ def test_files_from_before_edge_bits_rebuild_with_every_layer_at_bits(tmp_path: 
     tensors, payload = read_compressed(tmp_path / "old.nqz")
     # As format-2 files written before these options existed.
     del payload["model"]["edge_bits"], payload["model"]["high_precision_layers"]
-    loaded = NeRFQATModel.from_compressed_state(tensors, payload).eval()
+    loaded = NeRFQATCodec().decode(tensors, payload).eval()
     assert loaded.field_fine.density_head.spec.bits == 4 and loaded.field_fine.trunk.input_quantizer.bits == 4
     assert all(layer.spec.bits == 4 for layer in loaded.field_fine.trunk.layers)
     assert torch.max(torch.abs(_render(model)["rgb"] - _render(loaded)["rgb"])) <= 1e-5
@@ -241,7 +242,7 @@ def test_high_precision_layers_default_to_the_skip_block_and_its_successor_below
     # The blocks of the built model follow it, and the file stores the resolved list.
     model = _model(bits=4)
     assert [layer.spec.bits for layer in model.field_fine.trunk.layers] == [4, 4, 8]
-    assert model.compressed_state()[1]["model"]["high_precision_layers"] == [2]
+    assert NeRFQATCodec().encode(model)[1]["model"]["high_precision_layers"] == [2]
 
 
 def test_high_precision_layers_must_name_trunk_blocks() -> None:

@@ -11,6 +11,7 @@ from helpers import render_vqad as _render
 from helpers import tiny_vqad_model as _model
 from helpers import train_vqad as _train
 
+from nerfqat_plugin.compression.codec import load_compressed_model
 from nerfqat_plugin.compression.file_format import read_compressed
 from nerfqat_plugin.errors import UserInputError
 from nerfqat_plugin.field_components.block_occupancy import (
@@ -22,7 +23,6 @@ from nerfqat_plugin.field_components.block_occupancy import (
     samples_per_block_axis,
 )
 from nerfqat_plugin.field_components.codebook_grid import LearnedIndexCodebookGrid
-from nerfqat_plugin.models.compressible import load_compressed_model
 from nerfqat_plugin.models.vqad import VQADModelConfig
 from nerfqat_plugin.models.vqad_grid_spec import operating_point_levels, operating_point_name, resolve_grid_spec
 

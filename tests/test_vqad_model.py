@@ -10,9 +10,9 @@ from helpers import render_vqad as _render
 from helpers import tiny_vqad_model as _model
 from helpers import train_vqad as _train
 
+from nerfqat_plugin.compression.codec import load_compressed_model
 from nerfqat_plugin.compression.file_format import read_compressed
 from nerfqat_plugin.errors import UserInputError
-from nerfqat_plugin.models.compressible import load_compressed_model
 from nerfqat_plugin.models.vqad_grid_spec import level_resolutions
 from nerfqat_plugin.pipelines.compression_pipeline import CompressionPipeline
 

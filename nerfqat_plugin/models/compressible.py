@@ -1,8 +1,8 @@
 """What every model of this plugin shares: a compressed form, its size, and offline-safe metrics.
 
-A :class:`CompressibleModel` can write itself to the compressed-field file and be rebuilt from
-one. Rebuilt models are registered by method name, so :func:`load_compressed_model` needs only
-the file. It also owns what both methods do with the scene the dataparser describes: NDC for
+A :class:`CompressibleModel` writes itself to the compressed-field file through its method's codec
+(:mod:`nerfqat_plugin.compression.codec`), which also rebuilds it, so ``load_compressed_model`` needs
+only the file. It also owns what both methods do with the scene the dataparser describes: NDC for
 forward-facing captures, near/far bounds otherwise, and the background that suits each.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, ClassVar, ContextManager, Dict, List, Literal, Optional, Tuple, Type, TypeVar
+from typing import Any, ClassVar, ContextManager, Dict, List, Literal, Optional, Tuple
 
 import torch
 from nerfstudio.cameras.rays import RayBundle
@@ -23,9 +23,9 @@ from nerfstudio.utils import colormaps
 from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerText
 from torch import Tensor
 
+from nerfqat_plugin.compression.codec import codec_for
+from nerfqat_plugin.compression.codec import load_compressed_model as load_compressed_model  # its import path of old
 from nerfqat_plugin.compression.file_format import (
-    CompressedFileError,
-    read_compressed,
     serialize_compressed,
     write_compressed,
 )
@@ -43,28 +43,6 @@ from nerfqat_plugin.model_components.ray_setup import (
 )
 from nerfqat_plugin.model_components.renderers import RandomTrainingBackgroundRenderer
 from nerfqat_plugin.model_components.weight_averaging import AveragedWeights
-
-ModelT = TypeVar("ModelT", bound="CompressibleModel")
-_REGISTRY: Dict[str, Type[CompressibleModel]] = {}
-
-
-def register_compressible(method_name: str) -> Callable[[Type[ModelT]], Type[ModelT]]:
-    """Class decorator: files whose payload names ``method_name`` are rebuilt with this class."""
-
-    def wrap(cls: Type[ModelT]) -> Type[ModelT]:
-        cls.compressed_method_name = method_name
-        _REGISTRY[method_name] = cls
-        return cls
-
-    return wrap
-
-
-def registered_methods() -> Tuple[str, ...]:
-    """The method names of every registered compressible model (importing ``nerfqat_plugin.models``
-    registers the plugin's own)."""
-    import nerfqat_plugin.models  # noqa: F401  (registers them)
-
-    return tuple(sorted(_REGISTRY))
 
 
 @dataclass
@@ -118,17 +96,7 @@ class CompressibleModel(Model):
         self.weight_average: Optional[AveragedWeights] = None
         self.collapse_monitor = CollapseMonitor()
 
-    # -- to implement -------------------------------------------------------------------------
-    def compressed_state(self, operating_point: Optional[str] = None) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
-        """Tensors and JSON-able payload (configuration, tensor layout) that rebuild this model,
-        at one of :meth:`operating_points` (None: the model as it renders now)."""
-        raise NotImplementedError
-
-    @classmethod
-    def from_compressed_state(cls: Type[ModelT], tensors: Dict[str, Tensor], payload: Dict[str, Any]) -> ModelT:
-        """Rebuild the model from :meth:`compressed_state`'s output."""
-        raise NotImplementedError
-
+    # -- hooks a method may override ------------------------------------------------------------
     def ddp_find_unused_parameters(self) -> bool:
         """Whether a training step may leave some parameters without a gradient. Under DDP, True makes
         every step walk the autograd graph to find them (nerfstudio's default): a per-step CPU cost."""
@@ -292,8 +260,10 @@ class CompressibleModel(Model):
     # -- shared -------------------------------------------------------------------------------
     def _full_payload(self, operating_point: Optional[str] = None) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
         self.check_operating_point(operating_point)
+        codec = codec_for(self.compressed_method_name)
+        assert codec is not None, f"no codec registered for {self.compressed_method_name}"
         with self.averaged_weights():
-            tensors, payload = self.compressed_state(operating_point)
+            tensors, payload = codec.encode(self, operating_point)
         payload = {
             "method": self.compressed_method_name,
             "scene_box": self.scene_box.aabb.detach().cpu().tolist(),
@@ -336,25 +306,3 @@ def seed_step(seed: int, step: int) -> None:
 
 def scene_box_from_payload(payload: Dict[str, Any]) -> SceneBox:
     return SceneBox(aabb=torch.tensor(payload["scene_box"], dtype=torch.float32))
-
-
-def load_compressed_model(path: Path, device: Optional[torch.device | str] = None) -> CompressibleModel:
-    """Rebuild a model from a compressed-field file, ready to render (eval mode)."""
-    tensors, payload = read_compressed(Path(path))
-    method = payload.get("method")
-    cls = _REGISTRY.get(str(method))
-    if cls is None:
-        # Registration happens on import of the method's model module.
-        import nerfqat_plugin.models  # noqa: F401
-
-        cls = _REGISTRY.get(str(method))
-    if cls is None:
-        raise CompressedFileError(f"{path}: unknown method {method!r} (known: {sorted(_REGISTRY)})")
-    try:
-        model = cls.from_compressed_state(tensors, payload)
-    except (KeyError, ValueError, TypeError, RuntimeError) as err:
-        raise CompressedFileError(f"{path}: inconsistent contents ({err})") from err
-    model.eval()
-    if device is not None:
-        model.to(device)
-    return model

@@ -12,12 +12,10 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttrib
 from nerfstudio.engine.optimizers import Optimizers
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
-from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio.viewer.viewer_elements import ViewerCheckbox
 from torch import Tensor
 from torch.nn import Parameter
 
-from nerfqat_plugin.compression.quantized_state import decode_quantized_module, encode_quantized_module
 from nerfqat_plugin.errors import OptionError
 from nerfqat_plugin.field_components.quant_mlp import QuantSpec, iter_quant_modules, set_observers, set_quantization
 from nerfqat_plugin.fields.compiled_field import TrainingCompiledField
@@ -25,9 +23,7 @@ from nerfqat_plugin.fields.nerfqat_field import QuantNeRFField
 from nerfqat_plugin.models.compressible import (
     CompressibleModel,
     CompressibleModelConfig,
-    register_compressible,
     run_length,
-    scene_box_from_payload,
 )
 
 
@@ -129,9 +125,10 @@ class NeRFQATModelConfig(CompressibleModelConfig):
         return tuple(sorted(j for j in blocks if j < self.num_layers))
 
 
-@register_compressible("nerf-qat")
 class NeRFQATModel(CompressibleModel):
     """NeRF with QAT fields, sampled in NDC for forward-facing scenes."""
+
+    compressed_method_name = "nerf-qat"
 
     config: NeRFQATModelConfig
 
@@ -338,42 +335,6 @@ class NeRFQATModel(CompressibleModel):
     def is_quantized(self) -> bool:
         """Whether the fields currently run quantized (False during the float warm-up)."""
         return all(m.quant_enabled for m in iter_quant_modules(self))
-
-    def compressed_state(self, operating_point: Optional[str] = None) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
-        quantized = self.is_quantized()
-        if self.config.quantize and not quantized:
-            CONSOLE.print(
-                "[bold yellow]Quantization has not started yet (float warm-up); the export holds float weights."
-            )
-        tensors: Dict[str, Tensor] = {}
-        layout: Dict[str, Any] = {}
-        for prefix, fld in (("coarse.", self.field_coarse), ("fine.", self.field_fine)):
-            t, lay = encode_quantized_module(fld, prefix)
-            tensors.update(t)
-            layout.update(lay)
-        payload = {
-            "model": {
-                **self.config.to_payload(),
-                "quantize": quantized,
-                # Stored resolved, so a later change of the default cannot change how a file decodes.
-                "high_precision_layers": list(self.config.trunk_high_precision_layers()),
-            },
-            **self.scene_space_payload(),
-            "tensors": layout,
-        }
-        return tensors, payload
-
-    @classmethod
-    def from_compressed_state(cls, tensors: Dict[str, Tensor], payload: Dict[str, Any]) -> NeRFQATModel:
-        # Files written before edge_bits (or high_precision_layers) existed quantized the edges (and
-        # every trunk block) with ``bits`` too.
-        old_defaults = {"edge_bits": None, "high_precision_layers": []}
-        config = NeRFQATModelConfig.from_payload({**old_defaults, **payload["model"]}, compile=False)
-        metadata = cls.metadata_from_payload(payload)
-        model = cls(config=config, scene_box=scene_box_from_payload(payload), num_train_data=0, metadata=metadata)
-        decode_quantized_module(model.field_coarse, "coarse.", tensors, payload["tensors"])
-        decode_quantized_module(model.field_fine, "fine.", tensors, payload["tensors"])
-        return model
 
 
 def image_psnr(gt: Tensor, pred: Tensor) -> float:

@@ -32,7 +32,6 @@ from nerfstudio.viewer.viewer_elements import ViewerDropdown
 from torch import Tensor
 from torch.nn import Parameter
 
-from nerfqat_plugin.compression.codebook_state import decode_codebook_module, encode_codebook_module
 from nerfqat_plugin.errors import UserInputError
 from nerfqat_plugin.field_components.block_occupancy import prune_sparse_levels
 from nerfqat_plugin.field_components.codebook_grid import IndexMode, LearnedIndexCodebookGrid
@@ -41,9 +40,7 @@ from nerfqat_plugin.fields.vqad_field import ACTIVE_LEVELS_KEY, VQADField, VQADP
 from nerfqat_plugin.models.compressible import (
     CompressibleModel,
     CompressibleModelConfig,
-    register_compressible,
     run_length,
-    scene_box_from_payload,
 )
 from nerfqat_plugin.models.vqad_grid_spec import (
     GridSpec,
@@ -197,11 +194,11 @@ class VQADModelConfig(CompressibleModelConfig):
     """Refuse grids whose logits and Adam state would exceed this (vertices x 2**bits x 16 bytes)."""
 
 
-@register_compressible("vqad")
 class VQADModel(CompressibleModel):
     """Variable Bitrate Neural Fields: learned-index codebook grid, proposal sampling, NDC or box."""
 
     config: VQADModelConfig
+    compressed_method_name = "vqad"
 
     def populate_modules(self) -> None:
         super().populate_modules()
@@ -484,38 +481,3 @@ class VQADModel(CompressibleModel):
             losses["interlevel_loss"] = self.config.interlevel_loss_mult * interlevel_loss(weights, samples)
             losses["distortion_loss"] = self.config.distortion_loss_mult * distortion_loss(weights, samples)
         return losses
-
-    # -- compressed form ------------------------------------------------------------------------
-    def compressed_state(self, operating_point: Optional[str] = None) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
-        levels = self.active_levels if operating_point is None else operating_point_levels(operating_point)
-        modules = {"field.": self.field, "proposal.": self.proposal_field}
-        tensors: Dict[str, Tensor] = {}
-        layout: Dict[str, Any] = {}
-        for prefix, module in modules.items():
-            keep = {"grid": levels} if module is self.field else None
-            t, lay = encode_codebook_module(module, prefix, keep)
-            tensors.update(t)
-            layout.update(lay)
-        spec = self.grid_spec
-        model_payload = self.config.to_payload()  # the user's options, then the grids as resolved
-        model_payload["grid_resolutions"] = [list(r) for r in spec.resolutions[:levels]]
-        model_payload["level_bits"] = list(spec.level_bits[:levels])
-        model_payload["proposal_resolutions"] = [list(r) for r in spec.proposal_resolutions]
-        sparse = spec.sparse_from_level
-        model_payload["sparse_from_level"] = sparse if sparse is not None and sparse < levels else None
-        payload = {"model": model_payload, **self.scene_space_payload(), "tensors": layout}
-        return tensors, payload
-
-    @classmethod
-    def from_compressed_state(cls, tensors: Dict[str, Tensor], payload: Dict[str, Any]) -> VQADModel:
-        config = VQADModelConfig.from_payload(payload["model"])
-        model = cls(
-            config=config,
-            scene_box=scene_box_from_payload(payload),
-            num_train_data=0,
-            metadata=cls.metadata_from_payload(payload),
-            inference_only=True,
-        )
-        decode_codebook_module(model.field, "field.", tensors, payload["tensors"])
-        decode_codebook_module(model.proposal_field, "proposal.", tensors, payload["tensors"])
-        return model

@@ -10,8 +10,8 @@ import torch
 import tyro
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from nerfqat_plugin.compression.codec import load_compressed_model
 from nerfqat_plugin.compression.file_format import read_compressed
-from nerfqat_plugin.models.compressible import load_compressed_model
 
 
 @dataclass

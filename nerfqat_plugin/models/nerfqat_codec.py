@@ -1,0 +1,56 @@
+"""nerf-qat's compressed form: both fields' quantized blocks as bit-packed integers with fp16 scales."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+from nerfstudio.utils.rich_utils import CONSOLE
+from torch import Tensor
+
+from nerfqat_plugin.compression.codec import CompressedCodec, TensorsAndPayload, register_codec
+from nerfqat_plugin.compression.quantized_state import decode_quantized_module, encode_quantized_module
+from nerfqat_plugin.models.compressible import scene_box_from_payload
+from nerfqat_plugin.models.nerfqat import NeRFQATModel, NeRFQATModelConfig
+
+_FIELD_PARTS = ("trunk", "bottleneck", "density_head", "color_head")
+
+
+class NeRFQATCodec(CompressedCodec):
+    method = "nerf-qat"
+    file_keys = {f"{name}.{part}": f"field_{name}.{part}" for name in ("coarse", "fine") for part in _FIELD_PARTS}
+
+    def encode_modules(self, model: NeRFQATModel, operating_point: Optional[str]) -> TensorsAndPayload:
+        quantized = model.is_quantized()
+        if model.config.quantize and not quantized:
+            CONSOLE.print(
+                "[bold yellow]Quantization has not started yet (float warm-up); the export holds float weights."
+            )
+        tensors: Dict[str, Tensor] = {}
+        layout: Dict[str, Any] = {}
+        for prefix, fld in (("field_coarse.", model.field_coarse), ("field_fine.", model.field_fine)):
+            t, lay = encode_quantized_module(fld, prefix)
+            tensors.update(t)
+            layout.update(lay)
+        options = {
+            **model.config.to_payload(),
+            "quantize": quantized,
+            # Stored resolved, so a later change of the default cannot change how a file decodes.
+            "high_precision_layers": list(model.config.trunk_high_precision_layers()),
+        }
+        return tensors, {"model": options, **model.scene_space_payload(), "tensors": layout}
+
+    def decode_modules(self, tensors: Dict[str, Tensor], payload: Dict[str, Any]) -> NeRFQATModel:
+        # Files written before edge_bits (or high_precision_layers) existed quantized the edges (and
+        # every trunk block) with ``bits`` too.
+        old_defaults = {"edge_bits": None, "high_precision_layers": []}
+        config = NeRFQATModelConfig.from_payload({**old_defaults, **payload["model"]}, compile=False)
+        metadata = NeRFQATModel.metadata_from_payload(payload)
+        model = NeRFQATModel(
+            config=config, scene_box=scene_box_from_payload(payload), num_train_data=0, metadata=metadata
+        )
+        decode_quantized_module(model.field_coarse, "field_coarse.", tensors, payload["tensors"])
+        decode_quantized_module(model.field_fine, "field_fine.", tensors, payload["tensors"])
+        return model
+
+
+register_codec(NeRFQATCodec())

@@ -1,0 +1,62 @@
+"""vqad's compressed form: bit-packed learned indices, fp16 codebooks and decoders, the resolved grids.
+
+One trained model is written at any operating point: ``levels=k`` keeps the grid's first k levels.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+from torch import Tensor
+
+from nerfqat_plugin.compression.codebook_state import decode_codebook_module, encode_codebook_module
+from nerfqat_plugin.compression.codec import CompressedCodec, TensorsAndPayload, register_codec
+from nerfqat_plugin.models.compressible import scene_box_from_payload
+from nerfqat_plugin.models.vqad import VQADModel, VQADModelConfig
+from nerfqat_plugin.models.vqad_grid_spec import operating_point_levels
+
+
+class VQADCodec(CompressedCodec):
+    method = "vqad"
+    file_keys = {
+        "field.grid": "field.grid",
+        "field.density_mlp": "field.density_mlp",
+        "field.color_mlp": "field.color_mlp",
+        "proposal.grid": "proposal_field.grid",
+        "proposal.density_mlp": "proposal_field.density_mlp",
+    }
+
+    def encode_modules(self, model: VQADModel, operating_point: Optional[str]) -> TensorsAndPayload:
+        levels = model.active_levels if operating_point is None else operating_point_levels(operating_point)
+        tensors: Dict[str, Tensor] = {}
+        layout: Dict[str, Any] = {}
+        for prefix, module, keep in (
+            ("field.", model.field, {"grid": levels}),
+            ("proposal_field.", model.proposal_field, None),
+        ):
+            t, lay = encode_codebook_module(module, prefix, keep)
+            tensors.update(t)
+            layout.update(lay)
+        spec = model.grid_spec
+        options = model.config.to_payload()  # the user's options, then the grids as resolved
+        options["grid_resolutions"] = [list(r) for r in spec.resolutions[:levels]]
+        options["level_bits"] = list(spec.level_bits[:levels])
+        options["proposal_resolutions"] = [list(r) for r in spec.proposal_resolutions]
+        sparse = spec.sparse_from_level
+        options["sparse_from_level"] = sparse if sparse is not None and sparse < levels else None
+        return tensors, {"model": options, **model.scene_space_payload(), "tensors": layout}
+
+    def decode_modules(self, tensors: Dict[str, Tensor], payload: Dict[str, Any]) -> VQADModel:
+        model = VQADModel(
+            config=VQADModelConfig.from_payload(payload["model"]),
+            scene_box=scene_box_from_payload(payload),
+            num_train_data=0,
+            metadata=VQADModel.metadata_from_payload(payload),
+            inference_only=True,
+        )
+        decode_codebook_module(model.field, "field.", tensors, payload["tensors"])
+        decode_codebook_module(model.proposal_field, "proposal_field.", tensors, payload["tensors"])
+        return model
+
+
+register_codec(VQADCodec())
