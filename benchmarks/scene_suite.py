@@ -170,7 +170,7 @@ def results_markdown(results: Path = RESULTS) -> str:
         "resumes, so call it again until nothing is left (`../shared/gpu/README.md` sets up a GPU host):",
         "",
         "```bash",
-        ". benchmarks/gpu_env.sh && python benchmarks/scene_suite.py --data-root .gpu --budget-s 300",
+        ". benchmarks/gpu_host/gpu_env.sh && python benchmarks/scene_suite.py --data-root .gpu --budget-s 300",
         "python benchmarks/scene_suite.py --data-root path/to/scenes --constant-images  # CPU: the blank-image floor",
         "```",
         "",

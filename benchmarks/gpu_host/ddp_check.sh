@@ -2,8 +2,8 @@
 # Issue 5 on a host with 2 GPUs: the same nerf-qat (or vqad) run on 1 and on 2 GPUs through
 # nerfstudio's own DDP (--machine.num-devices), same iterations and rays per GPU; then ns-eval and
 # ns-export-compressed of both, and rays/s from nerfstudio's own per-iteration timing.
-# Run from the repository root after: . benchmarks/gpu_env.sh
-# usage: [DEVICES="1 2"] [RAYS=4096] bash benchmarks/ddp_check.sh METHOD ITERATIONS [NS-TRAIN ARGS...]
+# Run from the repository root after: . benchmarks/gpu_host/gpu_env.sh
+# usage: [DEVICES="1 2"] [RAYS=4096] bash benchmarks/gpu_host/ddp_check.sh METHOD ITERATIONS [NS-TRAIN ARGS...]
 # (RAYS: rays per iteration per GPU; DEVICES="1" and DEVICES="2" may run at once on disjoint GPUs.)
 set -eu
 method=${1:-nerf-qat}; iterations=${2:-6000}; shift 2 || true
@@ -41,7 +41,7 @@ results = json.load(open(path))["results"]
 import os, subprocess
 commit = os.environ.get("CODE_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
 row = {"kind": "ddp", "label": f"ddp-{method}-{devices}gpu-{rays}rays", "scene": os.path.basename(os.environ.get("DATA", ".gpu/fern").rstrip("/")),
-       "command": f"bash benchmarks/ddp_check.sh {method} {iterations}", "code_commit": commit,
+       "command": f"bash benchmarks/gpu_host/ddp_check.sh {method} {iterations}", "code_commit": commit,
        "method": method, "devices": int(devices), "iterations": int(iterations), "rays_per_iteration_per_gpu": int(rays),
        "wall_s_including_startup": int(wall), "psnr": results.get("psnr"), "ssim": results.get("ssim"),
        "lpips": results.get("lpips"), "size_bytes": results.get("size_bytes"), "export": size,

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Run several benchmark configurations on one GPU host, one configuration per GPU at a time
 # (JOBS_PER_GPU=N shares each GPU among N at once; rows record it as jobs_per_gpu).
-# Run from the repository root after: . benchmarks/gpu_env.sh
-# usage: bash benchmarks/gpu_suite.sh "LABEL|METHOD|DATA|BUDGET_S|NS-TRAIN ARGS[|RUNNER ARGS]" ...
+# Run from the repository root after: . benchmarks/gpu_host/gpu_env.sh
+# usage: bash benchmarks/gpu_host/gpu_suite.sh "LABEL|METHOD|DATA|BUDGET_S|NS-TRAIN ARGS[|RUNNER ARGS]" ...
 #   e.g. "int8-fused|nerf-qat|.gpu/fern|420|--pipeline.model.bits 8"
 # Rows go to $OUT/rows.jsonl, each run's log to $OUT/LABEL.log.
 set -u
