@@ -33,15 +33,8 @@ from nerfqat_plugin.fields.compiled_field import TrainingCompiledField
 from nerfqat_plugin.metrics.image_metrics import image_metrics
 from nerfqat_plugin.model_components.collapse_monitor import CollapseMonitor
 from nerfqat_plugin.model_components.ndc import NDCSpace
-from nerfqat_plugin.model_components.ray_setup import (
-    NDC_METADATA_KEY,
-    NEAR_FAR_METADATA_KEY,
-    SCENE_TYPE_METADATA_KEY,
-    SamplingRays,
-    SceneType,
-    make_sampling_rays,
-)
-from nerfqat_plugin.model_components.renderers import RandomTrainingBackgroundRenderer
+from nerfqat_plugin.model_components.ray_setup import SamplingRays, SceneType
+from nerfqat_plugin.model_components.scene_space import SceneSpace
 from nerfqat_plugin.model_components.weight_averaging import AveragedWeights
 
 
@@ -167,38 +160,29 @@ class CompressibleModel(Model):
 
     # -- scene space ----------------------------------------------------------------------------
     def setup_scene_space(self) -> None:
-        """NDC and near/far bounds from the dataparser's metadata, and the matching background."""
+        """The scene space from the dataparser's metadata (:class:`SceneSpace`) and its background."""
         metadata = self.kwargs.get("metadata") or {}
-        ndc = metadata.get(NDC_METADATA_KEY)
-        self.ndc: Optional[NDCSpace] = NDCSpace(**ndc) if ndc else None
-        near_far = metadata.get(NEAR_FAR_METADATA_KEY)
-        self.near, self.far = near_far if near_far else (self.config.near_plane, self.config.far_plane)
-        self.scene_type: Optional[SceneType] = metadata.get(SCENE_TYPE_METADATA_KEY)
-        background = self.config.background_color
-        if background == "auto" and self.ndc is None:
-            self.renderer_rgb: RGBRenderer = RandomTrainingBackgroundRenderer(eval_background="white")
-        else:
-            self.renderer_rgb = RGBRenderer(background_color="last_sample" if background == "auto" else background)
+        self.scene_space = SceneSpace.from_metadata(metadata, self.config.near_plane, self.config.far_plane)
+        self.renderer_rgb: RGBRenderer = self.scene_space.background_renderer(self.config.background_color)
+
+    @property
+    def ndc(self) -> Optional[NDCSpace]:
+        return self.scene_space.ndc
+
+    @property
+    def near(self) -> float:
+        return self.scene_space.near
+
+    @property
+    def far(self) -> float:
+        return self.scene_space.far
+
+    @property
+    def scene_type(self) -> Optional[SceneType]:
+        return self.scene_space.scene_type
 
     def sampling_rays(self, ray_bundle: RayBundle) -> SamplingRays:
-        return make_sampling_rays(ray_bundle, self.ndc, self.near, self.far)
-
-    def scene_space_payload(self) -> Dict[str, Any]:
-        return {
-            "ndc": self.ndc.to_dict() if self.ndc is not None else None,
-            "near_far": [self.near, self.far],
-            "scene_type": self.scene_type,
-        }
-
-    @staticmethod
-    def metadata_from_payload(payload: Dict[str, Any]) -> Dict[str, Any]:
-        """Dataparser-style metadata that makes a rebuilt model sample the scene as the trained one."""
-        metadata: Dict[str, Any] = {NEAR_FAR_METADATA_KEY: tuple(payload["near_far"])}
-        if payload.get("ndc"):
-            metadata[NDC_METADATA_KEY] = payload["ndc"]
-        if payload.get("scene_type"):  # absent from files older than the key: sampled as then
-            metadata[SCENE_TYPE_METADATA_KEY] = payload["scene_type"]
-        return metadata
+        return self.scene_space.sampling_rays(ray_bundle)
 
     def fields_to_compile(self) -> Tuple[TrainingCompiledField, ...]:
         """The fields whose training paths :meth:`compile_fields_once` compiles."""

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from nerfqat_plugin.compression.codec import CompressedCodec, TensorsAndPayload, register_codec
 from nerfqat_plugin.compression.quantized_state import decode_quantized_module, encode_quantized_module
+from nerfqat_plugin.model_components.scene_space import SceneSpace
 from nerfqat_plugin.models.compressible import scene_box_from_payload
 from nerfqat_plugin.models.nerfqat import NeRFQATModel, NeRFQATModelConfig
 
@@ -37,14 +38,14 @@ class NeRFQATCodec(CompressedCodec):
             # Stored resolved, so a later change of the default cannot change how a file decodes.
             "high_precision_layers": list(model.config.trunk_high_precision_layers()),
         }
-        return tensors, {"model": options, **model.scene_space_payload(), "tensors": layout}
+        return tensors, {"model": options, **model.scene_space.to_payload(), "tensors": layout}
 
     def decode_modules(self, tensors: Dict[str, Tensor], payload: Dict[str, Any]) -> NeRFQATModel:
         # Files written before edge_bits (or high_precision_layers) existed quantized the edges (and
         # every trunk block) with ``bits`` too.
         old_defaults = {"edge_bits": None, "high_precision_layers": []}
         config = NeRFQATModelConfig.from_payload({**old_defaults, **payload["model"]}, compile=False)
-        metadata = NeRFQATModel.metadata_from_payload(payload)
+        metadata = SceneSpace.metadata_from_payload(payload)
         model = NeRFQATModel(
             config=config, scene_box=scene_box_from_payload(payload), num_train_data=0, metadata=metadata
         )

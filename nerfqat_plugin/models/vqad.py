@@ -209,7 +209,7 @@ class VQADModel(CompressibleModel):
         aabb = NDC_BOX if self.ndc is not None else self.scene_box.aabb
         contract = self.ndc is None and self.scene_type == "unbounded"
         if contract:  # the contracted grid reaches far beyond the box: so do the samples
-            self.far = cfg.unbounded_far_plane
+            self.scene_space.far = cfg.unbounded_far_plane
         if not frozen and cfg.index_mode == "learned":
             self._check_logit_memory(spec.resolutions, [cfg.logit_rank or (1 << b) for b in spec.level_bits])
         try:  # the grid checks its own options (probe widths, ...): report them as bad input

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from nerfqat_plugin.compression.codebook_state import decode_codebook_module, encode_codebook_module
 from nerfqat_plugin.compression.codec import CompressedCodec, TensorsAndPayload, register_codec
+from nerfqat_plugin.model_components.scene_space import SceneSpace
 from nerfqat_plugin.models.compressible import scene_box_from_payload
 from nerfqat_plugin.models.vqad import VQADModel, VQADModelConfig
 from nerfqat_plugin.models.vqad_grid_spec import operating_point_levels
@@ -44,14 +45,14 @@ class VQADCodec(CompressedCodec):
         options["proposal_resolutions"] = [list(r) for r in spec.proposal_resolutions]
         sparse = spec.sparse_from_level
         options["sparse_from_level"] = sparse if sparse is not None and sparse < levels else None
-        return tensors, {"model": options, **model.scene_space_payload(), "tensors": layout}
+        return tensors, {"model": options, **model.scene_space.to_payload(), "tensors": layout}
 
     def decode_modules(self, tensors: Dict[str, Tensor], payload: Dict[str, Any]) -> VQADModel:
         model = VQADModel(
             config=VQADModelConfig.from_payload(payload["model"]),
             scene_box=scene_box_from_payload(payload),
             num_train_data=0,
-            metadata=VQADModel.metadata_from_payload(payload),
+            metadata=SceneSpace.metadata_from_payload(payload),
             inference_only=True,
         )
         decode_codebook_module(model.field, "field.", tensors, payload["tensors"])

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import make_llff_scene
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load_benchmark_script(name: str):

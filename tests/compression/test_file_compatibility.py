@@ -19,7 +19,7 @@ from nerfqat_plugin.compression import file_format
 from nerfqat_plugin.compression.codec import load_compressed_model
 from nerfqat_plugin.compression.file_format import CompressedFileError, read_compressed, serialize_compressed
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 sys.path.insert(0, str(FIXTURES))
 from make_old_files import fixture_rays  # noqa: E402
 
@@ -134,7 +134,7 @@ def test_our_methods_train_on_the_cpu_where_there_is_no_gpu() -> None:
 
 
 def test_the_readme_python_example_renders_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    lines = (Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines()
+    lines = (Path(__file__).resolve().parents[2] / "README.md").read_text().splitlines()
     start = lines.index("<!-- python-example -->") + 2
     code = "\n".join(lines[start : lines.index("```", start)])
     (tmp_path / "scene.nqz").write_bytes((FIXTURES / "format2_vqad.nqz").read_bytes())

@@ -13,7 +13,7 @@ from conftest import make_llff_scene
 from helpers import TINY_NERF_QAT
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _script(name: str, args: list, cwd: Path) -> subprocess.CompletedProcess:
