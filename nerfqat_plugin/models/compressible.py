@@ -50,9 +50,8 @@ class CompressibleModelConfig(ModelConfig):
     far_plane: float = 6.0
     """Far bound for scenes without NDC when the dataparser gives none."""
     background_color: Literal["auto", "black", "white", "last_sample", "random"] = "auto"
-    """auto: the last sample's colour in NDC (NeRF's infinitely deep last interval); elsewhere white,
-    with a random background per ray while training on images with alpha (so empty space cannot
-    pass for the object's background)."""
+    """auto: the last sample's colour in NDC (NeRF's); elsewhere white, with a random background per
+    ray while training (docs/methods/scene-types.md)."""
 
     def to_payload(self) -> Dict[str, Any]:
         """The options that define the rendered model, as JSON."""

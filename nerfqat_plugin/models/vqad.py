@@ -90,9 +90,8 @@ class VQADModelConfig(CompressibleModelConfig):
     )
     _target: Type = field(default_factory=lambda: VQADModel)
     num_levels: Optional[int] = None
-    """Grid levels (resolution halves per level); the first k form the operating point levels=k.
-    None: 4, or for a bounded scene with none of the grid options set, the sparse preset (5 levels
-    to 256^3, the finest two sparse within max_file_bytes, 990 kB unless given)."""
+    """Grid levels (resolution halves per level); the first k form operating point levels=k. None: 4, or
+    outside NDC with no grid option set, the sparse preset (5 levels to 256^3, docs/methods/vqad.md)."""
     finest_resolution: Optional[Tuple[int, int, int]] = None
     """Vertices per axis (x, y, z) of the finest level; None: a default for NDC or bounded scenes."""
     grid_resolutions: Optional[Tuple[Tuple[int, int, int], ...]] = None
@@ -106,10 +105,8 @@ class VQADModelConfig(CompressibleModelConfig):
     feature_dim: int = 8
     """Width of codebook entries."""
     index_mode: IndexMode = "learned"
-    """learned (the method), or the ablations: random (fixed, seeded) or hashed (instant-NGP hash);
-    probed: learned hash probing (Compact NGP, the authors' follow-up): ``bits`` sizes a hashed
-    codebook (default 14), and a learned probe_bits index per index-table entry picks the entry
-    within the vertex's bucket of 2**probe_bits."""
+    """learned (the method); ablations random (seeded) or hashed (instant-NGP); probed: Compact NGP's
+    learned hash probing (``bits`` sizes the hashed codebook, default 14)."""
     probe_bits: int = 2
     """probed: log2 of a bucket's entries (the width of each stored index)."""
     probe_table_bits: int = 16
@@ -126,10 +123,8 @@ class VQADModelConfig(CompressibleModelConfig):
     """Start every vertex on codebook entry 0 with this logit margin (e.g. 0.1), so vertices no ray
     trains store runs of 0 that the file deflates; 0: a random start (measured default)."""
     sparse_from_level: Optional[int] = None
-    """Levels from this index on keep only the blocks of vertices where the field has density,
-    decided once at ``prune_at_fraction`` of the run (None: every level dense). Dense levels of a
-    1 MB file are coarse and spend most indices on empty space; sparse ones can be finer for the
-    same bytes. Logits stay dense while training, so memory is unchanged; files shrink."""
+    """Levels from this index on keep only blocks of vertices where the field has density, decided at
+    ``prune_at_fraction`` of the run (None: every level dense)."""
     sparse_block_size: int = 4
     """Vertices per block edge of sparse levels (at least 2); smaller blocks hug the surface, and each
     block costs one flag bit in the file."""
@@ -138,9 +133,8 @@ class VQADModelConfig(CompressibleModelConfig):
     prune_threshold: float = 0.01
     """A block is kept where one cell of its level is more than this opaque somewhere in it."""
     max_file_bytes: Optional[int] = None
-    """Sparse levels: keep the densest blocks only while the file of all levels stays within this
-    many bytes (their indices counted at b bits each; deflating only shrinks them). None: every
-    block above prune_threshold."""
+    """Sparse levels: keep the densest blocks while the file stays within this many bytes (None: every
+    block above prune_threshold)."""
     hidden_dim: int = 64
     """Width of the density decoder."""
     geo_feat_dim: int = 15

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 import json
 import re
@@ -257,6 +258,17 @@ def test_config_docstrings_and_comments_carry_no_measurements() -> None:
     code = [*(ROOT / "nerfqat_plugin").rglob("*.py"), *(ROOT / "method_configs").rglob("*.py")]
     figures = [str(p.relative_to(ROOT)) for p in code if re.search(r"\d dB\b|\(README\)|see README", p.read_text())]
     assert not figures, figures
+    # Option docstrings are ns-train --help text: one or two lines each.
+    long_docs = []
+    for path in code:
+        configs = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ClassDef)]
+        for node in (n for n in configs if n.name.endswith("Config")):
+            for option, doc in zip(node.body, node.body[1:], strict=False):
+                is_text = isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)
+                text = doc.value.value if is_text else None
+                if isinstance(option, ast.AnnAssign) and isinstance(text, str) and len(text.strip().splitlines()) > 2:
+                    long_docs.append(f"{path.name}: {node.name}.{ast.unparse(option.target)}")
+    assert not long_docs, long_docs
 
 
 def test_every_committed_row_follows_the_one_schema_in_one_file_per_scene() -> None:
