@@ -7,11 +7,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 
 from nerfqat_plugin.models.nerfqat import NeRFQATModel, NeRFQATModelConfig
 from nerfqat_plugin.models.vqad import VQADModel, VQADModelConfig
@@ -129,3 +130,25 @@ def train_vqad(model: VQADModel, steps: int, bounded: bool = False) -> None:
 def render_vqad(model: VQADModel, bounded: bool = False) -> Dict[str, torch.Tensor]:
     with torch.no_grad():
         return model(vqad_rays(256, seed=99, bounded=bounded))
+
+
+def train_nerf_qat(model: NeRFQATModel, steps: int, after_step: Sequence[TrainingCallback] = ()) -> None:
+    """A few Adam steps on random colours, with the model's quantization schedule; then eval mode."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    target = {"image": torch.rand(64, 3, generator=torch.Generator().manual_seed(1))}
+    model.train()
+    for step in range(steps):
+        model._apply_quant_schedule(step)
+        outputs = model(forward_rays(seed=step))
+        loss = sum(model.get_loss_dict(outputs, target).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        for callback in after_step:
+            callback.run_callback_at_location(step, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
+    model.eval()
+
+
+def render_nerf_qat(model: NeRFQATModel) -> Dict[str, torch.Tensor]:
+    with torch.no_grad():
+        return model(forward_rays(256, seed=99))

@@ -12,6 +12,7 @@ from nerfstudio.field_components.encodings import NeRFEncoding
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from torch import Tensor
 
+from nerfqat_plugin.field_components.integer_linear import IntegerLinear, IntegerQuantMLP, quantize_activation
 from nerfqat_plugin.field_components.quant_mlp import QuantLinear, QuantMLP, QuantSpec
 from nerfqat_plugin.fields.compiled_field import TrainingCompiledField
 from nerfqat_plugin.fields.view_directions import view_directions
@@ -47,6 +48,8 @@ class QuantNeRFField(TrainingCompiledField):
         edge_spec: quantization of the field's edges: the quantizers of the encoded position and
             direction and the density and colour output layers (default ``spec``).
         trunk_layer_specs: quantization of particular trunk blocks, by index (default ``spec``).
+        integer_inference: evaluate the quantized blocks with integer matrix multiplies when not
+            training (the fake-quant float path otherwise).
     """
 
     compiled_methods = ("density_and_features", "color")
@@ -62,8 +65,12 @@ class QuantNeRFField(TrainingCompiledField):
         direction_frequencies: int = 4,
         edge_spec: Optional[QuantSpec] = None,
         trunk_layer_specs: Optional[Mapping[int, QuantSpec]] = None,
+        integer_inference: bool = False,
     ) -> None:
         super().__init__()
+        self.integer_inference = integer_inference
+        """Render a quantized field with integer matrix multiplies (:mod:`integer_linear`)."""
+        self._integer_blocks: Optional[tuple] = None
         edge_spec = edge_spec or spec
         self.position_encoding = nerf_frequency_encoding(position_frequencies)
         self.direction_encoding = nerf_frequency_encoding(direction_frequencies)
@@ -92,15 +99,50 @@ class QuantNeRFField(TrainingCompiledField):
     def encode(encoding: NeRFEncoding, x: Tensor) -> Tensor:
         return encoding(x / (2.0 * math.pi))
 
+    # -- integer inference --------------------------------------------------------------------
+    def uses_integer_inference(self) -> bool:
+        """Whether renders run the blocks as stored integers (evaluation of a quantized field)."""
+        blocks = (self.trunk, self.density_head, self.bottleneck, self.color_head)
+        return self.integer_inference and not self.training and all(b.quant_enabled for b in blocks)
+
+    def _integer(self) -> Tuple[IntegerQuantMLP, IntegerLinear, IntegerLinear, IntegerQuantMLP]:
+        """The integer blocks, rebuilt whenever a weight, scale or device changed (training steps,
+        averaged weights swapped in, a move to the GPU): keyed by the tensors' storage and version."""
+        blocks = (self.trunk, self.density_head, self.bottleneck, self.color_head)
+        key = tuple((t.data_ptr(), t._version) for b in blocks for t in [*b.parameters(), *b.buffers()])
+        cached = self._integer_blocks
+        if cached is None or cached[0] != key:
+            width = self.density_head.linear.in_features
+            integer_blocks = (
+                IntegerQuantMLP(self.trunk),
+                IntegerLinear(self.density_head, [width]),
+                IntegerLinear(self.bottleneck, [width]),
+                IntegerQuantMLP(self.color_head),
+            )
+            self._integer_blocks = cached = (key, integer_blocks)
+        return cached[1]
+
+    # -- evaluation -----------------------------------------------------------------------------
     def density_and_features(self, positions: Tensor) -> Tuple[Tensor, Tensor]:
         """Raw field evaluation on flat ``[N, 3]`` positions: ``(density [N, 1], features [N, W])``."""
-        h = self.trunk(self.encode(self.position_encoding, positions))
+        x = self.encode(self.position_encoding, positions)
+        if self.uses_integer_inference():
+            trunk, density_head, _, _ = self._integer()
+            h = trunk.hidden(x)
+            return F.softplus(density_head([h])), h.dequantize()
+        h = self.trunk(x)
         density = F.softplus(self.density_head(h))
         return density, h
 
     def color(self, features: Tensor, directions: Tensor) -> Tensor:
         """View-dependent colour from trunk features and unit world directions (flat ``[N, ...]``)."""
-        x = torch.cat([self.bottleneck(features), self.encode(self.direction_encoding, directions)], dim=-1)
+        encoded = self.encode(self.direction_encoding, directions)
+        if self.uses_integer_inference():
+            _, _, bottleneck, color_head = self._integer()
+            h = quantize_activation(features, self.trunk.layers[-1].output_quantizer)
+            x = torch.cat([bottleneck.quantized([h]).dequantize(), encoded], dim=-1)
+            return torch.sigmoid(color_head(x))
+        x = torch.cat([self.bottleneck(features), encoded], dim=-1)
         return torch.sigmoid(self.color_head(x))
 
     def get_density(self, ray_samples: RaySamples) -> Tuple[Tensor, Tensor]:

@@ -105,6 +105,9 @@ class NeRFQATModelConfig(CompressibleModelConfig):
     """Steps, once quantization is on, during which activation ranges are observed; then they freeze."""
     compile: bool = True
     """torch.compile the field MLPs for training on CUDA."""
+    integer_inference: bool = True
+    """Render a quantized model with integer matrix multiplies (int8 x int8 -> int32, as the file stores
+    it); False: fake quantization in float. Training always uses fake quantization."""
     train_bf16: bool = True
     """Run the field MLPs under bf16 autocast while training on CUDA (about half the activation
     traffic); evaluation, export and rendering stay in fp32."""
@@ -186,6 +189,7 @@ class NeRFQATModel(CompressibleModel):
             head_width=cfg.head_width,
             position_frequencies=cfg.position_frequencies,
             direction_frequencies=cfg.direction_frequencies,
+            integer_inference=cfg.integer_inference,
         )
 
     # -- training schedule ----------------------------------------------------------------------

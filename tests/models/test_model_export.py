@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional
 
 import pytest
 import torch
 from helpers import TINY_NDC as NDC
-from helpers import forward_rays
+from helpers import render_nerf_qat as _render
 from helpers import tiny_nerf_qat_model as _model
-from nerfstudio.cameras.rays import RayBundle
+from helpers import train_nerf_qat as _train
 from nerfstudio.data.scene_box import SceneBox
-from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.engine.optimizers import Optimizers
 
 from method_configs.common import adam
@@ -22,32 +22,6 @@ from nerfqat_plugin.errors import UserInputError
 from nerfqat_plugin.field_components.quant_mlp import QuantLinear
 from nerfqat_plugin.models.nerfqat import NeRFQATModel, NeRFQATModelConfig
 from nerfqat_plugin.models.nerfqat_codec import NeRFQATCodec
-
-
-def _rays(n: int = 64, seed: int = 0) -> RayBundle:
-    return forward_rays(n, seed)
-
-
-def _train(model: NeRFQATModel, steps: int, after_step: Sequence[TrainingCallback] = ()) -> None:
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    target = {"image": torch.rand(64, 3, generator=torch.Generator().manual_seed(1))}
-    model.train()
-    for step in range(steps):
-        model._apply_quant_schedule(step)
-        outputs = model(_rays(seed=step))
-        loss = sum(model.get_loss_dict(outputs, target).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        for callback in after_step:
-            callback.run_callback_at_location(step, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
-    model.eval()
-
-
-def _render(model: NeRFQATModel) -> Dict[str, torch.Tensor]:
-    with torch.no_grad():
-        return model(_rays(256, seed=99))
-
 
 # bits, fused, learned scales, edge bits (8 by default; None: the edges at ``bits`` too), other options
 CASES = [
