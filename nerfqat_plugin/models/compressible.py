@@ -53,6 +53,10 @@ class CompressibleModelConfig(ModelConfig):
     """auto: the last sample's colour in NDC (NeRF's); elsewhere white, with a random background per
     ray while training (docs/methods/scene-types.md)."""
 
+    skip_hidden_samples: bool = True
+    """Rendering: stop each ray once its transmittance falls below 1e-4 and colour only samples of
+    weight 1e-5 or more (training evaluates every sample)."""
+
     def to_payload(self) -> Dict[str, Any]:
         """The options that define the rendered model, as JSON."""
         return {k: list(v) if isinstance(v, tuple) else v for k in self.payload_keys for v in [getattr(self, k)]}

@@ -18,7 +18,7 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tupl
 
 import numpy as np
 import torch
-from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.model_components.losses import distortion_loss, interlevel_loss
@@ -36,7 +36,9 @@ from nerfqat_plugin.errors import UserInputError
 from nerfqat_plugin.field_components.block_occupancy import prune_sparse_levels
 from nerfqat_plugin.field_components.codebook_grid import IndexMode, LearnedIndexCodebookGrid
 from nerfqat_plugin.fields.compiled_field import TrainingCompiledField
+from nerfqat_plugin.fields.view_directions import view_directions
 from nerfqat_plugin.fields.vqad_field import ACTIVE_LEVELS_KEY, VQADField, VQADProposalField
+from nerfqat_plugin.model_components.sample_skipping import evaluate_front_to_back
 from nerfqat_plugin.models.compressible import (
     CompressibleModel,
     CompressibleModelConfig,
@@ -452,7 +454,10 @@ class VQADModel(CompressibleModel):
             metadata[ACTIVE_LEVELS_KEY] = self._random_levels(len(bundle), bundle.origins.device)
             bundle.metadata = metadata
         ray_samples, weights_list, ray_samples_list = self.proposal_sampler(bundle, density_fns=self.density_fns)
-        field_outputs = self.field(ray_samples)
+        if not self.training and self.config.skip_hidden_samples:
+            field_outputs = self._field_outputs_skipping(ray_samples)
+        else:
+            field_outputs = self.field(ray_samples)
         weights = ray_samples.get_weights(field_outputs[FieldHeadNames.DENSITY])
         weights_list.append(weights)
         ray_samples_list.append(ray_samples)
@@ -466,6 +471,20 @@ class VQADModel(CompressibleModel):
             outputs["weights_list"] = weights_list
             outputs["ray_samples_list"] = ray_samples_list
         return outputs
+
+    def _field_outputs_skipping(self, ray_samples: RaySamples) -> Dict[FieldHeadNames, Tensor]:
+        """The field's density and colour, evaluated only where they can change the pixel."""
+        field = self.field
+
+        def density_fn(positions: Tensor) -> Tuple[Tensor, Tensor]:
+            return field.density_from_unit(*field.normalized(positions), None)
+
+        positions = ray_samples.frustums.get_positions()
+        directions = view_directions(ray_samples).expand_as(positions)
+        density, rgb, _ = evaluate_front_to_back(
+            ray_samples, positions, directions, density_fn, field.color_from_features
+        )
+        return {FieldHeadNames.DENSITY: density, FieldHeadNames.RGB: rgb}
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
         image = batch["image"].to(outputs["rgb"].device)

@@ -1,0 +1,71 @@
+"""Render-time sample skipping: evaluate a field only where a sample can still change the pixel.
+
+Rendering (not training) walks each ray's samples front to back in a few chunks. After every chunk
+the rays whose transmittance has fallen below ``min_transmittance`` stop: the samples behind an
+opaque surface are never evaluated (their densities stay 0, so they add at most
+``min_transmittance`` of colour to the pixel). Colours are then computed only for samples whose
+weight reaches ``min_weight`` (and the last sample, whose colour a ``last_sample`` background
+shows); the rest add at most their weight each. Both bounds are far below one 8-bit level, so
+renders match evaluating every sample.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Tuple
+
+import torch
+from nerfstudio.cameras.rays import RaySamples
+from torch import Tensor
+
+DensityFn = Callable[[Tensor], Tuple[Tensor, Tensor]]
+"""Flat positions [M, 3] -> (density [M, 1], features [M, F]) for the colour."""
+ColorFn = Callable[[Tensor, Tensor], Tensor]
+"""Features [M, F] and unit directions [M, 3] -> colour [M, 3]."""
+
+MIN_TRANSMITTANCE = 1e-4
+MIN_WEIGHT = 1e-5
+
+
+@torch.no_grad()
+def evaluate_front_to_back(
+    ray_samples: RaySamples,
+    positions: Tensor,
+    directions: Tensor,
+    density_fn: DensityFn,
+    color_fn: ColorFn,
+    chunks: int = 4,
+    min_transmittance: float = MIN_TRANSMITTANCE,
+    min_weight: float = MIN_WEIGHT,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Density [R, S, 1], colour [R, S, 3] and the share of samples evaluated, for samples at
+    ``positions`` [R, S, 3] seen along ``directions`` [R, S, 3]; skipped samples hold 0."""
+    num_rays, num_samples = positions.shape[:2]
+    device = positions.device
+    density = torch.zeros(num_rays, num_samples, 1, device=device)
+    features: Tensor | None = None
+    evaluated = torch.zeros(num_rays, num_samples, dtype=torch.bool, device=device)
+    alive = torch.ones(num_rays, dtype=torch.bool, device=device)
+    optical_depth = torch.zeros(num_rays, device=device)
+    deltas = ray_samples.deltas[..., 0]
+    limit = -math.log(min_transmittance) if min_transmittance > 0 else math.inf  # 0: never stop
+    edges = [round(k * num_samples / chunks) for k in range(chunks + 1)]
+    for start, end in zip(edges[:-1], edges[1:], strict=True):
+        if end == start or not bool(alive.any()):
+            continue
+        rows = alive.nonzero()[:, 0]
+        sigma, feat = density_fn(positions[rows, start:end].reshape(-1, 3))
+        if features is None:
+            features = torch.zeros(num_rays, num_samples, feat.shape[-1], device=device, dtype=feat.dtype)
+        density[rows, start:end] = sigma.view(len(rows), end - start, 1).to(density.dtype)
+        features[rows, start:end] = feat.view(len(rows), end - start, -1)
+        evaluated[rows, start:end] = True
+        optical_depth += (density[:, start:end, 0] * deltas[:, start:end]).sum(dim=-1)
+        alive &= optical_depth < limit
+    weights = ray_samples.get_weights(density)[..., 0]
+    needed = evaluated & (weights >= min_weight)
+    needed[:, -1] |= evaluated[:, -1]  # a "last_sample" background shows the last sample's colour
+    rgb = torch.zeros(num_rays, num_samples, 3, device=device)
+    if features is not None and bool(needed.any()):
+        rgb[needed] = color_fn(features[needed], directions[needed]).to(rgb.dtype)
+    return density, rgb, float(evaluated.float().mean())

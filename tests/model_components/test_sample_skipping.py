@@ -1,0 +1,74 @@
+"""Render-time sample skipping: rays stop behind opaque surfaces and the pixels stay the same."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import forward_rays
+from nerfstudio.model_components.ray_samplers import UniformSampler
+from nerfstudio.model_components.renderers import RGBRenderer
+
+from nerfqat_plugin.model_components.sample_skipping import evaluate_front_to_back
+
+CENTRE = torch.tensor([0.0, 0.0, -2.0])
+
+
+def _sphere_density(positions: torch.Tensor):
+    """Opaque ball of radius 0.5 around CENTRE; features: the position (colour from it)."""
+    inside = (positions - CENTRE).norm(dim=-1, keepdim=True) < 0.5
+    return 50.0 * inside.float(), positions
+
+
+def _colour(features: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(features + 0.1 * directions)
+
+
+def _render(density_fn, chunks: int, min_transmittance: float, min_weight: float):
+    bundle = forward_rays(256, seed=4)
+    bundle.nears, bundle.fars = torch.full((256, 1), 0.5), torch.full((256, 1), 4.0)
+    samples = UniformSampler(num_samples=64, train_stratified=False)(bundle)
+    positions = samples.frustums.get_positions()
+    directions = samples.frustums.directions
+    density, rgb, share = evaluate_front_to_back(
+        samples, positions, directions, density_fn, _colour, chunks, min_transmittance, min_weight
+    )
+    weights = samples.get_weights(density)
+    return RGBRenderer(background_color="last_sample")(rgb=rgb, weights=weights), share
+
+
+def test_rays_stop_behind_an_opaque_surface_and_the_pixels_do_not_change() -> None:
+    full, share_full = _render(_sphere_density, chunks=1, min_transmittance=0.0, min_weight=0.0)
+    skipped, share = _render(_sphere_density, chunks=8, min_transmittance=1e-4, min_weight=1e-5)
+    assert share_full == 1.0 and share < 0.9  # rays through the ball stopped evaluating behind it
+    # Bound: the transmittance left behind (1e-4) plus 64 samples below 1e-5 weight each.
+    assert float((full - skipped).abs().max()) <= 1e-4 + 64 * 1e-5
+
+
+def test_an_empty_scene_evaluates_every_sample_and_keeps_the_last_colour() -> None:
+    def empty(positions: torch.Tensor):
+        return torch.zeros(positions.shape[0], 1), positions
+
+    full, _ = _render(empty, chunks=1, min_transmittance=0.0, min_weight=0.0)
+    skipped, share = _render(empty, chunks=4, min_transmittance=1e-4, min_weight=1e-5)
+    assert share == 1.0 and torch.equal(full, skipped)  # the background is the last sample's colour
+
+
+@pytest.mark.parametrize("method", ["nerf-qat", "vqad"])
+def test_models_render_the_same_with_and_without_skipping(method: str) -> None:
+    from helpers import render_nerf_qat, render_vqad, tiny_nerf_qat_model, tiny_vqad_model, train_nerf_qat, train_vqad
+
+    torch.manual_seed(0)
+    if method == "nerf-qat":
+        model = tiny_nerf_qat_model()
+        train_nerf_qat(model, 6)
+        torch.nn.init.constant_(model.field_fine.density_head.linear.bias, 3.0)  # opaque: rays terminate
+        render = render_nerf_qat
+    else:
+        model = tiny_vqad_model()
+        train_vqad(model, 3)
+        render = render_vqad
+    skipped = render(model)
+    model.config.skip_hidden_samples = False
+    full = render(model)
+    assert float((full["rgb"] - skipped["rgb"]).abs().max()) <= 1e-3
+    assert float((full["accumulation"] - skipped["accumulation"]).abs().max()) <= 1e-3
