@@ -3,7 +3,8 @@
 Rendering (not training) walks each ray's samples front to back in a few chunks. After every chunk
 the rays whose transmittance has fallen below ``min_transmittance`` stop: the samples behind an
 opaque surface are never evaluated (their densities stay 0, so they add at most
-``min_transmittance`` of colour to the pixel). Colours are then computed only for samples whose
+``min_transmittance`` of colour to the pixel); with an occupancy grid, samples in empty cells are
+skipped as well. Colours are then computed only for samples whose
 weight reaches ``min_weight`` (and the last sample, whose colour a ``last_sample`` background
 shows); the rest add at most their weight each. Both bounds are far below one 8-bit level, so
 renders match evaluating every sample.
@@ -12,7 +13,7 @@ renders match evaluating every sample.
 from __future__ import annotations
 
 import math
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from nerfstudio.cameras.rays import RaySamples
@@ -37,9 +38,12 @@ def evaluate_front_to_back(
     chunks: int = 4,
     min_transmittance: float = MIN_TRANSMITTANCE,
     min_weight: float = MIN_WEIGHT,
-) -> Tuple[Tensor, Tensor, Tensor]:
+    occupied: Optional[Callable[[Tensor], Tensor]] = None,
+) -> Tuple[Tensor, Tensor, float]:
     """Density [R, S, 1], colour [R, S, 3] and the share of samples evaluated, for samples at
-    ``positions`` [R, S, 3] seen along ``directions`` [R, S, 3]; skipped samples hold 0."""
+    ``positions`` [R, S, 3] seen along ``directions`` [R, S, 3]; skipped samples hold 0.
+    ``occupied`` (positions [M, 3] -> bool [M], e.g. an :class:`OccupancyGrid`): samples outside
+    it are empty space and skipped too."""
     num_rays, num_samples = positions.shape[:2]
     device = positions.device
     density = torch.zeros(num_rays, num_samples, 1, device=device)
@@ -53,13 +57,17 @@ def evaluate_front_to_back(
     for start, end in zip(edges[:-1], edges[1:], strict=True):
         if end == start or not bool(alive.any()):
             continue
-        rows = alive.nonzero()[:, 0]
-        sigma, feat = density_fn(positions[rows, start:end].reshape(-1, 3))
-        if features is None:
-            features = torch.zeros(num_rays, num_samples, feat.shape[-1], device=device, dtype=feat.dtype)
-        density[rows, start:end] = sigma.view(len(rows), end - start, 1).to(density.dtype)
-        features[rows, start:end] = feat.view(len(rows), end - start, -1)
-        evaluated[rows, start:end] = True
+        chunk = positions[:, start:end]
+        wanted = alive[:, None].expand(-1, end - start)
+        if occupied is not None:
+            wanted = wanted & occupied(chunk.reshape(-1, 3)).view(num_rays, end - start)
+        if bool(wanted.any()):
+            sigma, feat = density_fn(chunk[wanted])
+            if features is None:
+                features = torch.zeros(num_rays, num_samples, feat.shape[-1], device=device, dtype=feat.dtype)
+            density[:, start:end][wanted] = sigma.to(density.dtype)
+            features[:, start:end][wanted] = feat
+            evaluated[:, start:end] |= wanted
         optical_depth += (density[:, start:end, 0] * deltas[:, start:end]).sum(dim=-1)
         alive &= optical_depth < limit
     weights = ray_samples.get_weights(density)[..., 0]

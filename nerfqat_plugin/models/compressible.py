@@ -23,12 +23,14 @@ from nerfstudio.utils import colormaps
 from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerText
 from torch import Tensor
 
+from nerfqat_plugin.compression.bitpack import decode_integers, encode_integers
 from nerfqat_plugin.compression.codec import codec_for
 from nerfqat_plugin.compression.codec import load_compressed_model as load_compressed_model  # its import path of old
 from nerfqat_plugin.compression.file_format import (
     serialize_compressed,
     write_compressed,
 )
+from nerfqat_plugin.field_components.occupancy_grid import OccupancyGrid, bake_occupancy
 from nerfqat_plugin.fields.compiled_field import TrainingCompiledField
 from nerfqat_plugin.metrics.image_metrics import image_metrics
 from nerfqat_plugin.model_components.collapse_monitor import CollapseMonitor
@@ -36,6 +38,9 @@ from nerfqat_plugin.model_components.ndc import NDCSpace
 from nerfqat_plugin.model_components.ray_setup import SamplingRays, SceneType
 from nerfqat_plugin.model_components.scene_space import SceneSpace
 from nerfqat_plugin.model_components.weight_averaging import AveragedWeights
+
+OCCUPANCY_KEY = "occupancy"
+"""Module path (and file key) of the occupancy grid's tensor."""
 
 
 @dataclass
@@ -53,6 +58,9 @@ class CompressibleModelConfig(ModelConfig):
     """auto: the last sample's colour in NDC (NeRF's); elsewhere white, with a random background per
     ray while training (docs/methods/scene-types.md)."""
 
+    bake_occupancy: bool = True
+    """Bounded scenes: store a 64^3 bit grid of occupied space in the file, so renders from it skip
+    empty space (a few kB)."""
     skip_hidden_samples: bool = True
     """Rendering: stop each ray once its transmittance falls below 1e-4 and colour only samples of
     weight 1e-5 or more (training evaluates every sample)."""
@@ -91,6 +99,39 @@ class CompressibleModel(Model):
         # Averaged weights (see average_weights), or None: the model renders its own weights.
         self.weight_average: Optional[AveragedWeights] = None
         self.collapse_monitor = CollapseMonitor()
+        # Empty space of a bounded scene, from the file it was loaded from (renders skip it).
+        self.occupancy_grid: Optional[OccupancyGrid] = None
+        self._baked_occupancy: Optional[Tuple[Any, OccupancyGrid]] = None
+
+    # -- occupancy grid (bounded scenes) --------------------------------------------------------
+    def density_for_occupancy(self, positions: Tensor) -> Tensor:
+        """Density [M, 1] at world ``positions`` [M, 3] that decides which cells are empty."""
+        raise NotImplementedError
+
+    def occupancy_state(self) -> Tuple[Dict[str, Tensor], Dict[str, Any], Dict[str, Any]]:
+        """The file's occupancy grid: tensors, their layouts and the payload entry (all empty unless
+        the scene is bounded and ``bake_occupancy`` is on). Baked from the current weights, once per
+        change of them (sizes are measured often)."""
+        if not (self.config.bake_occupancy and self.ndc is None and self.scene_type == "bounded"):
+            return {}, {}, {}
+        key = tuple((t.data_ptr(), t._version) for t in [*self.parameters(), *self.buffers()])
+        if self._baked_occupancy is None or self._baked_occupancy[0] != key:
+            with torch.no_grad():
+                device = next(self.parameters()).device  # (the viewer measures sizes while the model is built)
+                grid = bake_occupancy(self.density_for_occupancy, self.scene_box.aabb.to(device))
+            self._baked_occupancy = (key, grid)
+        occupied = self._baked_occupancy[1].occupied
+        packed, layout = encode_integers(occupied.reshape(-1).cpu(), 1, signed=False)
+        entry = {"occupancy": {"resolution": list(occupied.shape)}}
+        return {OCCUPANCY_KEY: packed}, {OCCUPANCY_KEY: layout}, entry
+
+    def load_occupancy(self, tensors: Dict[str, Tensor], payload: Dict[str, Any]) -> None:
+        """Attach the grid a file holds (files without one render every sample, as before)."""
+        if "occupancy" not in payload:
+            return
+        occupied = decode_integers(tensors[OCCUPANCY_KEY], payload["tensors"][OCCUPANCY_KEY])
+        shape = [int(r) for r in payload["occupancy"]["resolution"]]
+        self.occupancy_grid = OccupancyGrid(self.scene_box.aabb, occupied.view(*shape).bool())
 
     # -- hooks a method may override ------------------------------------------------------------
     def ddp_find_unused_parameters(self) -> bool:

@@ -300,7 +300,7 @@ class NeRFQATModel(CompressibleModel):
             positions = samples.frustums.get_positions()
             directions = view_directions(samples).expand_as(positions)
             density, rgb, _ = evaluate_front_to_back(
-                samples, positions, directions, fld.density_and_features, fld.color
+                samples, positions, directions, fld.density_and_features, fld.color, occupied=self.occupancy_grid
             )
             return {FieldHeadNames.DENSITY: density, FieldHeadNames.RGB: rgb}
         device = samples.frustums.origins.device
@@ -308,6 +308,11 @@ class NeRFQATModel(CompressibleModel):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             outputs = fld(samples)
         return {name: value.float() for name, value in outputs.items()}
+
+    def density_for_occupancy(self, positions: Tensor) -> Tensor:
+        """Both fields' densities: a cell is empty only where the coarse and the fine field agree."""
+        coarse = self.field_coarse.density_and_features(positions)[0]
+        return torch.maximum(coarse, self.field_fine.density_and_features(positions)[0])
 
     def _render(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
         rays = self.sampling_rays(ray_bundle)

@@ -10,7 +10,7 @@ from torch import Tensor
 from nerfqat_plugin.compression.codec import CompressedCodec, TensorsAndPayload, register_codec
 from nerfqat_plugin.compression.quantized_state import decode_quantized_module, encode_quantized_module
 from nerfqat_plugin.model_components.scene_space import SceneSpace
-from nerfqat_plugin.models.compressible import scene_box_from_payload
+from nerfqat_plugin.models.compressible import OCCUPANCY_KEY, scene_box_from_payload
 from nerfqat_plugin.models.nerfqat import NeRFQATModel, NeRFQATModelConfig
 
 _FIELD_PARTS = ("trunk", "bottleneck", "density_head", "color_head")
@@ -19,6 +19,7 @@ _FIELD_PARTS = ("trunk", "bottleneck", "density_head", "color_head")
 class NeRFQATCodec(CompressedCodec):
     method = "nerf-qat"
     file_keys = {f"{name}.{part}": f"field_{name}.{part}" for name in ("coarse", "fine") for part in _FIELD_PARTS}
+    file_keys[OCCUPANCY_KEY] = OCCUPANCY_KEY
 
     def encode_modules(self, model: NeRFQATModel, operating_point: Optional[str]) -> TensorsAndPayload:
         quantized = model.is_quantized()
@@ -38,7 +39,10 @@ class NeRFQATCodec(CompressedCodec):
             # Stored resolved, so a later change of the default cannot change how a file decodes.
             "high_precision_layers": list(model.config.trunk_high_precision_layers()),
         }
-        return tensors, {"model": options, **model.scene_space.to_payload(), "tensors": layout}
+        grid_tensors, grid_layout, grid_entry = model.occupancy_state()
+        tensors.update(grid_tensors)
+        layout.update(grid_layout)
+        return tensors, {"model": options, **model.scene_space.to_payload(), **grid_entry, "tensors": layout}
 
     def decode_modules(self, tensors: Dict[str, Tensor], payload: Dict[str, Any]) -> NeRFQATModel:
         # Files written before edge_bits (or high_precision_layers) existed quantized the edges (and
@@ -51,6 +55,7 @@ class NeRFQATCodec(CompressedCodec):
         )
         decode_quantized_module(model.field_coarse, "field_coarse.", tensors, payload["tensors"])
         decode_quantized_module(model.field_fine, "field_fine.", tensors, payload["tensors"])
+        model.load_occupancy(tensors, payload)
         return model
 
 

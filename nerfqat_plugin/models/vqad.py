@@ -472,6 +472,9 @@ class VQADModel(CompressibleModel):
             outputs["ray_samples_list"] = ray_samples_list
         return outputs
 
+    def density_for_occupancy(self, positions: Tensor) -> Tensor:
+        return self.field.density_from_unit(*self.field.normalized(positions), None)[0]
+
     def _field_outputs_skipping(self, ray_samples: RaySamples) -> Dict[FieldHeadNames, Tensor]:
         """The field's density and colour, evaluated only where they can change the pixel."""
         field = self.field
@@ -482,7 +485,7 @@ class VQADModel(CompressibleModel):
         positions = ray_samples.frustums.get_positions()
         directions = view_directions(ray_samples).expand_as(positions)
         density, rgb, _ = evaluate_front_to_back(
-            ray_samples, positions, directions, density_fn, field.color_from_features
+            ray_samples, positions, directions, density_fn, field.color_from_features, occupied=self.occupancy_grid
         )
         return {FieldHeadNames.DENSITY: density, FieldHeadNames.RGB: rgb}
 

@@ -12,7 +12,7 @@ from torch import Tensor
 from nerfqat_plugin.compression.codebook_state import decode_codebook_module, encode_codebook_module
 from nerfqat_plugin.compression.codec import CompressedCodec, TensorsAndPayload, register_codec
 from nerfqat_plugin.model_components.scene_space import SceneSpace
-from nerfqat_plugin.models.compressible import scene_box_from_payload
+from nerfqat_plugin.models.compressible import OCCUPANCY_KEY, scene_box_from_payload
 from nerfqat_plugin.models.vqad import VQADModel, VQADModelConfig
 from nerfqat_plugin.models.vqad_grid_spec import operating_point_levels
 
@@ -25,6 +25,7 @@ class VQADCodec(CompressedCodec):
         "field.color_mlp": "field.color_mlp",
         "proposal.grid": "proposal_field.grid",
         "proposal.density_mlp": "proposal_field.density_mlp",
+        OCCUPANCY_KEY: OCCUPANCY_KEY,
     }
 
     def encode_modules(self, model: VQADModel, operating_point: Optional[str]) -> TensorsAndPayload:
@@ -45,7 +46,10 @@ class VQADCodec(CompressedCodec):
         options["proposal_resolutions"] = [list(r) for r in spec.proposal_resolutions]
         sparse = spec.sparse_from_level
         options["sparse_from_level"] = sparse if sparse is not None and sparse < levels else None
-        return tensors, {"model": options, **model.scene_space.to_payload(), "tensors": layout}
+        grid_tensors, grid_layout, grid_entry = model.occupancy_state()
+        tensors.update(grid_tensors)
+        layout.update(grid_layout)
+        return tensors, {"model": options, **model.scene_space.to_payload(), **grid_entry, "tensors": layout}
 
     def decode_modules(self, tensors: Dict[str, Tensor], payload: Dict[str, Any]) -> VQADModel:
         model = VQADModel(
@@ -57,6 +61,7 @@ class VQADCodec(CompressedCodec):
         )
         decode_codebook_module(model.field, "field.", tensors, payload["tensors"])
         decode_codebook_module(model.proposal_field, "proposal_field.", tensors, payload["tensors"])
+        model.load_occupancy(tensors, payload)
         return model
 
 

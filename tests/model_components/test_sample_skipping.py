@@ -23,17 +23,19 @@ def _colour(features: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(features + 0.1 * directions)
 
 
-def _render(density_fn, chunks: int, min_transmittance: float, min_weight: float):
+def _render(
+    density_fn, chunks: int, min_transmittance: float, min_weight: float, occupied=None, background="last_sample"
+):
     bundle = forward_rays(256, seed=4)
     bundle.nears, bundle.fars = torch.full((256, 1), 0.5), torch.full((256, 1), 4.0)
     samples = UniformSampler(num_samples=64, train_stratified=False)(bundle)
     positions = samples.frustums.get_positions()
     directions = samples.frustums.directions
     density, rgb, share = evaluate_front_to_back(
-        samples, positions, directions, density_fn, _colour, chunks, min_transmittance, min_weight
+        samples, positions, directions, density_fn, _colour, chunks, min_transmittance, min_weight, occupied
     )
     weights = samples.get_weights(density)
-    return RGBRenderer(background_color="last_sample")(rgb=rgb, weights=weights), share
+    return RGBRenderer(background_color=background)(rgb=rgb, weights=weights), share
 
 
 def test_rays_stop_behind_an_opaque_surface_and_the_pixels_do_not_change() -> None:
@@ -72,3 +74,19 @@ def test_models_render_the_same_with_and_without_skipping(method: str) -> None:
     full = render(model)
     assert float((full["rgb"] - skipped["rgb"]).abs().max()) <= 1e-3
     assert float((full["accumulation"] - skipped["accumulation"]).abs().max()) <= 1e-3
+
+
+def test_a_baked_occupancy_grid_skips_empty_space_and_keeps_the_pixels() -> None:
+    from nerfqat_plugin.field_components.occupancy_grid import bake_occupancy
+
+    box = torch.tensor([[-1.0, -1.0, -3.0], [1.0, 1.0, -1.0]])
+    grid = bake_occupancy(lambda p: _sphere_density(p)[0], box, resolution=32)
+    assert 0.01 < float(grid.occupied.float().mean()) < 0.2  # the ball (dilated), not the box
+    directions = torch.nn.functional.normalize(torch.randn(500, 3, generator=torch.Generator().manual_seed(0)))
+    assert bool(grid(CENTRE + 0.45 * directions).all())  # every point of the ball lies in an occupied cell
+    assert not bool(grid(torch.tensor([[0.9, 0.9, -1.1], [0.0, 0.0, 5.0]])).any())  # a far corner; outside
+
+    full, _ = _render(_sphere_density, 1, 0.0, 0.0, background="white")
+    skipped, share = _render(_sphere_density, 4, 1e-4, 1e-5, occupied=grid, background="white")
+    assert share < 0.2  # most samples lie in empty cells or behind the ball
+    assert float((full - skipped).abs().max()) <= 1e-4 + 64 * 1e-5

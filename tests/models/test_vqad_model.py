@@ -57,6 +57,7 @@ def test_render_from_file_equals_hard_index_rendering(tmp_path: Path, scene_type
     _, payload = read_compressed(path)
     packed = {name: spec for name, spec in payload["tensors"].items() if spec["encoding"] == "packed-uint"}
     expected_names = {f"field.grid.indices_{i}" for i in range(3)} | {f"proposal.grid.indices_{i}" for i in range(2)}
+    expected_names |= {"occupancy"} if scene_type == "bounded" else set()  # bounded files: the empty-space grid
     assert set(packed) == expected_names
     assert {k: packed["field.grid.indices_2"][k] for k in ("bits", "shape")} == {"bits": 4, "shape": [12 * 10 * 7]}
 
@@ -223,3 +224,23 @@ def test_probed_indices_store_the_index_table_and_render_from_the_file(tmp_path:
         _model(index_mode="probed", bits=8, probe_bits=9)
     with pytest.raises(UserInputError, match="sparse levels"):
         _model(index_mode="probed", bits=8, sparse_from_level=2)
+
+
+def test_bounded_files_carry_the_occupancy_grid_and_others_none(tmp_path: Path) -> None:
+    for scene_type, metadata in SCENE_METADATA.items():
+        for bake in (True, False):
+            torch.manual_seed(0)
+            model = _model(metadata=metadata, bake_occupancy=bake)
+            path = tmp_path / f"{scene_type}-{bake}.nqz"
+            size = model.export_compressed(path)
+            tensors, payload = read_compressed(path)
+            has_grid = bake and scene_type == "bounded"
+            assert ("occupancy" in tensors) == ("occupancy" in payload) == has_grid, (scene_type, bake)
+            loaded = load_compressed_model(path)
+            assert (loaded.occupancy_grid is not None) == has_grid
+            if has_grid:  # the bits round-trip, and the grid costs a few kB at most
+                assert loaded.occupancy_grid.resolution == (64, 64, 64)
+                baked = model.occupancy_state()[0]["occupancy"]
+                assert torch.equal(tensors["occupancy"], baked)
+                plain = _model(metadata=metadata, bake_occupancy=False)
+                assert size - plain.compressed_size_bytes() <= 40_000
