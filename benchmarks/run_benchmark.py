@@ -276,10 +276,13 @@ def evaluate_model(model, pipeline, device: torch.device, max_views: Optional[in
     # Time a second render of the first view, so first-use allocation stays out of the fps figure.
     camera = dataset.cameras[0:1].to(device)
     synchronize()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     model.get_outputs_for_camera(camera)
     synchronize()
     render_s = time.perf_counter() - start
+    render_memory = round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None
 
     def mean(key: str) -> Optional[float]:
         values = [m[key] for m in per_view]
@@ -291,6 +294,7 @@ def evaluate_model(model, pipeline, device: torch.device, max_views: Optional[in
         "lpips": mean("lpips"),
         "per_view_psnr": [m["psnr"] for m in per_view],
         "render_fps": 1.0 / render_s,
+        "render_peak_gpu_memory_gib": render_memory,  # while rendering one view (None without a GPU)
         "render_resolution": [int(dataset.cameras.width[0]), int(dataset.cameras.height[0])],
         "num_test_views": len(per_view),
     }
