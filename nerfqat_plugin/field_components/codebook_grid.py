@@ -27,7 +27,7 @@ indices resolve the hash's collisions while the stored indices stay few.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Literal, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -195,6 +195,9 @@ class LearnedIndexCodebookGrid(nn.Module):
         for lvl in self.sparse_levels:
             blocks = math.prod(block_grid_shape(self.resolutions[lvl], block_size))
             self.register_buffer(f"block_mask_{lvl}", torch.ones(blocks, dtype=torch.uint8))
+        # Checkpoints hold the logits of kept blocks only (dropped vertices never render again).
+        self.register_state_dict_post_hook(_compact_logits_state)
+        self.register_load_state_dict_pre_hook(_expand_logits_state)
         if index_mode == "random":
             generator = torch.Generator().manual_seed(seed)
             for lvl in self.levels:
@@ -247,10 +250,11 @@ class LearnedIndexCodebookGrid(nn.Module):
             raise ValueError(f"level {level}: {keep.numel()} block flags for {mask.numel()} blocks")
         mask.copy_(keep.reshape(-1).to(mask))
 
-    def kept_vertices(self, level: int) -> Tensor:
-        """Flat ids (int64) of the vertices in kept blocks of a sparse level, block by block, each
-        block's vertices in row-major order: the order in which a file stores their indices."""
-        mask = self.block_mask(level)
+    def kept_vertices(self, level: int, mask: Optional[Tensor] = None) -> Tensor:
+        """Flat ids (int64) of the vertices in kept blocks of a sparse level (by its block mask, or
+        ``mask``), block by block, each block's vertices in row-major order: the order in which a
+        file stores their indices."""
+        mask = self.block_mask(level) if mask is None else mask
         assert mask is not None, f"level {level} is dense"
         resolution = self.resolutions[level]
         gx, gy, gz = block_grid_shape(resolution, self.block_size)
@@ -298,6 +302,14 @@ class LearnedIndexCodebookGrid(nn.Module):
         queries = self.index_queries[level] if ids is None else F.embedding(ids, self.index_queries[level])
         return queries @ self.index_keys[level].T + self.index_bias[level]
 
+    def compactable_logits(self) -> Dict[int, nn.Parameter]:
+        """Per-vertex logits of pruned sparse levels, by level: only their kept rows are trained and
+        saved (:func:`compact_rows` / :func:`expand_rows`)."""
+        if len(self.logits) == 0:
+            return {}
+        pruned = {lvl: self.block_mask(lvl) for lvl in self.sparse_levels}
+        return {lvl: self.logits[lvl] for lvl, mask in pruned.items() if mask is not None and not bool(mask.all())}
+
     def index_logit_parameters(self) -> List[nn.Parameter]:
         """The parameters that only choose indices (free or factorised logits): training-only, and
         given their own learning rate by vqad (they saturate differently from codebooks)."""
@@ -314,7 +326,9 @@ class LearnedIndexCodebookGrid(nn.Module):
         stats = []
         for lvl in self.levels:
             top, counts = 0.0, torch.zeros(1 << self.index_bits(lvl), device=self.codebooks[lvl].device)
-            for ids in torch.arange(self.index_entries(lvl), device=counts.device).split(chunk):
+            mask = self.block_mask(lvl)  # pruned levels: the vertices that still render
+            entries = torch.arange(self.index_entries(lvl)) if mask is None else self.kept_vertices(lvl).cpu()
+            for ids in entries.to(counts.device).split(chunk):
                 probabilities = F.softmax(self.vertex_logits(lvl, ids).float(), dim=-1)
                 best, index = probabilities.max(dim=-1)
                 top += float(best.sum())
@@ -323,7 +337,7 @@ class LearnedIndexCodebookGrid(nn.Module):
             entropy = -(share * share.clamp_min(1e-12).log()).sum()
             stats.append(
                 {
-                    "top_probability": round(top / self.index_entries(lvl), 4),
+                    "top_probability": round(top / max(1, len(entries)), 4),
                     "usage_perplexity": round(float(entropy.exp()), 2),
                 }
             )
@@ -403,3 +417,30 @@ class LearnedIndexCodebookGrid(nn.Module):
         missing = self.concat_levels - len(features)
         features += [torch.zeros_like(features[0])] * missing
         return torch.cat(features, dim=-1)
+
+
+def compact_rows(full: Tensor, kept: Tensor) -> Tensor:
+    """The rows of ``full`` [V, ...] at ``kept`` ids: a pruned level's per-vertex training state."""
+    return full[kept.to(full.device)]
+
+
+def expand_rows(compact: Tensor, kept: Tensor, num_rows: int) -> Tensor:
+    """Inverse of :func:`compact_rows`, zeros in the dropped rows."""
+    full = compact.new_zeros(num_rows, *compact.shape[1:])
+    full[kept.to(compact.device)] = compact
+    return full
+
+
+def _compact_logits_state(grid: LearnedIndexCodebookGrid, state: Dict[str, Any], prefix: str, _meta: Any) -> None:
+    for lvl in grid.compactable_logits():
+        key = f"{prefix}logits.{lvl}"
+        if key in state:
+            state[key] = compact_rows(state[key], grid.kept_vertices(lvl))
+
+
+def _expand_logits_state(grid: LearnedIndexCodebookGrid, state: Dict[str, Any], prefix: str, *_: Any) -> None:
+    for lvl in grid.sparse_levels:
+        key, mask_key = f"{prefix}logits.{lvl}", f"{prefix}block_mask_{lvl}"
+        rows = grid.num_vertices(lvl)
+        if len(grid.logits) > lvl and key in state and mask_key in state and state[key].shape[0] != rows:
+            state[key] = expand_rows(state[key], grid.kept_vertices(lvl, state[mask_key].cpu()), rows)

@@ -34,7 +34,12 @@ from torch.nn import Parameter
 
 from nerfqat_plugin.errors import UserInputError
 from nerfqat_plugin.field_components.block_occupancy import prune_sparse_levels
-from nerfqat_plugin.field_components.codebook_grid import IndexMode, LearnedIndexCodebookGrid
+from nerfqat_plugin.field_components.codebook_grid import (
+    IndexMode,
+    LearnedIndexCodebookGrid,
+    compact_rows,
+    expand_rows,
+)
 from nerfqat_plugin.fields.compiled_field import TrainingCompiledField
 from nerfqat_plugin.fields.view_directions import view_directions
 from nerfqat_plugin.fields.vqad_field import ACTIVE_LEVELS_KEY, VQADField, VQADProposalField
@@ -335,6 +340,10 @@ class VQADModel(CompressibleModel):
         trainer = training_callback_attributes.trainer
         if trainer is not None:  # read at every step: a benchmark may re-plan the run's length
             self._total_steps = lambda: run_length(trainer)
+        optimizers = training_callback_attributes.optimizers
+        optimizer = optimizers.optimizers.get("index_logits") if optimizers is not None else None
+        if optimizer is not None:
+            optimizer.register_state_dict_post_hook(self._compact_optimizer_state)
 
         def set_anneal(step: int) -> None:
             fraction = np.clip(step / cfg.proposal_weights_anneal_max_num_iters, 0, 1)
@@ -346,6 +355,11 @@ class VQADModel(CompressibleModel):
                 where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
                 update_every_num_iters=1,
                 func=set_anneal,
+            ),
+            TrainingCallback(
+                where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
+                update_every_num_iters=1,
+                func=lambda step: self._expand_optimizer_state(optimizer),
             ),
             TrainingCallback(
                 where_to_run=[TrainingCallbackLocation.AFTER_TRAIN_ITERATION],
@@ -383,6 +397,35 @@ class VQADModel(CompressibleModel):
             return
         how = " (the densest within the byte budget: no block reached the threshold in time)" if last_try else ""
         CONSOLE.print(f"vqad: step {step}, kept blocks per sparse level: {kept}{how}")
+
+    def _compact_optimizer_state(self, optimizer: torch.optim.Optimizer, state: Dict[str, Any]) -> Dict[str, Any]:
+        """Checkpoints keep the Adam moments of pruned levels' kept vertices only (the rows of
+        dropped blocks never render again), like the logits themselves."""
+        grid = self.field.grid
+        index = {id(p): i for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"])}
+        for lvl, param in grid.compactable_logits().items():
+            entry = state["state"].get(index.get(id(param)))
+            if entry is None:
+                continue
+            kept = grid.kept_vertices(lvl)
+            # A copy: the packed entries are the optimizer's own dicts.
+            state["state"][index[id(param)]] = {
+                name: compact_rows(value, kept) if torch.is_tensor(value) and value.shape == param.shape else value
+                for name, value in entry.items()
+            }
+        return state
+
+    def _expand_optimizer_state(self, optimizer: Optional[torch.optim.Optimizer]) -> None:
+        """After a resume, bring compact Adam moments (see above) back to the logits' shape, zeros in
+        the dropped rows; a no-op once they match."""
+        if optimizer is None:
+            return
+        grid = self.field.grid
+        for lvl, param in grid.compactable_logits().items():
+            entry = optimizer.state.get(param, {})
+            for name, value in list(entry.items()):
+                if torch.is_tensor(value) and value.dim() == 2 and value.shape[0] != param.shape[0]:
+                    entry[name] = expand_rows(value, grid.kept_vertices(lvl), param.shape[0])
 
     def get_extra_state(self) -> Dict[str, Any]:
         """Training state that lives outside tensors: the pruning's progress and the proposal sampler's
