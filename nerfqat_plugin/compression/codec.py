@@ -11,6 +11,7 @@ method's file; methods register their codec with :func:`register_codec`.
 from __future__ import annotations
 
 import abc
+import math
 from pathlib import Path
 from typing import Any, ClassVar, Dict, Mapping, Optional, Tuple
 
@@ -20,6 +21,13 @@ from torch import Tensor, nn
 from nerfqat_plugin.compression.file_format import CompressedFileError, read_compressed
 
 TensorsAndPayload = Tuple[Dict[str, Tensor], Dict[str, Any]]
+MAX_DECODED_VALUES = 1 << 30
+"""Largest model a file may describe (values of its parameters and buffers): 4 GiB of float32."""
+
+
+def _occupancy_values(payload: Dict[str, Any]) -> int:
+    resolution = (payload.get("occupancy") or {}).get("resolution", [])
+    return math.prod(int(r) for r in resolution) if resolution else 0
 
 
 def _rename(names: Mapping[str, Any], prefixes: Mapping[str, str], what: str) -> Dict[str, str]:
@@ -45,6 +53,11 @@ class CompressedCodec(abc.ABC):
     method: ClassVar[str]
     file_keys: ClassVar[Dict[str, str]]
 
+    def decoded_values(self, payload: Dict[str, Any]) -> int:
+        """An upper estimate of the values the payload's model holds, checked before it is built:
+        a payload that claims an enormous model is refused instead of exhausting memory."""
+        return 0
+
     @abc.abstractmethod
     def encode_modules(self, model: nn.Module, operating_point: Optional[str]) -> TensorsAndPayload:
         """Tensors named by module path, and the payload (``payload["tensors"]``: their layouts)."""
@@ -60,6 +73,9 @@ class CompressedCodec(abc.ABC):
         return {names[name]: t for name, t in tensors.items()}, {**payload, "tensors": layout}
 
     def decode(self, tensors: Dict[str, Tensor], payload: Dict[str, Any]) -> nn.Module:
+        claimed = self.decoded_values(payload) + _occupancy_values(payload)
+        if claimed > MAX_DECODED_VALUES:
+            raise ValueError(f"the payload describes a model of {claimed} values (more than {MAX_DECODED_VALUES})")
         names = _rename(tensors, self.file_keys, "file tensor")
         layout = {names.get(key, key): spec for key, spec in payload.get("tensors", {}).items()}
         return self.decode_modules({names[k]: t for k, t in tensors.items()}, {**payload, "tensors": layout})

@@ -21,6 +21,13 @@ class NeRFQATCodec(CompressedCodec):
     file_keys = {f"{name}.{part}": f"field_{name}.{part}" for name in ("coarse", "fine") for part in _FIELD_PARTS}
     file_keys[OCCUPANCY_KEY] = OCCUPANCY_KEY
 
+    def decoded_values(self, payload: Dict[str, Any]) -> int:
+        options = payload["model"]
+        width = max(int(options.get("layer_width", 256)), int(options.get("head_width", 128)))
+        inputs = 6 * max(int(options.get("position_frequencies", 10)), int(options.get("direction_frequencies", 4))) + 3
+        layers = int(options.get("num_layers", 8)) + 3  # trunk, bottleneck, heads
+        return 2 * layers * (width + inputs) * (width + inputs)  # coarse and fine fields
+
     def encode_modules(self, model: NeRFQATModel, operating_point: Optional[str]) -> TensorsAndPayload:
         quantized = model.is_quantized()
         if model.config.quantize and not quantized:

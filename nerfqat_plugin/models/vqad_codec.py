@@ -5,6 +5,7 @@ One trained model is written at any operating point: ``levels=k`` keeps the grid
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, Optional
 
 from torch import Tensor
@@ -27,6 +28,11 @@ class VQADCodec(CompressedCodec):
         "proposal.density_mlp": "proposal_field.density_mlp",
         OCCUPANCY_KEY: OCCUPANCY_KEY,
     }
+
+    def decoded_values(self, payload: Dict[str, Any]) -> int:
+        options = payload["model"]
+        levels = [*options["grid_resolutions"], *options["proposal_resolutions"]]
+        return sum(math.prod(int(r) for r in resolution) for resolution in levels)
 
     def encode_modules(self, model: VQADModel, operating_point: Optional[str]) -> TensorsAndPayload:
         levels = model.active_levels if operating_point is None else operating_point_levels(operating_point)

@@ -204,3 +204,24 @@ def test_a_module_without_a_file_key_is_refused_on_export(tmp_path: Path, monkey
     with pytest.raises(ValueError, match="field.color_mlp.* has no file key"):
         model.export_compressed(tmp_path / "x.nqz")
     assert not (tmp_path / "x.nqz").exists()
+
+
+@pytest.mark.parametrize(
+    ("method", "option", "value"),
+    [
+        ("vqad", "grid_resolutions", [[4096, 4096, 4096]]),
+        ("vqad", "proposal_resolutions", [[2048, 2048, 2048]]),
+        ("nerf-qat", "layer_width", 1 << 16),
+    ],
+)
+def test_a_valid_file_describing_an_enormous_model_is_refused_before_building_it(
+    tmp_path: Path, method: str, option: str, value
+) -> None:
+    """A crafted payload with a correct checksum cannot make the loader allocate terabytes."""
+    tensors, payload = read_compressed(FIXTURES / f"format2_{method.replace('-', '_')}.nqz")
+    payload["model"][option] = value
+    (tmp_path / "crafted.nqz").write_bytes(serialize_compressed(tensors, payload))
+    start = time.perf_counter()
+    with pytest.raises(CompressedFileError, match="describes a model of .* values"):
+        load_compressed_model(tmp_path / "crafted.nqz")
+    assert time.perf_counter() - start < 5
