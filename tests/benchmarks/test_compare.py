@@ -252,6 +252,9 @@ def test_readme_is_short_and_words_hold_no_development_history() -> None:
     places += [*(ROOT / "nerfqat_plugin").rglob("*.py"), *(ROOT / "method_configs").rglob("*.py")]
     mentions = [str(p.relative_to(ROOT)) for p in places if "session" in p.read_text().lower()]
     assert not mentions, mentions
+    # Its picture and every link into the repository resolve.
+    links = re.findall(r"\]\(((?:docs|benchmarks)/[^)#]+)\)", readme)
+    assert "docs/fern_render.jpg" in links and all((ROOT / link).is_file() for link in links), links
 
 
 def test_config_docstrings_and_comments_carry_no_measurements() -> None:
