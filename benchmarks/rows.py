@@ -21,6 +21,7 @@ KINDS = {
     "experiment": "run_benchmark.py run by hand or by gpu_suite.sh: one option tried",
     "ddp": "ddp_check.sh: one run on one or two GPUs",
     "qat-phase-speed": "qat_phase_speed.py: nerf-qat field step time per QAT phase",
+    "render-speed": "render_speed.py: frame rate and PSNR of compressed files beside a peer",
 }
 
 

@@ -45,3 +45,24 @@ def test_benchmark_run_is_loadable_and_its_layer_sensitivity_is_reported(tmp_pat
     assert all(r["psnr"] == pytest.approx(result["float_psnr"] - r["drop_db"]) for r in result["rows"])
     # Quantizing every block's weights to 4 bits changes the render (the swap really happens).
     assert result["rows"][-1]["drop_db"] != 0.0
+
+
+def test_render_speed_rows_compare_the_fast_and_plain_paths_of_each_file(tmp_path: Path) -> None:
+    import torch
+    from helpers import tiny_nerf_qat_model, tiny_vqad_model, train_nerf_qat
+
+    scene = make_llff_scene(tmp_path / "scene")
+    torch.manual_seed(0)
+    nerf = tiny_nerf_qat_model()
+    train_nerf_qat(nerf, 6)
+    nerf.export_compressed(tmp_path / "int8.nqz")
+    tiny_vqad_model().export_compressed(tmp_path / "vqad.nqz")
+    rows = tmp_path / "rows.jsonl"
+    args = ["--data", str(scene), "--files", str(tmp_path / "int8.nqz"), str(tmp_path / "vqad.nqz")]
+    proc = _script("render_speed.py", [*args, "--views", "2", "--repeats", "1", "--results", str(rows)], tmp_path)
+    written = [json.loads(line) for line in rows.read_text().splitlines()]
+    assert [r["label"] for r in written] == ["render-int8", "render-vqad"]
+    for row in written:
+        assert row["kind"] == "render-speed" and row["num_test_views"] == 2 and row["render_fps"] > 0
+        assert abs(row["psnr_change_db"]) < 0.05  # integer products and skipping keep the images
+    assert "PSNR change" in proc.stdout

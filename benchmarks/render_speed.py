@@ -1,0 +1,147 @@
+"""Render speed from compressed files, side by side with a peer's checkpoint, in one run.
+
+    python benchmarks/render_speed.py --data .gpu/lego --files lego-int8.nqz lego-vqad.nqz \\
+        --peer-config outputs/lego/nerfacto/<run>/config.yml --views 5
+
+Every file is rendered at the scene's test resolution twice: as files render by default (nerf-qat's
+integer products, rays that stop behind surfaces, a bounded file's occupancy grid) and as the model
+renders without them (fake quantization, every sample). Each row (kind ``render-speed``) holds both
+frame rates, both PSNRs over the first ``--views`` test views and their difference, and the GPU
+memory of one frame; the peer's row its frame rate and PSNR. Rows go to the scene's rows file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+from rows import append_row, scene_path
+from run_benchmark import code_commit, gpu_name, synchronize
+
+from nerfqat_plugin.compression.codec import load_compressed_model
+from nerfqat_plugin.data.auto_dataparser import AutoDataParserConfig
+from nerfqat_plugin.metrics.image_metrics import image_metrics
+
+
+def test_views(data: Path, count: int) -> tuple:
+    """The scene's first ``count`` test cameras and images (RGBA composited on white)."""
+    from nerfstudio.data.datasets.base_dataset import InputDataset
+
+    dataset = InputDataset(AutoDataParserConfig(data=data).setup().get_dataparser_outputs("test"))
+    images = []
+    for i in range(min(count, len(dataset))):
+        image = dataset.get_image_float32(i)
+        if image.shape[-1] == 4:
+            image = image[..., :3] * image[..., 3:] + (1.0 - image[..., 3:])
+        images.append(image)
+    return dataset.cameras[: len(images)], images
+
+
+def measure(render: Callable[[Any], torch.Tensor], cameras, images: List[torch.Tensor], repeats: int) -> Dict[str, Any]:
+    """Mean PSNR over the views, frames per second of view 0 (after a warm-up) and its peak GPU memory."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.no_grad():
+        psnrs = [
+            image_metrics(img.to(device), render(cameras[i : i + 1].to(device)))["psnr"] for i, img in enumerate(images)
+        ]
+        render(cameras[0:1].to(device))
+        synchronize()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            render(cameras[0:1].to(device))
+        synchronize()
+    seconds = (time.perf_counter() - start) / repeats
+    memory = round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None
+    return {"psnr": sum(psnrs) / len(psnrs), "render_fps": 1.0 / seconds, "render_peak_gpu_memory_gib": memory}
+
+
+def plain_rendering(model) -> None:
+    """Switch a compressed model to rendering as trained: fake quantization, every sample, no grid."""
+    model.config.skip_hidden_samples = False
+    model.occupancy_grid = None
+    for field in (getattr(model, "field_coarse", None), getattr(model, "field_fine", None)):
+        if field is not None:
+            field.integer_inference = False
+
+
+def file_row(path: Path, cameras, images, repeats: int) -> Dict[str, Any]:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_compressed_model(path, device)
+
+    def render(camera) -> torch.Tensor:
+        return model.get_outputs_for_camera(camera)["rgb"].clamp(0, 1)
+
+    fast = measure(render, cameras, images, repeats)
+    plain_rendering(model)
+    plain = measure(render, cameras, images, repeats)
+    return {
+        "label": f"render-{path.stem}",
+        "method": model.compressed_method_name,
+        "file_bytes": path.stat().st_size,
+        **fast,
+        "psnr_plain": plain["psnr"],
+        "psnr_change_db": fast["psnr"] - plain["psnr"],
+        "render_fps_plain": plain["render_fps"],
+        "speedup": fast["render_fps"] / plain["render_fps"],
+    }
+
+
+def peer_row(config: Path, cameras, images, repeats: int) -> Dict[str, Any]:
+    from nerfqat_plugin.scripts.run_loading import load_trained_pipeline
+
+    pipeline, _ = load_trained_pipeline(config)
+    model = pipeline.model.eval()
+
+    def render(camera) -> torch.Tensor:
+        return model.get_outputs_for_camera(camera)["rgb"].clamp(0, 1)
+
+    label = f"render-{type(model).__name__.replace('Model', '').lower()}"
+    return {"label": label, "method": label.removeprefix("render-"), **measure(render, cameras, images, repeats)}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="the scene (its test views)")
+    parser.add_argument("--files", type=Path, nargs="+", required=True, help="compressed files to render")
+    parser.add_argument("--peer-config", type=Path, default=None, help="a nerfstudio run's config.yml to compare")
+    parser.add_argument("--views", type=int, default=5, help="test views for the PSNRs")
+    parser.add_argument("--repeats", type=int, default=3, help="timed renders of view 0")
+    parser.add_argument("--results", type=Path, default=None, help="rows file (default: the scene's)")
+    args = parser.parse_args(argv)
+    cameras, images = test_views(args.data, args.views)
+    rows = [file_row(path, cameras, images, args.repeats) for path in args.files]
+    if args.peer_config is not None:
+        rows.append(peer_row(args.peer_config, cameras, images, args.repeats))
+    common = {
+        "kind": "render-speed",
+        "scene": args.data.name,
+        "command": shlex.join(["python", *sys.argv]),
+        "gpu": gpu_name(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "code_commit": code_commit(),
+        "render_resolution": [int(cameras.width[0]), int(cameras.height[0])],
+        "num_test_views": len(images),
+    }
+    for row in rows:
+        row = {**common, **row}
+        append_row(args.results or scene_path(args.data.name), row)
+        fps = f"{row['render_fps']:.2f} fps"
+        extra = (
+            f", plain {row['render_fps_plain']:.2f} fps, PSNR change {row['psnr_change_db']:+.3f} dB"
+            if "speedup" in row
+            else ""
+        )
+        print(f"[render-speed] {row['label']}: {fps}, PSNR {row['psnr']:.2f}{extra}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
