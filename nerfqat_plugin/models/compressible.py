@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any, ClassVar, ContextManager, Dict, List, Literal, Optional, Tuple
 
 import torch
-from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
+from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.model_components.renderers import RGBRenderer
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps
@@ -32,10 +33,12 @@ from nerfqat_plugin.compression.file_format import (
 )
 from nerfqat_plugin.field_components.occupancy_grid import OccupancyGrid, bake_occupancy
 from nerfqat_plugin.fields.compiled_field import TrainingCompiledField
+from nerfqat_plugin.fields.view_directions import view_directions
 from nerfqat_plugin.metrics.image_metrics import image_metrics
 from nerfqat_plugin.model_components.collapse_monitor import CollapseMonitor
 from nerfqat_plugin.model_components.ndc import NDCSpace
 from nerfqat_plugin.model_components.ray_setup import SamplingRays, SceneType
+from nerfqat_plugin.model_components.sample_skipping import ColorFn, DensityFn, evaluate_front_to_back
 from nerfqat_plugin.model_components.scene_space import SceneSpace
 from nerfqat_plugin.model_components.weight_averaging import AveragedWeights
 
@@ -227,6 +230,18 @@ class CompressibleModel(Model):
 
     def sampling_rays(self, ray_bundle: RayBundle) -> SamplingRays:
         return self.scene_space.sampling_rays(ray_bundle)
+
+    def field_outputs_skipping(
+        self, ray_samples: RaySamples, density_fn: DensityFn, color_fn: ColorFn
+    ) -> Dict[FieldHeadNames, Tensor]:
+        """A field's density and colour for rendering, evaluated only where they can change the pixel
+        (:func:`evaluate_front_to_back`, with the file's occupancy grid when it has one)."""
+        positions = ray_samples.frustums.get_positions()
+        directions = view_directions(ray_samples).expand_as(positions)
+        density, rgb, _ = evaluate_front_to_back(
+            ray_samples, positions, directions, density_fn, color_fn, occupied=self.occupancy_grid
+        )
+        return {FieldHeadNames.DENSITY: density, FieldHeadNames.RGB: rgb}
 
     def fields_to_compile(self) -> Tuple[TrainingCompiledField, ...]:
         """The fields whose training paths :meth:`compile_fields_once` compiles."""

@@ -20,8 +20,6 @@ from nerfqat_plugin.errors import OptionError
 from nerfqat_plugin.field_components.quant_mlp import QuantSpec, iter_quant_modules, set_observers, set_quantization
 from nerfqat_plugin.fields.compiled_field import TrainingCompiledField
 from nerfqat_plugin.fields.nerfqat_field import QuantNeRFField
-from nerfqat_plugin.fields.view_directions import view_directions
-from nerfqat_plugin.model_components.sample_skipping import evaluate_front_to_back
 from nerfqat_plugin.models.compressible import (
     CompressibleModel,
     CompressibleModelConfig,
@@ -295,14 +293,9 @@ class NeRFQATModel(CompressibleModel):
 
     def _evaluate_field(self, fld: QuantNeRFField, samples: RaySamples) -> Dict[FieldHeadNames, Tensor]:
         """Field outputs in fp32; the MLPs themselves run under bf16 autocast when training on CUDA.
-        Rendering skips the samples that cannot change the pixel (:mod:`sample_skipping`)."""
+        Rendering skips the samples that cannot change the pixel (:meth:`field_outputs_skipping`)."""
         if not self.training and self.config.skip_hidden_samples:
-            positions = samples.frustums.get_positions()
-            directions = view_directions(samples).expand_as(positions)
-            density, rgb, _ = evaluate_front_to_back(
-                samples, positions, directions, fld.density_and_features, fld.color, occupied=self.occupancy_grid
-            )
-            return {FieldHeadNames.DENSITY: density, FieldHeadNames.RGB: rgb}
+            return self.field_outputs_skipping(samples, fld.density_and_features, fld.color)
         device = samples.frustums.origins.device
         use_bf16 = self.training and self.config.train_bf16 and device.type == "cuda"
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):

@@ -18,7 +18,7 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tupl
 
 import numpy as np
 import torch
-from nerfstudio.cameras.rays import RayBundle, RaySamples
+from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.model_components.losses import distortion_loss, interlevel_loss
@@ -41,9 +41,7 @@ from nerfqat_plugin.field_components.codebook_grid import (
     expand_rows,
 )
 from nerfqat_plugin.fields.compiled_field import TrainingCompiledField
-from nerfqat_plugin.fields.view_directions import view_directions
 from nerfqat_plugin.fields.vqad_field import ACTIVE_LEVELS_KEY, VQADField, VQADProposalField
-from nerfqat_plugin.model_components.sample_skipping import evaluate_front_to_back
 from nerfqat_plugin.models.compressible import (
     CompressibleModel,
     CompressibleModelConfig,
@@ -345,6 +343,15 @@ class VQADModel(CompressibleModel):
         if optimizer is not None:
             optimizer.register_state_dict_post_hook(self._compact_optimizer_state)
 
+        expanded = [optimizer is None]
+
+        def expand_resumed_optimizer_state(step: int) -> None:
+            # Once, before the first step: a resumed checkpoint's moments are loaded by then, and
+            # checking every step would read the block masks back from the GPU each time.
+            if not expanded[0]:
+                self._expand_optimizer_state(optimizer)
+                expanded[0] = True
+
         def set_anneal(step: int) -> None:
             fraction = np.clip(step / cfg.proposal_weights_anneal_max_num_iters, 0, 1)
             slope = cfg.proposal_weights_anneal_slope
@@ -359,7 +366,7 @@ class VQADModel(CompressibleModel):
             TrainingCallback(
                 where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
                 update_every_num_iters=1,
-                func=lambda step: self._expand_optimizer_state(optimizer),
+                func=expand_resumed_optimizer_state,
             ),
             TrainingCallback(
                 where_to_run=[TrainingCallbackLocation.AFTER_TRAIN_ITERATION],
@@ -498,7 +505,8 @@ class VQADModel(CompressibleModel):
             bundle.metadata = metadata
         ray_samples, weights_list, ray_samples_list = self.proposal_sampler(bundle, density_fns=self.density_fns)
         if not self.training and self.config.skip_hidden_samples:
-            field_outputs = self._field_outputs_skipping(ray_samples)
+            field = self.field
+            field_outputs = self.field_outputs_skipping(ray_samples, field.density_at, field.color_from_features)
         else:
             field_outputs = self.field(ray_samples)
         weights = ray_samples.get_weights(field_outputs[FieldHeadNames.DENSITY])
@@ -516,21 +524,7 @@ class VQADModel(CompressibleModel):
         return outputs
 
     def density_for_occupancy(self, positions: Tensor) -> Tensor:
-        return self.field.density_from_unit(*self.field.normalized(positions), None)[0]
-
-    def _field_outputs_skipping(self, ray_samples: RaySamples) -> Dict[FieldHeadNames, Tensor]:
-        """The field's density and colour, evaluated only where they can change the pixel."""
-        field = self.field
-
-        def density_fn(positions: Tensor) -> Tuple[Tensor, Tensor]:
-            return field.density_from_unit(*field.normalized(positions), None)
-
-        positions = ray_samples.frustums.get_positions()
-        directions = view_directions(ray_samples).expand_as(positions)
-        density, rgb, _ = evaluate_front_to_back(
-            ray_samples, positions, directions, density_fn, field.color_from_features, occupied=self.occupancy_grid
-        )
-        return {FieldHeadNames.DENSITY: density, FieldHeadNames.RGB: rgb}
+        return self.field.density_at(positions)[0]
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
         image = batch["image"].to(outputs["rgb"].device)

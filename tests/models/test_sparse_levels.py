@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from helpers import render_vqad as _render
 from helpers import tiny_vqad_model as _model
 from helpers import train_vqad as _train
+from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
 
 from nerfqat_plugin.compression.codec import load_compressed_model
 from nerfqat_plugin.compression.file_format import read_compressed
@@ -210,7 +212,7 @@ def test_checkpoints_hold_the_logits_and_adam_moments_of_kept_blocks_only(tmp_pa
     model = _model(sparse_from_level=2, sparse_block_size=2)
     grid = model.field.grid
     optimizer = torch.optim.Adam(model.get_param_groups()["index_logits"], lr=1e-2)
-    optimizer.register_state_dict_post_hook(model._compact_optimizer_state)
+    _register_training_callbacks(model, optimizer)  # as the trainer does: hooks the optimizer's saving
     keep = torch.zeros_like(grid.block_mask(2))
     keep[::5] = 1  # a fifth of the blocks
     grid.set_block_mask(2, keep)
@@ -240,7 +242,9 @@ def test_checkpoints_hold_the_logits_and_adam_moments_of_kept_blocks_only(tmp_pa
     resumed.train()
     resumed_optimizer = torch.optim.Adam(resumed.get_param_groups()["index_logits"], lr=1e-2)
     resumed_optimizer.load_state_dict(torch.load(tmp_path / "compact.ckpt")["optimizer"])
-    resumed._expand_optimizer_state(resumed_optimizer)
+    callbacks = _register_training_callbacks(resumed, resumed_optimizer)
+    for callback in callbacks:  # the first step of the resumed run expands the moments
+        callback.run_callback_at_location(0, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
     expanded = resumed_optimizer.state[logits]["exp_avg"]
     assert expanded.shape == logits.shape
     assert torch.equal(expanded[kept], optimizer.state[grid.logits[2]]["exp_avg"][kept])
@@ -249,3 +253,11 @@ def test_checkpoints_hold_the_logits_and_adam_moments_of_kept_blocks_only(tmp_pa
     assert not bool(expanded[dropped].any())
     logits.sum().backward()
     resumed_optimizer.step()  # trains on
+
+
+def _register_training_callbacks(model, optimizer: torch.optim.Optimizer):
+    """vqad's training callbacks, registered as nerfstudio's trainer does, with ``optimizer`` as the
+    index logits' optimizer."""
+    optimizers = SimpleNamespace(optimizers={"index_logits": optimizer})
+    attributes = TrainingCallbackAttributes(optimizers=optimizers, grad_scaler=None, pipeline=None, trainer=None)
+    return model.get_training_callbacks(attributes)
