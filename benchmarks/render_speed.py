@@ -22,25 +22,10 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from rows import append_row, scene_path
-from run_benchmark import code_commit, gpu_name, synchronize
+from run_benchmark import code_commit, gpu_name, scene_test_views, synchronize
 
 from nerfqat_plugin.compression.codec import load_compressed_model
-from nerfqat_plugin.data.auto_dataparser import AutoDataParserConfig
 from nerfqat_plugin.metrics.image_metrics import image_metrics
-
-
-def test_views(data: Path, count: int) -> tuple:
-    """The scene's first ``count`` test cameras and images (RGBA composited on white)."""
-    from nerfstudio.data.datasets.base_dataset import InputDataset
-
-    dataset = InputDataset(AutoDataParserConfig(data=data).setup().get_dataparser_outputs("test"))
-    images = []
-    for i in range(min(count, len(dataset))):
-        image = dataset.get_image_float32(i)
-        if image.shape[-1] == 4:
-            image = image[..., :3] * image[..., 3:] + (1.0 - image[..., 3:])
-        images.append(image)
-    return dataset.cameras[: len(images)], images
 
 
 def measure(render: Callable[[Any], torch.Tensor], cameras, images: List[torch.Tensor], repeats: int) -> Dict[str, Any]:
@@ -116,7 +101,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed renders of view 0")
     parser.add_argument("--results", type=Path, default=None, help="rows file (default: the scene's)")
     args = parser.parse_args(argv)
-    cameras, images = test_views(args.data, args.views)
+    cameras, images = scene_test_views(args.data, args.views)
     rows = [file_row(path, cameras, images, args.repeats) for path in args.files]
     if args.peer_config is not None:
         rows.append(peer_row(args.peer_config, cameras, images, args.repeats))

@@ -243,6 +243,23 @@ def code_commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
+def scene_test_views(data: Path, count: Optional[int] = None) -> Tuple[Any, List[torch.Tensor]]:
+    """A scene's first ``count`` (default: all) test cameras and images as evaluated: RGBA composited
+    on white, the background object scenes render on."""
+    from nerfstudio.data.datasets.base_dataset import InputDataset
+
+    from nerfqat_plugin.data.auto_dataparser import AutoDataParserConfig
+
+    dataset = InputDataset(AutoDataParserConfig(data=data).setup().get_dataparser_outputs("test"))
+    images = []
+    for i in range(len(dataset) if count is None else min(count, len(dataset))):
+        image = dataset.get_image_float32(i)
+        if image.shape[-1] == 4:
+            image = image[..., :3] * image[..., 3:] + (1.0 - image[..., 3:])
+        images.append(image)
+    return dataset.cameras[: len(images)], images
+
+
 def parameter_bytes(model: torch.nn.Module) -> int:
     """fp32 bytes of a peer model's trained parameters (metric networks are stubbed out in peer runs,
     optimizer state is not part of the model)."""

@@ -35,13 +35,9 @@ CONSTANT_IMAGES = RESULTS / "constant_images.json"
 COLLAPSE_MARGIN_DB = 8.0
 
 
-def suite_path(scene: str, results: Path = RESULTS) -> Path:
-    return scene_path(scene, results)
-
-
 def suite_rows(scene: str, results: Path = RESULTS, budget_s: Optional[float] = None) -> Dict[str, Dict[str, Any]]:
     """The latest suite row of every configuration of ``scene``."""
-    return load_rows(scene, budget_s, suite_path(scene, results), kind="suite")
+    return load_rows(scene, budget_s, scene_path(scene, results), kind="suite")
 
 
 def suite_jobs(scene: str, data: Path, results: Path = RESULTS) -> List[Job]:
@@ -49,7 +45,7 @@ def suite_jobs(scene: str, data: Path, results: Path = RESULTS) -> List[Job]:
     bounds, scene_type = scene_space(data)
     jobs = [job for job in plan(scene, data, bounds, scene_type == "bounded") if job.label in SUITE]
     for job in jobs:
-        job.scene, job.data, job.results = scene, data, suite_path(scene, results)
+        job.scene, job.data, job.results = scene, data, scene_path(scene, results)
         if job.method == "vqad":
             job.runner_args, job.evaluations = ["--no-operating-points"], 1
     return jobs
@@ -59,17 +55,9 @@ def constant_image_psnr(data: Path) -> Dict[str, float]:
     """PSNR of constant images (white, black, the test views' mean colour) against a scene's test
     views as evaluated (RGBA composited on white): what a collapsed field would score."""
     import torch
-    from nerfstudio.data.datasets.base_dataset import InputDataset
+    from run_benchmark import scene_test_views
 
-    from nerfqat_plugin.data.auto_dataparser import AutoDataParserConfig
-
-    dataset = InputDataset(AutoDataParserConfig(data=data).setup().get_dataparser_outputs("test"))
-    views = []
-    for i in range(len(dataset)):
-        image = dataset.get_image_float32(i)
-        if image.shape[-1] == 4:
-            image = image[..., :3] * image[..., 3:] + (1.0 - image[..., 3:])
-        views.append(image)
+    _, views = scene_test_views(data)
     mean_colour = torch.stack([v.reshape(-1, 3).mean(0) for v in views]).mean(0)
 
     def psnr(colour: torch.Tensor) -> float:
@@ -178,7 +166,7 @@ def results_markdown(results: Path = RESULTS) -> str:
     constants_path = results / CONSTANT_IMAGES.name
     constants = json.loads(constants_path.read_text()) if constants_path.is_file() else {}
     for scene in SCENES:
-        others = [row for row in read_rows(suite_path(scene, results)) if row.get("kind") != "suite"]
+        others = [row for row in read_rows(scene_path(scene, results)) if row.get("kind") != "suite"]
         rows = suite_rows(scene, results)
         if rows or others:
             lines += scene_table(scene, rows, constants.get(scene), len(others))

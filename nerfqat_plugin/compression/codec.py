@@ -94,16 +94,20 @@ def register_codec(codec: CompressedCodec) -> CompressedCodec:
     return codec
 
 
+def _register_plugin_codecs() -> None:
+    import nerfqat_plugin.models  # noqa: F401  (importing the models registers their codecs)
+
+
 def codec_for(method: str) -> Optional[CompressedCodec]:
     """The registered codec of ``method`` (the plugin's own methods register on first use)."""
     if method not in _CODECS:
-        import nerfqat_plugin.models  # noqa: F401  (importing the models registers their codecs)
+        _register_plugin_codecs()
     return _CODECS.get(method)
 
 
 def registered_methods() -> Tuple[str, ...]:
     """The names of every method with a registered codec."""
-    codec_for("")
+    _register_plugin_codecs()
     return tuple(sorted(_CODECS))
 
 

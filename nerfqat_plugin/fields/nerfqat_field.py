@@ -14,6 +14,7 @@ from torch import Tensor
 
 from nerfqat_plugin.field_components.integer_linear import IntegerLinear, IntegerQuantMLP, quantize_activation
 from nerfqat_plugin.field_components.quant_mlp import QuantLinear, QuantMLP, QuantSpec
+from nerfqat_plugin.field_components.weights_version import weights_version
 from nerfqat_plugin.fields.compiled_field import TrainingCompiledField
 from nerfqat_plugin.fields.view_directions import view_directions
 
@@ -106,10 +107,8 @@ class QuantNeRFField(TrainingCompiledField):
         return self.integer_inference and not self.training and all(b.quant_enabled for b in blocks)
 
     def _integer(self) -> Tuple[IntegerQuantMLP, IntegerLinear, IntegerLinear, IntegerQuantMLP]:
-        """The integer blocks, rebuilt whenever a weight, scale or device changed (training steps,
-        averaged weights swapped in, a move to the GPU): keyed by the tensors' storage and version."""
-        blocks = (self.trunk, self.density_head, self.bottleneck, self.color_head)
-        key = tuple((t.data_ptr(), t._version) for b in blocks for t in [*b.parameters(), *b.buffers()])
+        """The integer blocks, rebuilt whenever a weight, scale or device changed."""
+        key = weights_version(self.trunk, self.density_head, self.bottleneck, self.color_head)
         cached = self._integer_blocks
         if cached is None or cached[0] != key:
             width = self.density_head.linear.in_features

@@ -32,6 +32,7 @@ from nerfqat_plugin.compression.file_format import (
     write_compressed,
 )
 from nerfqat_plugin.field_components.occupancy_grid import OccupancyGrid, bake_occupancy
+from nerfqat_plugin.field_components.weights_version import weights_version
 from nerfqat_plugin.fields.compiled_field import TrainingCompiledField
 from nerfqat_plugin.fields.view_directions import view_directions
 from nerfqat_plugin.metrics.image_metrics import image_metrics
@@ -117,7 +118,7 @@ class CompressibleModel(Model):
         change of them (sizes are measured often)."""
         if not (self.config.bake_occupancy and self.ndc is None and self.scene_type == "bounded"):
             return {}, {}, {}
-        key = tuple((t.data_ptr(), t._version) for t in [*self.parameters(), *self.buffers()])
+        key = weights_version(self)
         if self._baked_occupancy is None or self._baked_occupancy[0] != key:
             with torch.no_grad():
                 device = next(self.parameters()).device  # (the viewer measures sizes while the model is built)
