@@ -22,6 +22,7 @@ KINDS = {
     "ddp": "ddp_check.sh: one run on one or two GPUs",
     "qat-phase-speed": "qat_phase_speed.py: nerf-qat field step time per QAT phase",
     "render-speed": "render_speed.py: frame rate and PSNR of compressed files beside a peer",
+    "step-profile": "profile_step.py: a training step's time per phase and kernel, its host syncs",
 }
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_llff_scene
-from helpers import TINY_NERF_QAT
+from helpers import TINY_NERF_QAT, TINY_VQAD
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,3 +66,20 @@ def test_render_speed_rows_compare_the_fast_and_plain_paths_of_each_file(tmp_pat
         assert row["kind"] == "render-speed" and row["num_test_views"] == 2 and row["render_fps"] > 0
         assert abs(row["psnr_change_db"]) < 0.05  # integer products and skipping keep the images
     assert "PSNR change" in proc.stdout
+
+
+def test_step_profile_row_splits_a_step_into_phases_and_counts_field_samples(tmp_path: Path) -> None:
+    scene = make_llff_scene(tmp_path / "scene")
+    rows = tmp_path / "rows.jsonl"
+    args = ["--data", str(scene), "--method", "vqad", "--label", "tiny-profile", "--warmup", "2", "--steps", "3"]
+    args += ["--kernel-steps", "1", "--kernels", "4", "--output-dir", str(tmp_path / "out"), "--results", str(rows)]
+    args += ["--", *TINY_VQAD, "--machine.device-type", "cpu", "--pipeline.datamanager.train-num-rays-per-batch", "32"]
+    proc = _script("profile_step.py", args, tmp_path)
+    (row,) = [json.loads(line) for line in rows.read_text().splitlines()]
+    assert row["kind"] == "step-profile" and row["rays_per_step"] == 32
+    # 32 rays x the radiance field's samples per ray (the tiny model's num_nerf_samples).
+    assert row["field_samples_per_step"] % 32 == 0 and row["field_samples_per_step"] > 0
+    assert set(row["phase_ms"]) == {"ray batch", "sampler", "radiance field", "losses", "backward", "optimizer", "callbacks"}
+    assert all(value >= 0 for value in row["phase_ms"].values()) and row["phase_ms"]["radiance field"] > 0
+    assert len(row["top_kernels"]) == 4 and row["host_syncs_per_step"] is None  # CPU: no syncs to count
+    assert "field samples/s" in proc.stdout
