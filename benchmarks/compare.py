@@ -154,6 +154,11 @@ def next_job(pending: List[Job], elapsed: float, args: argparse.Namespace) -> Op
     return None
 
 
+EVALUATION_RESERVE_S = 30.0
+"""Seconds before the deadline after which no test view is started: the frame-rate render, the
+row's writing and the process's exit fit in them."""
+
+
 def visible_gpu(slot: int) -> str:
     """The device id of the ``slot``-th GPU this process may use: an index into the caller's
     CUDA_VISIBLE_DEVICES when set (so a comparison can run beside other work on the same host)."""
@@ -166,8 +171,10 @@ def run_jobs(jobs: List[Job], args: argparse.Namespace, gpus: int) -> List[str]:
     returns the failed labels.
 
     The longest configurations start first (they would not fit at the end of a call), and a GPU
-    that frees up late takes the longest one that still fits."""
+    that frees up late takes the longest one that still fits. Evaluation stops starting test views
+    ``EVALUATION_RESERVE_S`` before the deadline, so a slow evaluation still leaves its row."""
     start = time.perf_counter()
+    stop_evaluation_at = time.time() + args.deadline_s - EVALUATION_RESERVE_S
     per_gpu = max(1, int(getattr(args, "jobs_per_gpu", 1) or 1))
     slots = gpus * per_gpu
     log_dir = Path(args.log_dir)
@@ -194,6 +201,7 @@ def run_jobs(jobs: List[Job], args: argparse.Namespace, gpus: int) -> List[str]:
             command += ["--method", job.method, "--label", job.label, "--iterations", "1000000", "--fit-budget"]
             command += ["--budget-s", str(args.budget_s), "--results", str(results)]
             command += ["--kind", getattr(args, "kind", "comparison")]
+            command += ["--stop-evaluation-at", f"{stop_evaluation_at:.0f}"]
             command += ["--output-dir", str(args.output_dir), *job.runner_args, "--", *job.args]
             # One share of the host's cores per configuration: with every process on all cores, the
             # peers' CPU-side ray sampling and kernel launches stall each other (OpenMP oversubscription).

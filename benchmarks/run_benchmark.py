@@ -202,13 +202,14 @@ def export_and_evaluate(
     device: torch.device,
     operating_points: Optional[List[str]] = None,
     max_views: Optional[int] = None,
+    stop_at: Optional[float] = None,
 ) -> Dict[str, Any]:
     """Export the full model and the ``operating_points`` (None: all of the model's, e.g. vqad's
-    levels; []: none); evaluate each from its file."""
+    levels; []: none); evaluate each from its file (views started until ``stop_at``, Unix time)."""
     wanted = model.operating_points() if operating_points is None else operating_points
     path = directory / "model.nqz"
     result: Dict[str, Any] = {"file_bytes": model.export_compressed(path)}
-    result.update(evaluate_file(path, pipeline, device, max_views))
+    result.update(evaluate_file(path, pipeline, device, max_views, stop_at))
     points = []
     for name in wanted:
         if name == model.current_operating_point():
@@ -216,7 +217,7 @@ def export_and_evaluate(
         else:
             point_path = directory / f"model.{name.replace('=', '')}.nqz"
             size = model.export_compressed(point_path, name)
-            metrics = evaluate_file(point_path, pipeline, device, max_views)
+            metrics = evaluate_file(point_path, pipeline, device, max_views, stop_at)
         quality = {k: metrics[k] for k in ("psnr", "ssim", "lpips")}
         points.append({"operating_point": name, "file_bytes": size, **quality})
         print(f"[benchmark] operating point {name}: {size} bytes, PSNR {metrics['psnr']:.2f}", flush=True)
@@ -225,11 +226,13 @@ def export_and_evaluate(
     return result
 
 
-def evaluate_file(path: Path, pipeline, device: torch.device, max_views: Optional[int] = None) -> Dict[str, Any]:
+def evaluate_file(
+    path: Path, pipeline, device: torch.device, max_views: Optional[int] = None, stop_at: Optional[float] = None
+) -> Dict[str, Any]:
     """PSNR/SSIM/LPIPS and render fps of the test views, rendered from the compressed file."""
     from nerfqat_plugin.compression.codec import load_compressed_model
 
-    return evaluate_model(load_compressed_model(path, device), pipeline, device, max_views)
+    return evaluate_model(load_compressed_model(path, device), pipeline, device, max_views, stop_at)
 
 
 def code_commit() -> str:
@@ -267,22 +270,41 @@ def parameter_bytes(model: torch.nn.Module) -> int:
 
 
 def test_view_indices(count: int, limit: Optional[int]) -> List[int]:
-    """All ``count`` test views, or ``limit`` of them spread evenly (first and last included)."""
-    if limit is None or limit >= count:
-        return list(range(count))
-    return sorted({round(k * (count - 1) / max(1, limit - 1)) for k in range(limit)})
+    """All ``count`` test views, or ``limit`` of them spread evenly (first and last included), in an
+    order whose every prefix is spread too (ends first, then midpoints), so an evaluation cut short
+    by a deadline still covers the whole test path."""
+    chosen = list(range(count))
+    if limit is not None and limit < count:
+        chosen = sorted({round(k * (count - 1) / max(1, limit - 1)) for k in range(limit)})
+    order = [0, len(chosen) - 1] if len(chosen) > 1 else [0][: len(chosen)]
+    intervals = [(0, len(chosen) - 1)]
+    while intervals:  # breadth first: every midpoint of a level before the next level's
+        split = []
+        for low, high in intervals:
+            if high - low > 1:
+                middle = (low + high) // 2
+                order.append(middle)
+                split += [(low, middle), (middle, high)]
+        intervals = split
+    return [chosen[i] for i in order]
 
 
-def evaluate_model(model, pipeline, device: torch.device, max_views: Optional[int] = None) -> Dict[str, Any]:
+def evaluate_model(
+    model, pipeline, device: torch.device, max_views: Optional[int] = None, stop_at: Optional[float] = None
+) -> Dict[str, Any]:
     """PSNR/SSIM/LPIPS (offline-safe: null without pretrained weights) and render fps of the test views
-    (every one, or ``max_views`` spread over them)."""
+    (every one, or ``max_views`` spread over them). Past ``stop_at`` (Unix time) no further view is
+    started: the metrics cover the views done (at least one; ``num_test_views`` says how many)."""
     from nerfqat_plugin.metrics.image_metrics import image_metrics
 
     model.eval()
     model.config.eval_num_rays_per_chunk = 1 << 16
     dataset = pipeline.datamanager.eval_dataset
-    per_view = []
-    for i in test_view_indices(len(dataset), max_views):
+    per_view, views = [], test_view_indices(len(dataset), max_views)
+    for i in views:
+        if per_view and stop_at is not None and time.time() >= stop_at:
+            print(f"[benchmark] evaluation deadline: {len(per_view)} of {len(views)} test views", flush=True)
+            break
         camera = dataset.cameras[i : i + 1].to(device)
         gt = dataset.get_image_float32(i).to(device)
         outputs = model.get_outputs_for_camera(camera)
@@ -314,6 +336,8 @@ def evaluate_model(model, pipeline, device: torch.device, max_views: Optional[in
         "render_peak_gpu_memory_gib": render_memory,  # while rendering one view (None without a GPU)
         "render_resolution": [int(dataset.cameras.width[0]), int(dataset.cameras.height[0])],
         "num_test_views": len(per_view),
+        "test_views": views[: len(per_view)],
+        **({"evaluation_cut_short": True} if len(per_view) < len(views) else {}),
     }
 
 
@@ -345,6 +369,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         help="comma-separated operating points to evaluate (default: all); largest:N: the N largest",
     )
     parser.add_argument("--test-views", type=int, default=None, help="evaluate N test views, spread (default: all)")
+    parser.add_argument(
+        "--stop-evaluation-at",
+        type=float,
+        default=None,
+        help="Unix time after which no further test view is started (the row counts the views evaluated)",
+    )
     args = parser.parse_args(argv)
 
     import nerfqat_plugin  # noqa: F401  (offline-safe checkpoint loading, error reporting)
@@ -395,12 +425,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         elif isinstance(pipeline.model, CompressibleModel):
             directory = args.output_dir / args.label
             row.update(
-                export_and_evaluate(pipeline.model, pipeline, directory, pipeline.device, points, args.test_views)
+                export_and_evaluate(
+                    pipeline.model, pipeline, directory, pipeline.device, points, args.test_views, args.stop_evaluation_at
+                )
             )
         else:  # a peer method: evaluated as trained, sized by its fp32 parameters
             row["param_bytes"] = parameter_bytes(pipeline.model)
             with torch.no_grad():
-                row.update(evaluate_model(pipeline.model, pipeline, pipeline.device, args.test_views))
+                row.update(
+                    evaluate_model(pipeline.model, pipeline, pipeline.device, args.test_views, args.stop_evaluation_at)
+                )
     except Exception as err:  # noqa: BLE001  (recorded in the row; the exit status says it failed)
         row["evaluation_error"] = f"{type(err).__name__}: {err}"[:500]
         status = 1

@@ -25,9 +25,10 @@ def _script(name: str, args: list, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_benchmark_run_is_loadable_and_its_layer_sensitivity_is_reported(tmp_path: Path) -> None:
-    scene = make_llff_scene(tmp_path / "scene")
+    scene = make_llff_scene(tmp_path / "scene", views=16)  # two held-out test views
     rows = tmp_path / "rows.jsonl"
     runner_args = ["--data", str(scene), "--label", "tiny-fp32", "--iterations", "6", "--budget-s", "300"]
+    runner_args += ["--stop-evaluation-at", "1"]  # a deadline long past: one view, and the row says so
     runner_args += ["--output-dir", str(tmp_path / "out"), "--results", str(rows), "--"]
     runner_args += TINY_NERF_QAT + ["--pipeline.model.quantize", "False", "--machine.device-type", "cpu"]
     runner_args += ["--pipeline.datamanager.train-num-rays-per-batch", "64"]
@@ -35,6 +36,7 @@ def test_benchmark_run_is_loadable_and_its_layer_sensitivity_is_reported(tmp_pat
     (row,) = [json.loads(line) for line in rows.read_text().splitlines()]
     assert row["label"] == "tiny-fp32" and row["iterations"] == 6 and row["psnr"] > 0
     assert row["kind"] == "experiment" and row["scene"] == "scene" and row["code_commit"]  # the one schema
+    assert row["num_test_views"] == 1 and row["evaluation_cut_short"] and len(row["per_view_psnr"]) == 1
 
     (config,) = (tmp_path / "out" / "tiny-fp32").glob("*/nerf-qat/*/config.yml")
     out = tmp_path / "sensitivity.json"

@@ -155,6 +155,41 @@ def test_longest_configuration_starts_first_and_late_gpus_take_what_still_fits()
     assert compare.next_job([long, short], 200.0, args) is short
 
 
+def test_test_views_come_in_an_order_whose_every_prefix_spans_the_path() -> None:
+    indices = _load_benchmark_script("run_benchmark").test_view_indices
+    order = indices(25, None)
+    assert sorted(order) == list(range(25)) and order[:3] == [0, 24, 12]
+    for k in range(1, 5):  # the first 2**k + 1 views leave no gap wider than 24 / 2**k
+        prefix = sorted(order[: 2**k + 1])
+        assert max(b - a for a, b in zip(prefix, prefix[1:])) <= -(-24 // 2**k)
+    spread = indices(200, 5)
+    assert sorted(spread) == [0, 50, 100, 149, 199] and spread[:2] == [0, 199]
+    assert indices(1, None) == [0] and indices(0, None) == []
+
+
+def test_jobs_are_told_when_to_stop_evaluating(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    launched = []
+
+    class _Done:
+        returncode = 0
+
+        def __init__(self, command, **_):
+            launched.append(command)
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(compare.subprocess, "Popen", _Done)
+    args = argparse.Namespace(budget_s=10.0, margin_s=0.0, eval_s=0.0, deadline_s=100.0, jobs_per_gpu=1)
+    args.log_dir, args.output_dir, args.poll_s, args.progress_s, args.threads_per_job = tmp_path, tmp_path, 0, 60, 1
+    args.scene, args.data = "fern", Path("fern")
+    before = compare.time.time()
+    assert compare.run_jobs([compare.Job("nerf-qat-int8", "nerf-qat")], args, gpus=1) == []
+    (command,) = launched
+    stop = float(command[command.index("--stop-evaluation-at") + 1])
+    assert before + 100.0 - compare.EVALUATION_RESERVE_S - 1 <= stop <= compare.time.time() + 100.0
+
+
 def test_gpu_slots_map_into_the_callers_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3, 1")
     assert [compare.visible_gpu(slot) for slot in (0, 1)] == ["3", "1"]
