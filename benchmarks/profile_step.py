@@ -215,8 +215,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if torch.cuda.is_available():
         row["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     append_row(args.results or scene_path(args.data.name), row)
-    print(f"[profile] {args.label}: {row['step_ms']} ms/step, {row['rays_per_s']} rays/s, "
-          f"{row['field_samples_per_s']} field samples/s", flush=True)
+    print(
+        f"[profile] {args.label}: {row['step_ms']} ms/step, {row['rays_per_s']} rays/s, "
+        f"{row['field_samples_per_s']} field samples/s",
+        flush=True,
+    )
     for name in PHASES:
         print(f"[profile]   {name:15s} {row['phase_ms'][name]:9.3f} ms", flush=True)
     for kernel in kernels:

@@ -426,7 +426,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             directory = args.output_dir / args.label
             row.update(
                 export_and_evaluate(
-                    pipeline.model, pipeline, directory, pipeline.device, points, args.test_views, args.stop_evaluation_at
+                    pipeline.model,
+                    pipeline,
+                    directory,
+                    pipeline.device,
+                    points,
+                    args.test_views,
+                    args.stop_evaluation_at,
                 )
             )
         else:  # a peer method: evaluated as trained, sized by its fp32 parameters

@@ -81,7 +81,15 @@ def test_step_profile_row_splits_a_step_into_phases_and_counts_field_samples(tmp
     assert row["kind"] == "step-profile" and row["rays_per_step"] == 32
     # 32 rays x the radiance field's samples per ray (the tiny model's num_nerf_samples).
     assert row["field_samples_per_step"] % 32 == 0 and row["field_samples_per_step"] > 0
-    assert set(row["phase_ms"]) == {"ray batch", "sampler", "radiance field", "losses", "backward", "optimizer", "callbacks"}
+    assert set(row["phase_ms"]) == {
+        "ray batch",
+        "sampler",
+        "radiance field",
+        "losses",
+        "backward",
+        "optimizer",
+        "callbacks",
+    }
     assert all(value >= 0 for value in row["phase_ms"].values()) and row["phase_ms"]["radiance field"] > 0
     assert len(row["top_kernels"]) == 4 and row["host_syncs_per_step"] is None  # CPU: no syncs to count
     assert "field samples/s" in proc.stdout

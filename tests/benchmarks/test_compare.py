@@ -161,7 +161,7 @@ def test_test_views_come_in_an_order_whose_every_prefix_spans_the_path() -> None
     assert sorted(order) == list(range(25)) and order[:3] == [0, 24, 12]
     for k in range(1, 5):  # the first 2**k + 1 views leave no gap wider than 24 / 2**k
         prefix = sorted(order[: 2**k + 1])
-        assert max(b - a for a, b in zip(prefix, prefix[1:])) <= -(-24 // 2**k)
+        assert max(b - a for a, b in zip(prefix, prefix[1:], strict=False)) <= -(-24 // 2**k)
     spread = indices(200, 5)
     assert sorted(spread) == [0, 50, 100, 149, 199] and spread[:2] == [0, 199]
     assert indices(1, None) == [0] and indices(0, None) == []
