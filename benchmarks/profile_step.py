@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime as dt
-import shlex
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -28,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from rows import append_row, scene_path
-from run_benchmark import code_commit, gpu_name, make_config, synchronize
+from run_benchmark import code_commit, gpu_name, make_config, split_command, synchronize
 
 PHASES = ("ray batch", "sampler", "radiance field", "losses", "backward", "optimizer", "callbacks")
 
@@ -142,12 +140,7 @@ def host_syncs(trainer, step: int) -> Dict[str, Any]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    command = "python benchmarks/profile_step.py " + shlex.join(argv)
-    extra: List[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1 :]
+    command, argv, extra = split_command("profile_step.py", argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--method", default="vqad")

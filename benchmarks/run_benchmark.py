@@ -276,7 +276,7 @@ def test_view_indices(count: int, limit: Optional[int]) -> List[int]:
     chosen = list(range(count))
     if limit is not None and limit < count:
         chosen = sorted({round(k * (count - 1) / max(1, limit - 1)) for k in range(limit)})
-    order = [0, len(chosen) - 1] if len(chosen) > 1 else [0][: len(chosen)]
+    order = [0, len(chosen) - 1][: len(chosen)]
     intervals = [(0, len(chosen) - 1)]
     while intervals:  # breadth first: every midpoint of a level before the next level's
         split = []
@@ -341,13 +341,19 @@ def evaluate_model(
     }
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def split_command(script: str, argv: Optional[List[str]]) -> Tuple[str, List[str], List[str]]:
+    """The command line as run (for the row: everything, ns-train options too), the script's own
+    arguments and those after ``--`` (passed to ``ns-train``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = "python benchmarks/run_benchmark.py " + shlex.join(argv)  # everything, ns-train options too
-    extra: List[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1 :]
+    command = f"python benchmarks/{script} " + shlex.join(argv)
+    if "--" not in argv:
+        return command, argv, []
+    cut = argv.index("--")
+    return command, argv[:cut], argv[cut + 1 :]
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    command, argv, extra = split_command("run_benchmark.py", argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--method", default="nerf-qat")
