@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -149,6 +150,9 @@ def train(config, budget_s: float, fit_budget: bool, operating_points: Optional[
     schedulers = [g["scheduler"] for g in config.optimizers.values() if g.get("scheduler") is not None]
     state: Dict[str, Any] = {"start": None, "steps": 0, "stopped_early": False, "t100": None}
     planner = BudgetPlanner(budget_s)
+    model = trainer.pipeline.model
+    fraction = getattr(model.config, "qat_start_fraction", None)
+    quantize_from = fraction if fraction is not None and hasattr(model, "start_quantization") else math.inf
 
     def on_step(step: int) -> None:
         now = time.perf_counter()
@@ -170,6 +174,8 @@ def train(config, budget_s: float, fit_budget: bool, operating_points: Optional[
                 if hasattr(scheduler, "max_steps"):
                     scheduler.max_steps = total
             print(f"[benchmark] step {step}, {rate:.2f} it/s: planning {total} iterations", flush=True)
+        if fit_budget and elapsed >= quantize_from * budget_s:
+            model.start_quantization(step + 1)  # quantized steps are slower: their share is of the time
         if planner.stop_at is not None and step + 1 >= planner.stop_at:
             trainer.stop_training = True
         elif elapsed > budget_s:
@@ -408,6 +414,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "iterations": run["iterations"],
         "iterations_planned": args.iterations,
         "stopped_early": run["stopped_early"],
+        "quantized_from_step": getattr(trainer.pipeline.model, "quantization_started_at", None),
         "budget_s": args.budget_s,
         "train_seconds": round(run["train_seconds"], 2),
         "iterations_per_s": round(run["iterations"] / run["train_seconds"], 3),

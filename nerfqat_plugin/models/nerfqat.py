@@ -102,7 +102,8 @@ class NeRFQATModelConfig(CompressibleModelConfig):
     """Render, evaluate and export an exponential moving average of the weights (torch-ema) with this
     decay, in (0, 1), e.g. 0.999; None: the weights as trained."""
     calibration_steps: int = 300
-    """Steps, once quantization is on, during which activation ranges are observed; then they freeze."""
+    """Steps, once quantization is on, during which activation ranges are observed; then they freeze
+    (at most a third of the quantized phase)."""
     compile: bool = True
     """torch.compile the field MLPs for training on CUDA."""
     integer_inference: bool = True
@@ -152,6 +153,7 @@ class NeRFQATModel(CompressibleModel):
         self._view_float = False
         self._total_steps: Optional[Callable[[], int]] = None
         self._qat_started_at: Optional[int] = None
+        self._calibration_steps: Optional[int] = None
 
         self.viewer_float_weights = ViewerCheckbox(
             name="Show float weights (not quantized)",
@@ -207,21 +209,41 @@ class NeRFQATModel(CompressibleModel):
         if not self.config.quantize:
             return False
         if self._qat_started_at is None and step >= self.float_steps():
-            self._qat_started_at = step
+            self.start_quantization(step)
         return self._qat_started_at is not None and step >= self._qat_started_at
+
+    def start_quantization(self, step: int) -> None:
+        """Quantize from ``step`` on, unless quantization has started already. Called by the schedule,
+        and by a run with a time budget once that fraction of its time has passed (quantized steps are
+        slower, so a start planned in steps alone would leave the quantized phase too few of them)."""
+        if not self.config.quantize or self._qat_started_at is not None:
+            return
+        self._qat_started_at = step
+        # Ranges are observed for calibration_steps, but for at most a third of the quantized phase
+        # planned now: a short run must still train that long with the ranges frozen.
+        planned = self._total_steps() - step if self._total_steps is not None else None
+        steps = self.config.calibration_steps
+        self._calibration_steps = steps if planned is None else max(1, min(steps, planned // 3))
+
+    @property
+    def quantization_started_at(self) -> Optional[int]:
+        """The step quantization switched on at (None: not yet)."""
+        return self._qat_started_at
 
     def _apply_quant_schedule(self, step: int) -> None:
         if not self.config.quantize:
             return
         quant_on = self.quantizing_at(step)
         set_quantization(self, quant_on)
-        set_observers(self, quant_on and step < self._qat_started_at + self.config.calibration_steps)
+        calibration = self._calibration_steps if self._calibration_steps is not None else self.config.calibration_steps
+        set_observers(self, quant_on and step < self._qat_started_at + calibration)
 
     def get_extra_state(self) -> Dict[str, Any]:
-        return {"qat_started_at": self._qat_started_at}
+        return {"qat_started_at": self._qat_started_at, "calibration_steps": self._calibration_steps}
 
     def set_extra_state(self, state: Dict[str, Any]) -> None:
         self._qat_started_at = state.get("qat_started_at")
+        self._calibration_steps = state.get("calibration_steps")  # absent from older checkpoints
 
     def get_training_callbacks(
         self, training_callback_attributes: TrainingCallbackAttributes

@@ -142,10 +142,48 @@ def test_qat_can_start_at_a_fraction_of_the_run_read_from_the_trainer() -> None:
     model._apply_quant_schedule(75)
     assert not model.is_quantized()
     model._apply_quant_schedule(90)
-    assert model.is_quantized() and model.get_extra_state() == {"qat_started_at": 90}
+    assert model.is_quantized() and model.get_extra_state()["qat_started_at"] == 90
     trainer.config.max_num_iterations = 200  # once started, a re-plan never switches QAT off again
     model._apply_quant_schedule(91)
     assert model.is_quantized()
+
+
+def test_a_short_quantized_phase_calibrates_for_a_third_of_it_and_a_time_budget_can_start_it() -> None:
+    from types import SimpleNamespace
+
+    model = _model(qat_start_fraction=0.75, float_warmup_steps=1, calibration_steps=300)
+    trainer = SimpleNamespace(config=SimpleNamespace(max_num_iterations=1000))
+    model.get_training_callbacks(SimpleNamespace(trainer=trainer))
+    model.start_quantization(400)  # a time budget's fraction passed before the planned step 750
+    model._apply_quant_schedule(400)
+    quantizer = model.field_fine.trunk.layers[0].output_quantizer
+    assert model.is_quantized() and model.quantization_started_at == 400
+    model.start_quantization(500)  # only the first start counts
+    assert model.quantization_started_at == 400
+    model._apply_quant_schedule(599)  # 600 steps planned: a third of them calibrate
+    assert quantizer.observer_enabled
+    model._apply_quant_schedule(600)
+    assert not quantizer.observer_enabled
+
+    trainer.config.max_num_iterations = 4000  # a long run calibrates calibration_steps
+    long = _model(qat_start_fraction=0.75, float_warmup_steps=1, calibration_steps=300)
+    long.get_training_callbacks(SimpleNamespace(trainer=trainer))
+    long._apply_quant_schedule(3000)
+    assert long.quantization_started_at == 3000 and long.get_extra_state()["calibration_steps"] == 300
+
+    trainer.config.max_num_iterations = 1000
+    short = _model(qat_start_fraction=0.75, float_warmup_steps=1, calibration_steps=300)
+    short.get_training_callbacks(SimpleNamespace(trainer=trainer))
+    short._apply_quant_schedule(940)  # 60 steps planned: ranges freeze after 20
+    assert short.quantization_started_at == 940 and short.get_extra_state()["calibration_steps"] == 20
+    short._apply_quant_schedule(959)
+    assert short.field_fine.trunk.layers[0].output_quantizer.observer_enabled
+    short._apply_quant_schedule(960)
+    assert not short.field_fine.trunk.layers[0].output_quantizer.observer_enabled
+    resumed = _model(qat_start_fraction=0.75, float_warmup_steps=1, calibration_steps=300)
+    resumed.set_extra_state(short.get_extra_state())
+    resumed._apply_quant_schedule(960)  # a resumed run keeps the calibration it started with
+    assert resumed.is_quantized() and not resumed.field_fine.trunk.layers[0].output_quantizer.observer_enabled
 
 
 def test_export_during_warmup_holds_float_weights(tmp_path: Path) -> None:
