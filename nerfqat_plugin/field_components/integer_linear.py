@@ -8,11 +8,15 @@ block's output is
 
 where the inner sum is an exact integer. Here it is computed as ``int8 x int8 -> int32``
 (``torch._int_mm``): ``q`` is shifted into int8 by the centre of its range and the shift corrected with
-the rows' integer sums; 4-bit weights and activations are int8 values too. Bias, ReLU and the next
-block's quantization follow in one pass over the int32 result. Where ``torch._int_mm`` is missing or
-refuses the shapes, the same integers are multiplied as float32, which is exact as long as every
-partial sum stays below 2**24 (checked). The result equals the fake-quant block's up to the float
+the rows' integer sums; 4-bit weights and activations are int8 values too. Where ``torch._int_mm`` is
+missing or refuses the shapes, the same integers are multiplied as float32, which is exact as long as
+every partial sum stays below 2**24 (checked). The result equals the fake-quant block's up to the float
 rounding of its accumulation (and, rarely, a value that rounding moves across a quantization step).
+
+What follows the product (shift correction, scales, bias, ReLU, the next block's quantization) reads
+and writes every value once per operation; rendering is bound by that memory traffic, so on CUDA it
+runs as one ``torch.compile``d kernel per block (eager elsewhere, or if compiling fails). Scales and
+zero points stay on the device as tensors: nothing waits for the host.
 """
 
 from __future__ import annotations
@@ -38,21 +42,104 @@ class IntegerActivation:
     shifted: Tensor
     """``q - shift`` as int8 [N, K]."""
     scale: Tensor
-    """Per-tensor scale (float32 scalar)."""
-    offset: int
-    """``shift - zero``: the value of ``shifted`` is ``scale * (shifted + offset)``."""
+    """Per-tensor scale (float32, 0-d)."""
+    offset: Tensor
+    """``shift - zero`` (int32, 0-d): the value of ``shifted`` is ``scale * (shifted + offset)``."""
 
     def dequantize(self) -> Tensor:
         return self.scale * (self.shifted.float() + self.offset)
 
 
+@dataclass
+class IntegerQuantizer:
+    """An activation quantizer's constants, on its device, as the integer path applies them:
+    ``clamp(round(x / scale) + zero) - shift`` as int8."""
+
+    inverse_scale: Tensor
+    zero: Tensor
+    quant_min: Tensor
+    quant_max: Tensor
+    shift: Tensor
+    scale: Tensor
+
+    @staticmethod
+    def of(quantizer: ActivationQuantizer) -> IntegerQuantizer:
+        shift = (quantizer.quant_min + quantizer.quant_max + 1) // 2
+        device = quantizer.scale.device
+
+        def constant(value: float) -> Tensor:  # filled on the device: no copy from the host to wait for
+            return torch.full((), value, device=device)
+
+        scale = quantizer.scale.detach().float()
+        return IntegerQuantizer(
+            1.0 / scale,
+            quantizer.zero_point.float(),
+            constant(quantizer.quant_min),
+            constant(quantizer.quant_max),
+            constant(shift),
+            scale,
+        )
+
+    def activation(self, shifted: Tensor) -> IntegerActivation:
+        """The activation that int8 integers ``shifted`` produced by this quantization stand for."""
+        return IntegerActivation(shifted, self.scale, (self.shift - self.zero).to(torch.int32))
+
+    def __call__(self, x: Tensor) -> IntegerActivation:
+        return self.activation(_quantize(x, self))
+
+
+def _quantize(x: Tensor, out: IntegerQuantizer) -> Tensor:
+    q = torch.clamp(torch.round(x * out.inverse_scale) + out.zero, out.quant_min, out.quant_max)
+    return (q - out.shift).to(torch.int8)
+
+
 def quantize_activation(x: Tensor, quantizer: ActivationQuantizer) -> IntegerActivation:
     """The integers the fake quantizer rounds ``x`` to (its formula: ``round(x / scale) + zero``)."""
-    scale = quantizer.scale.float()
-    zero = int(quantizer.zero_point)
-    q = torch.clamp(torch.round(x * (1.0 / scale)) + zero, quantizer.quant_min, quantizer.quant_max)
-    shift = (quantizer.quant_min + quantizer.quant_max + 1) // 2
-    return IntegerActivation((q - shift).to(torch.int8), scale, shift - zero)
+    return IntegerQuantizer.of(quantizer)(x)
+
+
+def _epilogue(
+    accs: List[Tensor],
+    corrections: List[Tensor],
+    scales: List[Tensor],
+    bias: Tensor,
+    relu: bool,
+    out: Optional[IntegerQuantizer],
+) -> Tensor:
+    """``sum_i (accs[i] + corrections[i]) * scales[i] + bias``, ReLU, and quantized by ``out`` to int8
+    (float32 when ``out`` is None)."""
+    y: Optional[Tensor] = None
+    for acc, correction, scale in zip(accs, corrections, scales, strict=True):
+        part = (acc + correction).float() * scale
+        y = part if y is None else y + part
+    assert y is not None
+    y = y + bias
+    if relu:
+        y = F.relu(y)
+    return y if out is None else _quantize(y, out)
+
+
+_compiled_epilogue = None
+_compile_failed = False
+
+
+def use_compiled_epilogue(device: torch.device) -> bool:
+    """Whether blocks on ``device`` run the compiled epilogue (CUDA, unless compiling failed)."""
+    return device.type == "cuda" and not _compile_failed
+
+
+def run_epilogue(*args) -> Tensor:
+    """:func:`_epilogue`, as one compiled kernel where :func:`use_compiled_epilogue` says so."""
+    global _compiled_epilogue, _compile_failed
+    if use_compiled_epilogue(args[0][0].device):
+        try:
+            if _compiled_epilogue is None:
+                _compiled_epilogue = torch.compile(_epilogue, dynamic=True)
+            return _compiled_epilogue(*args)
+        except Exception as error:  # no compiler or an unsupported setup: the eager path is the same
+            _compile_failed = True
+            print(f"nerf-qat: integer epilogue not compiled ({type(error).__name__}); rendering eagerly")
+    return _epilogue(*args)
 
 
 def _pad_to(x: Tensor, dim: int, multiple: int) -> Tensor:
@@ -102,27 +189,28 @@ class IntegerLinear:
             start += width
         self.weight_scale = block.weight_quantizer.scale.detach().float()
         self.bias = block.stored_bias().detach().float()
+        self._output: Optional[IntegerQuantizer] = None  # the output quantizer's constants, made once
+
+    def _run(self, inputs: Sequence[IntegerActivation], out: Optional[IntegerQuantizer]) -> Tensor:
+        accs = [integer_matmul(act.shifted, w_t) for act, w_t in zip(inputs, self.segments, strict=True)]
+        corrections = [act.offset * row_sum for act, row_sum in zip(inputs, self.row_sums, strict=True)]
+        scales = [act.scale * self.weight_scale for act in inputs]
+        relu = self.block.relu and self.block.spec.fuse_relu
+        return run_epilogue(accs, corrections, scales, self.bias, relu, out)
 
     def __call__(self, inputs: Sequence[IntegerActivation]) -> Tensor:
         """The block's output before its output quantizer: fused ReLU applied, float32 [N, M]."""
-        y: Optional[Tensor] = None
-        for act, w_t, row_sum in zip(inputs, self.segments, self.row_sums, strict=True):
-            acc = integer_matmul(act.shifted, w_t) + act.offset * row_sum
-            part = acc.float() * (act.scale * self.weight_scale)
-            y = part if y is None else y + part
-        assert y is not None
-        y = y + self.bias
-        if self.block.relu and self.block.spec.fuse_relu:
-            y = F.relu(y)
-        return y
+        return self._run(inputs, None)
 
     def quantized(self, inputs: Sequence[IntegerActivation]) -> IntegerActivation:
         """The block's output quantized by its own output quantizer (and an unfused ReLU after it)."""
         quantizer = self.block.output_quantizer
         assert quantizer is not None, "a block without an output quantizer yields floats"
-        out = quantize_activation(self(inputs), quantizer)
+        if self._output is None:
+            self._output = IntegerQuantizer.of(quantizer)
+        out = self._output.activation(self._run(inputs, self._output))
         if self.block.relu and not self.block.spec.fuse_relu:  # ReLU after quantizing: q >= zero
-            out.shifted = torch.clamp_min(out.shifted, -out.offset).to(torch.int8)
+            out.shifted = torch.maximum(out.shifted, (-out.offset).to(torch.int8))
         return out
 
 
@@ -138,10 +226,14 @@ class IntegerQuantMLP:
             self.layers.append(IntegerLinear(layer, [width, mlp.in_dim] if skip else [width]))
             width = layer.linear.out_features
         self.out_layer = IntegerLinear(mlp.out_layer, [width]) if mlp.out_layer is not None else None
+        self.input_quantization = IntegerQuantizer.of(mlp.input_quantizer)
+        last = mlp.layers[-1].output_quantizer
+        self.output_quantization = IntegerQuantizer.of(last) if last is not None else None
+        """How the last hidden block's output is quantized (what :meth:`hidden` returns)."""
 
     def hidden(self, x: Tensor) -> IntegerActivation:
         """The last hidden block's quantized output for float input ``x`` [N, in_dim]."""
-        first = quantize_activation(x, self.mlp.input_quantizer)
+        first = self.input_quantization(x)
         h = first
         for i, layer in enumerate(self.layers):
             skip = i in self.mlp.skip_connections and i > 0

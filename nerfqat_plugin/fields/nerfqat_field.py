@@ -12,7 +12,7 @@ from nerfstudio.field_components.encodings import NeRFEncoding
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from torch import Tensor
 
-from nerfqat_plugin.field_components.integer_linear import IntegerLinear, IntegerQuantMLP, quantize_activation
+from nerfqat_plugin.field_components.integer_linear import IntegerLinear, IntegerQuantMLP
 from nerfqat_plugin.field_components.quant_mlp import QuantLinear, QuantMLP, QuantSpec
 from nerfqat_plugin.field_components.weights_version import weights_version
 from nerfqat_plugin.fields.compiled_field import TrainingCompiledField
@@ -123,12 +123,13 @@ class QuantNeRFField(TrainingCompiledField):
 
     # -- evaluation -----------------------------------------------------------------------------
     def density_and_features(self, positions: Tensor) -> Tuple[Tensor, Tensor]:
-        """Raw field evaluation on flat ``[N, 3]`` positions: ``(density [N, 1], features [N, W])``."""
+        """Raw field evaluation on flat ``[N, 3]`` positions: ``(density [N, 1], features [N, W])``;
+        with integer inference the features are the trunk's int8 integers, which :meth:`color` reads."""
         x = self.encode(self.position_encoding, positions)
         if self.uses_integer_inference():
             trunk, density_head, _, _ = self._integer()
             h = trunk.hidden(x)
-            return F.softplus(density_head([h])), h.dequantize()
+            return F.softplus(density_head([h])), h.shifted  # colour reads these integers as they are
         h = self.trunk(x)
         density = F.softplus(self.density_head(h))
         return density, h
@@ -137,8 +138,9 @@ class QuantNeRFField(TrainingCompiledField):
         """View-dependent colour from trunk features and unit world directions (flat ``[N, ...]``)."""
         encoded = self.encode(self.direction_encoding, directions)
         if self.uses_integer_inference():
-            _, _, bottleneck, color_head = self._integer()
-            h = quantize_activation(features, self.trunk.layers[-1].output_quantizer)
+            trunk, _, bottleneck, color_head = self._integer()
+            trunk_output = trunk.output_quantization
+            h = trunk_output.activation(features) if features.dtype == torch.int8 else trunk_output(features)
             x = torch.cat([bottleneck.quantized([h]).dequantize(), encoded], dim=-1)
             return torch.sigmoid(color_head(x))
         x = torch.cat([self.bottleneck(features), encoded], dim=-1)

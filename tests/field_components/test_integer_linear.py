@@ -91,6 +91,9 @@ def test_a_loaded_file_renders_with_integers_by_default(trained: dict, tmp_path:
         patch.setattr(integer_linear, "integer_matmul", lambda a, w: calls.append(a.dtype) or original(a, w))
         loaded_rgb = render_nerf_qat(loaded)["rgb"]
     assert calls and set(calls) == {torch.int8}  # the products really ran on int8 operands
+    with torch.no_grad():  # the trunk hands the colour path its int8 integers, not floats 4x the size
+        _, features = loaded.field_fine.density_and_features(torch.rand(8, 3))
+    assert features.dtype == torch.int8
     assert torch.max(torch.abs(loaded_rgb - render_nerf_qat(model)["rgb"])) <= 1e-5
 
 
@@ -102,3 +105,18 @@ def test_training_and_float_viewing_keep_the_fake_quant_path(trained: dict) -> N
     model.field_fine.trunk.quant_enabled = False  # the viewer's float toggle
     assert not model.field_fine.uses_integer_inference()
     model.field_fine.trunk.quant_enabled = True
+
+
+@pytest.mark.parametrize("name", ["int8", "int8-unfused"])
+def test_the_compiled_epilogue_renders_what_the_eager_one_does(
+    trained: dict, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CUDA runs each block's epilogue as one compiled kernel; here inductor's CPU backend compiles the
+    same function, so the graph (not the GPU code generator) is checked against eager."""
+    model = trained[name]
+    eager = render_nerf_qat(model)["rgb"]
+    compiled_calls = []
+    monkeypatch.setattr(integer_linear, "use_compiled_epilogue", lambda device: compiled_calls.append(1) or True)
+    compiled = render_nerf_qat(model)["rgb"]
+    assert compiled_calls and not integer_linear._compile_failed  # it compiled and ran
+    assert float((compiled - eager).abs().max()) <= 1e-5
