@@ -106,21 +106,29 @@ def instrument(trainer, timer: PhaseTimer, samples: List[int]) -> None:
     timer.wrap(trainer, "train_iteration", "step")
 
 
-def top_kernels(trainer, first: int, steps: int, count: int) -> List[Dict[str, Any]]:
-    """The ``count`` CUDA kernels (or CPU ops without a GPU) with the most time over ``steps`` steps, ms per step."""
+def profiled_kernels(run: Callable[[], Any], calls: int, count: int) -> List[Dict[str, Any]]:
+    """The ``count`` CUDA kernels (or CPU ops without a GPU) with the most time over ``calls`` calls of
+    ``run``: name and milliseconds per call."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = torch.cuda.is_available()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
-        train_steps(trainer, first, steps)
+        for _ in range(calls):
+            run()
     events = [e for e in prof.key_averages() if not e.key.startswith("ProfilerStep")]
     if cuda:
         timed = [(e.key, e.self_device_time_total) for e in events if e.self_device_time_total > 0]
     else:
         timed = [(e.key, e.self_cpu_time_total) for e in events]
     timed.sort(key=lambda item: -item[1])
-    return [{"name": name[:120], "ms_per_step": round(us / 1e3 / steps, 3)} for name, us in timed[:count]]
+    return [{"name": name[:120], "ms_per_call": round(us / 1e3 / calls, 3)} for name, us in timed[:count]]
+
+
+def top_kernels(trainer, first: int, steps: int, count: int) -> List[Dict[str, Any]]:
+    """:func:`profiled_kernels` of ``steps`` training steps from ``first``, ms per step."""
+    kernels = profiled_kernels(lambda: train_steps(trainer, first, steps), 1, count)
+    return [{"name": k["name"], "ms_per_step": round(k["ms_per_call"] / steps, 3)} for k in kernels]
 
 
 def host_syncs(trainer, step: int) -> Dict[str, Any]:

@@ -7,7 +7,9 @@ Every file is rendered at the scene's test resolution twice: as files render by 
 integer products, rays that stop behind surfaces, a bounded file's occupancy grid) and as the model
 renders without them (fake quantization, every sample). Each row (kind ``render-speed``) holds both
 frame rates, both PSNRs over the first ``--views`` test views and their difference, and the GPU
-memory of one frame; the peer's row its frame rate and PSNR. Rows go to the scene's rows file.
+memory of one frame; the peer's row its frame rate and PSNR. Rows go to the scene's rows file, each
+as soon as it is measured. ``--top-kernels N`` adds the N GPU kernels that take most of a default
+frame's time (``top_kernels``: name, ms per frame).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
+from profile_step import profiled_kernels
 from rows import append_row, scene_path
 from run_benchmark import code_commit, gpu_name, scene_test_views, synchronize
 
@@ -57,7 +60,7 @@ def plain_rendering(model) -> None:
             field.integer_inference = False
 
 
-def file_row(path: Path, cameras, images, repeats: int) -> Dict[str, Any]:
+def file_row(path: Path, cameras, images, repeats: int, top_kernels: int = 0) -> Dict[str, Any]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_compressed_model(path, device)
 
@@ -65,6 +68,9 @@ def file_row(path: Path, cameras, images, repeats: int) -> Dict[str, Any]:
         return model.get_outputs_for_camera(camera)["rgb"].clamp(0, 1)
 
     fast = measure(render, cameras, images, repeats)
+    if top_kernels:
+        with torch.no_grad():
+            fast["top_kernels"] = profiled_kernels(lambda: render(cameras[0:1].to(device)), 1, top_kernels)
     plain_rendering(model)
     plain = measure(render, cameras, images, repeats)
     return {
@@ -100,23 +106,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--views", type=int, default=5, help="test views for the PSNRs")
     parser.add_argument("--repeats", type=int, default=3, help="timed renders of view 0")
     parser.add_argument("--results", type=Path, default=None, help="rows file (default: the scene's)")
+    parser.add_argument("--top-kernels", type=int, default=0, help="record the N kernels taking most of a frame")
     args = parser.parse_args(argv)
     cameras, images = scene_test_views(args.data, args.views)
-    rows = [file_row(path, cameras, images, args.repeats) for path in args.files]
-    if args.peer_config is not None:
-        rows.append(peer_row(args.peer_config, cameras, images, args.repeats))
     common = {
         "kind": "render-speed",
         "scene": args.data.name,
         "command": shlex.join(["python", *sys.argv]),
         "gpu": gpu_name(),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "code_commit": code_commit(),
         "render_resolution": [int(cameras.width[0]), int(cameras.height[0])],
         "num_test_views": len(images),
     }
-    for row in rows:
-        row = {**common, **row}
+    measurements = [
+        lambda path=path: file_row(path, cameras, images, args.repeats, args.top_kernels) for path in args.files
+    ]
+    if args.peer_config is not None:
+        measurements.append(lambda: peer_row(args.peer_config, cameras, images, args.repeats))
+    for measurement in measurements:  # each row is written once measured: a run cut short keeps the rest
+        row = {**common, **measurement(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         append_row(args.results or scene_path(args.data.name), row)
         fps = f"{row['render_fps']:.2f} fps"
         extra = (

@@ -61,12 +61,14 @@ def test_render_speed_rows_compare_the_fast_and_plain_paths_of_each_file(tmp_pat
     tiny_vqad_model().export_compressed(tmp_path / "vqad.nqz")
     rows = tmp_path / "rows.jsonl"
     args = ["--data", str(scene), "--files", str(tmp_path / "int8.nqz"), str(tmp_path / "vqad.nqz")]
-    proc = _script("render_speed.py", [*args, "--views", "2", "--repeats", "1", "--results", str(rows)], tmp_path)
+    args += ["--views", "2", "--repeats", "1", "--results", str(rows), "--top-kernels", "3"]
+    proc = _script("render_speed.py", args, tmp_path)
     written = [json.loads(line) for line in rows.read_text().splitlines()]
     assert [r["label"] for r in written] == ["render-int8", "render-vqad"]
     for row in written:
         assert row["kind"] == "render-speed" and row["num_test_views"] == 2 and row["render_fps"] > 0
         assert abs(row["psnr_change_db"]) < 0.05  # integer products and skipping keep the images
+        assert len(row["top_kernels"]) == 3 and all(k["ms_per_call"] > 0 for k in row["top_kernels"])
     assert "PSNR change" in proc.stdout
 
 
