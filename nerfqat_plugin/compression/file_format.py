@@ -34,9 +34,10 @@ from safetensors.torch import save as safetensors_save
 from nerfqat_plugin.errors import OutputError, UserInputError
 
 FORMAT_NAME = "nerfqat-plugin/compressed-field"
-FORMAT_VERSION = 3
-"""2: packed integers may be deflated (layout ``compression``); 3: the checksum covers the payload too.
-Files of every earlier version still load."""
+FORMAT_VERSION = 4
+"""2: packed integers may be deflated (layout ``compression``); 3: the checksum covers the payload too;
+4: an occupancy grid names its box and whether outside it is occupied (forward-facing files carry one
+over the NDC cube, which earlier readers would misplace). Files of every earlier version still load."""
 _HEADER_LEN_BYTES = 8
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 

@@ -1,14 +1,21 @@
-"""A bit grid over a bounded scene's box marking where the field has density, baked once at export.
+"""A bit grid over a box of the scene marking where the field has density, baked once at export.
 
 Rendering from a file skips the samples that fall in empty cells (their density is taken as 0), so
-the field runs only near the object. A cell is occupied when the field is more than ``threshold``
-opaque over one cell at any of a few stratified points inside it or inside a neighbouring cell (the
-grid is dilated by one cell, so thin parts between the points are kept). The file stores the grid
-bit-packed (deflated: a few kB for an object).
+the field runs only where something is. The box is a bounded scene's scene box, or the NDC cube of
+a forward-facing one. Outside the box, samples are empty for a bounded scene (nothing is modelled
+there) and evaluated for NDC (rays leave the cube's sides near the image edges).
+
+A cell is empty when the field is too faint there for the skipped cells to matter: a ray crosses at
+most ``3 * resolution`` cells, at most ``sqrt(3)`` cell sizes through each, so a cell is kept where
+that path would be more than ``max_ray_loss / (3 * resolution)`` opaque; skipping then darkens no
+ray by more than ``max_ray_loss`` of opacity (by default 1e-3, a quarter of one 8-bit level). The
+density is sampled at a few stratified points per cell and the grid dilated by one cell, so thin
+parts between the points are kept. The file stores the grid bit-packed (deflated: a few kB).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Tuple
 
 import torch
@@ -18,28 +25,38 @@ from torch import Tensor, nn
 from nerfqat_plugin.field_components.block_occupancy import opaque_density
 
 DEFAULT_RESOLUTION = 64
-DEFAULT_THRESHOLD = 0.001
+DEFAULT_MAX_RAY_LOSS = 1e-3
 
 
 class OccupancyGrid(nn.Module):
-    """Occupied cells [X, Y, Z] (bool) of the box ``aabb`` [2, 3]."""
+    """Occupied cells [X, Y, Z] (bool) of the box ``aabb`` [2, 3]; positions outside the box count as
+    occupied when ``outside_occupied``, else as empty."""
 
-    def __init__(self, aabb: Tensor, occupied: Tensor) -> None:
+    def __init__(self, aabb: Tensor, occupied: Tensor, outside_occupied: bool = False) -> None:
         super().__init__()
         self.register_buffer("aabb", aabb.detach().clone().float(), persistent=False)
         self.register_buffer("occupied", occupied.detach().clone().bool(), persistent=False)
+        self.outside_occupied = outside_occupied
 
     @property
     def resolution(self) -> Tuple[int, int, int]:
         return tuple(self.occupied.shape)  # type: ignore[return-value]
 
     def forward(self, positions: Tensor) -> Tensor:
-        """Whether each of ``positions`` [M, 3] lies in an occupied cell (False outside the box)."""
+        """Whether each of ``positions`` [M, 3] lies in an occupied cell."""
         unit = (positions - self.aabb[0]) / (self.aabb[1] - self.aabb[0])
         inside = ((unit >= 0) & (unit <= 1)).all(dim=-1)
         size = torch.tensor(self.resolution, device=positions.device)
         cell = torch.minimum((unit.clamp(0, 1) * size).long(), size - 1)
-        return inside & self.occupied[cell[:, 0], cell[:, 1], cell[:, 2]]
+        in_occupied_cell = inside & self.occupied[cell[:, 0], cell[:, 1], cell[:, 2]]
+        return in_occupied_cell | ~inside if self.outside_occupied else in_occupied_cell
+
+
+def cell_threshold_density(aabb: Tensor, resolution: int, max_ray_loss: float) -> float:
+    """Density below which a cell is empty: no ray loses more than ``max_ray_loss`` of opacity to all
+    the empty cells it crosses (at most ``3 * resolution`` of them, ``sqrt(3)`` cells long each)."""
+    longest_path = math.sqrt(3.0) * float(((aabb[1] - aabb[0]) / resolution).max())
+    return opaque_density(max_ray_loss / (3 * resolution), longest_path)
 
 
 @torch.no_grad()
@@ -47,12 +64,13 @@ def bake_occupancy(
     density_fn: Callable[[Tensor], Tensor],
     aabb: Tensor,
     resolution: int = DEFAULT_RESOLUTION,
-    threshold: float = DEFAULT_THRESHOLD,
+    max_ray_loss: float = DEFAULT_MAX_RAY_LOSS,
     per_axis: int = 2,
     chunk: int = 1 << 16,
+    outside_occupied: bool = False,
 ) -> OccupancyGrid:
-    """The grid of cells where ``density_fn`` (world positions [M, 3] -> density [M, 1]) is more than
-    ``threshold`` opaque over one cell at ``per_axis**3`` stratified points of the cell or a neighbour."""
+    """The grid of cells of ``aabb`` where ``density_fn`` (positions [M, 3] -> density [M, 1]), at
+    ``per_axis**3`` stratified points of the cell or a neighbour, exceeds :func:`cell_threshold_density`."""
     device = aabb.device
     offsets = (torch.arange(per_axis, dtype=torch.float32, device=device) + 0.5) / per_axis
     steps = (torch.arange(resolution, dtype=torch.float32, device=device)[:, None] + offsets[None]) / resolution
@@ -62,5 +80,5 @@ def bake_occupancy(
     fine = density.view(*(resolution * per_axis,) * 3)
     per_cell = F.max_pool3d(fine[None, None], kernel_size=per_axis, stride=per_axis)  # max over each cell
     dilated = F.max_pool3d(per_cell, kernel_size=3, stride=1, padding=1)[0, 0]
-    cell_size = float(((aabb[1] - aabb[0]) / resolution).mean())
-    return OccupancyGrid(aabb, dilated > opaque_density(threshold, cell_size))
+    threshold = cell_threshold_density(aabb, resolution, max_ray_loss)
+    return OccupancyGrid(aabb, dilated > threshold, outside_occupied)

@@ -14,6 +14,9 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+NDC_BOX = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
+"""The NDC cube [2, 3]: where a forward-facing scene's samples lie (apart from rays leaving its sides)."""
+
 
 @dataclass(frozen=True)
 class NDCSpace:

@@ -28,6 +28,7 @@ from nerfqat_plugin.compression.bitpack import decode_integers, encode_integers
 from nerfqat_plugin.compression.codec import codec_for
 from nerfqat_plugin.compression.codec import load_compressed_model as load_compressed_model  # its import path of old
 from nerfqat_plugin.compression.file_format import (
+    CompressedFileError,
     serialize_compressed,
     write_compressed,
 )
@@ -37,7 +38,7 @@ from nerfqat_plugin.fields.compiled_field import TrainingCompiledField
 from nerfqat_plugin.fields.view_directions import view_directions
 from nerfqat_plugin.metrics.image_metrics import image_metrics
 from nerfqat_plugin.model_components.collapse_monitor import CollapseMonitor
-from nerfqat_plugin.model_components.ndc import NDCSpace
+from nerfqat_plugin.model_components.ndc import NDC_BOX, NDCSpace
 from nerfqat_plugin.model_components.ray_setup import SamplingRays, SceneType
 from nerfqat_plugin.model_components.sample_skipping import ColorFn, DensityFn, evaluate_front_to_back
 from nerfqat_plugin.model_components.scene_space import SceneSpace
@@ -63,8 +64,8 @@ class CompressibleModelConfig(ModelConfig):
     ray while training (docs/methods/scene-types.md)."""
 
     bake_occupancy: bool = True
-    """Bounded scenes: store a 64^3 bit grid of occupied space in the file, so renders from it skip
-    empty space (a few kB)."""
+    """Bounded and forward-facing scenes: store a 64^3 bit grid of occupied space in the file, so
+    renders from it skip empty space (a few kB)."""
     skip_hidden_samples: bool = True
     """Rendering: stop each ray once its transmittance falls below 1e-4 and colour only samples of
     weight 1e-5 or more (training evaluates every sample)."""
@@ -107,35 +108,57 @@ class CompressibleModel(Model):
         self.occupancy_grid: Optional[OccupancyGrid] = None
         self._baked_occupancy: Optional[Tuple[Any, OccupancyGrid]] = None
 
-    # -- occupancy grid (bounded scenes) --------------------------------------------------------
+    # -- occupancy grid (bounded and forward-facing scenes) -------------------------------------
     def density_for_occupancy(self, positions: Tensor) -> Tensor:
-        """Density [M, 1] at world ``positions`` [M, 3] that decides which cells are empty."""
+        """Density [M, 1] at field ``positions`` [M, 3] that decides which cells are empty."""
         raise NotImplementedError
 
+    def occupancy_box(self) -> Optional[Tuple[Tensor, bool]]:
+        """The box a file's occupancy grid covers and whether positions outside it are occupied:
+        a bounded scene's box (outside: empty), the NDC cube of a forward-facing scene (outside:
+        occupied, rays leave its sides), None for other scenes or with ``bake_occupancy`` off."""
+        if not self.config.bake_occupancy:
+            return None
+        if self.ndc is not None:
+            return NDC_BOX, True
+        return (self.scene_box.aabb, False) if self.scene_type == "bounded" else None
+
     def occupancy_state(self) -> Tuple[Dict[str, Tensor], Dict[str, Any], Dict[str, Any]]:
-        """The file's occupancy grid: tensors, their layouts and the payload entry (all empty unless
-        the scene is bounded and ``bake_occupancy`` is on). Baked from the current weights, once per
-        change of them (sizes are measured often)."""
-        if not (self.config.bake_occupancy and self.ndc is None and self.scene_type == "bounded"):
+        """The file's occupancy grid: tensors, their layouts and the payload entry (all empty where
+        :meth:`occupancy_box` is None). Baked from the current weights, once per change of them
+        (sizes are measured often)."""
+        box = self.occupancy_box()
+        if box is None:
             return {}, {}, {}
+        aabb, outside_occupied = box
         key = weights_version(self)
         if self._baked_occupancy is None or self._baked_occupancy[0] != key:
             with torch.no_grad():
                 device = next(self.parameters()).device  # (the viewer measures sizes while the model is built)
-                grid = bake_occupancy(self.density_for_occupancy, self.scene_box.aabb.to(device))
+                grid = bake_occupancy(self.density_for_occupancy, aabb.to(device), outside_occupied=outside_occupied)
             self._baked_occupancy = (key, grid)
         occupied = self._baked_occupancy[1].occupied
         packed, layout = encode_integers(occupied.reshape(-1).cpu(), 1, signed=False)
-        entry = {"occupancy": {"resolution": list(occupied.shape)}}
-        return {OCCUPANCY_KEY: packed}, {OCCUPANCY_KEY: layout}, entry
+        entry = {
+            "resolution": list(occupied.shape),
+            "aabb": [[float(v) for v in row] for row in aabb.tolist()],
+            "outside": "occupied" if outside_occupied else "empty",
+        }
+        return {OCCUPANCY_KEY: packed}, {OCCUPANCY_KEY: layout}, {"occupancy": entry}
 
     def load_occupancy(self, tensors: Dict[str, Tensor], payload: Dict[str, Any]) -> None:
-        """Attach the grid a file holds (files without one render every sample, as before)."""
+        """Attach the grid a file holds (files without one render every sample, as before; files
+        written before grids named their box cover the scene box, empty outside)."""
         if "occupancy" not in payload:
             return
+        entry = payload["occupancy"]
         occupied = decode_integers(tensors[OCCUPANCY_KEY], payload["tensors"][OCCUPANCY_KEY])
-        shape = [int(r) for r in payload["occupancy"]["resolution"]]
-        self.occupancy_grid = OccupancyGrid(self.scene_box.aabb, occupied.view(*shape).bool())
+        shape = [int(r) for r in entry["resolution"]]
+        aabb = torch.tensor(entry["aabb"], dtype=torch.float32) if "aabb" in entry else self.scene_box.aabb
+        if tuple(aabb.shape) != (2, 3) or entry.get("outside", "empty") not in ("empty", "occupied"):
+            raise CompressedFileError("the file's occupancy grid names an invalid box or outside state")
+        outside_occupied = entry.get("outside", "empty") == "occupied"
+        self.occupancy_grid = OccupancyGrid(aabb, occupied.view(*shape).bool(), outside_occupied)
 
     # -- hooks a method may override ------------------------------------------------------------
     def ddp_find_unused_parameters(self) -> bool:

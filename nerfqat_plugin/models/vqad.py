@@ -42,6 +42,7 @@ from nerfqat_plugin.field_components.codebook_grid import (
 )
 from nerfqat_plugin.fields.compiled_field import TrainingCompiledField
 from nerfqat_plugin.fields.vqad_field import ACTIVE_LEVELS_KEY, VQADField, VQADProposalField
+from nerfqat_plugin.model_components.ndc import NDC_BOX
 from nerfqat_plugin.models.compressible import (
     CompressibleModel,
     CompressibleModelConfig,
@@ -55,7 +56,6 @@ from nerfqat_plugin.models.vqad_grid_spec import (
     resolve_grid_spec,
 )
 
-NDC_BOX = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
 # Pruning that would keep fewer than this fraction of the sparse levels' blocks waits for the field
 # (an empty estimate early in training would otherwise erase the scene for good); it retries every
 # PRUNE_RETRY_FRACTION of the run, and at PRUNE_DEADLINE_FRACTION keeps the densest blocks regardless.

@@ -193,7 +193,8 @@ def test_renaming_an_attribute_changes_no_file_key_and_old_files_still_decode(
     with torch.no_grad():
         assert torch.equal(expected(fixture_rays())["rgb"], renamed(fixture_rays())["rgb"])
     renamed.export_compressed(tmp_path / "renamed.nqz")
-    assert set(read_compressed(tmp_path / "renamed.nqz")[0]) == before_keys
+    # The same keys, and the occupancy grid that forward-facing files carry since format 4.
+    assert set(read_compressed(tmp_path / "renamed.nqz")[0]) == before_keys | {"occupancy"}
 
 
 def test_a_module_without_a_file_key_is_refused_on_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -225,3 +226,22 @@ def test_a_valid_file_describing_an_enormous_model_is_refused_before_building_it
     with pytest.raises(CompressedFileError, match="describes a model of .* values"):
         load_compressed_model(tmp_path / "crafted.nqz")
     assert time.perf_counter() - start < 5
+
+
+def test_an_occupancy_grid_without_its_box_covers_the_scene_box_and_a_bad_box_is_refused(tmp_path: Path) -> None:
+    """Format-3 grids name no box: they cover the scene box, empty outside, as they were written."""
+    from helpers import tiny_vqad_model
+
+    from nerfqat_plugin.compression.file_format import write_compressed
+
+    model = tiny_vqad_model(metadata={"near_far": (2.0, 6.0), "scene_type": "bounded"})
+    model.export_compressed(tmp_path / "new.nqz")
+    tensors, payload = read_compressed(tmp_path / "new.nqz")
+    del payload["occupancy"]["aabb"], payload["occupancy"]["outside"]
+    write_compressed(tmp_path / "old.nqz", tensors, payload)
+    grid = load_compressed_model(tmp_path / "old.nqz").occupancy_grid
+    assert torch.equal(grid.aabb, model.scene_box.aabb) and not grid.outside_occupied
+    payload["occupancy"]["outside"] = "maybe"
+    write_compressed(tmp_path / "bad.nqz", tensors, payload)
+    with pytest.raises(CompressedFileError, match="occupancy grid"):
+        load_compressed_model(tmp_path / "bad.nqz")

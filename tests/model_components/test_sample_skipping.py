@@ -90,3 +90,32 @@ def test_a_baked_occupancy_grid_skips_empty_space_and_keeps_the_pixels() -> None
     skipped, share = _render(_sphere_density, 4, 1e-4, 1e-5, occupied=grid, background="white")
     assert share < 0.2  # most samples lie in empty cells or behind the ball
     assert float((full - skipped).abs().max()) <= 1e-4 + 64 * 1e-5
+
+
+def test_the_grid_threshold_bounds_the_opacity_a_ray_loses_to_skipped_haze() -> None:
+    """Stated bound: all the empty cells a ray crosses take at most ``max_ray_loss`` of its opacity.
+    A haze just below the threshold everywhere is all skipped, and even the box's diagonal (the
+    longest path) loses less than that; just above it, every cell is kept."""
+    import math
+
+    from nerfqat_plugin.field_components.occupancy_grid import bake_occupancy, cell_threshold_density
+
+    box = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
+    threshold = cell_threshold_density(box, 16, 1e-3)
+    below = bake_occupancy(lambda p: torch.full((p.shape[0], 1), 0.99 * threshold), box, resolution=16)
+    assert not bool(below.occupied.any())
+    diagonal = math.sqrt(3.0) * 2.0
+    assert 1.0 - math.exp(-0.99 * threshold * diagonal) <= 1e-3
+    above = bake_occupancy(lambda p: torch.full((p.shape[0], 1), 1.01 * threshold), box, resolution=16)
+    assert bool(above.occupied.all())
+
+
+def test_outside_the_box_is_empty_for_bounded_scenes_and_evaluated_for_ndc() -> None:
+    from nerfqat_plugin.field_components.occupancy_grid import OccupancyGrid
+
+    occupied = torch.zeros(4, 4, 4, dtype=torch.bool)
+    occupied[0, 0, 0] = True
+    box = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
+    points = torch.tensor([[-0.9, -0.9, -0.9], [0.9, 0.9, 0.9], [1.5, 0.0, 0.0], [0.0, -3.0, 0.5]])
+    assert OccupancyGrid(box, occupied)(points).tolist() == [True, False, False, False]
+    assert OccupancyGrid(box, occupied, outside_occupied=True)(points).tolist() == [True, False, True, True]

@@ -192,7 +192,7 @@ def test_export_during_warmup_holds_float_weights(tmp_path: Path) -> None:
     assert not model.is_quantized()
     model.export_compressed(tmp_path / "warm.nqz")
     _, payload = read_compressed(tmp_path / "warm.nqz")
-    assert payload["model"]["quantize"] is False and not payload["tensors"]
+    assert payload["model"]["quantize"] is False and set(payload["tensors"]) <= {"occupancy"}  # no integer weights
     loaded = load_compressed_model(tmp_path / "warm.nqz")
     assert torch.allclose(_render(model)["rgb"], _render(loaded)["rgb"], atol=1e-6)
 

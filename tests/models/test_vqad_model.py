@@ -57,8 +57,11 @@ def test_render_from_file_equals_hard_index_rendering(tmp_path: Path, scene_type
     _, payload = read_compressed(path)
     packed = {name: spec for name, spec in payload["tensors"].items() if spec["encoding"] == "packed-uint"}
     expected_names = {f"field.grid.indices_{i}" for i in range(3)} | {f"proposal.grid.indices_{i}" for i in range(2)}
-    expected_names |= {"occupancy"} if scene_type == "bounded" else set()  # bounded files: the empty-space grid
+    expected_names |= {"occupancy"} if scene_type != "unbounded" else set()  # the empty-space grid
     assert set(packed) == expected_names
+    if scene_type == "forward-facing":  # over the NDC cube; rays leaving its sides are still evaluated
+        assert payload["occupancy"]["aabb"] == [[-1.0] * 3, [1.0] * 3]
+        assert payload["occupancy"]["outside"] == "occupied" and loaded.occupancy_grid.outside_occupied
     assert {k: packed["field.grid.indices_2"][k] for k in ("bits", "shape")} == {"bits": 4, "shape": [12 * 10 * 7]}
 
 
@@ -226,7 +229,7 @@ def test_probed_indices_store_the_index_table_and_render_from_the_file(tmp_path:
         _model(index_mode="probed", bits=8, sparse_from_level=2)
 
 
-def test_bounded_files_carry_the_occupancy_grid_and_others_none(tmp_path: Path) -> None:
+def test_bounded_and_forward_facing_files_carry_the_occupancy_grid_and_unbounded_none(tmp_path: Path) -> None:
     for scene_type, metadata in SCENE_METADATA.items():
         for bake in (True, False):
             torch.manual_seed(0)
@@ -234,7 +237,7 @@ def test_bounded_files_carry_the_occupancy_grid_and_others_none(tmp_path: Path) 
             path = tmp_path / f"{scene_type}-{bake}.nqz"
             size = model.export_compressed(path)
             tensors, payload = read_compressed(path)
-            has_grid = bake and scene_type == "bounded"
+            has_grid = bake and scene_type != "unbounded"
             assert ("occupancy" in tensors) == ("occupancy" in payload) == has_grid, (scene_type, bake)
             loaded = load_compressed_model(path)
             assert (loaded.occupancy_grid is not None) == has_grid
