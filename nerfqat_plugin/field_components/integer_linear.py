@@ -61,6 +61,8 @@ class IntegerQuantizer:
     quant_max: Tensor
     shift: Tensor
     scale: Tensor
+    offset: Tensor
+    """``shift - zero`` (int32, 0-d), what every activation it makes carries."""
 
     @staticmethod
     def of(quantizer: ActivationQuantizer) -> IntegerQuantizer:
@@ -71,18 +73,14 @@ class IntegerQuantizer:
             return torch.full((), value, device=device)
 
         scale = quantizer.scale.detach().float()
-        return IntegerQuantizer(
-            1.0 / scale,
-            quantizer.zero_point.float(),
-            constant(quantizer.quant_min),
-            constant(quantizer.quant_max),
-            constant(shift),
-            scale,
-        )
+        zero = quantizer.zero_point.float()
+        offset = (shift - quantizer.zero_point).to(torch.int32)
+        bounds = constant(quantizer.quant_min), constant(quantizer.quant_max)
+        return IntegerQuantizer(1.0 / scale, zero, *bounds, constant(shift), scale, offset)
 
     def activation(self, shifted: Tensor) -> IntegerActivation:
         """The activation that int8 integers ``shifted`` produced by this quantization stand for."""
-        return IntegerActivation(shifted, self.scale, (self.shift - self.zero).to(torch.int32))
+        return IntegerActivation(shifted, self.scale, self.offset)
 
     def __call__(self, x: Tensor) -> IntegerActivation:
         return self.activation(_quantize(x, self))
@@ -189,7 +187,9 @@ class IntegerLinear:
             start += width
         self.weight_scale = block.weight_quantizer.scale.detach().float()
         self.bias = block.stored_bias().detach().float()
-        self._output: Optional[IntegerQuantizer] = None  # the output quantizer's constants, made once
+        quantizer = block.output_quantizer
+        self.output = IntegerQuantizer.of(quantizer) if quantizer is not None else None
+        """The output quantizer's constants (None: the block yields floats)."""
 
     def _run(self, inputs: Sequence[IntegerActivation], out: Optional[IntegerQuantizer]) -> Tensor:
         accs = [integer_matmul(act.shifted, w_t) for act, w_t in zip(inputs, self.segments, strict=True)]
@@ -204,11 +204,8 @@ class IntegerLinear:
 
     def quantized(self, inputs: Sequence[IntegerActivation]) -> IntegerActivation:
         """The block's output quantized by its own output quantizer (and an unfused ReLU after it)."""
-        quantizer = self.block.output_quantizer
-        assert quantizer is not None, "a block without an output quantizer yields floats"
-        if self._output is None:
-            self._output = IntegerQuantizer.of(quantizer)
-        out = self._output.activation(self._run(inputs, self._output))
+        assert self.output is not None, "a block without an output quantizer yields floats"
+        out = self.output.activation(self._run(inputs, self.output))
         if self.block.relu and not self.block.spec.fuse_relu:  # ReLU after quantizing: q >= zero
             out.shifted = torch.maximum(out.shifted, (-out.offset).to(torch.int8))
         return out
@@ -227,8 +224,7 @@ class IntegerQuantMLP:
             width = layer.linear.out_features
         self.out_layer = IntegerLinear(mlp.out_layer, [width]) if mlp.out_layer is not None else None
         self.input_quantization = IntegerQuantizer.of(mlp.input_quantizer)
-        last = mlp.layers[-1].output_quantizer
-        self.output_quantization = IntegerQuantizer.of(last) if last is not None else None
+        self.output_quantization = self.layers[-1].output
         """How the last hidden block's output is quantized (what :meth:`hidden` returns)."""
 
     def hidden(self, x: Tensor) -> IntegerActivation:
