@@ -51,15 +51,6 @@ def measure(render: Callable[[Any], torch.Tensor], cameras, images: List[torch.T
     return {"psnr": sum(psnrs) / len(psnrs), "render_fps": 1.0 / seconds, "render_peak_gpu_memory_gib": memory}
 
 
-def plain_rendering(model) -> None:
-    """Switch a compressed model to rendering as trained: fake quantization, every sample, no grid."""
-    model.config.skip_hidden_samples = False
-    model.occupancy_grid = None
-    for field in (getattr(model, "field_coarse", None), getattr(model, "field_fine", None)):
-        if field is not None:
-            field.integer_inference = False
-
-
 def file_row(path: Path, cameras, images, repeats: int, top_kernels: int = 0) -> Dict[str, Any]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_compressed_model(path, device)
@@ -71,8 +62,8 @@ def file_row(path: Path, cameras, images, repeats: int, top_kernels: int = 0) ->
     if top_kernels:
         with torch.no_grad():
             fast["top_kernels"] = profiled_kernels(lambda: render(cameras[0:1].to(device)), 1, top_kernels)
-    plain_rendering(model)
-    plain = measure(render, cameras, images, repeats)
+    with model.rendering_as_trained():
+        plain = measure(render, cameras, images, repeats)
     return {
         "label": f"render-{path.stem}",
         "method": model.compressed_method_name,

@@ -300,24 +300,35 @@ def evaluate_model(
 ) -> Dict[str, Any]:
     """PSNR/SSIM/LPIPS (offline-safe: null without pretrained weights) and render fps of the test views
     (every one, or ``max_views`` spread over them). Past ``stop_at`` (Unix time) no further view is
-    started: the metrics cover the views done (at least one; ``num_test_views`` says how many)."""
+    started: the metrics cover the views done (at least one; ``num_test_views`` says how many). A model
+    of this plugin renders the first view once more as training does (``rendering_as_trained``):
+    ``fast_path_psnr_change_db`` is what the default render path changes in its PSNR."""
     from nerfqat_plugin.metrics.image_metrics import image_metrics
 
     model.eval()
     model.config.eval_num_rays_per_chunk = 1 << 16
     dataset = pipeline.datamanager.eval_dataset
     per_view, views = [], test_view_indices(len(dataset), max_views)
-    for i in views:
-        if per_view and stop_at is not None and time.time() >= stop_at:
-            print(f"[benchmark] evaluation deadline: {len(per_view)} of {len(views)} test views", flush=True)
-            break
+
+    def view_metrics(i: int) -> Dict[str, Any]:
         camera = dataset.cameras[i : i + 1].to(device)
         gt = dataset.get_image_float32(i).to(device)
         outputs = model.get_outputs_for_camera(camera)
         rgb = outputs["rgb"] if "rgb" in outputs else outputs["rgb_fine"]  # vanilla-nerf: coarse and fine
         if gt.shape[-1] == 4:  # RGBA (Blender): composite on the background the model renders
             gt = model.renderer_rgb.blend_background(gt)
-        per_view.append(image_metrics(gt[..., :3], rgb))
+        return image_metrics(gt[..., :3], rgb)
+
+    for i in views:
+        if per_view and stop_at is not None and time.time() >= stop_at:
+            print(f"[benchmark] evaluation deadline: {len(per_view)} of {len(views)} test views", flush=True)
+            break
+        per_view.append(view_metrics(i))
+    check = {}
+    if hasattr(model, "rendering_as_trained"):  # the first view again, every sample as in training
+        with model.rendering_as_trained():
+            reference = view_metrics(views[0])["psnr"]
+        check = {"psnr_first_view_as_trained": reference, "fast_path_psnr_change_db": per_view[0]["psnr"] - reference}
     # Time a second render of the first view, so first-use allocation stays out of the fps figure.
     camera = dataset.cameras[0:1].to(device)
     synchronize()
@@ -344,6 +355,7 @@ def evaluate_model(
         "num_test_views": len(per_view),
         "test_views": views[: len(per_view)],
         **({"evaluation_cut_short": True} if len(per_view) < len(views) else {}),
+        **check,
     }
 
 

@@ -21,8 +21,9 @@ zero points stay on the device as tensors: nothing waits for the host.
 
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -117,7 +118,7 @@ def _epilogue(
     return y if out is None else _quantize(y, out)
 
 
-_compiled_epilogue = None
+_compiled_epilogues: Dict[Tuple[int, bool, bool, bool], Callable[..., Tensor]] = {}
 _compile_failed = False
 
 
@@ -126,18 +127,31 @@ def use_compiled_epilogue(device: torch.device) -> bool:
     return device.type == "cuda" and not _compile_failed
 
 
-def run_epilogue(*args) -> Tensor:
+def _compiled_epilogue(accs: List[Tensor], bias: Tensor, relu: bool, out: Optional[IntegerQuantizer]):
+    """The compiled :func:`_epilogue` for one block structure: input segments, ReLU, quantized output
+    and a single output channel (a size of 1 is never treated as dynamic). Dynamo keeps at most
+    ``recompile_limit`` (8) graphs per code object and past that runs eagerly; a field's blocks have
+    about as many structures, so each structure compiles a copy of the code, with its own cache."""
+    key = (len(accs), relu, out is None, bias.shape[0] == 1)
+    if key not in _compiled_epilogues:
+        code = _epilogue.__code__.replace()  # a new code object: a cache of its own
+        copy = types.FunctionType(code, _epilogue.__globals__, f"_epilogue_{len(_compiled_epilogues)}")
+        _compiled_epilogues[key] = torch.compile(copy, dynamic=True)
+    return _compiled_epilogues[key]
+
+
+def run_epilogue(
+    accs: List[Tensor], corrections: List[Tensor], scales: List[Tensor], bias: Tensor, relu: bool, out
+) -> Tensor:
     """:func:`_epilogue`, as one compiled kernel where :func:`use_compiled_epilogue` says so."""
-    global _compiled_epilogue, _compile_failed
-    if use_compiled_epilogue(args[0][0].device):
+    global _compile_failed
+    if use_compiled_epilogue(accs[0].device):
         try:
-            if _compiled_epilogue is None:
-                _compiled_epilogue = torch.compile(_epilogue, dynamic=True)
-            return _compiled_epilogue(*args)
+            return _compiled_epilogue(accs, bias, relu, out)(accs, corrections, scales, bias, relu, out)
         except Exception as error:  # no compiler or an unsupported setup: the eager path is the same
             _compile_failed = True
             print(f"nerf-qat: integer epilogue not compiled ({type(error).__name__}); rendering eagerly")
-    return _epilogue(*args)
+    return _epilogue(accs, corrections, scales, bias, relu, out)
 
 
 def _pad_to(x: Tensor, dim: int, multiple: int) -> Tensor:

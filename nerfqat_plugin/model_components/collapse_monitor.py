@@ -5,12 +5,15 @@ alone does not say so. The monitor accumulates, per training step and without re
 the mean accumulation of the batch's rays and the spread of rendered and true colours; every
 ``check_every`` steps it reads them once and, when two windows in a row look collapsed, prints one
 warning line naming the likely cause and what to try. The state is a flag the models report as a
-metric, so the run's event log records it too.
+metric, so the run's event log records it too. Each window's training PSNR is kept
+(``psnr_windows``): benchmark rows carry it, so a run's quality can be followed through training
+(before and after quantization starts, say) without its event log.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import List, Optional, Tuple
 
 import torch
 from nerfstudio.utils.rich_utils import CONSOLE
@@ -42,14 +45,19 @@ class CollapseMonitor:
         self.warned = False
         self._suspect = False
         self._sums: Optional[Tensor] = None
+        self.psnr_windows: List[Tuple[int, float]] = []
+        """(step, PSNR of the training batches of the window that ended there) for every window."""
 
     def observe(self, rgb: Tensor, accumulation: Tensor, image: Tensor) -> None:
-        """Add one training batch: rendered ``rgb`` [R, 3], its ``accumulation`` [R, 1], true ``image`` [R, 3+]."""
+        """Add one training batch: rendered ``rgb`` [R, 3], its ``accumulation`` [R, 1], true ``image`` [R, 3+]
+        (composited on the background the model renders)."""
+        rgb, image = rgb.detach().float(), image[..., :3].detach().float()
         stats = torch.stack(
             [
                 accumulation.detach().float().mean(),
-                rgb.detach().float().std(dim=0).mean(),
-                image[..., :3].detach().float().std(dim=0).mean(),
+                rgb.std(dim=0).mean(),
+                image.std(dim=0).mean(),
+                ((rgb - image) ** 2).mean(),
                 torch.ones((), device=rgb.device),
             ]
         )
@@ -57,13 +65,14 @@ class CollapseMonitor:
 
     def check(self, step: int) -> bool:
         """Decide on the steps observed since the last check (one host read); True when it warned now."""
-        if self._sums is None or step % self.check_every:
-            return False
-        if step < self.start_step:  # the first steps render fog by design: they start no window
+        if step < self.start_step:  # the first steps render fog by design: they belong to no window
             self._sums = None
             return False
-        accumulation, rendered_spread, image_spread, count = (self._sums / self._sums[3]).tolist()
+        if self._sums is None or step % self.check_every:
+            return False
+        accumulation, rendered_spread, image_spread, mse, _ = (self._sums / self._sums[-1]).tolist()
         self._sums = None
+        self.psnr_windows.append((step, round(-10.0 * math.log10(max(mse, 1e-10)), 2)))
         if image_spread < MIN_IMAGE_SPREAD:
             return False
         empty = accumulation < EMPTY_ACCUMULATION

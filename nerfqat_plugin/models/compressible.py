@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar, ContextManager, Dict, List, Literal, Optional, Tuple
+from typing import Any, ClassVar, ContextManager, Dict, Iterator, List, Literal, Optional, Tuple
 
 import torch
 from nerfstudio.cameras.rays import RayBundle, RaySamples
@@ -267,6 +267,18 @@ class CompressibleModel(Model):
         )
         return {FieldHeadNames.DENSITY: density, FieldHeadNames.RGB: rgb}
 
+    @contextlib.contextmanager
+    def rendering_as_trained(self) -> Iterator[None]:
+        """Context in which renders evaluate every sample as training does: no sample skipping, no
+        occupancy grid (and, in subclasses, no other render-time shortcut). The reference a file's
+        default renders are checked against."""
+        saved = self.config.skip_hidden_samples, self.occupancy_grid
+        self.config.skip_hidden_samples, self.occupancy_grid = False, None
+        try:
+            yield
+        finally:
+            self.config.skip_hidden_samples, self.occupancy_grid = saved
+
     def fields_to_compile(self) -> Tuple[TrainingCompiledField, ...]:
         """The fields whose training paths :meth:`compile_fields_once` compiles."""
         return ()
@@ -345,7 +357,10 @@ class CompressibleModel(Model):
 
     def training_statistics(self) -> Dict[str, Any]:
         """Diagnostics of the trained state that benchmark rows record."""
-        return {"collapse_warning": self.collapse_monitor.warned}
+        return {
+            "collapse_warning": self.collapse_monitor.warned,
+            "train_psnr_windows": self.collapse_monitor.psnr_windows,
+        }
 
     def compressed_size_bytes(self, operating_point: Optional[str] = None) -> int:
         """Byte count the compressed file of the current weights has (the file is not written)."""

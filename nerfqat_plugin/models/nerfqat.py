@@ -308,6 +308,20 @@ class NeRFQATModel(CompressibleModel):
             for module, enabled in previous:
                 module.quant_enabled = enabled
 
+    @contextlib.contextmanager
+    def rendering_as_trained(self) -> Iterator[None]:
+        """Also fake quantization in float instead of integer products."""
+        fields = (self.field_coarse, self.field_fine)
+        saved = [fld.integer_inference for fld in fields]
+        with super().rendering_as_trained():
+            try:
+                for fld in fields:
+                    fld.integer_inference = False
+                yield
+            finally:
+                for fld, enabled in zip(fields, saved, strict=True):
+                    fld.integer_inference = enabled
+
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
         self.compile_fields_once(ray_bundle.origins.device, self.config.compile)
         with self._viewer_precision():

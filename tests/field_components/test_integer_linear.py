@@ -97,6 +97,23 @@ def test_a_loaded_file_renders_with_integers_by_default(trained: dict, tmp_path:
     assert torch.max(torch.abs(loaded_rgb - render_nerf_qat(model)["rgb"])) <= 1e-5
 
 
+def test_rendering_as_trained_switches_every_shortcut_off_and_back(trained: dict, tmp_path: Path) -> None:
+    model = trained["int8"]
+    model.export_compressed(tmp_path / "m.nqz")
+    loaded = load_compressed_model(tmp_path / "m.nqz")
+    assert loaded.occupancy_grid is not None and loaded.config.skip_hidden_samples
+    calls = []
+    original = integer_linear.integer_matmul
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(integer_linear, "integer_matmul", lambda a, w: calls.append(1) or original(a, w))
+        with loaded.rendering_as_trained():
+            assert loaded.occupancy_grid is None and not loaded.config.skip_hidden_samples
+            render_nerf_qat(loaded)
+        assert not calls  # fake quantization in float: no integer product
+        render_nerf_qat(loaded)
+    assert calls and loaded.occupancy_grid is not None and loaded.config.skip_hidden_samples
+
+
 def test_training_and_float_viewing_keep_the_fake_quant_path(trained: dict) -> None:
     model = trained["int8"]
     model.train()
@@ -107,16 +124,23 @@ def test_training_and_float_viewing_keep_the_fake_quant_path(trained: dict) -> N
     model.field_fine.trunk.quant_enabled = True
 
 
-@pytest.mark.parametrize("name", ["int8", "int8-unfused"])
+@pytest.mark.parametrize("name", ["int8", "int4", "int8-unfused"])
 def test_the_compiled_epilogue_renders_what_the_eager_one_does(
     trained: dict, name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """CUDA runs each block's epilogue as one compiled kernel; here inductor's CPU backend compiles the
-    same function, so the graph (not the GPU code generator) is checked against eager."""
+    same function, so the graph (not the GPU code generator) is checked against eager. Each block
+    structure compiles once: with one graph allowed per code object, and an error past it instead of
+    eager running, every block still runs compiled."""
     model = trained[name]
     eager = render_nerf_qat(model)["rgb"]
     compiled_calls = []
     monkeypatch.setattr(integer_linear, "use_compiled_epilogue", lambda device: compiled_calls.append(1) or True)
-    compiled = render_nerf_qat(model)["rgb"]
+    monkeypatch.setattr(integer_linear, "_compiled_epilogues", {})
+    monkeypatch.setattr(integer_linear, "_compile_failed", False)  # restored after, whatever happens here
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
+        compiled = render_nerf_qat(model)["rgb"]
     assert compiled_calls and not integer_linear._compile_failed  # it compiled and ran
+    assert len(integer_linear._compiled_epilogues) >= 3  # hidden blocks, skip block, output layers
     assert float((compiled - eager).abs().max()) <= 1e-5

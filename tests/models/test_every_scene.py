@@ -169,6 +169,17 @@ def test_one_odd_window_is_not_yet_a_collapse_and_blank_images_are_never_judged(
         assert not blank.check(step)
 
 
+def test_each_window_records_the_psnr_of_its_training_batches() -> None:
+    monitor = CollapseMonitor(check_every=2, start_step=2)
+    image = torch.rand(64, 3, generator=torch.Generator().manual_seed(0))
+    for step, error in enumerate([0.5, 0.5, 0.1, 0.1, 0.01, 0.0, 0.0]):
+        monitor.observe(image + error, torch.ones(64, 1), image)
+        monitor.check(step)
+    # Steps before start_step belong to no window; each window holds the PSNR of its batches' mean
+    # squared error: step 2's 0.01, then (0.01 + 1e-4) / 2 of steps 3 and 4; an exact one is capped.
+    assert monitor.psnr_windows == [(2, 20.0), (4, 22.97), (6, 100.0)]
+
+
 # -- vqad pruning guard -------------------------------------------------------------------------
 
 
