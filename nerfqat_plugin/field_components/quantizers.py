@@ -150,11 +150,12 @@ def mse_clipped_range(
 
     A few large activations set a per-tensor maximum; with 16 levels (4 bits) that maximum leaves
     most values in the lowest level or two. Clipping the outliers keeps the bulk resolved. The error
-    is measured on at most 65,536 evenly strided values, and summed over DDP ranks, so that every
-    rank picks the same fraction.
+    is measured on every channel of evenly strided rows of ``x`` [..., channels], at most 65,536
+    values, and summed over DDP ranks, so that every rank picks the same fraction.
     """
-    flat = x.reshape(-1)
-    flat = flat[:: max(1, flat.numel() // 65536)]
+    rows = x.reshape(-1, x.shape[-1]) if x.dim() > 0 else x.reshape(1, 1)
+    # Whole rows: a stride over the flat values that is a multiple of the width would read one channel.
+    flat = rows[:: max(1, rows.shape[0] * rows.shape[1] // 65536)].reshape(-1)
     fractions = torch.arange(1, candidates + 1, device=x.device, dtype=torch.float32) / candidates
     cand_lo, cand_hi = lo.clamp(max=0.0) * fractions, hi.clamp(min=0.0) * fractions
     scale = ((cand_hi - cand_lo) / (quant_max - quant_min)).clamp_min(_EPS)[:, None]

@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from nerfqat_plugin.field_components.quant_mlp import QuantLinear, QuantMLP, QuantSpec, set_observers
-from nerfqat_plugin.field_components.quantizers import ActivationQuantizer, PerChannelWeightQuantizer
+from nerfqat_plugin.field_components.quantizers import (
+    ActivationQuantizer,
+    PerChannelWeightQuantizer,
+    mse_clipped_range,
+)
 
 
 @pytest.mark.parametrize("bits", [4, 5, 6, 7, 8])
@@ -157,6 +161,17 @@ def test_mse_range_clips_outliers_and_quantizes_the_bulk_better_than_max() -> No
     assert errors["mse"] < 0.8 * errors["max"]
     with pytest.raises(ValueError, match="max or mse"):
         ActivationQuantizer(4, range_method="median")
+
+
+def test_mse_range_reads_every_channel_of_a_large_batch() -> None:
+    """A training batch's activations are [samples, channels] with far more than 65,536 values: the
+    values the error is measured on must come from every channel, not from the few that a stride
+    which is a multiple of the width lands on. Here channel 0 is a dead ReLU (all zeros): read alone
+    it makes every clipped range look exact, and the narrowest (1/16 of the maximum) would win."""
+    x = torch.rand(65_536, 16, generator=torch.Generator().manual_seed(0))
+    x[:, 0] = 0.0
+    lo, hi = mse_clipped_range(x, x.min(), x.max(), 0, 15)
+    assert float(lo) == 0.0 and float(hi) > 0.75 * float(x.max())
 
 
 def test_mse_weight_range_clips_row_outliers_and_lowers_the_error() -> None:
