@@ -9,7 +9,8 @@ renders without them (fake quantization, every sample). Each row (kind ``render-
 frame rates, both PSNRs over the first ``--views`` test views and their difference, and the GPU
 memory of one frame; the peer's row its frame rate and PSNR. Rows go to the scene's rows file, each
 as soon as it is measured. ``--top-kernels N`` adds the N GPU kernels that take most of a default
-frame's time (``top_kernels``: name, ms per frame).
+frame's time (``top_kernels``: name, ms per frame); ``--rays-per-chunk A B ...`` measures each file
+once per chunk size (rays rendered at once).
 """
 
 from __future__ import annotations
@@ -51,9 +52,13 @@ def measure(render: Callable[[Any], torch.Tensor], cameras, images: List[torch.T
     return {"psnr": sum(psnrs) / len(psnrs), "render_fps": 1.0 / seconds, "render_peak_gpu_memory_gib": memory}
 
 
-def file_row(path: Path, cameras, images, repeats: int, top_kernels: int = 0) -> Dict[str, Any]:
+def file_row(
+    path: Path, cameras, images, repeats: int, top_kernels: int = 0, rays_per_chunk: Optional[int] = None
+) -> Dict[str, Any]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_compressed_model(path, device)
+    if rays_per_chunk is not None:
+        model.config.eval_num_rays_per_chunk = rays_per_chunk
 
     def render(camera) -> torch.Tensor:
         return model.get_outputs_for_camera(camera)["rgb"].clamp(0, 1)
@@ -98,6 +103,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed renders of view 0")
     parser.add_argument("--results", type=Path, default=None, help="rows file (default: the scene's)")
     parser.add_argument("--top-kernels", type=int, default=0, help="record the N kernels taking most of a frame")
+    parser.add_argument(
+        "--rays-per-chunk", type=int, nargs="+", default=[None], help="rays rendered at once (default: the file's)"
+    )
     args = parser.parse_args(argv)
     cameras, images = scene_test_views(args.data, args.views)
     common = {
@@ -110,7 +118,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         "num_test_views": len(images),
     }
     measurements = [
-        lambda path=path: file_row(path, cameras, images, args.repeats, args.top_kernels) for path in args.files
+        lambda path=path, chunk=chunk: {
+            **file_row(path, cameras, images, args.repeats, args.top_kernels, chunk),
+            **({"rays_per_chunk": chunk} if chunk else {}),
+        }
+        for path in args.files
+        for chunk in args.rays_per_chunk
     ]
     if args.peer_config is not None:
         measurements.append(lambda: peer_row(args.peer_config, cameras, images, args.repeats))
