@@ -39,11 +39,14 @@ def evaluate_front_to_back(
     min_transmittance: float = MIN_TRANSMITTANCE,
     min_weight: float = MIN_WEIGHT,
     occupied: Optional[Callable[[Tensor], Tensor]] = None,
-) -> Tuple[Tensor, Tensor, float]:
-    """Density [R, S, 1], colour [R, S, 3] and the share of samples evaluated, for samples at
-    ``positions`` [R, S, 3] seen along ``directions`` [R, S, 3]; skipped samples hold 0.
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Density [R, S, 1], colour [R, S, 3] and the share of samples evaluated (0-d tensor), for samples
+    at ``positions`` [R, S, 3] seen along ``directions`` [R, S, 3]; skipped samples hold 0.
     ``occupied`` (positions [M, 3] -> bool [M], e.g. an :class:`OccupancyGrid`): samples outside
-    it are empty space and skipped too."""
+    it are empty space and skipped too.
+
+    The samples to evaluate are listed once per chunk (one ``nonzero``, the only wait for the GPU)
+    and gathered and scattered by those indices."""
     num_rays, num_samples = positions.shape[:2]
     device = positions.device
     density = torch.zeros(num_rays, num_samples, 1, device=device)
@@ -55,25 +58,27 @@ def evaluate_front_to_back(
     limit = -math.log(min_transmittance) if min_transmittance > 0 else math.inf  # 0: never stop
     edges = [round(k * num_samples / chunks) for k in range(chunks + 1)]
     for start, end in zip(edges[:-1], edges[1:], strict=True):
-        if end == start or not bool(alive.any()):
+        if end == start:
             continue
-        chunk = positions[:, start:end]
         wanted = alive[:, None].expand(-1, end - start)
         if occupied is not None:
-            wanted = wanted & occupied(chunk.reshape(-1, 3)).view(num_rays, end - start)
-        if bool(wanted.any()):
-            sigma, feat = density_fn(chunk[wanted])
+            wanted = wanted & occupied(positions[:, start:end].reshape(-1, 3)).view(num_rays, end - start)
+        rays, columns = wanted.nonzero(as_tuple=True)
+        if rays.numel():
+            columns = columns + start
+            sigma, feat = density_fn(positions[rays, columns])
             if features is None:
                 features = torch.zeros(num_rays, num_samples, feat.shape[-1], device=device, dtype=feat.dtype)
-            density[:, start:end][wanted] = sigma.to(density.dtype)
-            features[:, start:end][wanted] = feat
-            evaluated[:, start:end] |= wanted
+            density[rays, columns] = sigma.to(density.dtype)
+            features[rays, columns] = feat
+            evaluated[rays, columns] = True
         optical_depth += (density[:, start:end, 0] * deltas[:, start:end]).sum(dim=-1)
         alive &= optical_depth < limit
     weights = ray_samples.get_weights(density)[..., 0]
     needed = evaluated & (weights >= min_weight)
     needed[:, -1] |= evaluated[:, -1]  # a "last_sample" background shows the last sample's colour
     rgb = torch.zeros(num_rays, num_samples, 3, device=device)
-    if features is not None and bool(needed.any()):
-        rgb[needed] = color_fn(features[needed], directions[needed]).to(rgb.dtype)
-    return density, rgb, float(evaluated.float().mean())
+    rays, columns = needed.nonzero(as_tuple=True)
+    if features is not None and rays.numel():
+        rgb[rays, columns] = color_fn(features[rays, columns], directions[rays, columns]).to(rgb.dtype)
+    return density, rgb, evaluated.float().mean()

@@ -119,3 +119,24 @@ def test_outside_the_box_is_empty_for_bounded_scenes_and_evaluated_for_ndc() -> 
     points = torch.tensor([[-0.9, -0.9, -0.9], [0.9, 0.9, 0.9], [1.5, 0.0, 0.0], [0.0, -3.0, 0.5]])
     assert OccupancyGrid(box, occupied)(points).tolist() == [True, False, False, False]
     assert OccupancyGrid(box, occupied, outside_occupied=True)(points).tolist() == [True, False, True, True]
+
+
+def test_each_chunk_waits_for_the_device_once() -> None:
+    """On a GPU every boolean-mask index and every ``bool()``/``.item()`` of a tensor waits for the
+    device; the evaluation lists each chunk's samples with one ``nonzero`` and uses indices after."""
+    from torch.overrides import TorchFunctionMode
+
+    waits = []
+
+    class CountWaits(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            name = getattr(func, "__name__", "")
+            index = args[1] if len(args) > 1 and name in ("__getitem__", "__setitem__") else None
+            mask = isinstance(index, torch.Tensor) and index.dtype == torch.bool
+            if name in ("nonzero", "__bool__", "item", "tolist", "any", "all") or mask:
+                waits.append(name)
+            return func(*args, **(kwargs or {}))
+
+    with CountWaits():
+        _render(_sphere_density, chunks=4, min_transmittance=1e-4, min_weight=1e-5)
+    assert waits == ["nonzero"] * 5  # four chunks and the colours
