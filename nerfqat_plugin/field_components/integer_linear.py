@@ -22,7 +22,7 @@ zero points stay on the device as tensors: nothing waits for the host.
 from __future__ import annotations
 
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -46,9 +46,17 @@ class IntegerActivation:
     """Per-tensor scale (float32, 0-d)."""
     offset: Tensor
     """``shift - zero`` (int32, 0-d): the value of ``shifted`` is ``scale * (shifted + offset)``."""
+    _padded: Optional[Tuple[Tensor, Tensor]] = field(default=None, repr=False)
 
     def dequantize(self) -> Tensor:
         return self.scale * (self.shifted.float() + self.offset)
+
+    def padded(self) -> Tensor:
+        """``shifted`` with zero columns up to a multiple of 8 (what int8 kernels take), made once
+        however many blocks read it (a skip connection reads the MLP's input twice)."""
+        if self._padded is None or self._padded[0] is not self.shifted:
+            self._padded = (self.shifted, _pad_to(self.shifted, 1, 8))
+        return self._padded[1]
 
 
 @dataclass
@@ -118,7 +126,7 @@ def _epilogue(
     return y if out is None else _quantize(y, out)
 
 
-_compiled_epilogues: Dict[Tuple[int, bool, bool, bool], Callable[..., Tensor]] = {}
+_compiled_epilogues: Dict[Tuple[int, bool, bool, bool, bool], Callable[..., Tensor]] = {}
 _compile_failed = False
 
 
@@ -128,11 +136,12 @@ def use_compiled_epilogue(device: torch.device) -> bool:
 
 
 def _compiled_epilogue(accs: List[Tensor], bias: Tensor, relu: bool, out: Optional[IntegerQuantizer]):
-    """The compiled :func:`_epilogue` for one block structure: input segments, ReLU, quantized output
-    and a single output channel (a size of 1 is never treated as dynamic). Dynamo keeps at most
+    """The compiled :func:`_epilogue` for one block structure: input segments, ReLU, quantized output,
+    a single output channel (a size of 1 is never treated as dynamic) and products sliced from a
+    padded width (strided rows). Dynamo keeps at most
     ``recompile_limit`` (8) graphs per code object and past that runs eagerly; a field's blocks have
     about as many structures, so each structure compiles a copy of the code, with its own cache."""
-    key = (len(accs), relu, out is None, bias.shape[0] == 1)
+    key = (len(accs), relu, out is None, bias.shape[0] == 1, accs[0].is_contiguous())
     if key not in _compiled_epilogues:
         code = _epilogue.__code__.replace()  # a new code object: a cache of its own
         copy = types.FunctionType(code, _epilogue.__globals__, f"_epilogue_{len(_compiled_epilogues)}")
@@ -191,12 +200,15 @@ class IntegerLinear:
         integers = block.integer_weight().detach()
         assert integers.abs().max() <= 127 and sum(input_segments) == integers.shape[1]
         self.block = block
-        self.segments: List[Tensor] = []  # int8 [K_i, M] per input segment
+        self.out_features = integers.shape[0]
+        # int8 [K_i, M] per input segment, zero-padded once to multiples of 8 (what int8 kernels take):
+        # zero rows meet the padded activations' zero columns, zero columns are sliced off the product.
+        self.segments: List[Tensor] = []
         self.row_sums: List[Tensor] = []
         start = 0
         for width in input_segments:
             part = integers[:, start : start + width]
-            self.segments.append(part.t().contiguous().to(torch.int8))
+            self.segments.append(_pad_to(_pad_to(part.t().contiguous().to(torch.int8), 0, 8), 1, 8))
             self.row_sums.append(part.sum(dim=1).to(torch.int32))
             start += width
         self.weight_scale = block.weight_quantizer.scale.detach().float()
@@ -206,7 +218,10 @@ class IntegerLinear:
         """The output quantizer's constants (None: the block yields floats)."""
 
     def _run(self, inputs: Sequence[IntegerActivation], out: Optional[IntegerQuantizer]) -> Tensor:
-        accs = [integer_matmul(act.shifted, w_t) for act, w_t in zip(inputs, self.segments, strict=True)]
+        accs = [
+            integer_matmul(act.padded(), w_t)[:, : self.out_features]
+            for act, w_t in zip(inputs, self.segments, strict=True)
+        ]
         corrections = [act.offset * row_sum for act, row_sum in zip(inputs, self.row_sums, strict=True)]
         scales = [act.scale * self.weight_scale for act in inputs]
         relu = self.block.relu and self.block.spec.fuse_relu

@@ -108,9 +108,9 @@ class QuantNeRFField(TrainingCompiledField):
 
     def _integer(self) -> Tuple[IntegerQuantMLP, IntegerLinear, IntegerLinear, IntegerQuantMLP]:
         """The integer blocks, rebuilt whenever a weight, scale or device changed."""
-        key = weights_version(self.trunk, self.density_head, self.bottleneck, self.color_head)
+        modules = (self.trunk, self.density_head, self.bottleneck, self.color_head)
         cached = self._integer_blocks
-        if cached is None or cached[0] != key:
+        if cached is None or cached[0] != weights_version(*modules):
             width = self.density_head.linear.in_features
             integer_blocks = (
                 IntegerQuantMLP(self.trunk),
@@ -118,7 +118,9 @@ class QuantNeRFField(TrainingCompiledField):
                 IntegerLinear(self.bottleneck, [width]),
                 IntegerQuantMLP(self.color_head),
             )
-            self._integer_blocks = cached = (key, integer_blocks)
+            # Keyed after building: reading the weights' integers refreshes their scale buffers
+            # (same values, new versions), which a key taken before would take for a change.
+            self._integer_blocks = cached = (weights_version(*modules), integer_blocks)
         return cached[1]
 
     # -- evaluation -----------------------------------------------------------------------------

@@ -131,12 +131,12 @@ class CompressibleModel(Model):
         if box is None:
             return {}, {}, {}
         aabb, outside_occupied = box
-        key = weights_version(self)
-        if self._baked_occupancy is None or self._baked_occupancy[0] != key:
+        if self._baked_occupancy is None or self._baked_occupancy[0] != weights_version(self):
             with torch.no_grad():
                 device = next(self.parameters()).device  # (the viewer measures sizes while the model is built)
                 grid = bake_occupancy(self.density_for_occupancy, aabb.to(device), outside_occupied=outside_occupied)
-            self._baked_occupancy = (key, grid)
+            # Keyed after baking: evaluating the fields refreshes quantizer buffers (same values, new versions).
+            self._baked_occupancy = (weights_version(self), grid)
         occupied = self._baked_occupancy[1].occupied
         packed, layout = encode_integers(occupied.reshape(-1).cpu(), 1, signed=False)
         entry = {

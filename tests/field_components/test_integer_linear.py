@@ -114,6 +114,40 @@ def test_rendering_as_trained_switches_every_shortcut_off_and_back(trained: dict
     assert calls and loaded.occupancy_grid is not None and loaded.config.skip_hidden_samples
 
 
+def test_weights_are_padded_once_and_each_input_once_per_call(trained: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """int8 kernels take widths in multiples of 8: weights are padded when the blocks are built, and
+    an activation read by two blocks (the encoded position, by block 0 and the skip block) once."""
+    field = trained["int4"].field_fine
+    assert field._integer() is field._integer()  # built once while the weights stay as they are
+    trunk, density_head, bottleneck, color_head = field._integer()
+    blocks = [*trunk.layers, density_head, bottleneck, *color_head.layers, color_head.out_layer]
+    assert all(w.shape[0] % 8 == 0 and w.shape[1] % 8 == 0 for block in blocks for w in block.segments)
+    padded = []
+    original = torch.nn.functional.pad
+    monkeypatch.setattr(
+        torch.nn.functional, "pad", lambda x, *a, **k: padded.append(tuple(x.shape)) or original(x, *a, **k)
+    )
+    with torch.no_grad():
+        density, _ = field.density_and_features(torch.rand(100, 3))
+    width = field.trunk.in_dim
+    assert width % 8 and padded == [(100, width)] and density.shape == (100, 1)
+
+
+def test_the_occupancy_grid_is_baked_once_while_the_weights_stay(
+    trained: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nerfqat_plugin.models import compressible
+
+    model = trained["int8"]
+    model._baked_occupancy = None
+    bakes = []
+    original = compressible.bake_occupancy
+    monkeypatch.setattr(compressible, "bake_occupancy", lambda *a, **k: bakes.append(1) or original(*a, **k))
+    first = model.occupancy_state()[0]
+    second = model.occupancy_state()[0]  # e.g. the viewer measuring the file's size again
+    assert len(bakes) == 1 and all(torch.equal(first[k], second[k]) for k in first)
+
+
 def test_training_and_float_viewing_keep_the_fake_quant_path(trained: dict) -> None:
     model = trained["int8"]
     model.train()
