@@ -28,7 +28,8 @@ class AveragedWeights(nn.Module):
         super().__init__()
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must be between 0 and 1 (exclusive), got {decay}")
-        self._ema = ExponentialMovingAverage(list(parameters), decay=decay)
+        self._averaged = list(parameters)  # the model's own parameters (not registered here again)
+        self._ema = ExponentialMovingAverage(self._averaged, decay=decay)
         for i, shadow in enumerate(self._ema.shadow_params):
             self.register_buffer(f"shadow_{i}", shadow)
         self.swapped_in = False
@@ -64,6 +65,7 @@ class AveragedWeights(nn.Module):
         ema = self._ema_on_current_buffers()
         ema.store()
         ema.copy_to()
+        self._mark_changed()
         self.swapped_in = True
 
     def swap_out(self) -> None:
@@ -72,7 +74,15 @@ class AveragedWeights(nn.Module):
             return
         self._ema.restore()
         self._ema.collected_params = None
+        self._mark_changed()
         self.swapped_in = False
+
+    def _mark_changed(self) -> None:
+        """torch-ema copies through ``.data``, which leaves the parameters' version counters alone;
+        caches keyed on them (:func:`weights_version`: integer blocks, the occupancy grid) must see
+        the swap."""
+        for param in self._averaged:
+            torch.autograd.graph.increment_version(param)
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:

@@ -42,6 +42,19 @@ def test_average_follows_torch_ema_warmup_and_swaps_in_and_out() -> None:
     assert torch.all(net.weight == 3.0)
 
 
+def test_swapping_changes_the_weights_version_that_caches_are_keyed_on() -> None:
+    from nerfqat_plugin.field_components.weights_version import weights_version
+
+    net, average = _net_and_average()
+    _step(net, 1.0)
+    average.update()
+    before = weights_version(net)
+    average.swap_in()  # torch-ema writes through .data, which no version counter sees by itself
+    swapped = weights_version(net)
+    average.swap_out()
+    assert len({before, swapped, weights_version(net)}) == 3
+
+
 def test_nothing_is_swapped_before_the_first_update() -> None:
     net, average = _net_and_average()
     _step(net, 2.0)
