@@ -132,9 +132,19 @@ class CompressibleModel(Model):
             return {}, {}, {}
         aabb, outside_occupied = box
         if self._baked_occupancy is None or self._baked_occupancy[0] != weights_version(self):
-            with torch.no_grad():
-                device = next(self.parameters()).device  # (the viewer measures sizes while the model is built)
-                grid = bake_occupancy(self.density_for_occupancy, aabb.to(device), outside_occupied=outside_occupied)
+            # Evaluated as the trained model renders (float arithmetic: the integer path equals it up
+            # to rounding and is slower on CPUs), never in training mode, where the grid's points
+            # would feed the activation-range observers (a file exported mid-calibration, the viewer).
+            was_training = self.training
+            self.eval()
+            try:
+                with torch.no_grad(), self.rendering_as_trained():
+                    device = next(self.parameters()).device  # (the viewer measures sizes while the model is built)
+                    grid = bake_occupancy(
+                        self.density_for_occupancy, aabb.to(device), outside_occupied=outside_occupied
+                    )
+            finally:
+                self.train(was_training)
             # Keyed after baking: evaluating the fields refreshes quantizer buffers (same values, new versions).
             self._baked_occupancy = (weights_version(self), grid)
         occupied = self._baked_occupancy[1].occupied

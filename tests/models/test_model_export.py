@@ -19,7 +19,9 @@ from method_configs.common import adam
 from nerfqat_plugin.compression.codec import load_compressed_model
 from nerfqat_plugin.compression.file_format import CompressedFileError, read_compressed
 from nerfqat_plugin.errors import UserInputError
+from nerfqat_plugin.field_components.occupancy_grid import DEFAULT_RESOLUTION
 from nerfqat_plugin.field_components.quant_mlp import QuantLinear
+from nerfqat_plugin.field_components.quantizers import ActivationQuantizer
 from nerfqat_plugin.models.nerfqat import NeRFQATModel, NeRFQATModelConfig
 from nerfqat_plugin.models.nerfqat_codec import NeRFQATCodec
 
@@ -103,20 +105,49 @@ def test_sizes_shrink_with_bits_and_full_nerf_meets_the_size_targets() -> None:
     # Trained weights are bell-shaped, so their integers deflate; Linear's uniform initialisation
     # spreads them over every level and does not (int4 with blocks 4 and 5 at 8 bits: 0.77 MB).
     # Trained on fern, the int4 files measured 0.640-0.642 MB (benchmarks/results).
+    # The occupancy grid (bit-packed and deflated) is measured once, on the int4 model below: baking
+    # evaluates both full fields at 2M points, minutes on a CPU, so the other sizes are taken without
+    # it and the grid's bytes added.
     box = SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3]))
+    sizes = []
     for bits, limit in ((8, 1.25e6), (4, 0.70e6)):
-        config = NeRFQATModelConfig(bits=bits, compile=False)
+        config = NeRFQATModelConfig(bits=bits, compile=False, bake_occupancy=False)
         model = NeRFQATModel(config=config, scene_box=box, num_train_data=1, metadata={"ndc": NDC})
         model._apply_quant_schedule(config.float_warmup_steps)
         assert model.is_quantized()
         if bits == 8:
-            assert model.compressed_size_bytes() <= limit  # whatever the weights
+            sizes.append((model.compressed_size_bytes(), limit))  # whatever the weights
         torch.manual_seed(0)
         with torch.no_grad():
             for block in model.modules():
                 if isinstance(block, QuantLinear):
                     block.linear.weight.normal_(0.0, 0.05)
-        assert model.compressed_size_bytes() <= limit, bits
+        sizes.append((model.compressed_size_bytes(), limit))
+    model.config.bake_occupancy = True
+    grid_bytes = model.compressed_size_bytes() - sizes[-1][0]
+    assert 0 < grid_bytes <= DEFAULT_RESOLUTION**3 // 8 + 1024
+    assert all(size + grid_bytes <= limit for size, limit in sizes), (sizes, grid_bytes)
+
+
+def test_measuring_or_exporting_mid_calibration_leaves_the_activation_ranges_alone(tmp_path: Path) -> None:
+    """Baking the file's occupancy grid evaluates the fields at many points: as files render, never
+    as training, where those points would feed the activation-range observers."""
+    torch.manual_seed(0)
+    model = _model(bits=4, float_warmup_steps=0, calibration_steps=1000)
+    model._apply_quant_schedule(1)
+    model.train()
+    quantizers = [m for m in model.modules() if isinstance(m, ActivationQuantizer)]
+    assert quantizers and all(q.observer_enabled for q in quantizers)
+    with torch.no_grad():  # one training-mode pass sets the ranges
+        model.field_fine.density_and_features(torch.rand(64, 3) - 0.5)
+    ranges = [(q.running_min.clone(), q.running_max.clone()) for q in quantizers]
+    model.compressed_size_bytes()
+    model.export_compressed(tmp_path / "mid.nqz")
+    assert model.training and model._baked_occupancy is not None
+    assert all(
+        torch.equal(q.running_min, lo) and torch.equal(q.running_max, hi)
+        for q, (lo, hi) in zip(quantizers, ranges, strict=True)
+    )
 
 
 def test_quant_schedule_warmup_then_calibration_then_frozen() -> None:
