@@ -78,6 +78,7 @@ def file_row(
         "psnr_change_db": fast["psnr"] - plain["psnr"],
         "render_fps_plain": plain["render_fps"],
         "speedup": fast["render_fps"] / plain["render_fps"],
+        **({"rays_per_chunk": rays_per_chunk} if rays_per_chunk is not None else {}),
     }
 
 
@@ -118,10 +119,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "num_test_views": len(images),
     }
     measurements = [
-        lambda path=path, chunk=chunk: {
-            **file_row(path, cameras, images, args.repeats, args.top_kernels, chunk),
-            **({"rays_per_chunk": chunk} if chunk else {}),
-        }
+        lambda path=path, chunk=chunk: file_row(path, cameras, images, args.repeats, args.top_kernels, chunk)
         for path in args.files
         for chunk in args.rays_per_chunk
     ]
