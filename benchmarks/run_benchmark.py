@@ -295,6 +295,27 @@ def test_view_indices(count: int, limit: Optional[int]) -> List[int]:
     return [chosen[i] for i in order]
 
 
+EVAL_RAYS_PER_CHUNK = 1 << 16
+"""Rays per chunk when rendering test views (fast on a GPU of its own)."""
+MIN_EVAL_RAYS_PER_CHUNK = 1 << 10
+
+
+def render_camera(model, camera) -> Dict[str, torch.Tensor]:
+    """``model.get_outputs_for_camera(camera)``; when the GPU runs out of memory (jobs sharing it, a
+    smaller GPU) the model's chunk of rays halves, down to ``MIN_EVAL_RAYS_PER_CHUNK``, and stays so."""
+    while True:
+        try:
+            return model.get_outputs_for_camera(camera)
+        except torch.cuda.OutOfMemoryError:
+            chunk = model.config.eval_num_rays_per_chunk
+            if chunk <= MIN_EVAL_RAYS_PER_CHUNK:
+                raise
+            model.config.eval_num_rays_per_chunk = chunk // 2
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            print(f"[benchmark] out of GPU memory rendering a view: {chunk // 2} rays per chunk now", flush=True)
+
+
 def evaluate_model(
     model, pipeline, device: torch.device, max_views: Optional[int] = None, stop_at: Optional[float] = None
 ) -> Dict[str, Any]:
@@ -306,14 +327,14 @@ def evaluate_model(
     from nerfqat_plugin.metrics.image_metrics import image_metrics
 
     model.eval()
-    model.config.eval_num_rays_per_chunk = 1 << 16
+    model.config.eval_num_rays_per_chunk = EVAL_RAYS_PER_CHUNK
     dataset = pipeline.datamanager.eval_dataset
     per_view, views = [], test_view_indices(len(dataset), max_views)
 
     def view_metrics(i: int) -> Dict[str, Any]:
         camera = dataset.cameras[i : i + 1].to(device)
         gt = dataset.get_image_float32(i).to(device)
-        outputs = model.get_outputs_for_camera(camera)
+        outputs = render_camera(model, camera)
         rgb = outputs["rgb"] if "rgb" in outputs else outputs["rgb_fine"]  # vanilla-nerf: coarse and fine
         if gt.shape[-1] == 4:  # RGBA (Blender): composite on the background the model renders
             gt = model.renderer_rgb.blend_background(gt)
@@ -335,7 +356,7 @@ def evaluate_model(
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    model.get_outputs_for_camera(camera)
+    render_camera(model, camera)
     synchronize()
     render_s = time.perf_counter() - start
     render_memory = round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None
@@ -352,6 +373,7 @@ def evaluate_model(
         "render_fps": 1.0 / render_s,
         "render_peak_gpu_memory_gib": render_memory,  # while rendering one view (None without a GPU)
         "render_resolution": [int(dataset.cameras.width[0]), int(dataset.cameras.height[0])],
+        "eval_rays_per_chunk": model.config.eval_num_rays_per_chunk,  # the fps figure's chunk
         "num_test_views": len(per_view),
         "test_views": views[: len(per_view)],
         **({"evaluation_cut_short": True} if len(per_view) < len(views) else {}),

@@ -167,6 +167,31 @@ def test_test_views_come_in_an_order_whose_every_prefix_spans_the_path() -> None
     assert indices(1, None) == [0] and indices(0, None) == []
 
 
+def test_a_view_out_of_gpu_memory_is_rendered_again_in_smaller_chunks() -> None:
+    import torch
+
+    run_benchmark = _load_benchmark_script("run_benchmark")
+
+    class Model:  # runs out of memory above a chunk of `fits` rays
+        def __init__(self, fits: int) -> None:
+            self.config, self.fits, self.chunks = argparse.Namespace(eval_num_rays_per_chunk=1 << 16), fits, []
+
+        def get_outputs_for_camera(self, camera: str) -> dict:
+            self.chunks.append(self.config.eval_num_rays_per_chunk)
+            if self.config.eval_num_rays_per_chunk > self.fits:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+            return {"rgb": camera}
+
+    model = Model(fits=1 << 14)
+    assert run_benchmark.render_camera(model, "view") == {"rgb": "view"}
+    assert model.chunks == [1 << 16, 1 << 15, 1 << 14] and model.config.eval_num_rays_per_chunk == 1 << 14
+    assert run_benchmark.render_camera(model, "next") == {"rgb": "next"} and model.chunks[-1] == 1 << 14
+    hopeless = Model(fits=0)  # below the smallest chunk the error is the caller's
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        run_benchmark.render_camera(hopeless, "view")
+    assert hopeless.chunks[-1] == run_benchmark.MIN_EVAL_RAYS_PER_CHUNK
+
+
 def test_jobs_are_told_when_to_stop_evaluating(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     launched = []
 
