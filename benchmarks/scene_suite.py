@@ -9,11 +9,16 @@ of ``compare.py``), with the defaults, at one training budget; rows go to
 is skipped, and nothing starts that cannot end before ``--deadline-s``, so call it again until it
 reports nothing left. ``--report-only`` (also run at the end) regenerates ``docs/results.md``.
 nerfacto runs with the torch implementation and the camera optimizer off, on the same split.
+
+A default changes only with rows on every scene. ``--candidate NAME --base nerf-qat-int4 -- OPTIONS``
+runs the base configuration as it is and with the ns-train OPTIONS added (label NAME) side by side on
+every scene, as rows of kind ``candidate``, then prints both per scene.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -49,6 +54,37 @@ def suite_jobs(scene: str, data: Path, results: Path = RESULTS) -> List[Job]:
         if job.method == "vqad":
             job.runner_args, job.evaluations = ["--no-operating-points"], 1
     return jobs
+
+
+CANDIDATE_KIND = "candidate"
+
+
+def candidate_jobs(
+    scene: str, data: Path, name: str, base: str, options: List[str], results: Path = RESULTS
+) -> List[Job]:
+    """The suite configuration ``base`` of one scene as it is and with ``options`` added (label ``name``)."""
+    base_job = next((job for job in suite_jobs(scene, data, results) if job.label == base), None)
+    if base_job is None:
+        raise SystemExit(f"--base: {base!r} is not a suite configuration ({', '.join(SUITE)})")
+    return [base_job, dataclasses.replace(base_job, label=name, args=[*base_job.args, *options])]
+
+
+def candidate_table(name: str, base: str, results: Path = RESULTS) -> str:
+    """Per scene, the latest candidate rows of ``base`` and ``name``: PSNR, size and the change."""
+    lines = [f"| scene | {base} | {name} | change |", "|---|---|---|---|"]
+    for scene in SCENES:
+        rows = load_rows(scene, None, scene_path(scene, results), kind=CANDIDATE_KIND)
+        pair = [rows.get(base) or {}, rows.get(name) or {}]
+        if not any(pair):
+            continue
+        cells = [
+            "—" if r.get("psnr") is None else f"{r['psnr']:.2f} dB, {(r.get('file_bytes') or 0) / 1e6:.2f} MB"
+            for r in pair
+        ]
+        both = all(r.get("psnr") is not None for r in pair)
+        change = f"{pair[1]['psnr'] - pair[0]['psnr']:+.2f} dB" if both else ""
+        lines.append(f"| {scene} | {cells[0]} | {cells[1]} | {change} |")
+    return "\n".join(lines) + "\n"
 
 
 def constant_image_psnr(data: Path) -> Dict[str, float]:
@@ -232,9 +268,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         "--constant-images", action="store_true", help="record the PSNR of constant images per scene (CPU), then report"
     )
     parser.add_argument("--dry-run", action="store_true", help="print what would run")
+    parser.add_argument("--candidate", default="", help="label of a candidate default (options after --)")
+    parser.add_argument("--base", default="nerf-qat-int4", help="suite configuration the candidate changes")
+    parser.add_argument("options", nargs="*", help="ns-train options of the candidate (after --)")
     args = parser.parse_args(argv)
 
     scenes = [s for s in args.scenes.split(",") if s]
+    if bool(args.candidate) != bool(args.options):
+        parser.error("--candidate NAME and its ns-train options after -- go together")
+    kind = CANDIDATE_KIND if args.candidate else "suite"
     if not args.report_only and (args.data_root is None or not args.data_root.is_dir()):
         parser.error(f"--data-root: folder {args.data_root} not found")
     if args.constant_images:
@@ -247,8 +289,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             if not data.is_dir():
                 print(f"[suite] {scene}: not in {args.data_root}, skipped", flush=True)
                 continue
-            done = suite_rows(scene, args.results_dir, args.budget_s)
-            jobs = suite_jobs(scene, data, args.results_dir)
+            done = load_rows(scene, args.budget_s, scene_path(scene, args.results_dir), kind=kind)
+            if args.candidate:
+                jobs = candidate_jobs(scene, data, args.candidate, args.base, args.options, args.results_dir)
+            else:
+                jobs = suite_jobs(scene, data, args.results_dir)
             todo += [j for j in jobs if j.label not in done and (not wanted or j.label in wanted)]
             print(f"[suite] {scene}: {sum(j.label in done for j in jobs)} of {len(jobs)} done", flush=True)
         if args.dry_run:
@@ -258,10 +303,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         if todo:
             import torch
 
-            args.scene, args.data, args.kind = "", None, "suite"  # every job names its own scene
+            args.scene, args.data, args.kind = "", None, kind  # every job names its own scene
             failed = run_jobs(todo, args, args.gpus or max(1, torch.cuda.device_count()))
             if failed:
                 print(f"[suite] failed: {', '.join(failed)}", flush=True)
+    if args.candidate:
+        print(candidate_table(args.candidate, args.base, args.results_dir), flush=True)
+        return 0
     readme = README if args.results_dir.resolve() == RESULTS else None  # other rows: leave the README alone
     print(f"[suite] wrote {write_report(args.results_dir, args.doc, readme)}", flush=True)
     return 0

@@ -257,6 +257,32 @@ def test_suite_plans_four_configurations_per_scene_with_the_peers_background(tmp
         assert vqad.runner_args == ["--no-operating-points"]
 
 
+def test_a_candidate_default_runs_beside_its_base_on_every_scene_and_is_reported_apart(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from conftest import make_blender_scene
+
+    make_blender_scene(tmp_path / "data" / "chair")
+    options = ["--pipeline.model.activation-bits", "8"]
+    argv = ["--data-root", str(tmp_path / "data"), "--results-dir", str(tmp_path), "--dry-run"]
+    assert scene_suite.main([*argv, "--candidate", "int4-a8", "--", *options]) == 0
+    planned = [line for line in capsys.readouterr().out.splitlines() if "would run" in line]
+    assert len(planned) == 2 and "chair nerf-qat-int4: nerf-qat --pipeline.model.bits 4" in planned[0]
+    assert planned[0].endswith("bits 4") and planned[1].endswith("bits 4 --pipeline.model.activation-bits 8")
+    with pytest.raises(SystemExit):  # a candidate needs its options, and options a candidate
+        scene_suite.main([*argv, "--candidate", "int4-a8"])
+    rows = [
+        _row("nerf-qat-int4", "nerf-qat", 19.0, kind="candidate", file_bytes=670_000),
+        _row("int4-a8", "nerf-qat", 26.5, kind="candidate", file_bytes=680_000),
+        _row("nerf-qat-int4", "nerf-qat", 30.0, kind="suite"),  # the suite's own rows stay apart
+    ]
+    (tmp_path / "chair.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = scene_suite.candidate_table("int4-a8", "nerf-qat-int4", tmp_path)
+    assert "| chair | 19.00 dB, 0.67 MB | 26.50 dB, 0.68 MB | +7.50 dB |" in table and "fern" not in table
+    results = scene_suite.results_markdown(tmp_path)
+    assert "| nerf-qat-int4 | 30.00 |" in results and "26.50" not in results and "19.00" not in results
+
+
 def test_results_doc_is_generated_per_scene_with_the_gap_to_nerfacto(tmp_path: Path) -> None:
     rows = [
         _row("nerf-qat-int8", "nerf-qat", 25.0, kind="suite", file_bytes=1_100_000, jobs_per_gpu=1),
