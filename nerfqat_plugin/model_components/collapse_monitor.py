@@ -91,3 +91,11 @@ class CollapseMonitor:
         )
         CONSOLE.print(f"[bold yellow]warning: step {step}: " + COLLAPSE_ADVICE.format(what=what, detail=detail))
         return True
+
+    def psnr_lost_since(self, step: int) -> Optional[float]:
+        """Training PSNR of the last window that ended before ``step`` minus that of the latest window
+        that began at or after it, e.g. what switching quantization on at ``step`` cost (None until
+        both exist). A window ending at ``end`` holds steps ``end - check_every + 1`` to ``end``."""
+        before = [psnr for end, psnr in self.psnr_windows if end < step]
+        after = [psnr for end, psnr in self.psnr_windows if end - self.check_every + 1 >= step]
+        return before[-1] - after[-1] if before and after else None

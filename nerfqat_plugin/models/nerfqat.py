@@ -12,6 +12,7 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttrib
 from nerfstudio.engine.optimizers import Optimizers
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
+from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio.viewer.viewer_elements import ViewerCheckbox
 from torch import Tensor
 from torch.nn import Parameter
@@ -129,6 +130,15 @@ class NeRFQATModelConfig(CompressibleModelConfig):
         return tuple(sorted(j for j in blocks if j < self.num_layers))
 
 
+QUANTIZATION_LOSS_WARNING_DB = 3.0
+"""Training PSNR lost at the switch to quantization above which a run warns."""
+
+QUANTIZATION_LOSS_ADVICE = (
+    "the training PSNR fell by {lost:.1f} dB when quantization ({bits}-bit weights, {act}-bit activations) "
+    "switched on at step {start}; the exported file renders what training shows now. Try {fix}."
+)
+
+
 class NeRFQATModel(CompressibleModel):
     """NeRF with QAT fields, sampled in NDC for forward-facing scenes."""
 
@@ -154,6 +164,7 @@ class NeRFQATModel(CompressibleModel):
         self._total_steps: Optional[Callable[[], int]] = None
         self._qat_started_at: Optional[int] = None
         self._calibration_steps: Optional[int] = None
+        self.quantization_loss_warned = False
 
         self.viewer_float_weights = ViewerCheckbox(
             name="Show float weights (not quantized)",
@@ -269,7 +280,40 @@ class NeRFQATModel(CompressibleModel):
                     args=[optimizers],
                 )
             )
-        return callbacks + self.shared_training_callbacks()
+        # After the shared ones: the collapse monitor closes the window this check reads.
+        loss_check = TrainingCallback(
+            where_to_run=[TrainingCallbackLocation.AFTER_TRAIN_ITERATION],
+            update_every_num_iters=1,
+            func=self.check_quantization_loss,
+        )
+        return callbacks + self.shared_training_callbacks() + [loss_check]
+
+    def quantization_loss_db(self) -> Optional[float]:
+        """Training PSNR lost since quantization switched on (None before a quantized window)."""
+        start = self._qat_started_at
+        return None if start is None else self.collapse_monitor.psnr_lost_since(start)
+
+    def check_quantization_loss(self, step: int) -> None:
+        """Warn once (one line) when quantization cost more than ``QUANTIZATION_LOSS_WARNING_DB``."""
+        lost = self.quantization_loss_db() if not self.quantization_loss_warned else None
+        if lost is None or lost < QUANTIZATION_LOSS_WARNING_DB:
+            return
+        self.quantization_loss_warned = True
+        cfg = self.config
+        activation_bits = cfg.activation_bits or cfg.bits
+        if activation_bits < 8:
+            fix = "--pipeline.model.activation-bits 8 (the file keeps its size) or --pipeline.model.bits 8"
+        elif cfg.bits < 8:
+            fix = "--pipeline.model.bits 8"
+        else:
+            fix = "--pipeline.model.quantize False to see what the float field reaches"
+        advice = QUANTIZATION_LOSS_ADVICE.format(
+            lost=lost, bits=cfg.bits, act=activation_bits, start=self._qat_started_at, fix=fix
+        )
+        CONSOLE.print(f"[bold yellow]warning: step {step}: " + advice)
+
+    def training_statistics(self) -> Dict[str, Any]:
+        return {**super().training_statistics(), "quantization_loss_db": self.quantization_loss_db()}
 
     def scale_learning_rates(self, optimizers: Optimizers, step: int) -> None:
         """Set every scheduler's initial rate to the configured one, times ``qat_lr_scale`` once

@@ -5,12 +5,14 @@ warning when a run collapses anyway."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from types import SimpleNamespace
 
 import pytest
 import torch
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
+from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
 
 from nerfqat_plugin.data.datamanager import CenterCropPixelSamplerConfig, CompressionDataManager
 from nerfqat_plugin.model_components.collapse_monitor import CollapseMonitor
@@ -41,11 +43,12 @@ def _object_image(n: int = 256, seed: int = 0) -> torch.Tensor:
     return torch.cat([torch.rand(n, 3, generator=g), alpha], dim=-1)
 
 
-def _tiny_nerf_qat() -> NeRFQATModel:
-    config = NeRFQATModelConfig(
+def _tiny_nerf_qat(**overrides) -> NeRFQATModel:
+    options = dict(
         num_layers=2, layer_width=16, skip_connections=(1,), head_width=8, position_frequencies=3,
         direction_frequencies=2, num_coarse_samples=8, num_importance_samples=8, compile=False, quantize=False,
     )  # fmt: skip
+    config = NeRFQATModelConfig(**{**options, **overrides})
     box = SceneBox(aabb=torch.tensor([[-1.5] * 3, [1.5] * 3]))
     return NeRFQATModel(config=config, scene_box=box, num_train_data=4, metadata=BOUNDED)
 
@@ -154,6 +157,32 @@ def test_a_healthy_field_is_not_reported(capsys: pytest.CaptureFixture[str]) -> 
         torch.nn.init.normal_(fld.color_head.out_layer.linear.weight, std=3.0)
     assert not _observe_model(model, CollapseMonitor(check_every=2, start_step=2), 8)
     assert "collapsed" not in capsys.readouterr().out and not model.collapse_monitor.collapsed
+
+
+@pytest.mark.parametrize("quantized_error, warned", [(0.5, True), (0.11, False)])
+def test_quality_lost_when_quantization_switches_on_is_reported_once(
+    quantized_error: float, warned: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = _tiny_nerf_qat(quantize=True, bits=4, qat_start_fraction=None, float_warmup_steps=4)
+    monitor = model.collapse_monitor = CollapseMonitor(check_every=2, start_step=0)
+    attributes = TrainingCallbackAttributes(optimizers=None, grad_scaler=None, pipeline=None, trainer=None)
+    callbacks = model.get_training_callbacks(attributes)
+    image = torch.rand(64, 3, generator=torch.Generator().manual_seed(0))
+    for step in range(12):  # renders 0.1 off the images in float (20 dB), then quantized_error off
+        for callback in callbacks:
+            callback.run_callback_at_location(step, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
+        monitor.observe(
+            image + (0.1 if model.quantization_started_at is None else quantized_error), torch.ones(64, 1), image
+        )
+        for callback in callbacks:
+            callback.run_callback_at_location(step, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
+    output = " ".join(capsys.readouterr().out.split())  # as one line, whatever the console's width
+    lost = model.training_statistics()["quantization_loss_db"]
+    assert model.quantization_started_at == 4 and lost == pytest.approx(
+        20.0 + 20 * math.log10(quantized_error), abs=0.02
+    )
+    assert output.count("when quantization (4-bit weights, 4-bit activations) switched on at step 4") == int(warned)
+    assert ("activation-bits 8" in output) is warned and model.quantization_loss_warned is warned
 
 
 def test_one_odd_window_is_not_yet_a_collapse_and_blank_images_are_never_judged() -> None:
