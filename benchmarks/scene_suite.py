@@ -12,7 +12,8 @@ nerfacto runs with the torch implementation and the camera optimizer off, on the
 
 A default changes only with rows on every scene. ``--candidate NAME --base nerf-qat-int4 -- OPTIONS``
 runs the base configuration as it is and with the ns-train OPTIONS added (label NAME) side by side on
-every scene, as rows of kind ``candidate``, then prints both per scene.
+every scene (``--beside nerf-qat-int8``: others unchanged in the same run), as rows of kind
+``candidate``, then prints them per scene.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import json
 import os
 import shlex
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import compare
 from compare import Job, load_rows, plan, run_jobs, scene_space
@@ -60,30 +61,41 @@ CANDIDATE_KIND = "candidate"
 
 
 def candidate_jobs(
-    scene: str, data: Path, name: str, base: str, options: List[str], results: Path = RESULTS
+    scene: str,
+    data: Path,
+    name: str,
+    base: str,
+    options: List[str],
+    results: Path = RESULTS,
+    beside: Sequence[str] = (),
 ) -> List[Job]:
-    """The suite configuration ``base`` of one scene as it is and with ``options`` added (label ``name``)."""
-    base_job = next((job for job in suite_jobs(scene, data, results) if job.label == base), None)
-    if base_job is None:
-        raise SystemExit(f"--base: {base!r} is not a suite configuration ({', '.join(SUITE)})")
-    return [base_job, dataclasses.replace(base_job, label=name, args=[*base_job.args, *options])]
+    """The suite configuration ``base`` of one scene as it is and with ``options`` added (label ``name``),
+    and the suite configurations ``beside`` as they are (to compare with in the same run)."""
+    jobs = {job.label: job for job in suite_jobs(scene, data, results)}
+    unknown = [label for label in (base, *beside) if label not in jobs]
+    if unknown:
+        raise SystemExit(f"--base/--beside: {', '.join(unknown)} not a suite configuration ({', '.join(SUITE)})")
+    candidate = dataclasses.replace(jobs[base], label=name, args=[*jobs[base].args, *options])
+    return [jobs[base], candidate, *(jobs[label] for label in beside if label != base)]
 
 
-def candidate_table(name: str, base: str, results: Path = RESULTS) -> str:
-    """Per scene, the latest candidate rows of ``base`` and ``name``: PSNR, size and the change."""
-    lines = [f"| scene | {base} | {name} | change |", "|---|---|---|---|"]
+def candidate_table(name: str, base: str, results: Path = RESULTS, beside: Sequence[str] = ()) -> str:
+    """Per scene, the latest candidate rows of ``base``, ``name`` and ``beside``: PSNR and size, and
+    the candidate's change from its base."""
+    labels = [base, name, *beside]
+    lines = ["| scene | " + " | ".join(labels) + f" | {name} vs {base} |", "|---" * (len(labels) + 2) + "|"]
     for scene in SCENES:
         rows = load_rows(scene, None, scene_path(scene, results), kind=CANDIDATE_KIND)
-        pair = [rows.get(base) or {}, rows.get(name) or {}]
-        if not any(pair):
+        found = [rows.get(label) or {} for label in labels]
+        if not any(found):
             continue
         cells = [
             "—" if r.get("psnr") is None else f"{r['psnr']:.2f} dB, {(r.get('file_bytes') or 0) / 1e6:.2f} MB"
-            for r in pair
+            for r in found
         ]
-        both = all(r.get("psnr") is not None for r in pair)
-        change = f"{pair[1]['psnr'] - pair[0]['psnr']:+.2f} dB" if both else ""
-        lines.append(f"| {scene} | {cells[0]} | {cells[1]} | {change} |")
+        both = all(r.get("psnr") is not None for r in found[:2])
+        change = f"{found[1]['psnr'] - found[0]['psnr']:+.2f} dB" if both else ""
+        lines.append(f"| {scene} | " + " | ".join(cells) + f" | {change} |")
     return "\n".join(lines) + "\n"
 
 
@@ -270,6 +282,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print what would run")
     parser.add_argument("--candidate", default="", help="label of a candidate default (options after --)")
     parser.add_argument("--base", default="nerf-qat-int4", help="suite configuration the candidate changes")
+    parser.add_argument("--beside", default="", help="comma-separated suite configurations run unchanged with it")
     parser.add_argument("options", nargs="*", help="ns-train options of the candidate (after --)")
     args = parser.parse_args(argv)
 
@@ -277,6 +290,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if bool(args.candidate) != bool(args.options):
         parser.error("--candidate NAME and its ns-train options after -- go together")
     kind = CANDIDATE_KIND if args.candidate else "suite"
+    beside = [label for label in args.beside.split(",") if label]
     if not args.report_only and (args.data_root is None or not args.data_root.is_dir()):
         parser.error(f"--data-root: folder {args.data_root} not found")
     if args.constant_images:
@@ -291,7 +305,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 continue
             done = load_rows(scene, args.budget_s, scene_path(scene, args.results_dir), kind=kind)
             if args.candidate:
-                jobs = candidate_jobs(scene, data, args.candidate, args.base, args.options, args.results_dir)
+                jobs = candidate_jobs(scene, data, args.candidate, args.base, args.options, args.results_dir, beside)
             else:
                 jobs = suite_jobs(scene, data, args.results_dir)
             todo += [j for j in jobs if j.label not in done and (not wanted or j.label in wanted)]
@@ -308,7 +322,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             if failed:
                 print(f"[suite] failed: {', '.join(failed)}", flush=True)
     if args.candidate:
-        print(candidate_table(args.candidate, args.base, args.results_dir), flush=True)
+        print(candidate_table(args.candidate, args.base, args.results_dir, beside), flush=True)
         return 0
     readme = README if args.results_dir.resolve() == RESULTS else None  # other rows: leave the README alone
     print(f"[suite] wrote {write_report(args.results_dir, args.doc, readme)}", flush=True)

@@ -265,20 +265,25 @@ def test_a_candidate_default_runs_beside_its_base_on_every_scene_and_is_reported
     make_blender_scene(tmp_path / "data" / "chair")
     options = ["--pipeline.model.activation-bits", "8"]
     argv = ["--data-root", str(tmp_path / "data"), "--results-dir", str(tmp_path), "--dry-run"]
-    assert scene_suite.main([*argv, "--candidate", "int4-a8", "--", *options]) == 0
+    assert scene_suite.main([*argv, "--candidate", "int4-a8", "--beside", "nerf-qat-int8", "--", *options]) == 0
     planned = [line for line in capsys.readouterr().out.splitlines() if "would run" in line]
-    assert len(planned) == 2 and "chair nerf-qat-int4: nerf-qat --pipeline.model.bits 4" in planned[0]
+    assert len(planned) == 3 and "chair nerf-qat-int4: nerf-qat --pipeline.model.bits 4" in planned[0]
     assert planned[0].endswith("bits 4") and planned[1].endswith("bits 4 --pipeline.model.activation-bits 8")
+    assert planned[2].endswith("chair nerf-qat-int8: nerf-qat --pipeline.model.bits 8")
+    with pytest.raises(SystemExit, match="not a suite configuration"):
+        scene_suite.main([*argv, "--candidate", "x", "--beside", "int3", "--", *options])
     with pytest.raises(SystemExit):  # a candidate needs its options, and options a candidate
         scene_suite.main([*argv, "--candidate", "int4-a8"])
     rows = [
         _row("nerf-qat-int4", "nerf-qat", 19.0, kind="candidate", file_bytes=670_000),
         _row("int4-a8", "nerf-qat", 26.5, kind="candidate", file_bytes=680_000),
+        _row("nerf-qat-int8", "nerf-qat", 27.0, kind="candidate", file_bytes=1_130_000),
         _row("nerf-qat-int4", "nerf-qat", 30.0, kind="suite"),  # the suite's own rows stay apart
     ]
     (tmp_path / "chair.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    table = scene_suite.candidate_table("int4-a8", "nerf-qat-int4", tmp_path)
-    assert "| chair | 19.00 dB, 0.67 MB | 26.50 dB, 0.68 MB | +7.50 dB |" in table and "fern" not in table
+    table = scene_suite.candidate_table("int4-a8", "nerf-qat-int4", tmp_path, ["nerf-qat-int8"])
+    assert "| chair | 19.00 dB, 0.67 MB | 26.50 dB, 0.68 MB | 27.00 dB, 1.13 MB | +7.50 dB |" in table
+    assert "fern" not in table
     results = scene_suite.results_markdown(tmp_path)
     assert "| nerf-qat-int4 | 30.00 |" in results and "26.50" not in results and "19.00" not in results
 
