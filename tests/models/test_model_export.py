@@ -315,7 +315,7 @@ def test_ema_weights_render_evaluate_and_export_and_training_keeps_its_own(tmp_p
     model = _model(bits=4, ema_decay=0.9)
     callbacks = model.get_training_callbacks(SimpleNamespace(trainer=None, optimizers=None))
     after = [c for c in callbacks if TrainingCallbackLocation.AFTER_TRAIN_ITERATION in c.where_to_run]
-    assert len(after) == 2  # the collapse check and the weight average
+    assert len(after) == 3  # the collapse check, the weight average and the quantization-loss check
     _train(model, 8, after)  # ends in eval mode
     assert model.weight_average is not None and model.weight_average.num_updates == 8
     trained = {k: v.clone() for k, v in model.field_fine.named_parameters()}
