@@ -17,6 +17,7 @@ REQUIRED = ("kind", "label", "method", "scene", "command", "gpu", "date", "code_
 """Fields every row holds, as strings."""
 KINDS = {
     "suite": "scene_suite.py: the development scenes x the four suite configurations",
+    "candidate": "scene_suite.py --candidate: a proposed default beside the configuration it changes",
     "comparison": "compare.py: Tables 1 and 2 against nerfstudio's methods",
     "experiment": "run_benchmark.py run by hand or by gpu_suite.sh: one option tried",
     "ddp": "ddp_check.sh: one run on one or two GPUs",

@@ -270,6 +270,7 @@ def test_a_candidate_default_runs_beside_its_base_on_every_scene_and_is_reported
     assert len(planned) == 3 and "chair nerf-qat-int4: nerf-qat --pipeline.model.bits 4" in planned[0]
     assert planned[0].endswith("bits 4") and planned[1].endswith("bits 4 --pipeline.model.activation-bits 8")
     assert planned[2].endswith("chair nerf-qat-int8: nerf-qat --pipeline.model.bits 8")
+    assert scene_suite.CANDIDATE_KIND in _load_benchmark_script("rows").KINDS  # run_benchmark --kind accepts it
     with pytest.raises(SystemExit, match="not a suite configuration"):
         scene_suite.main([*argv, "--candidate", "x", "--beside", "int3", "--", *options])
     with pytest.raises(SystemExit):  # a candidate needs its options, and options a candidate
