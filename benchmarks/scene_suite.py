@@ -79,6 +79,12 @@ def candidate_jobs(
     return [jobs[base], candidate, *(jobs[label] for label in beside if label != base)]
 
 
+def psnr_and_size(row: Dict[str, Any]) -> str:
+    """A summary cell: the row's PSNR and size (its file, or a peer's fp32 parameters); — unmeasured."""
+    size, psnr = row.get("file_bytes") or row.get("param_bytes"), row.get("psnr")
+    return "—" if psnr is None else f"{psnr:.2f} dB, {size / 1e6:.2f} MB" if size else f"{psnr:.2f} dB"
+
+
 def candidate_table(name: str, base: str, results: Path = RESULTS, beside: Sequence[str] = ()) -> str:
     """Per scene, the latest candidate rows of ``base``, ``name`` and ``beside``: PSNR and size, and
     the candidate's change from its base."""
@@ -89,10 +95,7 @@ def candidate_table(name: str, base: str, results: Path = RESULTS, beside: Seque
         found = [rows.get(label) or {} for label in labels]
         if not any(found):
             continue
-        cells = [
-            "—" if r.get("psnr") is None else f"{r['psnr']:.2f} dB, {(r.get('file_bytes') or 0) / 1e6:.2f} MB"
-            for r in found
-        ]
+        cells = [psnr_and_size(r) for r in found]
         both = all(r.get("psnr") is not None for r in found[:2])
         change = f"{found[1]['psnr'] - found[0]['psnr']:+.2f} dB" if both else ""
         lines.append(f"| {scene} | " + " | ".join(cells) + f" | {change} |")
@@ -230,12 +233,7 @@ def readme_table(results: Path = RESULTS) -> str:
     lines = ["| scene | " + " | ".join(SUITE) + " |", "|---" * (len(SUITE) + 1) + "|"]
     for scene in SCENES:
         rows = suite_rows(scene, results)
-        cells = []
-        for label in SUITE:
-            row = rows.get(label) or {}
-            size = row.get("file_bytes") or row.get("param_bytes")
-            psnr = row.get("psnr")
-            cells.append("—" if psnr is None else f"{psnr:.2f} dB, {size / 1e6:.2f} MB" if size else f"{psnr:.2f} dB")
+        cells = [psnr_and_size(rows.get(label) or {}) for label in SUITE]
         lines.append(f"| {scene} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
