@@ -280,10 +280,10 @@ class NeRFQATModel(CompressibleModel):
                     args=[optimizers],
                 )
             )
-        # After the shared ones: the collapse monitor closes the window this check reads.
+        # After the shared ones, at the end of each window: the collapse monitor closes the window it reads.
         loss_check = TrainingCallback(
             where_to_run=[TrainingCallbackLocation.AFTER_TRAIN_ITERATION],
-            update_every_num_iters=1,
+            update_every_num_iters=self.collapse_monitor.check_every,
             func=self.check_quantization_loss,
         )
         return callbacks + self.shared_training_callbacks() + [loss_check]
