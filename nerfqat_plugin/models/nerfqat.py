@@ -69,10 +69,10 @@ class NeRFQATModelConfig(CompressibleModelConfig):
     quantize: bool = True
     """Quantization-aware training; False trains the same field in fp32 (the baseline)."""
     bits: int = 8
-    """Bits of weights, and of activations unless activation_bits is set (4 to 8)."""
-    activation_bits: Optional[int] = None
-    """Bits of the activations when they differ from ``bits`` (4 to 8; None: ``bits``). The file's size
-    depends only on ``bits``."""
+    """Bits of the stored weights (4 to 8)."""
+    activation_bits: Optional[int] = 8
+    """Bits of the activations (4 to 8; None: ``bits``). Only weights are stored, so the file's size
+    depends on ``bits`` alone."""
     edge_bits: Optional[int] = 8
     """Bits of the fields' edges: the quantizers of the encoded inputs and the density and colour
     output layers (640 weights per field: 0.64 kB more than at 4 bits); None: ``bits``."""

@@ -163,7 +163,7 @@ def test_a_healthy_field_is_not_reported(capsys: pytest.CaptureFixture[str]) -> 
 def test_quality_lost_when_quantization_switches_on_is_reported_once(
     quantized_error: float, warned: bool, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    model = _tiny_nerf_qat(quantize=True, bits=4, qat_start_fraction=None, float_warmup_steps=4)
+    model = _tiny_nerf_qat(quantize=True, bits=4, activation_bits=4, qat_start_fraction=None, float_warmup_steps=4)
     monitor = model.collapse_monitor = CollapseMonitor(check_every=2, start_step=0)
     attributes = TrainingCallbackAttributes(optimizers=None, grad_scaler=None, pipeline=None, trainer=None)
     callbacks = model.get_training_callbacks(attributes)

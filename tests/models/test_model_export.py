@@ -31,7 +31,7 @@ CASES = [
     (4, True, False, 8, {}),
     (6, False, False, None, {}),
     (4, True, True, 8, {}),
-    (4, True, False, 8, {"weight_range": "mse", "activation_bits": 8}),
+    (4, True, False, 8, {"weight_range": "mse", "activation_bits": 4}),
     (4, True, False, 8, {"high_precision_layers": (1,), "high_precision_bits": 6}),
     (4, True, False, 8, {"high_precision_layers": ()}),
 ]
@@ -62,7 +62,7 @@ def test_render_from_file_equals_trained_quantized_model(
         assert spec["bits"] == ((edge_bits or bits) if on_edge else expected_bits), name
     assert sum(any(layer in name for layer in EDGE_LAYERS) for name in packed) == 4  # 2 per field
     assert not any("log_scale" in name for name in read_compressed(path)[0])  # training-only
-    activation_bits = options.get("activation_bits", bits)
+    activation_bits = options.get("activation_bits", 8)  # 8 whatever the weights' bits unless set
     if 1 in model.config.trunk_high_precision_layers():
         activation_bits = model.config.high_precision_bits
     hidden_output = loaded.field_fine.trunk.layers[1].output_quantizer
@@ -71,15 +71,15 @@ def test_render_from_file_equals_trained_quantized_model(
 
 def test_files_from_before_edge_bits_rebuild_with_every_layer_at_bits(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = _model(bits=4, edge_bits=None, high_precision_layers=())
+    model = _model(bits=4, edge_bits=None, high_precision_layers=(), activation_bits=None)
     _train(model, 8)
     model.export_compressed(tmp_path / "old.nqz")
     tensors, payload = read_compressed(tmp_path / "old.nqz")
     # As format-2 files written before these options existed.
-    del payload["model"]["edge_bits"], payload["model"]["high_precision_layers"]
+    del payload["model"]["edge_bits"], payload["model"]["high_precision_layers"], payload["model"]["activation_bits"]
     loaded = NeRFQATCodec().decode(tensors, payload).eval()
     assert loaded.field_fine.density_head.spec.bits == 4 and loaded.field_fine.trunk.input_quantizer.bits == 4
-    assert all(layer.spec.bits == 4 for layer in loaded.field_fine.trunk.layers)
+    assert all(layer.spec.bits == layer.spec.act_bits == 4 for layer in loaded.field_fine.trunk.layers)
     assert torch.max(torch.abs(_render(model)["rgb"] - _render(loaded)["rgb"])) <= 1e-5
 
 
