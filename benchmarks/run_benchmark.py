@@ -300,6 +300,18 @@ EVAL_RAYS_PER_CHUNK = 1 << 16
 MIN_EVAL_RAYS_PER_CHUNK = 1 << 10
 
 
+def jobs_per_gpu() -> int:
+    """How many configurations share this job's GPU (``$JOBS_PER_GPU``, set by compare.py)."""
+    return max(1, int(os.environ.get("JOBS_PER_GPU", "1")))
+
+
+def eval_rays_per_chunk(jobs: int) -> int:
+    """Rays per evaluation chunk when ``jobs`` share the GPU: halved for each doubling beyond two.
+    A 65,536-ray chunk of nerf-qat takes 35-46 GB; nine jobs evaluating at that size filled an H200
+    and a job still training ran out of memory."""
+    return max(MIN_EVAL_RAYS_PER_CHUNK, EVAL_RAYS_PER_CHUNK >> max(0, math.ceil(math.log2(jobs)) - 1))
+
+
 def render_camera(model, camera) -> Dict[str, torch.Tensor]:
     """``model.get_outputs_for_camera(camera)``; when the GPU runs out of memory (jobs sharing it, a
     smaller GPU) the model's chunk of rays halves, down to ``MIN_EVAL_RAYS_PER_CHUNK``, and stays so."""
@@ -327,7 +339,7 @@ def evaluate_model(
     from nerfqat_plugin.metrics.image_metrics import image_metrics
 
     model.eval()
-    model.config.eval_num_rays_per_chunk = EVAL_RAYS_PER_CHUNK
+    model.config.eval_num_rays_per_chunk = eval_rays_per_chunk(jobs_per_gpu())
     dataset = pipeline.datamanager.eval_dataset
     per_view, views = [], test_view_indices(len(dataset), max_views)
 
@@ -455,7 +467,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "steady_iterations_per_s": round(run.get("steady_iterations_per_s") or 0.0, 3) or None,
         "rays_per_iteration": trainer.pipeline.datamanager.get_train_rays_per_batch(),
         "gpu": gpu_name(),
-        "jobs_per_gpu": int(os.environ.get("JOBS_PER_GPU", "1")),
+        "jobs_per_gpu": jobs_per_gpu(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "code_commit": code_commit(),

@@ -192,6 +192,24 @@ def test_a_view_out_of_gpu_memory_is_rendered_again_in_smaller_chunks() -> None:
     assert hopeless.chunks[-1] == run_benchmark.MIN_EVAL_RAYS_PER_CHUNK
 
 
+def test_jobs_sharing_a_gpu_evaluate_in_smaller_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    run_benchmark = _load_benchmark_script("run_benchmark")
+    chunks = {jobs: run_benchmark.eval_rays_per_chunk(jobs) for jobs in (1, 2, 3, 4, 5, 8, 9, 16, 10**6)}
+    assert chunks == {
+        1: 1 << 16,
+        2: 1 << 16,
+        3: 1 << 15,
+        4: 1 << 15,
+        5: 1 << 14,
+        8: 1 << 14,
+        9: 1 << 13,
+        16: 1 << 13,
+        10**6: run_benchmark.MIN_EVAL_RAYS_PER_CHUNK,
+    }
+    monkeypatch.setenv("JOBS_PER_GPU", "9")  # what compare.py tells each job
+    assert run_benchmark.jobs_per_gpu() == 9
+
+
 def test_jobs_are_told_when_to_stop_evaluating(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     launched = []
 
@@ -309,6 +327,23 @@ def test_results_doc_is_generated_per_scene_with_the_gap_to_nerfacto(tmp_path: P
     int8_line = next(line for line in text.splitlines() if line.startswith("| nerf-qat-int8"))
     assert "within 8 dB of a blank image" in vqad_line and "blank" not in int8_line
     assert "5.00 dB (white)" in text
+
+
+def test_gap_to_nerfacto_compares_the_test_views_both_rendered(tmp_path: Path) -> None:
+    # int8's evaluation was cut short after views 0 and 8; nerfacto rendered all three.
+    int8 = _row("nerf-qat-int8", "nerf-qat", 21.0, kind="suite", test_views=[0, 8], per_view_psnr=[20.0, 22.0])
+    peer = _row("nerfacto", "nerfacto", 23.0, kind="suite", test_views=[0, 8, 16], per_view_psnr=[21.0, 22.5, 25.5])
+    old = _row("vqad", "vqad", 22.0, kind="suite")  # a row from before per-view figures: the means
+    assert scene_suite.psnr_gap(int8, peer) == (pytest.approx(-0.75), 2)
+    assert scene_suite.psnr_gap(old, peer) == (pytest.approx(-1.0), None)
+    assert scene_suite.psnr_gap(peer, peer) is None
+    assert scene_suite.psnr_gap({**int8, "test_views": [4], "per_view_psnr": [20.0]}, peer) is None  # none shared
+    (tmp_path / "fern.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (int8, peer, old)))
+    text = scene_suite.results_markdown(tmp_path)
+    int8_line = next(line for line in text.splitlines() if line.startswith("| nerf-qat-int8"))
+    vqad_line = next(line for line in text.splitlines() if line.startswith("| vqad"))
+    assert "| -0.75 dB |" in int8_line and "over the 2 test views both rendered" in int8_line
+    assert "| -1.00 dB |" in vqad_line and "both rendered" not in vqad_line
 
 
 def test_constant_image_psnr_scores_blank_images_against_the_test_views(tmp_path: Path) -> None:
