@@ -94,13 +94,7 @@ def write_atomically(path: Path, blob: bytes) -> int:
     write never leaves a half-written file under the final name and a failed one leaves an existing
     file as it was. A path that cannot be written raises :class:`OutputError`. Returns the byte count."""
     path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"{path}: is a directory; name the file to write")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise OutputError(f"{path}: cannot write here ({err.strerror or err})") from None
+    fd, tmp_name = _temporary_sibling(path)
     try:
         os.chmod(tmp_name, 0o666 & ~_current_umask())  # mkstemp creates 0600; use the usual mode
         with os.fdopen(fd, "wb") as handle:
@@ -115,6 +109,26 @@ def write_atomically(path: Path, blob: bytes) -> int:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return len(blob)
+
+
+def check_writable(path: Path) -> None:
+    """Raise :class:`OutputError` now if ``path`` cannot be written (a folder, a place this process
+    cannot create files in), so that a command fails before its long work rather than after it.
+    Creates ``path``'s missing parent folders, as the write would."""
+    fd, tmp_name = _temporary_sibling(Path(path))
+    os.close(fd)
+    Path(tmp_name).unlink(missing_ok=True)
+
+
+def _temporary_sibling(path: Path) -> Tuple[int, str]:
+    """An open temporary file beside ``path`` (its descriptor and name); OutputError if there cannot be one."""
+    if path.is_dir():
+        raise OutputError(f"{path}: is a directory; name the file to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise OutputError(f"{path}: cannot write here ({err.strerror or err})") from None
 
 
 def _current_umask() -> int:

@@ -91,6 +91,9 @@ def _as_tuples(value: Any) -> Any:
     return tuple(_as_tuples(v) for v in value) if isinstance(value, list) else value
 
 
+SIZE_NOT_MEASURED = "not measured (press Measure exported size)"
+
+
 class CompressibleModel(Model):
     """A nerfstudio Model with a self-contained compressed form."""
 
@@ -334,10 +337,12 @@ class CompressibleModel(Model):
 
     # -- viewer -----------------------------------------------------------------------------------
     def add_size_viewer_elements(self) -> None:
-        """Viewer panel: the exported file's size and a button that measures it again."""
-        self.viewer_exported_size = ViewerText(
-            name="Exported size", default_value=self.exported_size_text(), disabled=True
-        )
+        """Viewer panel: the exported file's size and a button that measures it.
+
+        Measured on request only: while the model is built its weights are not the trained ones yet
+        (the viewer and ns-eval load a checkpoint afterwards), and measuring bakes the file's occupancy
+        grid from the fields."""
+        self.viewer_exported_size = ViewerText(name="Exported size", default_value=SIZE_NOT_MEASURED, disabled=True)
         self.viewer_measure_size = ViewerButton(name="Measure exported size", cb_hook=self._show_exported_size)
 
     def exported_size_text(self) -> str:

@@ -9,6 +9,7 @@ from typing import Optional
 import tyro
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from nerfqat_plugin.compression.file_format import check_writable
 from nerfqat_plugin.errors import UserInputError
 from nerfqat_plugin.models.compressible import CompressibleModel
 from nerfqat_plugin.scripts.run_loading import load_trained_pipeline
@@ -26,6 +27,7 @@ class ExportCompressed:
     """vqad: export only this operating point (e.g. levels=2); default: the full model."""
 
     def main(self) -> int:
+        check_writable(self.output_path)  # before loading the run, which takes a while
         pipeline, checkpoint = load_trained_pipeline(self.load_config)
         model = pipeline.model
         if not isinstance(model, CompressibleModel):

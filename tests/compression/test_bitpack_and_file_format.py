@@ -113,6 +113,11 @@ def test_unwritable_outputs_are_one_line_errors_and_leave_nothing(
 ) -> None:
     with pytest.raises(OutputError, match=f"{tmp_path}: is a directory; name the file to write"):
         write_compressed(tmp_path, {"x": torch.zeros(5)}, {"method": "test"})
+    with pytest.raises(OutputError, match=f"{tmp_path}: is a directory; name the file to write"):
+        file_format.check_writable(tmp_path)  # what a command checks before its long work
+    file_format.check_writable(tmp_path / "new" / "out.nqz")  # writable: leaves only the folder it made
+    assert [p.name for p in tmp_path.rglob("*")] == ["new"]
+    (tmp_path / "new").rmdir()
 
     def read_only(*args, **kwargs):
         raise OSError(30, "Read-only file system")
@@ -120,6 +125,8 @@ def test_unwritable_outputs_are_one_line_errors_and_leave_nothing(
     monkeypatch.setattr(file_format.tempfile, "mkstemp", read_only)
     with pytest.raises(OutputError, match=r"out.nqz: cannot write here \(Read-only file system\)"):
         write_compressed(tmp_path / "out.nqz", {"x": torch.zeros(5)}, {"method": "test"})
+    with pytest.raises(OutputError, match=r"out.nqz: cannot write here \(Read-only file system\)"):
+        file_format.check_writable(tmp_path / "out.nqz")
     assert not list(tmp_path.iterdir())
 
 
