@@ -195,6 +195,8 @@ class LearnedIndexCodebookGrid(nn.Module):
         for lvl in self.sparse_levels:
             blocks = math.prod(block_grid_shape(self.resolutions[lvl], block_size))
             self.register_buffer(f"block_mask_{lvl}", torch.ones(blocks, dtype=torch.uint8))
+        # Evaluation's hard indices per level, with the versions of the logits they came from.
+        self._hard_index_cache: Dict[int, Tuple[Tuple[Tuple[int, int], ...], Tensor]] = {}
         # Checkpoints hold the logits of kept blocks only (dropped vertices never render again).
         self.register_state_dict_post_hook(_compact_logits_state)
         self.register_load_state_dict_pre_hook(_expand_logits_state)
@@ -293,6 +295,28 @@ class LearnedIndexCodebookGrid(nn.Module):
         chunks = torch.arange(self.index_entries(level), device=self.codebooks[level].device).split(1 << 18)
         return torch.cat([self.vertex_logits(level, ids).argmax(dim=-1) for ids in chunks])
 
+    def cached_hard_indices(self, level: int) -> Tensor:
+        """:meth:`hard_indices` of a learned level as int32, computed again only when its logits
+        change: evaluation looks up millions of corners (renders, the file's occupancy grid), and an
+        argmax per corner reads ``2**bits`` logits each. Equal to what an exported file stores."""
+        parameters = (
+            [self.logits[level]]
+            if self.logit_rank == 0
+            else [self.index_queries[level], self.index_keys[level], self.index_bias[level]]
+        )
+        versions = tuple((p._version, p.data_ptr()) for p in parameters)
+        cached = self._hard_index_cache.get(level)
+        if cached is None or cached[0] != versions:
+            with torch.no_grad():
+                cached = (versions, self.hard_indices(level).to(torch.int32))
+            self._hard_index_cache[level] = cached
+        return cached[1]
+
+    def train(self, mode: bool = True) -> LearnedIndexCodebookGrid:
+        if mode:
+            self._hard_index_cache.clear()  # training changes the logits every step
+        return super().train(mode)
+
     def vertex_logits(self, level: int, ids: Optional[Tensor] = None) -> Tensor:
         """Logits over the codebook of the vertices ``ids`` [..., 2**bits], or of every vertex of the
         level [vertices, 2**bits] when ``ids`` is None (learned, unfrozen grids). Probed grids: of
@@ -372,7 +396,7 @@ class LearnedIndexCodebookGrid(nn.Module):
             # for every batch of points.
             vertex = F.embedding(getattr(self, f"indices_{level}")[ids], codebook)
         elif hard:
-            vertex = F.embedding(self.vertex_logits(level, ids).argmax(dim=-1), codebook)
+            vertex = F.embedding(self.cached_hard_indices(level)[ids], codebook)
         elif self.num_vertices(level) < ids.numel():
             # A level with fewer vertices than the batch has corners: the straight-through feature
             # of every vertex once, then a gather, instead of a softmax per corner (same values and

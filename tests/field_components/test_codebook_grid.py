@@ -97,6 +97,27 @@ def test_training_forward_equals_hard_lookup_and_hard_equals_argmax_table() -> N
     assert torch.allclose(hard_forward, _reference(grid, positions, 2), atol=1e-5)
 
 
+@pytest.mark.parametrize("logit_rank", [0, 3])
+def test_evaluation_reuses_the_hard_indices_until_the_logits_change(logit_rank: int) -> None:
+    grid = _grid(bits=3, logit_rank=logit_rank).eval()
+    positions = torch.rand(64, 3)
+    expected = _reference(grid, positions, 2)
+    computed = []
+    original = grid.hard_indices
+    grid.hard_indices = lambda level: computed.append(level) or original(level)
+    assert torch.allclose(grid(positions), expected, atol=1e-6) and computed == [0, 1]
+    assert torch.allclose(grid(positions), expected, atol=1e-6) and computed == [0, 1]  # reused
+    with torch.no_grad():  # an optimizer step: in place, as Adam's
+        factor = grid.logits[1] if logit_rank == 0 else grid.index_bias[1]
+        factor.add_(torch.randn_like(factor) * 3.0)
+    changed = grid(positions)
+    assert computed == [0, 1, 1]
+    del grid.hard_indices
+    assert torch.allclose(changed, _reference(grid, positions, 2), atol=1e-6) and not torch.allclose(changed, expected)
+    grid.train()
+    assert not grid._hard_index_cache  # training changes the logits every step
+
+
 def test_vertex_values_are_reproduced_exactly_at_lattice_points() -> None:
     grid = _grid()
     grid.eval()
