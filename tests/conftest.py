@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Workers of ``pytest -n N`` share the cores: one thread each, and for the tools they start.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TINY_WIDTH, TINY_HEIGHT, TINY_FACTOR, TINY_VIEWS = 32, 24, 8, 17

@@ -11,8 +11,6 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from nerfqat_plugin.compression.file_format import check_writable
 from nerfqat_plugin.errors import UserInputError
-from nerfqat_plugin.models.compressible import CompressibleModel
-from nerfqat_plugin.scripts.run_loading import load_trained_pipeline
 
 
 @dataclass
@@ -28,6 +26,11 @@ class ExportCompressed:
 
     def main(self) -> int:
         check_writable(self.output_path)  # before loading the run, which takes a while
+        # Imported here: nerfstudio's method registry takes seconds to import, and a bad output path
+        # should not wait for it.
+        from nerfqat_plugin.models.compressible import CompressibleModel
+        from nerfqat_plugin.scripts.run_loading import load_trained_pipeline
+
         pipeline, checkpoint = load_trained_pipeline(self.load_config)
         model = pipeline.model
         if not isinstance(model, CompressibleModel):
