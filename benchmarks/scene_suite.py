@@ -167,8 +167,13 @@ def _row_line(
         notes.append("collapse warning")
     if blank is not None and row.get("psnr") is not None and row["psnr"] < blank + COLLAPSE_MARGIN_DB:
         notes.append(f"within {COLLAPSE_MARGIN_DB:.0f} dB of a blank image")
-    if (row.get("jobs_per_gpu") or 1) > 1:
-        notes.append(f"{row['jobs_per_gpu']} jobs shared the GPU")
+    jobs = row.get("jobs_per_gpu") or 1
+    if jobs > 1:
+        notes.append(f"{jobs} jobs shared the GPU")
+    peer_jobs = (peer or {}).get("jobs_per_gpu") or 1
+    if compared is not None and peer_jobs != jobs:
+        # A job sharing its GPU trains fewer steps in the budget: the gap is not like for like.
+        notes.append(f"{PEER} ran with {peer_jobs} job{'s' if peer_jobs != 1 else ''} on its GPU: unequal")
     if row.get("num_test_views") and scene in FULL_TEST_VIEWS and row["num_test_views"] < FULL_TEST_VIEWS[scene]:
         notes.append(f"{row['num_test_views']} of {FULL_TEST_VIEWS[scene]} test views")
     if row.get("evaluation_error"):

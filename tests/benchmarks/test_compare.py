@@ -346,6 +346,21 @@ def test_gap_to_nerfacto_compares_the_test_views_both_rendered(tmp_path: Path) -
     assert "| -1.00 dB |" in vqad_line and "both rendered" not in vqad_line
 
 
+def test_a_gap_to_nerfacto_trained_with_other_jobs_on_its_gpu_is_marked_unequal(tmp_path: Path) -> None:
+    rows = [
+        _row("nerf-qat-int8", "nerf-qat", 25.0, kind="suite", jobs_per_gpu=1),
+        _row("nerf-qat-int4", "nerf-qat", 24.0, kind="suite", jobs_per_gpu=9),
+        _row("nerfacto", "nerfacto", 23.0, kind="suite", jobs_per_gpu=9),
+    ]
+    (tmp_path / "horns.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = {line.split(" |")[0]: line for line in scene_suite.results_markdown(tmp_path).splitlines()}
+    assert (
+        "| +2.00 dB |" in lines["| nerf-qat-int8"]
+        and "nerfacto ran with 9 jobs on its GPU: unequal" in lines["| nerf-qat-int8"]
+    )
+    assert "unequal" not in lines["| nerf-qat-int4"] and "unequal" not in lines["| nerfacto"]
+
+
 def test_constant_image_psnr_scores_blank_images_against_the_test_views(tmp_path: Path) -> None:
     from conftest import make_blender_scene
 
