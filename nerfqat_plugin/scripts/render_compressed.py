@@ -26,10 +26,16 @@ from PIL import Image
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from nerfqat_plugin.compression.codec import load_compressed_model
+from nerfqat_plugin.compression.file_format import check_writable
 from nerfqat_plugin.errors import OutputError, UserInputError
 from nerfqat_plugin.rendering import preview_cameras
 
 VIDEO_SUFFIXES = (".mp4", ".mov")
+
+
+def frame_name(index: int) -> str:
+    """The PNG file name of frame ``index`` in an output folder."""
+    return f"{index:05d}.png"
 
 
 @dataclass
@@ -68,17 +74,10 @@ class RenderCompressed:
         video = self.output_path.suffix.lower() in VIDEO_SUFFIXES
         if video and shutil.which("ffmpeg") is None:
             raise OutputError(f"{self.output_path}: writing a video needs ffmpeg on the PATH; give a folder for PNGs")
-        if video and self.output_path.is_dir():
-            raise OutputError(f"{self.output_path}: is a directory")
         if not video and self.output_path.exists() and not self.output_path.is_dir():
             raise OutputError(f"{self.output_path}: exists and is not a folder")
-        parent = self.output_path.parent if video else self.output_path
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise OutputError(f"{self.output_path}: cannot write here ({err.strerror})") from None
-        if not os.access(parent, os.W_OK):
-            raise OutputError(f"{self.output_path}: cannot write here")
+        # A video is one file; frames are files in the folder: probe where the first one goes.
+        check_writable(self.output_path if video else self.output_path / frame_name(0))
         return video
 
     def main(self) -> List[Path]:
@@ -106,7 +105,7 @@ class RenderCompressed:
                 if video:
                     frames.append(image)
                 else:
-                    written.append(self.output_path / f"{i:05d}.png")
+                    written.append(self.output_path / frame_name(i))
                     Image.fromarray(image).save(written[-1])
                 progress.advance(task)
         seconds = time.perf_counter() - start

@@ -58,6 +58,7 @@ def test_bad_input_is_one_line(bounded_file: Path, tmp_path: Path) -> None:
     cases = [
         ([str(tmp_path / "missing.nqz"), *out], "no such file"),
         ([file, "--output-path", str(tmp_path / "a_file")], "exists and is not a folder"),
+        ([file, "--output-path", str(tmp_path / "a_file" / "frames")], "cannot write here (Not a directory)"),
         ([file, *out, "--camera-path-filename", str(tmp_path / "bad.json")], "not a nerfstudio camera path"),
         ([file, *out, "--operating-point", "levels=9"], "operating point"),
     ]
