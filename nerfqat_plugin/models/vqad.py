@@ -126,7 +126,7 @@ class VQADModelConfig(CompressibleModelConfig):
     inputs (instant-NGP's choice; n = num_levels, kept when a file holds fewer levels)."""
     initial_index_bias: float = 0.0
     """Start every vertex on codebook entry 0 with this logit margin (e.g. 0.1), so vertices no ray
-    trains store runs of 0 that the file deflates; 0: a random start (measured default)."""
+    trains store runs of 0 that the file deflates; 0: a random start."""
     sparse_from_level: Optional[int] = None
     """Levels from this index on keep only blocks of vertices where the field has density, decided at
     ``prune_at_fraction`` of the run (None: every level dense)."""
@@ -163,8 +163,7 @@ class VQADModelConfig(CompressibleModelConfig):
     proposal_hidden_dim: int = 16
     """Width of the proposal density decoder."""
     num_proposal_samples: Tuple[int, ...] = (128, 64)
-    """Samples per ray of each proposal round (one proposal field serves every round); (128, 64)
-    measured faster and no worse than nerfacto's (256, 96) on fern."""
+    """Samples per ray of each proposal round (one proposal field serves every round)."""
     num_nerf_samples: int = 48
     """Samples per ray of the radiance field."""
     random_levels_fraction: float = 0.25
