@@ -1,15 +1,40 @@
 """A nerfstudio Field whose flat-tensor methods run ``torch.compile``d while training.
 
 Evaluation always runs the eager methods, so a trained model and a model rebuilt from its
-compressed file (never compiled) render identical images.
+compressed file (never compiled) render identical images. On a CPU, evaluation runs them over slabs
+of rows (:func:`in_row_slabs`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Tuple
+import functools
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from nerfstudio.fields.base_field import Field
+from torch import Tensor
+
+CPU_SLAB_ROWS = 1 << 13
+"""Rows a CPU evaluates at once. A render chunk's samples make temporaries of hundreds of MB per
+operation; glibc maps every allocation above 32 MB afresh and faults each page in, which costs more
+than the arithmetic. Slabs of a few MB reuse the heap and stay in the cache."""
+
+
+def in_row_slabs(fn: Callable[..., Any], *args: Any, rows: Optional[int] = None) -> Any:
+    """``fn(*args)`` for a function of flat tensors whose rows are independent, computed over slabs of
+    ``rows`` rows (default :data:`CPU_SLAB_ROWS`) and concatenated. Tensor arguments with the first
+    argument's row count are sliced; others (None, constants) are passed whole. Returns a tensor or a
+    tuple of tensors, as ``fn`` does."""
+    n, rows = args[0].shape[0], rows or CPU_SLAB_ROWS
+    if n <= rows:
+        return fn(*args)
+    parts = []
+    for start in range(0, n, rows):
+        sliced = (a[start : start + rows] if isinstance(a, Tensor) and a.dim() and a.shape[0] == n else a for a in args)
+        parts.append(fn(*sliced))
+    if isinstance(parts[0], Tensor):
+        return torch.cat(parts)
+    return tuple(torch.cat(column) for column in zip(*parts, strict=True))
 
 
 class TrainingCompiledField(Field):
@@ -27,6 +52,18 @@ class TrainingCompiledField(Field):
         self._compiled = {name: torch.compile(getattr(self, name)) for name in self.compiled_methods}
 
     def run(self, name: str, *args: Any) -> Any:
-        """Call method ``name``: compiled while training (once compiled), eager otherwise."""
-        fn = self._compiled.get(name) if self.training else None
-        return (fn or getattr(self, name))(*args)
+        """Call method ``name``: compiled while training (once compiled), eager otherwise (in row slabs
+        on a CPU)."""
+        if self.training and name in self._compiled:
+            return self._compiled[name](*args)
+        return self.eager(name, *args)
+
+    def eager(self, name: str, *args: Any) -> Any:
+        """Call method ``name`` uncompiled (in row slabs on a CPU, when not training)."""
+        if not self.training and args[0].device.type == "cpu":
+            return in_row_slabs(getattr(self, name), *args)
+        return getattr(self, name)(*args)
+
+    def evaluator(self, name: str) -> Callable[..., Any]:
+        """Method ``name`` as :meth:`run` calls it."""
+        return functools.partial(self.run, name)

@@ -121,7 +121,7 @@ class VQADField(_BoxNormalizedField):
     def density_at(self, positions: Tensor) -> Tuple[Tensor, Tensor]:
         """Density [N, 1] and geometry features [N, G] at flat positions in the field's space [N, 3],
         at the current operating point (rendering; training passes per-ray levels)."""
-        return self.density_from_unit(*self.normalized(positions), None)
+        return self.eager("density_from_unit", *self.normalized(positions), None)
 
     def color_from_features(self, geo: Tensor, directions: Tensor) -> Tensor:
         """RGB [N, 3] from geometry features and unit world view directions (flat)."""

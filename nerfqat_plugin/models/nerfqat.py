@@ -375,7 +375,7 @@ class NeRFQATModel(CompressibleModel):
         """Field outputs in fp32; the MLPs themselves run under bf16 autocast when training on CUDA.
         Rendering skips the samples that cannot change the pixel (:meth:`field_outputs_skipping`)."""
         if not self.training and self.config.skip_hidden_samples:
-            return self.field_outputs_skipping(samples, fld.density_and_features, fld.color)
+            return self.field_outputs_skipping(samples, fld.evaluator("density_and_features"), fld.evaluator("color"))
         device = samples.frustums.origins.device
         use_bf16 = self.training and self.config.train_bf16 and device.type == "cuda"
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -384,8 +384,8 @@ class NeRFQATModel(CompressibleModel):
 
     def density_for_occupancy(self, positions: Tensor) -> Tensor:
         """Both fields' densities: a cell is empty only where the coarse and the fine field agree."""
-        coarse = self.field_coarse.density_and_features(positions)[0]
-        return torch.maximum(coarse, self.field_fine.density_and_features(positions)[0])
+        coarse = self.field_coarse.eager("density_and_features", positions)[0]
+        return torch.maximum(coarse, self.field_fine.eager("density_and_features", positions)[0])
 
     def _render(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
         rays = self.sampling_rays(ray_bundle)

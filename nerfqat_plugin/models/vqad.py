@@ -505,7 +505,9 @@ class VQADModel(CompressibleModel):
         ray_samples, weights_list, ray_samples_list = self.proposal_sampler(bundle, density_fns=self.density_fns)
         if not self.training and self.config.skip_hidden_samples:
             field = self.field
-            field_outputs = self.field_outputs_skipping(ray_samples, field.density_at, field.color_from_features)
+            field_outputs = self.field_outputs_skipping(
+                ray_samples, field.density_at, field.evaluator("color_from_features")
+            )
         else:
             field_outputs = self.field(ray_samples)
         weights = ray_samples.get_weights(field_outputs[FieldHeadNames.DENSITY])

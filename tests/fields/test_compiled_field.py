@@ -11,6 +11,9 @@ from helpers import forward_rays as _rays
 from helpers import tiny_nerf_qat_model as nerfqat_model
 from helpers import tiny_vqad_model as vqad_model
 
+from nerfqat_plugin.fields import compiled_field
+from nerfqat_plugin.fields.compiled_field import in_row_slabs
+
 
 @pytest.mark.parametrize("build", [nerfqat_model, vqad_model], ids=["nerf-qat", "vqad"])
 def test_compiled_paths_run_only_while_training(monkeypatch: pytest.MonkeyPatch, build) -> None:
@@ -41,3 +44,38 @@ def test_compiled_paths_run_only_while_training(monkeypatch: pytest.MonkeyPatch,
     model.train()
     model.compile_fields_once(torch.device("cuda"), True)  # once only
     assert [dict(f._compiled) for f in fields] == compiled
+
+
+def test_row_slabs_give_what_one_call_gives_and_pass_non_row_arguments_whole() -> None:
+    x, y = torch.randn(10, 3), torch.randn(10, 2)
+    seen: List[int] = []
+
+    def fn(a, b, c, scale):
+        seen.append(a.shape[0])
+        assert c is None and scale.shape == (2,)
+        return a.sum(-1, keepdim=True) * scale[0], b * scale[1]
+
+    scale = torch.tensor([2.0, 3.0])
+    whole = fn(x, y, None, scale)
+    seen.clear()
+    slabs = in_row_slabs(fn, x, y, None, scale, rows=4)
+    assert seen == [4, 4, 2]
+    assert all(torch.equal(s, w) for s, w in zip(slabs, whole, strict=True))
+    assert torch.equal(in_row_slabs(lambda a: a * 2, x, rows=3), x * 2)
+
+
+@pytest.mark.parametrize("build", [nerfqat_model, vqad_model], ids=["nerf-qat", "vqad"])
+def test_cpu_renders_evaluate_the_fields_in_slabs_and_render_the_same(monkeypatch: pytest.MonkeyPatch, build) -> None:
+    model = build()
+    model.eval()
+    with torch.no_grad():
+        whole = model(_rays())["rgb"]
+        monkeypatch.setattr(compiled_field, "CPU_SLAB_ROWS", 7)
+        calls: List[int] = []
+        original = compiled_field.in_row_slabs
+        monkeypatch.setattr(
+            compiled_field, "in_row_slabs", lambda fn, *args: calls.append(args[0].shape[0]) or original(fn, *args)
+        )
+        slabbed = model(_rays())["rgb"]
+    assert calls and max(calls) > 7  # the fields were handed more rows than one slab
+    torch.testing.assert_close(slabbed, whole, rtol=0, atol=1e-5)
