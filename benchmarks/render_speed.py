@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from profile_step import profiled_kernels
 from rows import append_row, scene_path
-from run_benchmark import code_commit, gpu_name, scene_test_views, synchronize
+from run_benchmark import code_commit, gpu_name, peer_lpips_disabled, scene_test_views, synchronize
 
 from nerfqat_plugin.compression.codec import load_compressed_model
 from nerfqat_plugin.metrics.image_metrics import image_metrics
@@ -85,7 +85,8 @@ def file_row(
 def peer_row(config: Path, cameras, images, repeats: int) -> Dict[str, Any]:
     from nerfqat_plugin.scripts.run_loading import load_trained_pipeline
 
-    pipeline, _ = load_trained_pipeline(config)
+    with peer_lpips_disabled():  # nerfstudio's models build LPIPS(AlexNet) at construction, offline too
+        pipeline, _ = load_trained_pipeline(config)
     model = pipeline.model.eval()
 
     def render(camera) -> torch.Tensor:
