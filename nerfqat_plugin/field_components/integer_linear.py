@@ -171,23 +171,25 @@ def _pad_to(x: Tensor, dim: int, multiple: int) -> Tensor:
     return F.pad(x, pad)
 
 
-def integer_matmul(a: Tensor, w_t: Tensor) -> Tensor:
-    """Exact ``a @ w_t`` of int8 matrices [N, K] x [K, M] as int32 (float32 where int8 kernels are missing)."""
+def integer_matmul(a: Tensor, weight: Tensor) -> Tensor:
+    """Exact ``a @ weight.T`` of int8 matrices [N, K] and [M, K] as int32 [N, M] (float32 products
+    where int8 kernels are missing). The weight is read transposed, as a column-major [K, M]: the
+    layout cuBLAS's fast int8 kernels take (a row-major second operand gets a slow generic kernel)."""
     n, k = a.shape
-    m = w_t.shape[1]
+    m = weight.shape[0]
     if a.is_cuda and n > 16:
         try:  # CUDA's int8 kernel wants K and M in multiples of 8
-            out = torch._int_mm(_pad_to(a, 1, 8), _pad_to(_pad_to(w_t, 0, 8), 1, 8))
+            out = torch._int_mm(_pad_to(a, 1, 8), _pad_to(_pad_to(weight, 0, 8), 1, 8).t())
             return out[:, :m]
         except RuntimeError:
             pass
     if not a.is_cuda and hasattr(torch, "_int_mm"):
         try:
-            return torch._int_mm(a, w_t)
+            return torch._int_mm(a, weight.t())
         except RuntimeError:
             pass
     assert 128 * 128 * k < _EXACT_FLOAT32_SUM, f"{k} inputs: float32 sums would not be exact"
-    return (a.float() @ w_t.float()).round().to(torch.int32)
+    return (a.float() @ weight.float().t()).round().to(torch.int32)
 
 
 class IntegerLinear:
@@ -201,14 +203,14 @@ class IntegerLinear:
         assert integers.abs().max() <= 127 and sum(input_segments) == integers.shape[1]
         self.block = block
         self.out_features = integers.shape[0]
-        # int8 [K_i, M] per input segment, zero-padded once to multiples of 8 (what int8 kernels take):
-        # zero rows meet the padded activations' zero columns, zero columns are sliced off the product.
+        # int8 [M, K_i] per input segment, zero-padded once to multiples of 8 (what int8 kernels take):
+        # zero columns meet the padded activations' zero columns, zero rows are sliced off the product.
         self.segments: List[Tensor] = []
         self.row_sums: List[Tensor] = []
         start = 0
         for width in input_segments:
             part = integers[:, start : start + width]
-            self.segments.append(_pad_to(_pad_to(part.t().contiguous().to(torch.int8), 0, 8), 1, 8))
+            self.segments.append(_pad_to(_pad_to(part.contiguous().to(torch.int8), 0, 8), 1, 8))
             self.row_sums.append(part.sum(dim=1).to(torch.int32))
             start += width
         self.weight_scale = block.weight_quantizer.scale.detach().float()
@@ -219,8 +221,8 @@ class IntegerLinear:
 
     def _run(self, inputs: Sequence[IntegerActivation], out: Optional[IntegerQuantizer]) -> Tensor:
         accs = [
-            integer_matmul(act.padded(), w_t)[:, : self.out_features]
-            for act, w_t in zip(inputs, self.segments, strict=True)
+            integer_matmul(act.padded(), weight)[:, : self.out_features]
+            for act, weight in zip(inputs, self.segments, strict=True)
         ]
         corrections = [act.offset * row_sum for act, row_sum in zip(inputs, self.row_sums, strict=True)]
         scales = [act.scale * self.weight_scale for act in inputs]

@@ -21,8 +21,8 @@ def _int8(shape, seed: int) -> torch.Tensor:
 def test_integer_matmul_is_exact(kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if kernel == "float32":  # where no int8 kernel exists, the float32 fallback must be exact too
         monkeypatch.delattr(torch, "_int_mm")
-    a, w = _int8((37, 319), 0), _int8((319, 13), 1)  # the widest NeRF block: 256 + 63 inputs
-    expected = a.long() @ w.long()
+    a, w = _int8((37, 319), 0), _int8((13, 319), 1)  # the widest NeRF block: 256 + 63 inputs
+    expected = a.long() @ w.long().t()
     out = integer_matmul(a, w)
     assert out.dtype == torch.int32 and torch.equal(out.long(), expected)
 
