@@ -15,7 +15,7 @@ INITIAL_LR = 4e-3
 nerf_qat_method = MethodSpecification(
     config=compression_trainer(
         "nerf-qat",
-        NeRFQATModelConfig(eval_num_rays_per_chunk=1 << 14),
+        NeRFQATModelConfig(),
         {"fields": adam(INITIAL_LR, 5e-5, MAX_ITERATIONS, eps=1e-8)},
         MAX_ITERATIONS,
         rays_per_chunk=1 << 14,

@@ -12,7 +12,7 @@ MAX_ITERATIONS = 10000
 vqad_method = MethodSpecification(
     config=compression_trainer(
         "vqad",
-        VQADModelConfig(eval_num_rays_per_chunk=1 << 15),
+        VQADModelConfig(),
         {
             "fields": adam(1e-2, 1e-4, MAX_ITERATIONS),
             "index_logits": adam(1e-2, 1e-4, MAX_ITERATIONS),

@@ -50,6 +50,9 @@ class NeRFQATModelConfig(CompressibleModelConfig):
         "fuse_relu",
     )
     _target: Type = field(default_factory=lambda: NeRFQATModel)
+    eval_num_rays_per_chunk: int = 1 << 14
+    """Rays rendered at once in evaluation, the viewer and renders from a file; larger is faster on a
+    GPU and takes more of its memory."""
     num_layers: int = 8
     """Depth of the trunk MLP (NeRF: 8)."""
     layer_width: int = 256

@@ -94,6 +94,9 @@ class VQADModelConfig(CompressibleModelConfig):
         "unbounded_far_plane",
     )
     _target: Type = field(default_factory=lambda: VQADModel)
+    eval_num_rays_per_chunk: int = 1 << 15
+    """Rays rendered at once in evaluation, the viewer and renders from a file; larger is faster on a
+    GPU and takes more of its memory."""
     num_levels: Optional[int] = None
     """Grid levels (resolution halves per level); the first k form operating point levels=k. None: 4, or
     outside NDC with no grid option set, the sparse preset (5 levels to 256^3, docs/methods/vqad.md)."""

@@ -27,6 +27,19 @@ METHODS = ("nerf_qat", "vqad")
 
 
 @pytest.mark.parametrize("method", METHODS)
+def test_files_render_in_the_methods_chunks(method: str) -> None:
+    """A file renders as many rays at once as ``ns-train`` evaluates (nerfstudio's 4,096 would make
+    the viewer and ``ns-render-compressed`` slower than the trained model on a GPU)."""
+    from method_configs.nerf_qat import nerf_qat_method
+    from method_configs.vqad import vqad_method
+
+    spec = {"nerf_qat": nerf_qat_method, "vqad": vqad_method}[method]
+    trained_chunk = spec.config.pipeline.model.eval_num_rays_per_chunk
+    assert trained_chunk > 4096
+    assert load_compressed_model(FIXTURES / f"format2_{method}.nqz").config.eval_num_rays_per_chunk == trained_chunk
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_format_2_files_load_and_render_as_they_did(method: str) -> None:
     path = FIXTURES / f"format2_{method}.nqz"
     assert (
