@@ -10,12 +10,14 @@ frame rates, both PSNRs over the first ``--views`` test views and their differen
 memory of one frame; the peer's row its frame rate and PSNR. Rows go to the scene's rows file, each
 as soon as it is measured. ``--top-kernels N`` adds the N GPU kernels that take most of a default
 frame's time (``top_kernels``: name, ms per frame); ``--rays-per-chunk A B ...`` measures each file
-once per chunk size (rays rendered at once).
+once per chunk size (rays rendered at once); ``--model-options "" "march_occupied_space=True,march_steps=512"``
+once per set of model options (row field ``model_options``; empty: the file's own).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime as dt
 import shlex
 import sys
@@ -52,13 +54,32 @@ def measure(render: Callable[[Any], torch.Tensor], cameras, images: List[torch.T
     return {"psnr": sum(psnrs) / len(psnrs), "render_fps": 1.0 / seconds, "render_peak_gpu_memory_gib": memory}
 
 
+def parse_model_options(text: str) -> Dict[str, Any]:
+    """``"name=value,name=value"`` as model config options; values are Python literals (True, 512)."""
+    options = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, value = item.partition("=")
+        options[name.strip()] = ast.literal_eval(value.strip())
+    return options
+
+
 def file_row(
-    path: Path, cameras, images, repeats: int, top_kernels: int = 0, rays_per_chunk: Optional[int] = None
+    path: Path,
+    cameras,
+    images,
+    repeats: int,
+    top_kernels: int = 0,
+    rays_per_chunk: Optional[int] = None,
+    model_options: str = "",
 ) -> Dict[str, Any]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_compressed_model(path, device)
     if rays_per_chunk is not None:
         model.config.eval_num_rays_per_chunk = rays_per_chunk
+    for name, value in parse_model_options(model_options).items():
+        if not hasattr(model.config, name):
+            raise SystemExit(f"render_speed: {model.compressed_method_name} has no option {name!r}")
+        setattr(model.config, name, value)
 
     def render(camera) -> torch.Tensor:
         return model.get_outputs_for_camera(camera)["rgb"].clamp(0, 1)
@@ -79,6 +100,7 @@ def file_row(
         "render_fps_plain": plain["render_fps"],
         "speedup": fast["render_fps"] / plain["render_fps"],
         **({"rays_per_chunk": rays_per_chunk} if rays_per_chunk is not None else {}),
+        **({"model_options": model_options} if model_options else {}),
     }
 
 
@@ -108,6 +130,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument(
         "--rays-per-chunk", type=int, nargs="+", default=[None], help="rays rendered at once (default: the file's)"
     )
+    parser.add_argument(
+        "--model-options", nargs="+", default=[""], help='sets of model options, e.g. "march_occupied_space=True"'
+    )
     args = parser.parse_args(argv)
     cameras, images = scene_test_views(args.data, args.views)
     common = {
@@ -120,9 +145,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         "num_test_views": len(images),
     }
     measurements = [
-        lambda path=path, chunk=chunk: file_row(path, cameras, images, args.repeats, args.top_kernels, chunk)
+        lambda path=path, chunk=chunk, options=options: file_row(
+            path, cameras, images, args.repeats, args.top_kernels, chunk, options
+        )
         for path in args.files
         for chunk in args.rays_per_chunk
+        for options in args.model_options
     ]
     if args.peer_config is not None:
         measurements.append(lambda: peer_row(args.peer_config, cameras, images, args.repeats))

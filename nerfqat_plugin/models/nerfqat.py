@@ -21,6 +21,7 @@ from nerfqat_plugin.errors import OptionError
 from nerfqat_plugin.field_components.quant_mlp import QuantSpec, iter_quant_modules, set_observers, set_quantization
 from nerfqat_plugin.fields.compiled_field import TrainingCompiledField
 from nerfqat_plugin.fields.nerfqat_field import QuantNeRFField
+from nerfqat_plugin.model_components.ray_setup import SamplingRays
 from nerfqat_plugin.models.compressible import (
     CompressibleModel,
     CompressibleModelConfig,
@@ -392,27 +393,33 @@ class NeRFQATModel(CompressibleModel):
 
     def _render(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
         rays = self.sampling_rays(ray_bundle)
+        marched = self.occupied_space_samples(rays.bundle)
+        if marched is not None:  # the fine field alone, at even steps through occupied cells
+            fine = self.field_fine
+            out = self.field_outputs_skipping(marched, fine.evaluator("density_and_features"), fine.evaluator("color"))
+            return self._fine_outputs(rays, ray_bundle, marched, out)
         samples_coarse = self.sampler_uniform(rays.bundle)
         out_coarse = self._evaluate_field(self.field_coarse, samples_coarse)
         weights_coarse = samples_coarse.get_weights(out_coarse[FieldHeadNames.DENSITY])
-        rgb_coarse = self.renderer_rgb(rgb=out_coarse[FieldHeadNames.RGB], weights=weights_coarse)
-
         samples_fine = self.sampler_pdf(rays.bundle, samples_coarse, weights_coarse)
         out_fine = self._evaluate_field(self.field_fine, samples_fine)
-        weights_fine = samples_fine.get_weights(out_fine[FieldHeadNames.DENSITY])
-        rgb_fine = self.renderer_rgb(rgb=out_fine[FieldHeadNames.RGB], weights=weights_fine)
-
-        accumulation = weights_fine.sum(dim=-2)
-        midpoints = (samples_fine.frustums.starts + samples_fine.frustums.ends) / 2
-        distances = rays.world_distance(midpoints, ray_bundle, self.ndc)
-        depth = (weights_fine * distances).sum(dim=-2) / accumulation.clamp_min(1e-10)
         return {
-            "rgb": rgb_fine,
-            "rgb_coarse": rgb_coarse,
-            "accumulation": accumulation,
+            **self._fine_outputs(rays, ray_bundle, samples_fine, out_fine),
+            "rgb_coarse": self.renderer_rgb(rgb=out_coarse[FieldHeadNames.RGB], weights=weights_coarse),
             "accumulation_coarse": weights_coarse.sum(dim=-2),
-            "depth": depth,
         }
+
+    def _fine_outputs(
+        self, rays: SamplingRays, ray_bundle: RayBundle, samples: RaySamples, out: Dict[FieldHeadNames, Tensor]
+    ) -> Dict[str, Tensor]:
+        """Colour, accumulation and world depth of the rendered field's samples."""
+        weights = samples.get_weights(out[FieldHeadNames.DENSITY])
+        accumulation = weights.sum(dim=-2)
+        midpoints = (samples.frustums.starts + samples.frustums.ends) / 2
+        distances = rays.world_distance(midpoints, ray_bundle, self.ndc)
+        depth = (weights * distances).sum(dim=-2) / accumulation.clamp_min(1e-10)
+        rgb = self.renderer_rgb(rgb=out[FieldHeadNames.RGB], weights=weights)
+        return {"rgb": rgb, "accumulation": accumulation, "depth": depth}
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
         image = batch["image"].to(outputs["rgb"].device)
@@ -423,7 +430,8 @@ class NeRFQATModel(CompressibleModel):
     ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
         metrics, images = super().get_image_metrics_and_images(outputs, batch)
         image = self.renderer_rgb.blend_background(batch["image"].to(outputs["rgb"].device))
-        metrics["coarse_psnr"] = image_psnr(image, outputs["rgb_coarse"])
+        if "rgb_coarse" in outputs:  # (renders that march occupied space have no coarse pass)
+            metrics["coarse_psnr"] = image_psnr(image, outputs["rgb_coarse"])
         return metrics, images
 
     # -- compressed form ------------------------------------------------------------------------

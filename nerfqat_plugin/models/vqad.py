@@ -505,8 +505,12 @@ class VQADModel(CompressibleModel):
             metadata = dict(bundle.metadata or {})
             metadata[ACTIVE_LEVELS_KEY] = self._random_levels(len(bundle), bundle.origins.device)
             bundle.metadata = metadata
-        ray_samples, weights_list, ray_samples_list = self.proposal_sampler(bundle, density_fns=self.density_fns)
-        if not self.training and self.config.skip_hidden_samples:
+        marched = self.occupied_space_samples(bundle)
+        if marched is not None:  # even steps through occupied cells instead of the proposals
+            ray_samples, weights_list, ray_samples_list = marched, [], []
+        else:
+            ray_samples, weights_list, ray_samples_list = self.proposal_sampler(bundle, density_fns=self.density_fns)
+        if marched is not None or (not self.training and self.config.skip_hidden_samples):
             field = self.field
             field_outputs = self.field_outputs_skipping(
                 ray_samples, field.density_at, field.evaluator("color_from_features")

@@ -65,12 +65,14 @@ def test_render_speed_rows_compare_the_fast_and_plain_paths_of_each_file(tmp_pat
     rows = tmp_path / "rows.jsonl"
     args = ["--data", str(scene), "--files", str(tmp_path / "int8.nqz"), str(tmp_path / "vqad.nqz")]
     args += ["--views", "2", "--repeats", "1", "--results", str(rows), "--top-kernels", "3"]
-    args += ["--rays-per-chunk", "256", "65536"]
+    args += ["--rays-per-chunk", "256", "65536", "--model-options", "", "skip_hidden_samples=False"]
     proc = _script("render_speed.py", args, tmp_path)
     written = [json.loads(line) for line in rows.read_text().splitlines()]
-    assert [r["label"] for r in written] == ["render-int8"] * 2 + ["render-vqad"] * 2
-    assert [r["rays_per_chunk"] for r in written] == [256, 65536] * 2
-    assert written[0]["psnr"] == pytest.approx(written[1]["psnr"], abs=1e-4)  # chunking changes no pixel
+    assert [r["label"] for r in written] == ["render-int8"] * 4 + ["render-vqad"] * 4
+    assert [r["rays_per_chunk"] for r in written] == [256, 256, 65536, 65536] * 2
+    assert [r.get("model_options") for r in written] == [None, "skip_hidden_samples=False"] * 4
+    assert written[0]["psnr"] == pytest.approx(written[2]["psnr"], abs=1e-4)  # chunking changes no pixel
+    assert written[0]["psnr"] == pytest.approx(written[1]["psnr"], abs=1e-3)  # nor, visibly, skipping
     for row in written:
         assert row["kind"] == "render-speed" and row["num_test_views"] == 2 and row["render_fps"] > 0
         assert abs(row["psnr_change_db"]) < 0.05  # integer products and skipping keep the images

@@ -1,0 +1,103 @@
+"""Renders that march occupied space: even steps through a bounded scene's occupied cells, evaluating
+only the (fine) field there, instead of the trained sampler."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, List
+
+import pytest
+import torch
+from helpers import forward_rays, tiny_nerf_qat_model, tiny_vqad_model, train_nerf_qat, train_vqad, vqad_rays
+from nerfstudio.field_components.field_heads import FieldHeadNames
+from nerfstudio.model_components.ray_samplers import UniformSampler
+
+from nerfqat_plugin.compression.codec import load_compressed_model
+from nerfqat_plugin.field_components.occupancy_grid import OccupancyGrid
+
+STEPS = 48
+
+
+def _recording(fn: Callable, positions: List[torch.Tensor]) -> Callable:
+    def wrapped(x, *rest):
+        positions.append(x.detach().clone())
+        return fn(x, *rest)
+
+    return wrapped
+
+
+def _half_box_grid(model) -> OccupancyGrid:
+    """The file's grid with the cells of the box's lower half in z occupied (which the test rays
+    cross), the upper half empty."""
+    grid = model.occupancy_grid
+    occupied = torch.zeros_like(grid.occupied)
+    occupied[:, :, : occupied.shape[2] // 2] = True
+    return OccupancyGrid(grid.aabb, occupied, outside_occupied=False)
+
+
+@pytest.fixture(scope="module")
+def nerf_qat_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = tiny_nerf_qat_model(metadata={"near_far": (0.5, 3.0), "scene_type": "bounded"})
+    train_nerf_qat(model, 8)
+    path = tmp_path_factory.mktemp("march") / "bounded.nqz"
+    model.export_compressed(path)
+    return path
+
+
+def test_nerf_qat_marches_the_fine_field_through_occupied_cells_only(nerf_qat_file: Path) -> None:
+    model = load_compressed_model(nerf_qat_file)
+    model.occupancy_grid = grid = _half_box_grid(model)
+    model.config.march_occupied_space, model.config.march_steps = True, STEPS
+    fine, coarse = [], []
+    model.field_fine.density_and_features = _recording(model.field_fine.density_and_features, fine)
+    model.field_coarse.density_and_features = _recording(model.field_coarse.density_and_features, coarse)
+    with torch.no_grad():
+        outputs = model(forward_rays(64))
+    assert not coarse and fine  # no coarse pass: the fine field alone
+    evaluated = torch.cat(fine)
+    assert bool(grid(evaluated).all())  # only samples in occupied cells
+    assert "rgb_coarse" not in outputs and outputs["rgb"].shape == (64, 3)
+    # Every sample evaluated, in one pass: the same image up to what skipping may leave out.
+    model.config.march_occupied_space = False
+    with torch.no_grad():
+        rays = model.sampling_rays(forward_rays(64))
+        samples = UniformSampler(num_samples=STEPS, train_stratified=False)(rays.bundle)
+        field = model.field_fine(samples)
+        density = field[FieldHeadNames.DENSITY] * grid(samples.frustums.get_positions().view(-1, 3)).view(64, STEPS, 1)
+        expected = model.renderer_rgb(rgb=field[FieldHeadNames.RGB], weights=samples.get_weights(density))
+    assert float(torch.max(torch.abs(outputs["rgb"] - expected))) <= 1e-4 + STEPS * 1e-5
+    assert float(expected.std()) > 1e-3  # the comparison says something
+
+
+def test_renders_as_trained_and_forward_facing_scenes_keep_the_trained_sampler(nerf_qat_file: Path) -> None:
+    model = load_compressed_model(nerf_qat_file)
+    model.config.march_occupied_space = True
+    bundle = model.sampling_rays(forward_rays(8)).bundle
+    assert model.occupied_space_samples(bundle) is not None
+    with model.rendering_as_trained():
+        assert model.occupied_space_samples(bundle) is None
+        with torch.no_grad():
+            assert "rgb_coarse" in model(forward_rays(8))
+    ndc = tiny_nerf_qat_model(march_occupied_space=True)  # forward-facing: the grid's outside is occupied
+    box, everywhere = torch.tensor([[-1.0] * 3, [1.0] * 3]), torch.ones(4, 4, 4, dtype=torch.bool)
+    ndc.occupancy_grid = OccupancyGrid(box, everywhere, outside_occupied=True)
+    ndc.eval()
+    assert ndc.occupied_space_samples(ndc.sampling_rays(forward_rays(8)).bundle) is None
+
+
+def test_vqad_marches_instead_of_its_proposals(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    trained = tiny_vqad_model({"near_far": (2.0, 6.0), "scene_type": "bounded"})
+    train_vqad(trained, 3, bounded=True)
+    trained.export_compressed(tmp_path / "vqad.nqz")
+    model = load_compressed_model(tmp_path / "vqad.nqz")
+    model.occupancy_grid = grid = _half_box_grid(model)
+    model.config.march_occupied_space, model.config.march_steps = True, STEPS
+    evaluated = []
+    model.field.density_at = _recording(model.field.density_at, evaluated)
+    model.density_fns = [lambda x: pytest.fail("a proposal network was evaluated")] * len(model.density_fns)
+    with torch.no_grad():
+        outputs = model(vqad_rays(32, bounded=True))
+    assert evaluated and bool(grid(torch.cat(evaluated)).all())
+    assert outputs["rgb"].shape == (32, 3) and bool(torch.isfinite(outputs["rgb"]).all())
