@@ -202,7 +202,9 @@ def run_jobs(jobs: List[Job], args: argparse.Namespace, gpus: int) -> List[str]:
             command += ["--budget-s", str(args.budget_s), "--results", str(results)]
             command += ["--kind", getattr(args, "kind", "comparison")]
             command += ["--stop-evaluation-at", f"{stop_evaluation_at:.0f}"]
-            command += ["--output-dir", str(args.output_dir), *job.runner_args, "--", *job.args]
+            # A folder per scene: jobs of one label on several scenes run at once, and each evaluates
+            # the file it exported (``<output-dir>/<label>/model.nqz``), not another scene's.
+            command += ["--output-dir", str(Path(args.output_dir) / scene), *job.runner_args, "--", *job.args]
             # One share of the host's cores per configuration: with every process on all cores, the
             # peers' CPU-side ray sampling and kernel launches stall each other (OpenMP oversubscription).
             threads = str(args.threads_per_job or max(1, (os.cpu_count() or 1) // slots))

@@ -71,9 +71,8 @@ class CompressibleModelConfig(ModelConfig):
     """Rendering: stop each ray once its transmittance falls below 1e-4 and colour only samples of
     weight 1e-5 or more (training evaluates every sample)."""
     march_occupied_space: bool = False
-    """Rendering a bounded scene that has an occupancy grid (a file): evaluate the (fine) field at
-    ``march_steps`` even steps per ray, only in occupied cells, instead of the trained sampler. Far
-    fewer samples where most space is empty; the image is the field's, not the trained sampler's."""
+    """Render a bounded scene's file by evaluating the (fine) field at ``march_steps`` even steps per
+    ray in its grid's occupied cells only, instead of the trained sampler (docs/methods/rendering.md)."""
     march_steps: int = 1024
     """Even steps per ray between near and far when marching occupied space."""
 

@@ -233,6 +233,28 @@ def test_jobs_are_told_when_to_stop_evaluating(tmp_path: Path, monkeypatch: pyte
     assert before + 100.0 - compare.EVALUATION_RESERVE_S - 1 <= stop <= compare.time.time() + 100.0
 
 
+def test_jobs_of_one_label_on_two_scenes_write_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    launched = []
+
+    class _Done:
+        returncode = 0
+
+        def __init__(self, command, **_):
+            launched.append(command)
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(compare.subprocess, "Popen", _Done)
+    args = argparse.Namespace(budget_s=10.0, margin_s=0.0, eval_s=0.0, deadline_s=100.0, jobs_per_gpu=2)
+    args.log_dir, args.output_dir, args.poll_s, args.progress_s, args.threads_per_job = tmp_path, tmp_path, 0, 60, 1
+    args.scene, args.data = "", None
+    jobs = [compare.Job("nerf-qat-int8", "nerf-qat", scene=s, data=Path(s)) for s in ("fern", "horns")]
+    assert compare.run_jobs(jobs, args, gpus=1) == []
+    folders = {Path(c[c.index("--output-dir") + 1]) for c in launched}
+    assert folders == {tmp_path / "fern", tmp_path / "horns"}
+
+
 def test_gpu_slots_map_into_the_callers_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3, 1")
     assert [compare.visible_gpu(slot) for slot in (0, 1)] == ["3", "1"]
