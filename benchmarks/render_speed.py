@@ -91,7 +91,8 @@ def file_row(
     with model.rendering_as_trained():
         plain = measure(render, cameras, images, repeats)
     return {
-        "label": f"render-{path.stem}",
+        # The suite's files are all model.nqz, each in its configuration's folder.
+        "label": f"render-{path.parent.name if path.stem == 'model' else path.stem}",
         "method": model.compressed_method_name,
         "file_bytes": path.stat().st_size,
         **fast,

@@ -14,6 +14,10 @@ A default changes only with rows on every scene. ``--candidate NAME --base nerf-
 runs the base configuration as it is and with the ns-train OPTIONS added (label NAME) side by side on
 every scene (``--beside nerf-qat-int8``: others unchanged in the same run), as rows of kind
 ``candidate``, then prints them per scene.
+
+``--render-speed`` then measures, alone on a GPU per scene, how fast each scene's exported files and
+nerfacto's checkpoint render at the test resolution (``render_speed.py``; on bounded scenes also with
+``march_occupied_space``), rows of kind ``render-speed`` in the scene's file.
 """
 
 from __future__ import annotations
@@ -44,6 +48,45 @@ COLLAPSE_MARGIN_DB = 8.0
 def suite_rows(scene: str, results: Path = RESULTS, budget_s: Optional[float] = None) -> Dict[str, Dict[str, Any]]:
     """The latest suite row of every configuration of ``scene``."""
     return load_rows(scene, budget_s, scene_path(scene, results), kind="suite")
+
+
+def render_speed_command(
+    scene: str, data: Path, output_dir: Path, results: Path = RESULTS, views: int = 3
+) -> Optional[List[str]]:
+    """``render_speed.py`` on the files the suite exported for ``scene`` under ``output_dir`` and the
+    latest nerfacto run there, or None when there is no file; bounded scenes also march occupied space."""
+    scene_dir = output_dir / scene
+    files = [scene_dir / label / "model.nqz" for label in SUITE if (scene_dir / label / "model.nqz").is_file()]
+    if not files:
+        return None
+    command = [compare.sys.executable, str(ROOT / "benchmarks" / "render_speed.py"), "--data", str(data)]
+    command += ["--files", *map(str, files), "--views", str(views), "--results", str(scene_path(scene, results))]
+    peers = sorted((scene_dir / PEER).rglob("config.yml"), key=lambda p: p.stat().st_mtime)
+    if peers:
+        command += ["--peer-config", str(peers[-1])]
+    if scene_space(data)[1] == "bounded":
+        command += ["--model-options", "", "march_occupied_space=True"]
+    return command
+
+
+def run_render_speed(commands: List[List[str]], gpus: int, log_dir: Path) -> List[str]:
+    """Each command alone on a GPU (``gpus`` at once); the logs of those that failed."""
+    failed, pending = [], list(enumerate(commands))
+    while pending:
+        batch, pending = pending[:gpus], pending[gpus:]
+        procs = []
+        for slot, (i, command) in enumerate(batch):
+            log = log_dir / f"render_speed_{i}.log"
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": compare.visible_gpu(slot), "PYTHONUNBUFFERED": "1"}
+            print(f"[suite] render speed on GPU {env['CUDA_VISIBLE_DEVICES']}: {shlex.join(command[1:])}", flush=True)
+            procs.append(
+                (
+                    compare.subprocess.Popen(command, stdout=log.open("w"), stderr=compare.subprocess.STDOUT, env=env),
+                    log,
+                )
+            )
+        failed += [str(log) for proc, log in procs if proc.wait() != 0]
+    return failed
 
 
 def suite_jobs(scene: str, data: Path, results: Path = RESULTS) -> List[Job]:
@@ -224,6 +267,38 @@ def scene_table(
 FULL_TEST_VIEWS = {"fern": 3, "horns": 8, "lego": 25, "chair": 25, "fruit": 11}
 
 
+def render_speed_table(scene_rows: List[Dict[str, Any]]) -> List[str]:
+    """Markdown of a scene's render-speed rows (the latest of each file or checkpoint, chunk size and
+    set of model options): frame rate as files render by default and as trained, PSNR, its change,
+    the GPU memory of one frame."""
+    latest: Dict[Tuple[str, Any, str], Dict[str, Any]] = {}
+    for row in scene_rows:
+        if row.get("kind") == "render-speed":
+            latest[(row.get("label", ""), row.get("rays_per_chunk"), row.get("model_options", ""))] = row
+    if not latest:
+        return []
+    lines = [
+        "Render speed (`benchmarks/render_speed.py`, alone on the GPU; as trained: NeRF's or the proposal",
+        "sampler at every sample, fake quantization):",
+        "",
+        "| file or checkpoint | options | resolution | views | fps | fps as trained | PSNR | PSNR change "
+        "| GPU GiB | code |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (label, chunk, options), row in latest.items():
+        settings = ", ".join(filter(None, [options, f"{chunk} rays per chunk" if chunk else ""]))
+        width, height = row.get("render_resolution") or ("?", "?")
+        change = row.get("psnr_change_db")
+        lines.append(
+            f"| {label.removeprefix('render-')} | {settings} | {width}×{height} | {row.get('num_test_views', '')} "
+            f"| {_fmt(row.get('render_fps'), 2)} "
+            f"| {_fmt(row.get('render_fps_plain'), 2)} | {_fmt(row.get('psnr'), 2)} "
+            f"| {'' if change is None else f'{change:+.3f} dB'} | {_fmt(row.get('render_peak_gpu_memory_gib'), 2)} "
+            f"| {row.get('code_commit', '')} |"
+        )
+    return lines + [""]
+
+
 def results_markdown(results: Path = RESULTS) -> str:
     """docs/results.md: the current figures of every scene with suite rows."""
     lines = [
@@ -242,6 +317,7 @@ def results_markdown(results: Path = RESULTS) -> str:
         "",
         "```bash",
         ". benchmarks/gpu_host/gpu_env.sh && python benchmarks/scene_suite.py --data-root .gpu --budget-s 300",
+        "python benchmarks/scene_suite.py --data-root .gpu --budget-s 300 --render-speed  # + render speed, alone",
         "python benchmarks/scene_suite.py --data-root path/to/scenes --constant-images  # CPU: the blank-image floor",
         "```",
         "",
@@ -253,6 +329,7 @@ def results_markdown(results: Path = RESULTS) -> str:
         rows = suite_rows(scene, results)
         if rows or others:
             lines += scene_table(scene, rows, constants.get(scene), len(others))
+            lines += render_speed_table(others)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -310,6 +387,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         "--constant-images", action="store_true", help="record the PSNR of constant images per scene (CPU), then report"
     )
     parser.add_argument("--dry-run", action="store_true", help="print what would run")
+    parser.add_argument(
+        "--render-speed", action="store_true", help="then measure the render speed of each scene's files, alone"
+    )
     parser.add_argument("--candidate", default="", help="label of a candidate default (options after --)")
     parser.add_argument("--base", default="nerf-qat-int4", help="suite configuration the candidate changes")
     parser.add_argument("--beside", default="", help="comma-separated suite configurations run unchanged with it")
@@ -351,6 +431,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             failed = run_jobs(todo, args, args.gpus or max(1, torch.cuda.device_count()))
             if failed:
                 print(f"[suite] failed: {', '.join(failed)}", flush=True)
+        if args.render_speed:
+            import torch
+
+            commands = [render_speed_command(s, args.data_root / s, args.output_dir, args.results_dir) for s in scenes]
+            commands = [c for c in commands if c is not None]
+            args.log_dir.mkdir(parents=True, exist_ok=True)
+            failed = run_render_speed(commands, args.gpus or max(1, torch.cuda.device_count()), args.log_dir)
+            if failed:
+                print(f"[suite] render speed failed: {', '.join(failed)}", flush=True)
     if args.candidate:
         print(candidate_table(args.candidate, args.base, args.results_dir, beside), flush=True)
         return 0

@@ -6,6 +6,7 @@ import argparse
 import ast
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -295,6 +296,54 @@ def test_suite_plans_four_configurations_per_scene_with_the_peers_background(tmp
         assert ("white" in jobs[-1].args) is white  # object scenes' test images are composited on white
         vqad = next(j for j in jobs if j.method == "vqad")
         assert vqad.runner_args == ["--no-operating-points"]
+
+
+def test_render_speed_pass_takes_each_scenes_files_and_latest_peer_and_marches_bounded_scenes(tmp_path: Path) -> None:
+    from conftest import make_blender_scene
+
+    scenes = {
+        "chair": make_blender_scene(tmp_path / "data" / "chair"),
+        "fern": make_llff_scene(tmp_path / "data" / "fern"),
+    }
+    out = tmp_path / "out"
+    assert scene_suite.render_speed_command("chair", scenes["chair"], out, tmp_path) is None  # nothing exported
+    for scene in scenes:
+        for label in ("nerf-qat-int8", "vqad"):
+            (out / scene / label).mkdir(parents=True)
+            (out / scene / label / "model.nqz").write_bytes(b"")
+        for age, run in ((100, "new"), (200, "old")):
+            (out / scene / "nerfacto" / run).mkdir(parents=True)
+            (out / scene / "nerfacto" / run / "config.yml").write_text(run)
+            os.utime(out / scene / "nerfacto" / run / "config.yml", (1e9 - age, 1e9 - age))
+    commands = {s: scene_suite.render_speed_command(s, data, out, tmp_path) for s, data in scenes.items()}
+    for scene, command in commands.items():
+        files = command[command.index("--files") + 1 : command.index("--views")]
+        assert files == [str(out / scene / label / "model.nqz") for label in ("nerf-qat-int8", "vqad")]
+        assert Path(command[command.index("--peer-config") + 1]).read_text() == "new"
+        assert command[command.index("--results") + 1] == str(tmp_path / f"{scene}.jsonl")
+    assert commands["chair"][-3:] == ["--model-options", "", "march_occupied_space=True"]
+    assert "--model-options" not in commands["fern"]  # forward-facing: nothing to march
+
+
+def test_render_speed_table_shows_the_latest_row_of_each_file_chunk_and_options() -> None:
+    def speed(label: str, fps: float, **extra) -> dict:
+        row = {"kind": "render-speed", "label": label, "render_fps": fps, "render_resolution": [800, 800]}
+        return {**row, "num_test_views": 3, "code_commit": "abc1234", **extra}
+
+    rows = [
+        speed("render-vqad", 1.0, psnr=30.0, psnr_change_db=-0.01, render_fps_plain=0.5),
+        speed("render-vqad", 2.0, psnr=30.0, psnr_change_db=-0.02, render_fps_plain=0.5),  # later: shown
+        speed("render-vqad", 9.0, psnr=29.5, model_options="march_occupied_space=True"),
+        speed("render-nerfacto", 0.7, psnr=31.0),
+        {"kind": "suite", "label": "vqad", "render_fps": 5.0},
+    ]
+    lines = scene_suite.render_speed_table(rows)
+    body = [line for line in lines if line.startswith("| vqad") or line.startswith("| nerfacto")]
+    assert len(body) == 3
+    assert body[0].startswith("| vqad |  | 800×800 | 3 | 2.00 | 0.50 | 30.00 | -0.020 dB |")
+    assert body[1].startswith("| vqad | march_occupied_space=True | 800×800 | 3 | 9.00 | — | 29.50 |")
+    assert body[2].startswith("| nerfacto |  | 800×800 | 3 | 0.70 | — | 31.00 |  |")
+    assert scene_suite.render_speed_table(rows[-1:]) == []
 
 
 def test_a_candidate_default_runs_beside_its_base_on_every_scene_and_is_reported_apart(
