@@ -275,16 +275,26 @@ class CompressibleModel(Model):
         return self.scene_space.sampling_rays(ray_bundle)
 
     def field_outputs_skipping(
-        self, ray_samples: RaySamples, density_fn: DensityFn, color_fn: ColorFn
+        self,
+        ray_samples: RaySamples,
+        density_fn: DensityFn,
+        color_fn: ColorFn,
+        occupied: Optional[OccupancyGrid] = None,
     ) -> Dict[FieldHeadNames, Tensor]:
         """A field's density and colour for rendering, evaluated only where they can change the pixel
-        (:func:`evaluate_front_to_back`, with the file's occupancy grid when it has one; rays are
-        checked for opacity every 64 samples or more often)."""
+        (:func:`evaluate_front_to_back`, skipping the cells ``occupied`` marks empty, by default the
+        file's grid when it has one; rays are checked for opacity every 64 samples or more often)."""
         positions = ray_samples.frustums.get_positions()
         directions = view_directions(ray_samples).expand_as(positions)
         chunks = max(4, positions.shape[1] // 64)
         density, rgb, _ = evaluate_front_to_back(
-            ray_samples, positions, directions, density_fn, color_fn, chunks=chunks, occupied=self.occupancy_grid
+            ray_samples,
+            positions,
+            directions,
+            density_fn,
+            color_fn,
+            chunks=chunks,
+            occupied=occupied if occupied is not None else self.occupancy_grid,
         )
         return {FieldHeadNames.DENSITY: density, FieldHeadNames.RGB: rgb}
 

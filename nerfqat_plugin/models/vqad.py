@@ -14,11 +14,11 @@ operating point stays usable; the viewer switches between them, ``ns-eval`` repo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, List, Literal, Optional, Sequence, Tuple, Type
 
 import numpy as np
 import torch
-from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.model_components.losses import distortion_loss, interlevel_loss
@@ -43,6 +43,7 @@ from nerfqat_plugin.field_components.codebook_grid import (
 from nerfqat_plugin.fields.compiled_field import TrainingCompiledField
 from nerfqat_plugin.fields.vqad_field import ACTIVE_LEVELS_KEY, VQADField, VQADProposalField
 from nerfqat_plugin.model_components.ndc import NDC_BOX
+from nerfqat_plugin.model_components.occupancy_estimator import OccupancyEstimator, occupied_field_outputs
 from nerfqat_plugin.models.compressible import (
     CompressibleModel,
     CompressibleModelConfig,
@@ -92,6 +93,7 @@ class VQADModelConfig(CompressibleModelConfig):
         "num_proposal_samples",
         "num_nerf_samples",
         "unbounded_far_plane",
+        "sampler",
     )
     _target: Type = field(default_factory=lambda: VQADModel)
     eval_num_rays_per_chunk: int = 1 << 15
@@ -165,6 +167,13 @@ class VQADModelConfig(CompressibleModelConfig):
     """Codebook width of the proposal grid."""
     proposal_hidden_dim: int = 16
     """Width of the proposal density decoder."""
+    sampler: Literal["proposal", "occupancy"] = "proposal"
+    """Bounded scenes: proposal networks (nerfacto's), or ``march_steps`` even steps per ray through
+    an occupancy grid the field keeps up to date (instant-NGP's). Other scenes: proposal networks."""
+    occupancy_resolution: int = 128
+    """Cells per axis of the occupancy grid kept while training (sampler occupancy)."""
+    occupancy_update_every: int = 16
+    """Steps between updates of that grid."""
     num_proposal_samples: Tuple[int, ...] = (128, 64)
     """Samples per ray of each proposal round (one proposal field serves every round)."""
     num_nerf_samples: int = 48
@@ -237,6 +246,10 @@ class VQADModel(CompressibleModel):
             aabb, proposal_grid, hidden_dim=cfg.proposal_hidden_dim, contract=contract
         )
         self.density_fns = [self.proposal_field.density_fn] * len(cfg.num_proposal_samples)
+        # Training's occupancy grid (sampler occupancy); a file marches through the grid it stores.
+        self.occupancy_estimator: Optional[OccupancyEstimator] = None
+        if self.marches_occupancy() and not frozen:
+            self.occupancy_estimator = OccupancyEstimator(self.scene_box.aabb, cfg.occupancy_resolution)
 
         def update_schedule(step: int) -> float:
             ramp = np.interp(step, [0, cfg.proposal_warmup], [0, cfg.proposal_update_every])
@@ -261,6 +274,10 @@ class VQADModel(CompressibleModel):
             cb_hook=self._switch_operating_point,
         )
         self.add_size_viewer_elements()
+
+    def marches_occupancy(self) -> bool:
+        """Whether this model samples by marching an occupancy grid (sampler occupancy, bounded scene)."""
+        return self.config.sampler == "occupancy" and self.ndc is None and self.scene_type == "bounded"
 
     def _make_grid(self, spec: GridSpec, frozen: bool) -> LearnedIndexCodebookGrid:
         cfg = self.config
@@ -381,6 +398,19 @@ class VQADModel(CompressibleModel):
                 func=self._prune_on_schedule,
             ),
             *self.shared_training_callbacks(),
+            *self._occupancy_callbacks(),
+        ]
+
+    def _occupancy_callbacks(self) -> List[TrainingCallback]:
+        estimator = self.occupancy_estimator
+        if estimator is None:
+            return []
+        return [
+            TrainingCallback(
+                where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
+                update_every_num_iters=self.config.occupancy_update_every,
+                func=lambda step: estimator.update(lambda x: self.field.density_at(x)[0], step),
+            )
         ]
 
     def _prune_on_schedule(self, step: int) -> None:
@@ -505,15 +535,23 @@ class VQADModel(CompressibleModel):
             metadata = dict(bundle.metadata or {})
             metadata[ACTIVE_LEVELS_KEY] = self._random_levels(len(bundle), bundle.origins.device)
             bundle.metadata = metadata
-        marched = self.occupied_space_samples(bundle)
+        grid = self.occupancy_grid
+        if self.marches_occupancy():  # training's grid while it exists, else the file's
+            grid = self.occupancy_estimator.grid() if self.occupancy_estimator is not None else grid
+            steps = UniformSampler(self.config.march_steps, train_stratified=self.training, single_jitter=True)
+            marched: Optional[RaySamples] = steps(bundle)
+        else:
+            marched = self.occupied_space_samples(bundle)
         if marched is not None:  # even steps through occupied cells instead of the proposals
             ray_samples, weights_list, ray_samples_list = marched, [], []
         else:
             ray_samples, weights_list, ray_samples_list = self.proposal_sampler(bundle, density_fns=self.density_fns)
-        if marched is not None or (not self.training and self.config.skip_hidden_samples):
+        if self.training and marched is not None and grid is not None:
+            field_outputs = occupied_field_outputs(ray_samples, grid, self.field)
+        elif marched is not None or (not self.training and self.config.skip_hidden_samples):
             field = self.field
             field_outputs = self.field_outputs_skipping(
-                ray_samples, field.density_at, field.evaluator("color_from_features")
+                ray_samples, field.density_at, field.evaluator("color_from_features"), grid
             )
         else:
             field_outputs = self.field(ray_samples)
@@ -537,7 +575,7 @@ class VQADModel(CompressibleModel):
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
         image = batch["image"].to(outputs["rgb"].device)
         losses = self.rgb_losses(outputs, image, {"rgb_loss": "rgb"})
-        if self.training:
+        if self.training and len(outputs["weights_list"]) > 1:  # proposal sampling: its own losses
             weights, samples = outputs["weights_list"], outputs["ray_samples_list"]
             losses["interlevel_loss"] = self.config.interlevel_loss_mult * interlevel_loss(weights, samples)
             losses["distortion_loss"] = self.config.distortion_loss_mult * distortion_loss(weights, samples)

@@ -9,6 +9,7 @@ from typing import Callable, List
 import pytest
 import torch
 from helpers import forward_rays, tiny_nerf_qat_model, tiny_vqad_model, train_nerf_qat, train_vqad, vqad_rays
+from nerfstudio.engine.callbacks import TrainingCallbackLocation
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.model_components.ray_samplers import UniformSampler
 
@@ -101,3 +102,33 @@ def test_vqad_marches_instead_of_its_proposals(tmp_path: Path) -> None:
         outputs = model(vqad_rays(32, bounded=True))
     assert evaluated and bool(grid(torch.cat(evaluated)).all())
     assert outputs["rgb"].shape == (32, 3) and bool(torch.isfinite(outputs["rgb"]).all())
+
+
+def test_vqad_trained_with_the_occupancy_sampler_marches_in_training_and_from_its_file(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = tiny_vqad_model({"near_far": (2.0, 6.0), "scene_type": "bounded"}, sampler="occupancy", march_steps=STEPS)
+    model.density_fns = [lambda x: pytest.fail("a proposal network was evaluated")] * len(model.density_fns)
+    estimator = model.occupancy_estimator
+    assert model.marches_occupancy() and estimator is not None
+    estimator.occupied[: estimator.occupied.numel() // 2] = False  # half the box empty, as an update may leave it
+    evaluated = []
+    model.field.density_from_unit = _recording(model.field.density_from_unit, evaluated)
+    model.train()
+    outputs = model(vqad_rays(32, bounded=True))
+    losses = model.get_loss_dict(outputs, {"image": torch.rand(32, 3)})
+    assert "interlevel_loss" not in losses and "distortion_loss" not in losses  # no proposals to train
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in model.field.grid.codebooks)
+    unit_box = torch.stack([torch.zeros(3), torch.ones(3)])  # the field's positions are normalised to [0, 1]^3
+    box = model.occupancy_estimator.aabb
+    world = box[0] + torch.cat(evaluated) * (box[1] - box[0])
+    assert bool(estimator.grid()(world).all()) and bool((torch.cat(evaluated) <= unit_box[1]).all())
+    (callback,) = model._occupancy_callbacks()
+    callback.run_callback_at_location(0, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)  # an update runs
+    model.export_compressed(tmp_path / "occupancy.nqz")
+    loaded = load_compressed_model(tmp_path / "occupancy.nqz")
+    assert loaded.config.sampler == "occupancy" and loaded.marches_occupancy() and loaded.occupancy_estimator is None
+    loaded.density_fns = [lambda x: pytest.fail("a proposal network was evaluated")] * len(loaded.density_fns)
+    with torch.no_grad():
+        rgb = loaded(vqad_rays(32, bounded=True))["rgb"]
+    assert rgb.shape == (32, 3) and bool(torch.isfinite(rgb).all())

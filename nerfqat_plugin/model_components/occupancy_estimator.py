@@ -1,0 +1,104 @@
+"""Occupied space of a bounded scene, kept up to date from the field while it trains.
+
+What nerfacc's ``OccGridEstimator`` does, in torch (its CUDA extension does not build everywhere):
+every ``update_every`` steps the field's density is read at a random point of each cell (all cells
+during ``warmup_steps``, then a random quarter plus every occupied cell), each cell keeps the larger
+of its decayed old value and the new one, and a cell is occupied where a ray crossing one cell edge
+of it would lose more opacity than ``min(opacity_threshold, mean over cells)``. Training and renders
+then evaluate the field only at samples in occupied cells (:func:`occupied_field_outputs`).
+
+The grid can never erase the scene: an update that would leave no cell occupied keeps every cell
+occupied instead, with one log line (a field that has learned no density yet).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+import torch
+from nerfstudio.cameras.rays import RaySamples
+from nerfstudio.field_components.field_heads import FieldHeadNames
+from nerfstudio.utils.rich_utils import CONSOLE
+from torch import Tensor, nn
+
+from nerfqat_plugin.field_components.occupancy_grid import OccupancyGrid
+
+DensityAt = Callable[[Tensor], Tensor]
+"""Flat positions [M, 3] -> density [M, 1]."""
+FieldOutputs = Callable[[RaySamples], Dict[FieldHeadNames, Tensor]]
+"""Samples of any batch shape -> density [..., 1] and RGB [..., 3]."""
+
+
+class OccupancyEstimator(nn.Module):
+    """A ``resolution``^3 grid over ``aabb`` [2, 3] of the density the field last showed per cell, and
+    the occupied cells it implies (in the module's state: a resumed run continues with them)."""
+
+    def __init__(
+        self,
+        aabb: Tensor,
+        resolution: int = 128,
+        decay: float = 0.95,
+        opacity_threshold: float = 0.01,
+        warmup_steps: int = 256,
+    ) -> None:
+        super().__init__()
+        if resolution < 2 or not 0 < decay <= 1 or not 0 < opacity_threshold < 1:
+            raise ValueError(f"occupancy grid: resolution {resolution} >= 2, decay in (0, 1], threshold in (0, 1)")
+        self.resolution = resolution
+        self.decay = decay
+        self.opacity_threshold = opacity_threshold
+        self.warmup_steps = warmup_steps
+        self.register_buffer("aabb", aabb.detach().clone().float())
+        self.register_buffer("density", torch.zeros(resolution**3))
+        self.register_buffer("occupied", torch.ones(resolution**3, dtype=torch.bool))
+        self._warned_empty = False
+
+    @property
+    def cell_edge(self) -> float:
+        """The longest edge of a cell (world units)."""
+        return float((self.aabb[1] - self.aabb[0]).max()) / self.resolution
+
+    def grid(self) -> OccupancyGrid:
+        """The occupied cells as an :class:`OccupancyGrid` (outside the box: empty)."""
+        r = self.resolution
+        return OccupancyGrid(self.aabb, self.occupied.view(r, r, r), outside_occupied=False)
+
+    @torch.no_grad()
+    def update(self, density_at: DensityAt, step: int, chunk: int = 1 << 18) -> None:
+        """Read the field's density in the cells due at ``step`` and re-decide which are occupied."""
+        r = self.resolution
+        device = self.density.device
+        if step < self.warmup_steps:
+            cells = torch.arange(r**3, device=device)
+        else:
+            sampled = torch.randint(0, r**3, (r**3 // 4,), device=device)
+            cells = torch.unique(torch.cat([sampled, torch.nonzero(self.occupied).view(-1)]))
+        ijk = torch.stack([cells // (r * r), cells // r % r, cells % r], dim=-1).float()
+        unit = (ijk + torch.rand_like(ijk)) / r
+        positions = self.aabb[0] + unit * (self.aabb[1] - self.aabb[0])
+        sigma = torch.cat([density_at(part).view(-1) for part in positions.split(chunk)])
+        self.density[cells] = torch.maximum(self.density[cells] * self.decay, sigma.float())
+        opacity = 1.0 - torch.exp(-self.density * self.cell_edge)
+        occupied = opacity > min(self.opacity_threshold, float(opacity.mean()))
+        if not bool(occupied.any()):
+            if not self._warned_empty:
+                CONSOLE.print("occupancy grid: no density anywhere yet; every cell stays occupied")
+                self._warned_empty = True
+            occupied = torch.ones_like(occupied)
+        self.occupied.copy_(occupied)
+
+
+def occupied_field_outputs(
+    ray_samples: RaySamples, grid: OccupancyGrid, field_outputs: FieldOutputs
+) -> Dict[FieldHeadNames, Tensor]:
+    """Density [R, S, 1] and RGB [R, S, 3] of ``ray_samples`` [R, S], evaluated (with gradients) only
+    at the samples in ``grid``'s occupied cells; the others are empty space (density 0)."""
+    num_rays, num_samples = ray_samples.shape[:2]
+    positions = ray_samples.frustums.get_positions()
+    inside = grid(positions.reshape(-1, 3)).view(num_rays, num_samples)
+    rays, columns = inside.nonzero(as_tuple=True)
+    outputs = field_outputs(ray_samples[rays, columns])
+    sigma, rgb = outputs[FieldHeadNames.DENSITY], outputs[FieldHeadNames.RGB]
+    density = positions.new_zeros(num_rays, num_samples, 1).index_put((rays, columns), sigma.float())
+    colour = positions.new_zeros(num_rays, num_samples, 3).index_put((rays, columns), rgb.float())
+    return {FieldHeadNames.DENSITY: density, FieldHeadNames.RGB: colour}
