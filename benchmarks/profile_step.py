@@ -176,7 +176,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"[profile] {args.label}: {args.warmup} warm-up steps", flush=True)
     train_steps(trainer, 0, args.warmup)
     step = args.warmup
+    rays_before = getattr(trainer.pipeline, "train_rays", None)
     plain_s = train_steps(trainer, step, args.steps) / args.steps
+    rays_after = getattr(trainer.pipeline, "train_rays", None)
     step += args.steps
     timer.on = True
     timed_s = train_steps(trainer, step, args.steps, timer) / args.steps
@@ -189,7 +191,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     kernels = top_kernels(trainer, step, args.kernel_steps, args.kernels)
     step += args.kernel_steps
     syncs = host_syncs(trainer, step)
-    rays = trainer.pipeline.datamanager.get_train_rays_per_batch()
+    rays = (  # the timed steps' mean: a model may size its batches by samples
+        (rays_after - rays_before) / args.steps
+        if rays_before is not None
+        else trainer.pipeline.datamanager.get_train_rays_per_batch()
+    )
     field_samples = sum(samples) / args.steps
     row: Dict[str, Any] = {
         "kind": "step-profile",
@@ -198,7 +204,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "options": extra,
         "scene": args.data.name,
         "step_ms": round(plain_s * 1e3, 3),
-        "rays_per_step": rays,
+        "rays_per_step": round(rays, 1),
         "rays_per_s": round(rays / plain_s),
         "field_samples_per_step": round(field_samples),
         "field_samples_per_s": round(field_samples / plain_s),

@@ -305,6 +305,13 @@ def jobs_per_gpu() -> int:
     return max(1, int(os.environ.get("JOBS_PER_GPU", "1")))
 
 
+def mean_rays_per_batch(pipeline) -> float:
+    """Training rays per batch: the mean over the run where the pipeline counts them (a model may
+    size its batches by samples), else the datamanager's fixed count."""
+    counted = getattr(pipeline, "mean_train_rays_per_batch", lambda: None)()
+    return round(counted, 1) if counted else pipeline.datamanager.get_train_rays_per_batch()
+
+
 def eval_rays_per_chunk(jobs: int) -> int:
     """Rays per evaluation chunk when ``jobs`` share the GPU: halved for each doubling beyond two.
     A 65,536-ray chunk of nerf-qat takes 35-46 GB; nine jobs evaluating at that size filled an H200
@@ -465,7 +472,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "train_seconds": round(run["train_seconds"], 2),
         "iterations_per_s": round(run["iterations"] / run["train_seconds"], 3),
         "steady_iterations_per_s": round(run.get("steady_iterations_per_s") or 0.0, 3) or None,
-        "rays_per_iteration": trainer.pipeline.datamanager.get_train_rays_per_batch(),
+        "rays_per_iteration": mean_rays_per_batch(trainer.pipeline),
         "gpu": gpu_name(),
         "jobs_per_gpu": jobs_per_gpu(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -13,7 +13,7 @@ occupied instead, with one log line (a field that has learned no density yet).
 
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Callable, Dict, Tuple
 
 import torch
 from nerfstudio.cameras.rays import RaySamples
@@ -68,13 +68,16 @@ class OccupancyEstimator(nn.Module):
         """Read the field's density in the cells due at ``step`` and re-decide which are occupied."""
         r = self.resolution
         device = self.density.device
+        # Points drawn from the step alone: every DDP rank reads the same points of the same
+        # (synchronised) field, so the grids stay identical without being broadcast.
+        generator = torch.Generator(device=device).manual_seed(step)
         if step < self.warmup_steps:
             cells = torch.arange(r**3, device=device)
         else:
-            sampled = torch.randint(0, r**3, (r**3 // 4,), device=device)
+            sampled = torch.randint(0, r**3, (r**3 // 4,), device=device, generator=generator)
             cells = torch.unique(torch.cat([sampled, torch.nonzero(self.occupied).view(-1)]))
         ijk = torch.stack([cells // (r * r), cells // r % r, cells % r], dim=-1).float()
-        unit = (ijk + torch.rand_like(ijk)) / r
+        unit = (ijk + torch.rand(ijk.shape, device=device, generator=generator)) / r
         positions = self.aabb[0] + unit * (self.aabb[1] - self.aabb[0])
         sigma = torch.cat([density_at(part).view(-1) for part in positions.split(chunk)])
         self.density[cells] = torch.maximum(self.density[cells] * self.decay, sigma.float())
@@ -90,9 +93,10 @@ class OccupancyEstimator(nn.Module):
 
 def occupied_field_outputs(
     ray_samples: RaySamples, grid: OccupancyGrid, field_outputs: FieldOutputs
-) -> Dict[FieldHeadNames, Tensor]:
+) -> Tuple[Dict[FieldHeadNames, Tensor], Tensor]:
     """Density [R, S, 1] and RGB [R, S, 3] of ``ray_samples`` [R, S], evaluated (with gradients) only
-    at the samples in ``grid``'s occupied cells; the others are empty space (density 0)."""
+    at the samples in ``grid``'s occupied cells, the others empty space (density 0); and how many
+    samples were evaluated (0-d tensor, left on the device)."""
     num_rays, num_samples = ray_samples.shape[:2]
     positions = ray_samples.frustums.get_positions()
     inside = grid(positions.reshape(-1, 3)).view(num_rays, num_samples)
@@ -101,4 +105,4 @@ def occupied_field_outputs(
     sigma, rgb = outputs[FieldHeadNames.DENSITY], outputs[FieldHeadNames.RGB]
     density = positions.new_zeros(num_rays, num_samples, 1).index_put((rays, columns), sigma.float())
     colour = positions.new_zeros(num_rays, num_samples, 3).index_put((rays, columns), rgb.float())
-    return {FieldHeadNames.DENSITY: density, FieldHeadNames.RGB: colour}
+    return {FieldHeadNames.DENSITY: density, FieldHeadNames.RGB: colour}, torch.count_nonzero(inside)

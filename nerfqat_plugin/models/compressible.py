@@ -398,6 +398,11 @@ class CompressibleModel(Model):
         tensors, payload = self._full_payload(operating_point)
         return write_compressed(path, tensors, payload)
 
+    def rays_for_next_batch(self, rays: int) -> Optional[int]:
+        """How many rays the next training batch should hold after one of ``rays``; None: as many as
+        the datamanager is set to (models whose samples per ray vary may size batches by samples)."""
+        return None
+
     def training_statistics(self) -> Dict[str, Any]:
         """Diagnostics of the trained state that benchmark rows record."""
         return {

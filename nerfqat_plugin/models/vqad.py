@@ -174,6 +174,9 @@ class VQADModelConfig(CompressibleModelConfig):
     """Cells per axis of the occupancy grid kept while training (sampler occupancy)."""
     occupancy_update_every: int = 16
     """Steps between updates of that grid."""
+    target_samples_per_batch: int = 1 << 18
+    """sampler occupancy: training batches hold as many rays as make about this many evaluated
+    samples (the ray count adapts each step); 0: the datamanager's fixed ray count."""
     num_proposal_samples: Tuple[int, ...] = (128, 64)
     """Samples per ray of each proposal round (one proposal field serves every round)."""
     num_nerf_samples: int = 48
@@ -250,6 +253,7 @@ class VQADModel(CompressibleModel):
         self.occupancy_estimator: Optional[OccupancyEstimator] = None
         if self.marches_occupancy() and not frozen:
             self.occupancy_estimator = OccupancyEstimator(self.scene_box.aabb, cfg.occupancy_resolution)
+        self._last_batch_samples: Optional[Tensor] = None  # samples the last marched batch evaluated
 
         def update_schedule(step: int) -> float:
             ramp = np.interp(step, [0, cfg.proposal_warmup], [0, cfg.proposal_update_every])
@@ -274,6 +278,15 @@ class VQADModel(CompressibleModel):
             cb_hook=self._switch_operating_point,
         )
         self.add_size_viewer_elements()
+
+    def rays_for_next_batch(self, rays: int) -> Optional[int]:
+        """sampler occupancy: scale the ray count towards ``target_samples_per_batch`` evaluated samples
+        (at least 256 rays, at most one sample per ray); otherwise the datamanager's count."""
+        target, evaluated = self.config.target_samples_per_batch, self._last_batch_samples
+        if target <= 0 or evaluated is None or self.occupancy_estimator is None:
+            return None
+        samples = max(1, int(evaluated))  # the step's one wait for the GPU
+        return int(min(target, max(256, round(rays * target / samples))))
 
     def marches_occupancy(self) -> bool:
         """Whether this model samples by marching an occupancy grid (sampler occupancy, bounded scene)."""
@@ -547,7 +560,7 @@ class VQADModel(CompressibleModel):
         else:
             ray_samples, weights_list, ray_samples_list = self.proposal_sampler(bundle, density_fns=self.density_fns)
         if self.training and marched is not None and grid is not None:
-            field_outputs = occupied_field_outputs(ray_samples, grid, self.field)
+            field_outputs, self._last_batch_samples = occupied_field_outputs(ray_samples, grid, self.field)
         elif marched is not None or (not self.training and self.config.skip_hidden_samples):
             field = self.field
             field_outputs = self.field_outputs_skipping(

@@ -64,6 +64,27 @@ class CompressionPipeline(VanillaPipeline):
         super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
         if world_size > 1 and isinstance(self.model, CompressibleModel):
             self._model = rewrap_for_ddp(self._model, local_rank)
+        self.train_rays = self.train_batches = 0
+        """Training rays and batches so far: a model may vary its rays per batch."""
+
+    def get_train_loss_dict(self, step: int):
+        """nerfstudio's training step, then the next batch's ray count where the model sizes batches
+        by samples (:meth:`CompressibleModel.rays_for_next_batch`)."""
+        outputs, losses, metrics = super().get_train_loss_dict(step)
+        rays = self.datamanager.get_train_rays_per_batch()
+        self.train_rays += rays
+        self.train_batches += 1
+        model = self.model
+        sampler = getattr(self.datamanager, "train_pixel_sampler", None)
+        if isinstance(model, CompressibleModel) and sampler is not None:
+            following = model.rays_for_next_batch(rays)
+            if following is not None and following != rays:
+                sampler.set_num_rays_per_batch(following)
+        return outputs, losses, metrics
+
+    def mean_train_rays_per_batch(self) -> Optional[float]:
+        """Rays per training batch, averaged over the steps so far (None before the first)."""
+        return self.train_rays / self.train_batches if self.train_batches else None
 
     def get_average_image_metrics(self, data_loader, image_prefix, step=None, output_path=None, get_std=False):
         """Average metrics of every image, at every operating point (the model's own first, unprefixed;

@@ -68,9 +68,9 @@ def test_training_evaluates_the_field_only_in_occupied_cells_with_gradients() ->
             FieldHeadNames.RGB: torch.sigmoid(weight * positions),
         }
 
-    outputs = occupied_field_outputs(samples, estimator.grid(), field)
+    outputs, evaluated = occupied_field_outputs(samples, estimator.grid(), field)
     inside = estimator.grid()(samples.frustums.get_positions().view(-1, 3)).view(num_rays, num_steps)
-    assert 0 < int(inside.sum()) < inside.numel() and seen[0].shape[0] == int(inside.sum())
+    assert 0 < int(inside.sum()) < inside.numel() and seen[0].shape[0] == int(inside.sum()) == int(evaluated)
     assert torch.equal(outputs[FieldHeadNames.DENSITY][..., 0] > 0, inside)  # empty space: density 0
     outputs[FieldHeadNames.DENSITY].sum().backward()
     assert float(weight.grad) == pytest.approx(float(inside.sum()))

@@ -132,3 +132,45 @@ def test_vqad_trained_with_the_occupancy_sampler_marches_in_training_and_from_it
     with torch.no_grad():
         rgb = loaded(vqad_rays(32, bounded=True))["rgb"]
     assert rgb.shape == (32, 3) and bool(torch.isfinite(rgb).all())
+
+
+class _RaySource:
+    """A datamanager stand-in: batches of as many rays as its pixel sampler is set to."""
+
+    def __init__(self, rays: int) -> None:
+        self.num_rays_per_batch = rays
+        self.train_pixel_sampler = self
+
+    def set_num_rays_per_batch(self, rays: int) -> None:
+        self.num_rays_per_batch = rays
+
+    def get_train_rays_per_batch(self) -> int:
+        return self.num_rays_per_batch
+
+    def next_train(self, step: int):
+        n = self.num_rays_per_batch
+        return vqad_rays(n, seed=step, bounded=True), {"image": torch.rand(n, 3)}
+
+
+def test_occupancy_batches_hold_as_many_rays_as_make_the_target_samples() -> None:
+    from nerfqat_plugin.pipelines.compression_pipeline import CompressionPipeline
+
+    torch.manual_seed(0)
+    target = 400
+    model = tiny_vqad_model({"near_far": (2.0, 6.0), "scene_type": "bounded"}, sampler="occupancy", march_steps=STEPS)
+    model.config.target_samples_per_batch = target
+    model.train()
+    pipeline = CompressionPipeline.__new__(CompressionPipeline)  # the step's logic, without a real datamanager
+    torch.nn.Module.__init__(pipeline)
+    pipeline._model, pipeline.datamanager, pipeline.world_size = model, _RaySource(32), 1
+    pipeline.train_rays = pipeline.train_batches = 0
+    counts = []
+    for step in range(3):
+        counts.append(pipeline.datamanager.num_rays_per_batch)
+        pipeline.get_train_loss_dict(step)
+        evaluated = int(model._last_batch_samples)
+        assert pipeline.datamanager.num_rays_per_batch == min(target, max(256, round(counts[-1] * target / evaluated)))
+    assert counts[0] == 32 and counts[1] != 32  # the ray count followed the samples
+    assert pipeline.mean_train_rays_per_batch() == pytest.approx(sum(counts) / 3)
+    model.config.target_samples_per_batch = 0  # off: the datamanager's count stays
+    assert model.rays_for_next_batch(32) is None
