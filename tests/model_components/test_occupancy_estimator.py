@@ -74,3 +74,15 @@ def test_training_evaluates_the_field_only_in_occupied_cells_with_gradients() ->
     assert torch.equal(outputs[FieldHeadNames.DENSITY][..., 0] > 0, inside)  # empty space: density 0
     outputs[FieldHeadNames.DENSITY].sum().backward()
     assert float(weight.grad) == pytest.approx(float(inside.sum()))
+
+
+def test_updates_read_points_set_by_the_step_alone() -> None:
+    """DDP ranks have their own random states; they must still keep equal grids (nothing broadcasts them)."""
+    grids = []
+    for seed in (1, 2):  # two ranks
+        torch.manual_seed(seed)
+        estimator = OccupancyEstimator(BOX, resolution=8, warmup_steps=2)
+        for step in range(4):  # warm-up updates and later ones (a random quarter of the cells)
+            estimator.update(lambda x: 50.0 * torch.sin(7 * x).prod(dim=-1, keepdim=True).clamp_min(0), step)
+        grids.append(estimator.density.clone())
+    assert torch.equal(grids[0], grids[1])
