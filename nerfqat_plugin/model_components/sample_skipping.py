@@ -13,7 +13,7 @@ renders match evaluating every sample.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from nerfstudio.cameras.rays import RaySamples
@@ -46,12 +46,13 @@ def evaluate_front_to_back(
     it are empty space and skipped too.
 
     The samples to evaluate are listed once per chunk (one ``nonzero``, the only wait for the GPU)
-    and gathered and scattered by those indices."""
+    and gathered and scattered by those indices; their features are kept packed, in the order they
+    were evaluated, so memory follows the samples evaluated, not every sample of every ray."""
     num_rays, num_samples = positions.shape[:2]
     device = positions.device
     density = torch.zeros(num_rays, num_samples, 1, device=device)
-    features: Tensor | None = None
     evaluated = torch.zeros(num_rays, num_samples, dtype=torch.bool, device=device)
+    packed: List[Tuple[Tensor, Tensor, Tensor]] = []  # (rays, columns, features) of each chunk
     alive = torch.ones(num_rays, dtype=torch.bool, device=device)
     optical_depth = torch.zeros(num_rays, device=device)
     deltas = ray_samples.deltas[..., 0]
@@ -67,18 +68,19 @@ def evaluate_front_to_back(
         if rays.numel():
             columns = columns + start
             sigma, feat = density_fn(positions[rays, columns])
-            if features is None:
-                features = torch.zeros(num_rays, num_samples, feat.shape[-1], device=device, dtype=feat.dtype)
             density[rays, columns] = sigma.to(density.dtype)
-            features[rays, columns] = feat
             evaluated[rays, columns] = True
+            packed.append((rays, columns, feat))
         optical_depth += (density[:, start:end, 0] * deltas[:, start:end]).sum(dim=-1)
         alive &= optical_depth < limit
     weights = ray_samples.get_weights(density)[..., 0]
     needed = evaluated & (weights >= min_weight)
     needed[:, -1] |= evaluated[:, -1]  # a "last_sample" background shows the last sample's colour
     rgb = torch.zeros(num_rays, num_samples, 3, device=device)
-    rays, columns = needed.nonzero(as_tuple=True)
-    if features is not None and rays.numel():
-        rgb[rays, columns] = color_fn(features[rays, columns], directions[rays, columns]).to(rgb.dtype)
+    if packed:
+        rays, columns, features = (torch.cat(parts) for parts in zip(*packed, strict=True))
+        keep = needed[rays, columns].nonzero(as_tuple=True)[0]
+        if keep.numel():
+            rays, columns = rays[keep], columns[keep]
+            rgb[rays, columns] = color_fn(features[keep], directions[rays, columns]).to(rgb.dtype)
     return density, rgb, evaluated.float().mean()

@@ -46,6 +46,29 @@ def test_rays_stop_behind_an_opaque_surface_and_the_pixels_do_not_change() -> No
     assert float((full - skipped).abs().max()) <= 1e-4 + 64 * 1e-5
 
 
+def test_features_are_kept_for_evaluated_samples_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory follows the samples evaluated: no [rays, samples, features] buffer for every sample
+    (a nerf-qat chunk marching 1,024 steps would take gigabytes)."""
+
+    def wide_features(positions: torch.Tensor):
+        density, _ = _sphere_density(positions)
+        return density, positions.repeat(1, 5)  # 15 features per sample
+
+    made = []
+    original = torch.zeros
+    monkeypatch.setattr(torch, "zeros", lambda *size, **kw: made.append(size) or original(*size, **kw))
+    picked = []
+    colour = lambda features, directions: picked.append(len(features)) or _colour(features[:, :3], directions)  # noqa: E731
+    bundle = forward_rays(32, seed=4)
+    bundle.nears, bundle.fars = torch.full((32, 1), 0.5), torch.full((32, 1), 4.0)
+    samples = UniformSampler(num_samples=64, train_stratified=False)(bundle)
+    positions = samples.frustums.get_positions()
+    density, rgb, _ = evaluate_front_to_back(samples, positions, samples.frustums.directions, wide_features, colour)
+    assert not [size for size in made if 15 in size]
+    coloured = int((rgb.abs().sum(-1) > 0).sum())
+    assert picked == [coloured] and 0 < coloured < 32 * 64  # colours of the needed samples, placed back
+
+
 def test_an_empty_scene_evaluates_every_sample_and_keeps_the_last_colour() -> None:
     def empty(positions: torch.Tensor):
         return torch.zeros(positions.shape[0], 1), positions
