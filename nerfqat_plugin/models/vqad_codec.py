@@ -38,10 +38,10 @@ class VQADCodec(CompressedCodec):
         levels = model.active_levels if operating_point is None else operating_point_levels(operating_point)
         tensors: Dict[str, Tensor] = {}
         layout: Dict[str, Any] = {}
-        for prefix, module, keep in (
-            ("field.", model.field, {"grid": levels}),
-            ("proposal_field.", model.proposal_field, None),
-        ):
+        modules = [("field.", model.field, {"grid": levels})]
+        if not model.marches_occupancy():  # the occupancy sampler renders without proposals
+            modules.append(("proposal_field.", model.proposal_field, None))
+        for prefix, module, keep in modules:
             t, lay = encode_codebook_module(module, prefix, keep)
             tensors.update(t)
             layout.update(lay)
@@ -66,7 +66,8 @@ class VQADCodec(CompressedCodec):
             inference_only=True,
         )
         decode_codebook_module(model.field, "field.", tensors, payload["tensors"])
-        decode_codebook_module(model.proposal_field, "proposal_field.", tensors, payload["tensors"])
+        if not model.marches_occupancy():
+            decode_codebook_module(model.proposal_field, "proposal_field.", tensors, payload["tensors"])
         model.load_occupancy(tensors, payload)
         return model
 

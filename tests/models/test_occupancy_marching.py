@@ -14,6 +14,7 @@ from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.model_components.ray_samplers import UniformSampler
 
 from nerfqat_plugin.compression.codec import load_compressed_model
+from nerfqat_plugin.compression.file_format import read_compressed
 from nerfqat_plugin.field_components.occupancy_grid import OccupancyGrid
 
 STEPS = 48
@@ -126,6 +127,8 @@ def test_vqad_trained_with_the_occupancy_sampler_marches_in_training_and_from_it
     (callback,) = model._occupancy_callbacks()
     callback.run_callback_at_location(0, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)  # an update runs
     model.export_compressed(tmp_path / "occupancy.nqz")
+    stored = read_compressed(tmp_path / "occupancy.nqz")[0]
+    assert stored and not [name for name in stored if name.startswith("proposal")]  # no bytes for unused proposals
     loaded = load_compressed_model(tmp_path / "occupancy.nqz")
     assert loaded.config.sampler == "occupancy" and loaded.marches_occupancy() and loaded.occupancy_estimator is None
     loaded.density_fns = [lambda x: pytest.fail("a proposal network was evaluated")] * len(loaded.density_fns)
