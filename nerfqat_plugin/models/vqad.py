@@ -528,7 +528,7 @@ class VQADModel(CompressibleModel):
 
     # -- rendering ------------------------------------------------------------------------------
     def fields_to_compile(self) -> Tuple[TrainingCompiledField, ...]:
-        return (self.field, self.proposal_field)
+        return (self.field,) if self.marches_occupancy() else (self.field, self.proposal_field)
 
     def _random_levels(self, num_rays: int, device: torch.device) -> Tensor:
         """Per-ray level counts [R, 1]: all levels, except a random operating point for a fraction."""
