@@ -207,6 +207,10 @@ class VQADModelConfig(CompressibleModelConfig):
     """Refuse grids whose logits and Adam state would exceed this (vertices x 2**bits x 16 bytes)."""
 
 
+MAX_MARCHED_CANDIDATES = 1 << 25
+"""Most candidate samples (rays x march_steps) one training batch of the occupancy sampler marches."""
+
+
 class VQADModel(CompressibleModel):
     """Variable Bitrate Neural Fields: learned-index codebook grid, proposal sampling, NDC or box."""
 
@@ -281,12 +285,16 @@ class VQADModel(CompressibleModel):
 
     def rays_for_next_batch(self, rays: int) -> Optional[int]:
         """sampler occupancy: scale the ray count towards ``target_samples_per_batch`` evaluated samples
-        (at least 256 rays, at most one sample per ray); otherwise the datamanager's count."""
+        (at least 256 rays, at most one ray per target sample and ``MAX_MARCHED_CANDIDATES`` candidate
+        samples); otherwise the datamanager's count."""
         target, evaluated = self.config.target_samples_per_batch, self._last_batch_samples
         if target <= 0 or evaluated is None or self.occupancy_estimator is None:
             return None
         samples = max(1, int(evaluated))  # the step's one wait for the GPU
-        return int(min(target, max(256, round(rays * target / samples))))
+        # Every ray marches march_steps candidate positions densely: cap the candidates (2**25 is
+        # about 0.4 GB of positions) however few of them turn out occupied.
+        most = min(target, MAX_MARCHED_CANDIDATES // self.config.march_steps)
+        return int(min(most, max(256, round(rays * target / samples))))
 
     def marches_occupancy(self) -> bool:
         """Whether this model samples by marching an occupancy grid (sampler occupancy, bounded scene)."""

@@ -16,6 +16,7 @@ from nerfstudio.model_components.ray_samplers import UniformSampler
 from nerfqat_plugin.compression.codec import load_compressed_model
 from nerfqat_plugin.compression.file_format import read_compressed
 from nerfqat_plugin.field_components.occupancy_grid import OccupancyGrid
+from nerfqat_plugin.models import vqad as vqad_module
 
 STEPS = 48
 
@@ -175,5 +176,8 @@ def test_occupancy_batches_hold_as_many_rays_as_make_the_target_samples() -> Non
         assert pipeline.datamanager.num_rays_per_batch == min(target, max(256, round(counts[-1] * target / evaluated)))
     assert counts[0] == 32 and counts[1] != 32  # the ray count followed the samples
     assert pipeline.mean_train_rays_per_batch() == pytest.approx(sum(counts) / 3)
+    model._last_batch_samples = torch.tensor(1)  # almost nothing occupied: candidates stay capped
+    model.config.target_samples_per_batch = 1 << 30
+    assert model.rays_for_next_batch(4096) == vqad_module.MAX_MARCHED_CANDIDATES // STEPS
     model.config.target_samples_per_batch = 0  # off: the datamanager's count stays
     assert model.rays_for_next_batch(32) is None
