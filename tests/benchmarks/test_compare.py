@@ -325,6 +325,27 @@ def test_render_speed_pass_takes_each_scenes_files_and_latest_peer_and_marches_b
     assert "--model-options" not in commands["fern"]  # forward-facing: nothing to march
 
 
+def test_render_speed_commands_run_one_per_gpu_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    launched, running = [], []
+
+    class _Proc:
+        def __init__(self, command, env, **_):
+            launched.append((command[-1], env["CUDA_VISIBLE_DEVICES"]))
+            running.append(command[-1])
+            self.name = command[-1]
+
+        def wait(self):
+            assert len(running) <= 2  # never more at once than GPUs
+            running.remove(self.name)
+            return 1 if self.name == "c" else 0
+
+    monkeypatch.setattr(compare.subprocess, "Popen", _Proc)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    failed = scene_suite.run_render_speed([["x", "a"], ["x", "b"], ["x", "c"]], gpus=2, log_dir=tmp_path)
+    assert launched == [("a", "0"), ("b", "1"), ("c", "0")]
+    assert failed == [str(tmp_path / "render_speed_2.log")]
+
+
 def test_render_speed_table_shows_the_latest_row_of_each_file_chunk_and_options() -> None:
     def speed(label: str, fps: float, **extra) -> dict:
         row = {"kind": "render-speed", "label": label, "render_fps": fps, "render_resolution": [800, 800]}
