@@ -182,3 +182,39 @@ def test_the_readme_cpu_quickstart_runs_as_written(tmp_path: Path) -> None:
         assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert json.loads((tmp_path / "eval.json").read_text())["results"]["psnr"] > 0
     assert (tmp_path / "scene.nqz").stat().st_size > 0
+
+
+def test_vqad_with_the_occupancy_sampler_trains_through_ns_train_and_renders_from_its_file(tmp_path: Path) -> None:
+    """nerfstudio's trainer with the occupancy grid's updates, sample-sized batches (the real pixel
+    sampler resized each step), the grid in the checkpoint, and a file that marches."""
+    from conftest import make_blender_scene
+    from helpers import TINY_VQAD
+
+    scene = make_blender_scene(tmp_path / "scene")
+    occupancy = ["--pipeline.model.sampler", "occupancy", "--pipeline.model.march-steps", "32"]
+    occupancy += ["--pipeline.model.occupancy-resolution", "16", "--pipeline.model.occupancy-update-every", "2"]
+    occupancy += ["--pipeline.model.target-samples-per-batch", "1024"]
+    run(
+        "ns-train",
+        ["vqad", "--data", str(scene), "--output-dir", str(tmp_path / "out"), "--max-num-iterations", "8"]
+        + ["--steps-per-save", "8", "--machine.device-type", "cpu", "--vis", "tensorboard"]
+        + ["--viewer.quit-on-train-completion", "True", "--pipeline.datamanager.train-num-rays-per-batch", "64"]
+        + TINY_VQAD
+        + occupancy,
+    )
+    (config,) = (tmp_path / "out").glob("scene/vqad/*/config.yml")
+    (checkpoint,) = config.parent.glob("nerfstudio_models/*.ckpt")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["pipeline"]
+    (density,) = [value for key, value in state.items() if key.endswith("occupancy_estimator.density")]
+    assert float(density.max()) > 0  # the trainer ran the grid's updates
+    compressed = tmp_path / "scene.nqz"
+    run("ns-export-compressed", ["--load-config", str(config), "--output-path", str(compressed)])
+    from nerfqat_plugin.compression.codec import load_compressed_model
+
+    loaded = load_compressed_model(compressed)
+    assert loaded.marches_occupancy()
+    from helpers import vqad_rays
+
+    with torch.no_grad():
+        rgb = loaded(vqad_rays(16, bounded=True))["rgb"]
+    assert bool(torch.isfinite(rgb).all())
