@@ -101,8 +101,12 @@ def occupied_field_outputs(
     positions = ray_samples.frustums.get_positions()
     inside = grid(positions.reshape(-1, 3)).view(num_rays, num_samples)
     rays, columns = inside.nonzero(as_tuple=True)
+    density = positions.new_zeros(num_rays, num_samples, 1)
+    colour = positions.new_zeros(num_rays, num_samples, 3)
+    if rays.numel() == 0:  # every ray in empty space: the background alone
+        return {FieldHeadNames.DENSITY: density, FieldHeadNames.RGB: colour}, torch.count_nonzero(inside)
     outputs = field_outputs(ray_samples[rays, columns])
     sigma, rgb = outputs[FieldHeadNames.DENSITY], outputs[FieldHeadNames.RGB]
-    density = positions.new_zeros(num_rays, num_samples, 1).index_put((rays, columns), sigma.float())
-    colour = positions.new_zeros(num_rays, num_samples, 3).index_put((rays, columns), rgb.float())
+    density = density.index_put((rays, columns), sigma.float())
+    colour = colour.index_put((rays, columns), rgb.float())
     return {FieldHeadNames.DENSITY: density, FieldHeadNames.RGB: colour}, torch.count_nonzero(inside)

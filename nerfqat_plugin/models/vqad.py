@@ -212,7 +212,8 @@ MAX_MARCHED_CANDIDATES = 1 << 25
 
 
 class VQADModel(CompressibleModel):
-    """Variable Bitrate Neural Fields: learned-index codebook grid, proposal sampling, NDC or box."""
+    """Variable Bitrate Neural Fields: learned-index codebook grid, proposal (or, in bounded scenes,
+    occupancy-grid) sampling, NDC or box."""
 
     config: VQADModelConfig
     compressed_method_name = "vqad"

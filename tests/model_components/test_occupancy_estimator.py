@@ -86,3 +86,18 @@ def test_updates_read_points_set_by_the_step_alone() -> None:
             estimator.update(lambda x: 50.0 * torch.sin(7 * x).prod(dim=-1, keepdim=True).clamp_min(0), step)
         grids.append(estimator.density.clone())
     assert torch.equal(grids[0], grids[1])
+
+
+def test_a_batch_entirely_in_empty_space_is_background_without_evaluating_the_field() -> None:
+    estimator = OccupancyEstimator(BOX, resolution=4)
+    estimator.occupied.zero_()  # (updates never leave it so; a batch may still miss every occupied cell)
+    frustums = Frustums(
+        origins=torch.zeros(2, 3, 3),
+        directions=torch.tensor([1.0, 0.0, 0.0]).expand(2, 3, 3),
+        starts=torch.zeros(2, 3, 1),
+        ends=torch.full((2, 3, 1), 0.1),
+        pixel_area=torch.ones(2, 3, 1),
+    )
+    samples = RaySamples(frustums=frustums, deltas=torch.full((2, 3, 1), 0.1))
+    outputs, evaluated = occupied_field_outputs(samples, estimator.grid(), lambda s: pytest.fail("evaluated"))
+    assert int(evaluated) == 0 and float(outputs[FieldHeadNames.DENSITY].abs().sum()) == 0.0
