@@ -27,6 +27,18 @@ def test_integer_matmul_is_exact(kernel: str, monkeypatch: pytest.MonkeyPatch) -
     assert out.dtype == torch.int32 and torch.equal(out.long(), expected)
 
 
+def test_int8_products_take_the_weight_as_a_column_major_operand(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuBLAS's int8 tensor-core kernels take the second operand column-major; given a row-major one it
+    falls back to a generic kernel about three times slower, or refuses the shape."""
+    seen = []
+    original = torch._int_mm
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: seen.append(b.stride()) or original(a, b))
+    block = IntegerLinear(tiny_nerf_qat_model().field_fine.trunk.layers[1], [24])
+    assert all(w.is_contiguous() and w.shape[0] >= block.out_features for w in block.segments)  # [out, in] rows
+    integer_matmul(_int8((40, 24), 2), block.segments[0])
+    assert seen and seen[0][0] == 1  # the [K, M] operand steps 1 along K: column-major
+
+
 @pytest.fixture(scope="module")
 def trained() -> dict:
     """Tiny nerf-qat models trained past calibration: 8 and 4 bits, fused and unfused, one with a skip."""
