@@ -306,7 +306,11 @@ class CompressibleModel(Model):
         grid = self.occupancy_grid
         if self.training or not self.config.march_occupied_space or grid is None or grid.outside_occupied:
             return None
-        return UniformSampler(num_samples=self.config.march_steps, train_stratified=False)(bundle)
+        return self.even_step_samples(bundle)
+
+    def even_step_samples(self, bundle: RayBundle) -> RaySamples:
+        """``march_steps`` even steps per ray between near and far, one jitter per ray while training."""
+        return UniformSampler(self.config.march_steps, train_stratified=self.training, single_jitter=True)(bundle)
 
     @contextlib.contextmanager
     def rendering_as_trained(self) -> Iterator[None]:

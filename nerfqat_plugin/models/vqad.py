@@ -560,8 +560,7 @@ class VQADModel(CompressibleModel):
         grid = self.occupancy_grid
         if self.marches_occupancy():  # training's grid while it exists, else the file's
             grid = self.occupancy_estimator.grid() if self.occupancy_estimator is not None else grid
-            steps = UniformSampler(self.config.march_steps, train_stratified=self.training, single_jitter=True)
-            marched: Optional[RaySamples] = steps(bundle)
+            marched: Optional[RaySamples] = self.even_step_samples(bundle)
         else:
             marched = self.occupied_space_samples(bundle)
         if marched is not None:  # even steps through occupied cells instead of the proposals

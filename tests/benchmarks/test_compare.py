@@ -211,7 +211,10 @@ def test_jobs_sharing_a_gpu_evaluate_in_smaller_chunks(monkeypatch: pytest.Monke
     assert run_benchmark.jobs_per_gpu() == 9
 
 
-def test_jobs_are_told_when_to_stop_evaluating(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _launched_commands(
+    jobs: list, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jobs_per_gpu: int = 1, scene: str = "", data=None
+) -> list:
+    """The commands ``compare.run_jobs`` starts for ``jobs`` on one GPU (processes that end at once)."""
     launched = []
 
     class _Done:
@@ -224,34 +227,24 @@ def test_jobs_are_told_when_to_stop_evaluating(tmp_path: Path, monkeypatch: pyte
             return 0
 
     monkeypatch.setattr(compare.subprocess, "Popen", _Done)
-    args = argparse.Namespace(budget_s=10.0, margin_s=0.0, eval_s=0.0, deadline_s=100.0, jobs_per_gpu=1)
+    args = argparse.Namespace(budget_s=10.0, margin_s=0.0, eval_s=0.0, deadline_s=100.0, jobs_per_gpu=jobs_per_gpu)
     args.log_dir, args.output_dir, args.poll_s, args.progress_s, args.threads_per_job = tmp_path, tmp_path, 0, 60, 1
-    args.scene, args.data = "fern", Path("fern")
+    args.scene, args.data = scene, data
+    assert compare.run_jobs(jobs, args, gpus=1) == []
+    return launched
+
+
+def test_jobs_are_told_when_to_stop_evaluating(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     before = compare.time.time()
-    assert compare.run_jobs([compare.Job("nerf-qat-int8", "nerf-qat")], args, gpus=1) == []
-    (command,) = launched
+    job = compare.Job("nerf-qat-int8", "nerf-qat")
+    (command,) = _launched_commands([job], tmp_path, monkeypatch, scene="fern", data=Path("fern"))
     stop = float(command[command.index("--stop-evaluation-at") + 1])
     assert before + 100.0 - compare.EVALUATION_RESERVE_S - 1 <= stop <= compare.time.time() + 100.0
 
 
 def test_jobs_of_one_label_on_two_scenes_write_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    launched = []
-
-    class _Done:
-        returncode = 0
-
-        def __init__(self, command, **_):
-            launched.append(command)
-
-        def poll(self):
-            return 0
-
-    monkeypatch.setattr(compare.subprocess, "Popen", _Done)
-    args = argparse.Namespace(budget_s=10.0, margin_s=0.0, eval_s=0.0, deadline_s=100.0, jobs_per_gpu=2)
-    args.log_dir, args.output_dir, args.poll_s, args.progress_s, args.threads_per_job = tmp_path, tmp_path, 0, 60, 1
-    args.scene, args.data = "", None
     jobs = [compare.Job("nerf-qat-int8", "nerf-qat", scene=s, data=Path(s)) for s in ("fern", "horns")]
-    assert compare.run_jobs(jobs, args, gpus=1) == []
+    launched = _launched_commands(jobs, tmp_path, monkeypatch, jobs_per_gpu=2)
     folders = {Path(c[c.index("--output-dir") + 1]) for c in launched}
     assert folders == {tmp_path / "fern", tmp_path / "horns"}
 
