@@ -79,12 +79,11 @@ def run_render_speed(commands: List[List[str]], gpus: int, log_dir: Path) -> Lis
             log = log_dir / f"render_speed_{i}.log"
             env = {**os.environ, "CUDA_VISIBLE_DEVICES": compare.visible_gpu(slot), "PYTHONUNBUFFERED": "1"}
             print(f"[suite] render speed on GPU {env['CUDA_VISIBLE_DEVICES']}: {shlex.join(command[1:])}", flush=True)
+            handle = log.open("w")
             procs.append(
-                (
-                    compare.subprocess.Popen(command, stdout=log.open("w"), stderr=compare.subprocess.STDOUT, env=env),
-                    log,
-                )
+                (compare.subprocess.Popen(command, stdout=handle, stderr=compare.subprocess.STDOUT, env=env), log)
             )
+            handle.close()  # the child holds its own copy of the descriptor
         failed += [str(log) for proc, log in procs if proc.wait() != 0]
     return failed
 
