@@ -269,6 +269,12 @@ def scene_test_views(data: Path, count: Optional[int] = None) -> Tuple[Any, List
     return dataset.cameras[: len(images)], images
 
 
+def checkpoint_bytes(trainer) -> Optional[int]:
+    """Size of the run's newest checkpoint (nerfstudio saves one when training ends), None if none."""
+    checkpoints = sorted(Path(trainer.checkpoint_dir).glob("step-*.ckpt"), key=lambda p: p.stat().st_mtime)
+    return checkpoints[-1].stat().st_size if checkpoints else None
+
+
 def parameter_bytes(model: torch.nn.Module) -> int:
     """fp32 bytes of a peer model's trained parameters (metric networks are stubbed out in peer runs,
     optimizer state is not part of the model)."""
@@ -473,6 +479,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "iterations_per_s": round(run["iterations"] / run["train_seconds"], 3),
         "steady_iterations_per_s": round(run.get("steady_iterations_per_s") or 0.0, 3) or None,
         "rays_per_iteration": mean_rays_per_batch(trainer.pipeline),
+        "checkpoint_bytes": checkpoint_bytes(trainer),
         "gpu": gpu_name(),
         "jobs_per_gpu": jobs_per_gpu(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -36,6 +36,8 @@ def test_benchmark_run_is_loadable_and_its_layer_sensitivity_is_reported(tmp_pat
     (row,) = [json.loads(line) for line in rows.read_text().splitlines()]
     assert row["label"] == "tiny-fp32" and row["iterations"] == 6 and row["psnr"] > 0
     assert row["kind"] == "experiment" and row["scene"] == "scene" and row["code_commit"]  # the one schema
+    (checkpoint,) = (tmp_path / "out" / "tiny-fp32").glob("*/nerf-qat/*/nerfstudio_models/step-*.ckpt")
+    assert row["checkpoint_bytes"] == checkpoint.stat().st_size
     assert row["num_test_views"] == 1 and row["evaluation_cut_short"] and len(row["per_view_psnr"]) == 1
     # The first view once more as trained (every sample): the file's default path agrees with it.
     assert row["fast_path_psnr_change_db"] == pytest.approx(row["per_view_psnr"][0] - row["psnr_first_view_as_trained"])
