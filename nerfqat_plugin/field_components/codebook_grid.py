@@ -197,7 +197,7 @@ class LearnedIndexCodebookGrid(nn.Module):
             self.register_buffer(f"block_mask_{lvl}", torch.ones(blocks, dtype=torch.uint8))
         # Evaluation's hard indices per level, with the versions of the logits they came from.
         self._hard_index_cache: Dict[int, Tuple[Tuple[Tuple[int, int], ...], Tensor]] = {}
-        # Checkpoints hold the logits of kept blocks only (dropped vertices never render again).
+        # Checkpoints hold the per-vertex logits of kept blocks only (dropped vertices never render again).
         self.register_state_dict_post_hook(_compact_logits_state)
         self.register_load_state_dict_pre_hook(_expand_logits_state)
         if index_mode == "random":
@@ -326,13 +326,20 @@ class LearnedIndexCodebookGrid(nn.Module):
         queries = self.index_queries[level] if ids is None else F.embedding(ids, self.index_queries[level])
         return queries @ self.index_keys[level].T + self.index_bias[level]
 
-    def compactable_logits(self) -> Dict[int, nn.Parameter]:
-        """Per-vertex logits of pruned sparse levels, by level: only their kept rows are trained and
-        saved (:func:`compact_rows` / :func:`expand_rows`)."""
-        if len(self.logits) == 0:
+    def compactable_rows(self) -> Dict[str, Tuple[int, nn.Parameter]]:
+        """The per-vertex training parameters of pruned sparse levels (free logits, or the queries of
+        factorised ones), by state-dict name, with their level: only their kept rows are saved
+        (:func:`compact_rows` / :func:`expand_rows`)."""
+        name = "logits" if self.logit_rank == 0 else "index_queries"
+        per_vertex = getattr(self, name)
+        if len(per_vertex) == 0:
             return {}
         pruned = {lvl: self.block_mask(lvl) for lvl in self.sparse_levels}
-        return {lvl: self.logits[lvl] for lvl, mask in pruned.items() if mask is not None and not bool(mask.all())}
+        return {
+            f"{name}.{lvl}": (lvl, per_vertex[lvl])
+            for lvl, mask in pruned.items()
+            if mask is not None and not bool(mask.all())
+        }
 
     def index_logit_parameters(self) -> List[nn.Parameter]:
         """The parameters that only choose indices (free or factorised logits): training-only, and
@@ -456,15 +463,15 @@ def expand_rows(compact: Tensor, kept: Tensor, num_rows: int) -> Tensor:
 
 
 def _compact_logits_state(grid: LearnedIndexCodebookGrid, state: Dict[str, Any], prefix: str, _meta: Any) -> None:
-    for lvl in grid.compactable_logits():
-        key = f"{prefix}logits.{lvl}"
-        if key in state:
-            state[key] = compact_rows(state[key], grid.kept_vertices(lvl))
+    for name, (lvl, _) in grid.compactable_rows().items():
+        if prefix + name in state:
+            state[prefix + name] = compact_rows(state[prefix + name], grid.kept_vertices(lvl))
 
 
 def _expand_logits_state(grid: LearnedIndexCodebookGrid, state: Dict[str, Any], prefix: str, *_: Any) -> None:
     for lvl in grid.sparse_levels:
-        key, mask_key = f"{prefix}logits.{lvl}", f"{prefix}block_mask_{lvl}"
-        rows = grid.num_vertices(lvl)
-        if len(grid.logits) > lvl and key in state and mask_key in state and state[key].shape[0] != rows:
-            state[key] = expand_rows(state[key], grid.kept_vertices(lvl, state[mask_key].cpu()), rows)
+        mask_key, rows = f"{prefix}block_mask_{lvl}", grid.num_vertices(lvl)
+        for name in ("logits", "index_queries"):
+            key = f"{prefix}{name}.{lvl}"
+            if len(getattr(grid, name)) > lvl and key in state and mask_key in state and state[key].shape[0] != rows:
+                state[key] = expand_rows(state[key], grid.kept_vertices(lvl, state[mask_key].cpu()), rows)

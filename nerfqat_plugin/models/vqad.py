@@ -461,10 +461,10 @@ class VQADModel(CompressibleModel):
 
     def _compact_optimizer_state(self, optimizer: torch.optim.Optimizer, state: Dict[str, Any]) -> Dict[str, Any]:
         """Checkpoints keep the Adam moments of pruned levels' kept vertices only (the rows of
-        dropped blocks never render again), like the logits themselves."""
+        dropped blocks never render again), like the per-vertex logits or queries themselves."""
         grid = self.field.grid
         index = {id(p): i for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"])}
-        for lvl, param in grid.compactable_logits().items():
+        for lvl, param in grid.compactable_rows().values():
             entry = state["state"].get(index.get(id(param)))
             if entry is None:
                 continue
@@ -482,7 +482,7 @@ class VQADModel(CompressibleModel):
         if optimizer is None:
             return
         grid = self.field.grid
-        for lvl, param in grid.compactable_logits().items():
+        for lvl, param in grid.compactable_rows().values():
             entry = optimizer.state.get(param, {})
             for name, value in list(entry.items()):
                 if torch.is_tensor(value) and value.dim() == 2 and value.shape[0] != param.shape[0]:

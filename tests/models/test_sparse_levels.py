@@ -205,11 +205,13 @@ def test_operating_point_names_round_trip_and_bad_names_are_one_line() -> None:
             operating_point_levels(bad)
 
 
-def test_checkpoints_hold_the_logits_and_adam_moments_of_kept_blocks_only(tmp_path: Path) -> None:
-    """A pruned level's dropped vertices never render again: checkpoints leave their logits and Adam
-    moments out (zeros when loaded), and training resumes from the rest."""
+@pytest.mark.parametrize("logit_rank", [0, 4])
+def test_checkpoints_hold_the_logits_and_adam_moments_of_kept_blocks_only(tmp_path: Path, logit_rank: int) -> None:
+    """A pruned level's dropped vertices never render again: checkpoints leave their logits (free, or
+    the queries of factorised ones) and Adam moments out (zeros when loaded), and training resumes."""
+    name = "logits" if logit_rank == 0 else "index_queries"
     torch.manual_seed(0)
-    model = _model(sparse_from_level=2, sparse_block_size=2)
+    model = _model(sparse_from_level=2, sparse_block_size=2, logit_rank=logit_rank)
     grid = model.field.grid
     optimizer = torch.optim.Adam(model.get_param_groups()["index_logits"], lr=1e-2)
     _register_training_callbacks(model, optimizer)  # as the trainer does: hooks the optimizer's saving
@@ -217,26 +219,24 @@ def test_checkpoints_hold_the_logits_and_adam_moments_of_kept_blocks_only(tmp_pa
     keep[::5] = 1  # a fifth of the blocks
     grid.set_block_mask(2, keep)
     _train(model, 1)
-    grid.logits[2].sum().backward()
+    per_vertex = getattr(grid, name)[2]
+    per_vertex.sum().backward()
     optimizer.step()
     kept, rows = grid.kept_vertices(2), grid.num_vertices(2)
     assert 0 < len(kept) < rows
 
     state, saved = model.state_dict(), optimizer.state_dict()
-    assert state["field.grid.logits.2"].shape[0] == len(kept)  # kept rows only
-    assert state["field.grid.logits.1"].shape[0] == grid.num_vertices(1)  # dense levels whole
+    assert state[f"field.grid.{name}.2"].shape[0] == len(kept)  # kept rows only
+    assert state[f"field.grid.{name}.1"].shape[0] == grid.num_vertices(1)  # dense levels whole
     assert saved["state"][2]["exp_avg"].shape[0] == len(kept)
-    assert optimizer.state[grid.logits[2]]["exp_avg"].shape[0] == rows  # the live optimizer untouched
+    assert optimizer.state[per_vertex]["exp_avg"].shape[0] == rows  # the live optimizer untouched
     torch.save({"pipeline": state, "optimizer": saved}, tmp_path / "compact.ckpt")
-    live = {"logits": grid.logits[2].detach(), **optimizer.state[grid.logits[2]]}
-    torch.save(live, tmp_path / "dense_level.pt")
-    assert (tmp_path / "compact.ckpt").stat().st_size < (tmp_path / "dense_level.pt").stat().st_size
 
     torch.manual_seed(1)
-    resumed = _model(sparse_from_level=2, sparse_block_size=2)
+    resumed = _model(sparse_from_level=2, sparse_block_size=2, logit_rank=logit_rank)
     resumed.load_state_dict(torch.load(tmp_path / "compact.ckpt")["pipeline"])
-    logits = resumed.field.grid.logits[2]
-    assert logits.shape[0] == rows and torch.equal(logits[kept], grid.logits[2][kept])
+    loaded = getattr(resumed.field.grid, name)[2]
+    assert loaded.shape[0] == rows and torch.equal(loaded[kept], per_vertex[kept])
     resumed.eval()
     assert torch.allclose(_render(resumed)["rgb"], _render(model)["rgb"], atol=1e-6)  # renders as saved
     resumed.train()
@@ -245,13 +245,13 @@ def test_checkpoints_hold_the_logits_and_adam_moments_of_kept_blocks_only(tmp_pa
     callbacks = _register_training_callbacks(resumed, resumed_optimizer)
     for callback in callbacks:  # the first step of the resumed run expands the moments
         callback.run_callback_at_location(0, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
-    expanded = resumed_optimizer.state[logits]["exp_avg"]
-    assert expanded.shape == logits.shape
-    assert torch.equal(expanded[kept], optimizer.state[grid.logits[2]]["exp_avg"][kept])
+    expanded = resumed_optimizer.state[loaded]["exp_avg"]
+    assert expanded.shape == loaded.shape
+    assert torch.equal(expanded[kept], optimizer.state[per_vertex]["exp_avg"][kept])
     dropped = torch.ones(rows, dtype=torch.bool)
     dropped[kept] = False
     assert not bool(expanded[dropped].any())
-    logits.sum().backward()
+    loaded.sum().backward()
     resumed_optimizer.step()  # trains on
 
 
