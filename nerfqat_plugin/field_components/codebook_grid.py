@@ -326,11 +326,17 @@ class LearnedIndexCodebookGrid(nn.Module):
         queries = self.index_queries[level] if ids is None else F.embedding(ids, self.index_queries[level])
         return queries @ self.index_keys[level].T + self.index_bias[level]
 
+    @property
+    def per_vertex_parameters(self) -> str:
+        """Name of the parameter list holding a row per vertex while training: free logits, or the
+        queries of factorised ones."""
+        return "logits" if self.logit_rank == 0 else "index_queries"
+
     def compactable_rows(self) -> Dict[str, Tuple[int, nn.Parameter]]:
-        """The per-vertex training parameters of pruned sparse levels (free logits, or the queries of
-        factorised ones), by state-dict name, with their level: only their kept rows are saved
-        (:func:`compact_rows` / :func:`expand_rows`)."""
-        name = "logits" if self.logit_rank == 0 else "index_queries"
+        """The per-vertex training parameters (:attr:`per_vertex_parameters`) of pruned sparse levels,
+        by state-dict name, with their level: only their kept rows are saved (:func:`compact_rows` /
+        :func:`expand_rows`)."""
+        name = self.per_vertex_parameters
         per_vertex = getattr(self, name)
         if len(per_vertex) == 0:
             return {}
@@ -469,9 +475,8 @@ def _compact_logits_state(grid: LearnedIndexCodebookGrid, state: Dict[str, Any],
 
 
 def _expand_logits_state(grid: LearnedIndexCodebookGrid, state: Dict[str, Any], prefix: str, *_: Any) -> None:
+    name = grid.per_vertex_parameters
     for lvl in grid.sparse_levels:
-        mask_key, rows = f"{prefix}block_mask_{lvl}", grid.num_vertices(lvl)
-        for name in ("logits", "index_queries"):
-            key = f"{prefix}{name}.{lvl}"
-            if len(getattr(grid, name)) > lvl and key in state and mask_key in state and state[key].shape[0] != rows:
-                state[key] = expand_rows(state[key], grid.kept_vertices(lvl, state[mask_key].cpu()), rows)
+        key, mask_key, rows = f"{prefix}{name}.{lvl}", f"{prefix}block_mask_{lvl}", grid.num_vertices(lvl)
+        if len(getattr(grid, name)) > lvl and key in state and mask_key in state and state[key].shape[0] != rows:
+            state[key] = expand_rows(state[key], grid.kept_vertices(lvl, state[mask_key].cpu()), rows)

@@ -209,10 +209,11 @@ def test_operating_point_names_round_trip_and_bad_names_are_one_line() -> None:
 def test_checkpoints_hold_the_logits_and_adam_moments_of_kept_blocks_only(tmp_path: Path, logit_rank: int) -> None:
     """A pruned level's dropped vertices never render again: checkpoints leave their logits (free, or
     the queries of factorised ones) and Adam moments out (zeros when loaded), and training resumes."""
-    name = "logits" if logit_rank == 0 else "index_queries"
     torch.manual_seed(0)
     model = _model(sparse_from_level=2, sparse_block_size=2, logit_rank=logit_rank)
     grid = model.field.grid
+    name = "logits" if logit_rank == 0 else "index_queries"
+    assert grid.per_vertex_parameters == name
     optimizer = torch.optim.Adam(model.get_param_groups()["index_logits"], lr=1e-2)
     _register_training_callbacks(model, optimizer)  # as the trainer does: hooks the optimizer's saving
     keep = torch.zeros_like(grid.block_mask(2))
@@ -231,6 +232,9 @@ def test_checkpoints_hold_the_logits_and_adam_moments_of_kept_blocks_only(tmp_pa
     assert saved["state"][2]["exp_avg"].shape[0] == len(kept)
     assert optimizer.state[per_vertex]["exp_avg"].shape[0] == rows  # the live optimizer untouched
     torch.save({"pipeline": state, "optimizer": saved}, tmp_path / "compact.ckpt")
+    torch.save({name: state[f"field.grid.{name}.2"], **saved["state"][2]}, tmp_path / "compact_level.pt")
+    torch.save({name: per_vertex.detach(), **optimizer.state[per_vertex]}, tmp_path / "dense_level.pt")
+    assert (tmp_path / "compact_level.pt").stat().st_size < (tmp_path / "dense_level.pt").stat().st_size
 
     torch.manual_seed(1)
     resumed = _model(sparse_from_level=2, sparse_block_size=2, logit_rank=logit_rank)
