@@ -13,6 +13,11 @@ not ``vertices x 2**b``. The logits themselves cost ``vertices x 2**b`` floats (
 state) while training; a grid built with ``frozen=True`` (a model loaded from its file) keeps only
 the integer indices.
 
+Rendering (no gradient, hard indices) instead decodes each level once into a volume of vertex
+features, ``codebook[index]`` and zeros in dropped blocks, and interpolates it with ``grid_sample``:
+one fused kernel per level instead of corner arithmetic, an index gather and a codebook gather per
+corner. The values are the same trilinear sum up to float rounding.
+
 For the paper's ablation the indices can instead be fixed: ``random`` (drawn once from a seed) or
 ``hashed`` (instant-NGP's spatial hash of the vertex). Neither needs storing, so at equal bytes
 their codebooks can be larger.
@@ -44,6 +49,8 @@ _CORNERS = torch.tensor([[i >> 2 & 1, i >> 1 & 1, i & 1] for i in range(8)])
 _HASH_PRIMES = (1, 2654435761, 805459861)
 # A second, independent hash for the index table of probed grids (large odd constants).
 _PROBE_HASH_PRIMES = (2246822519, 3266489917, 668265263)
+MAX_DECODED_LEVEL_BYTES = 2 << 30
+"""Largest float32 feature volume a level decodes into for rendering; larger levels gather corners."""
 
 
 def _as_resolution(resolution: Union[int, Sequence[int]]) -> Resolution:
@@ -71,6 +78,17 @@ def corner_lookup(
     ids = (corners[..., 0] * ry + corners[..., 1]) * rz + corners[..., 2]
     weights = torch.where(offsets[None].bool(), frac[:, None, :], 1.0 - frac[:, None, :]).prod(dim=-1)
     return corners, ids, weights
+
+
+def interpolate_volume(volume: Tensor, positions: Tensor) -> Tensor:
+    """Trilinear interpolation [N, F] of a vertex-feature volume [1, F, X, Y, Z] at positions in
+    [0, 1]^3 [N, 3] (clamped, as :func:`corner_lookup` does); vertex (0, 0, 0) sits at 0 and the
+    last vertex of each axis at 1."""
+    # grid_sample reads (x, y, z) as (W, H, D), the volume's last axis first; align_corners maps -1
+    # and 1 onto the first and last vertices.
+    grid = (positions.clamp(0.0, 1.0) * 2.0 - 1.0).flip(-1).reshape(1, -1, 1, 1, 3)
+    sampled = F.grid_sample(volume, grid.to(volume.dtype), mode="bilinear", padding_mode="border", align_corners=True)
+    return sampled.reshape(volume.shape[1], -1).T
 
 
 def hashed_indices(corners: Tensor, bits: int, primes: Tuple[int, int, int] = _HASH_PRIMES) -> Tensor:
@@ -197,6 +215,9 @@ class LearnedIndexCodebookGrid(nn.Module):
             self.register_buffer(f"block_mask_{lvl}", torch.ones(blocks, dtype=torch.uint8))
         # Evaluation's hard indices per level, with the versions of the logits they came from.
         self._hard_index_cache: Dict[int, Tuple[Tuple[Tuple[int, int], ...], Tensor]] = {}
+        self.decoded_lookup = True
+        """Renders interpolate each level's decoded feature volume (see the module docstring)."""
+        self._volume_cache: Dict[int, Tuple[Tuple[Tuple[int, int], ...], Tensor]] = {}
         # Checkpoints hold the per-vertex logits of kept blocks only (dropped vertices never render again).
         self.register_state_dict_post_hook(_compact_logits_state)
         self.register_load_state_dict_pre_hook(_expand_logits_state)
@@ -299,12 +320,7 @@ class LearnedIndexCodebookGrid(nn.Module):
         """:meth:`hard_indices` of a learned level as int32, computed again only when its logits
         change: evaluation looks up millions of corners (renders, the file's occupancy grid), and an
         argmax per corner reads ``2**bits`` logits each. Equal to what an exported file stores."""
-        parameters = (
-            [self.logits[level]]
-            if self.logit_rank == 0
-            else [self.index_queries[level], self.index_keys[level], self.index_bias[level]]
-        )
-        versions = tuple((p._version, p.data_ptr()) for p in parameters)
+        versions = _versions(self._index_parameters(level))
         cached = self._hard_index_cache.get(level)
         if cached is None or cached[0] != versions:
             with torch.no_grad():
@@ -313,9 +329,53 @@ class LearnedIndexCodebookGrid(nn.Module):
         return cached[1]
 
     def train(self, mode: bool = True) -> LearnedIndexCodebookGrid:
-        if mode:
-            self._hard_index_cache.clear()  # training changes the logits every step
+        if mode:  # training changes the logits and codebooks every step
+            self._hard_index_cache.clear()
+            self._volume_cache.clear()
         return super().train(mode)
+
+    def _index_parameters(self, level: int) -> List[Tensor]:
+        """The tensors a level's indices follow from: stored indices, or the logits they are argmaxes
+        of (none for hashed indices, a fixed function of the vertex)."""
+        if self.index_mode == "hashed":
+            return []
+        if self.frozen:
+            return [getattr(self, f"indices_{level}")]
+        if self.logit_rank == 0:
+            return [self.logits[level]]
+        return [self.index_queries[level], self.index_keys[level], self.index_bias[level]]
+
+    def decoded_volume(self, level: int) -> Optional[Tensor]:
+        """Every vertex's feature on one level as a volume [1, F, X, Y, Z] (float32, the fp16-rounded
+        codebook entry of its hard index; zeros in dropped blocks), computed again only when the
+        indices, codebook or block mask change. None where the level does not decode (probed
+        indices, or a volume above :data:`MAX_DECODED_LEVEL_BYTES`)."""
+        if self.index_mode == "probed" or self.num_vertices(level) * self.feature_dim * 4 > MAX_DECODED_LEVEL_BYTES:
+            return None
+        mask = self.block_mask(level)
+        versions = _versions([self.codebooks[level], *self._index_parameters(level), *([] if mask is None else [mask])])
+        cached = self._volume_cache.get(level)
+        if cached is None or cached[0] != versions:
+            with torch.no_grad():
+                learning = self.index_mode == "learned" and not self.frozen
+                indices = (self.cached_hard_indices(level) if learning else self.hard_indices(level)).long()
+                features = F.embedding(indices, round_to_half(self.codebooks[level]).float())
+                if mask is not None:
+                    features = features * self.vertex_keep_flags(level).to(features)[:, None]
+                resolution = self.resolutions[level]
+                volume = features.T.reshape(1, self.feature_dim, *resolution).contiguous()
+            cached = (versions, volume)
+            self._volume_cache[level] = cached
+        return cached[1]
+
+    def vertex_keep_flags(self, level: int) -> Tensor:
+        """Whether each vertex of a sparse level lies in a kept block [vertices] (bool, flat ids)."""
+        mask = self.block_mask(level)
+        assert mask is not None, f"level {level} is dense"
+        blocks = mask.bool().reshape(block_grid_shape(self.resolutions[level], self.block_size))
+        for axis, size in enumerate(self.resolutions[level]):
+            blocks = blocks.repeat_interleave(self.block_size, dim=axis).narrow(axis, 0, size)
+        return blocks.reshape(-1)
 
     def vertex_logits(self, level: int, ids: Optional[Tensor] = None) -> Tensor:
         """Logits over the codebook of the vertices ``ids`` [..., 2**bits], or of every vertex of the
@@ -391,6 +451,10 @@ class LearnedIndexCodebookGrid(nn.Module):
 
     def level_features(self, positions: Tensor, level: int, hard: bool) -> Tensor:
         """Interpolated features [N, F] of one level at positions in [0, 1]^3 [N, 3]."""
+        if hard and self.decoded_lookup and not torch.is_grad_enabled():
+            volume = self.decoded_volume(level)
+            if volume is not None:
+                return interpolate_volume(volume, positions)
         corners, ids, weights = corner_lookup(positions, self.resolutions[level], self.corner_offsets)
         mask = self.block_mask(level)
         if mask is not None:  # corners in dropped blocks contribute nothing
@@ -454,6 +518,12 @@ class LearnedIndexCodebookGrid(nn.Module):
         missing = self.concat_levels - len(features)
         features += [torch.zeros_like(features[0])] * missing
         return torch.cat(features, dim=-1)
+
+
+def _versions(tensors: Sequence[Tensor]) -> Tuple[Tuple[int, int], ...]:
+    """What identifies the contents of ``tensors`` for a cache: each one's storage and in-place
+    version."""
+    return tuple((t._version, t.data_ptr()) for t in tensors)
 
 
 def compact_rows(full: Tensor, kept: Tensor) -> Tensor:

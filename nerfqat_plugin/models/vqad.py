@@ -13,8 +13,9 @@ operating point stays usable; the viewer switches between them, ``ns-eval`` repo
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Dict, List, Literal, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, Iterator, List, Literal, Optional, Sequence, Tuple, Type
 
 import numpy as np
 import torch
@@ -205,6 +206,9 @@ class VQADModelConfig(CompressibleModelConfig):
     grids contract into a shell around it (nerfacto's far plane)."""
     max_training_logits_gib: float = 12.0
     """Refuse grids whose logits and Adam state would exceed this (vertices x 2**bits x 16 bytes)."""
+    decoded_grid_lookup: bool = True
+    """Rendering: interpolate each grid level's decoded vertex features (one float32 volume per level,
+    at most 2 GiB) instead of gathering every corner's index and codebook entry; same values."""
 
 
 MAX_MARCHED_CANDIDATES = 1 << 25
@@ -283,6 +287,7 @@ class VQADModel(CompressibleModel):
             cb_hook=self._switch_operating_point,
         )
         self.add_size_viewer_elements()
+        self._apply_render_options()
 
     def rays_for_next_batch(self, rays: int) -> Optional[int]:
         """sampler occupancy: scale the ray count towards ``target_samples_per_batch`` evaluated samples
@@ -549,8 +554,27 @@ class VQADModel(CompressibleModel):
             active = torch.where(chosen, random, active)
         return active
 
+    @contextlib.contextmanager
+    def rendering_as_trained(self) -> Iterator[None]:
+        """Also every corner gathered, as training does, instead of decoded volumes."""
+        saved = self.config.decoded_grid_lookup
+        with super().rendering_as_trained():
+            try:
+                self.config.decoded_grid_lookup = False
+                self._apply_render_options()
+                yield
+            finally:
+                self.config.decoded_grid_lookup = saved
+                self._apply_render_options()
+
+    def _apply_render_options(self) -> None:
+        """Hand the grids the render options they read (set on the config, also after loading)."""
+        for grid in (self.field.grid, self.proposal_field.grid):
+            grid.decoded_lookup = self.config.decoded_grid_lookup
+
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Any]:
         self.compile_fields_once(ray_bundle.origins.device, self.config.compile)
+        self._apply_render_options()
         rays = self.sampling_rays(ray_bundle)
         bundle = rays.bundle
         if self.training:

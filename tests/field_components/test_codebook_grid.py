@@ -289,3 +289,81 @@ def test_bad_probed_configuration_is_rejected() -> None:
         LearnedIndexCodebookGrid((4,), 8, 2, index_mode="probed", probe_table_bits=0)
     with pytest.raises(ValueError, match="sparse"):
         LearnedIndexCodebookGrid((16,), 8, 2, index_mode="probed", sparse_from_level=0)
+
+
+def _edge_and_outside_positions(n: int) -> torch.Tensor:
+    """Random points, the cube's corners and faces, and points outside it (clamped like the gathers)."""
+    g = torch.Generator().manual_seed(3)
+    corners = torch.tensor([[i >> 2 & 1, i >> 1 & 1, i & 1] for i in range(8)], dtype=torch.float32)
+    return torch.cat([torch.rand(n, 3, generator=g), corners, torch.rand(8, 3, generator=g) * 1.6 - 0.3])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"frozen": True},
+        {"index_mode": "hashed", "bits": 3},
+        {"index_mode": "random"},
+        {"logit_rank": 3},
+        {"sparse_from_level": 1, "block_size": 2},
+    ],
+    ids=["learned", "frozen", "hashed", "random", "factorised", "sparse"],
+)
+def test_rendering_interpolates_decoded_levels_with_the_values_of_the_corner_gathers(options: dict) -> None:
+    grid = _grid(**options).eval()
+    if grid.frozen and grid.index_mode == "learned":  # stored indices, as a loaded file holds
+        for level in grid.levels:
+            grid.set_hard_indices(level, torch.randint(0, 16, (grid.num_vertices(level),)))
+    if grid.sparse_levels:  # drop some blocks: their vertices contribute nothing
+        grid.set_block_mask(1, (torch.arange(18) % 3 != 1).to(torch.uint8))  # 3 x 2 x 3 blocks
+    positions = _edge_and_outside_positions(300)
+    with torch.no_grad():
+        grid.decoded_lookup = False
+        gathered = grid(positions)
+        assert not grid._volume_cache
+        grid.decoded_lookup = True
+        decoded = grid(positions)
+    assert sorted(grid._volume_cache) == [0, 1]  # both levels went through their volumes
+    assert float(gathered.abs().max()) > 1e-2  # the comparison says something
+    assert torch.allclose(decoded, gathered, atol=2e-6, rtol=0)
+
+
+def test_decoded_levels_follow_codebook_index_and_block_changes_and_training_drops_them() -> None:
+    grid = _grid(sparse_from_level=1, block_size=2).eval()
+    positions = _edge_and_outside_positions(200)
+
+    def gathered() -> torch.Tensor:
+        grid.decoded_lookup = False
+        try:
+            return grid(positions)
+        finally:
+            grid.decoded_lookup = True
+
+    with torch.no_grad():
+        first = grid(positions)
+        volume = grid._volume_cache[1][1]
+        assert grid(positions) is not first and grid._volume_cache[1][1] is volume  # reused
+        for change in (
+            lambda: grid.codebooks[1].add_(torch.randn_like(grid.codebooks[1])),  # an optimizer step
+            lambda: grid.logits[1].add_(3.0 * torch.randn_like(grid.logits[1])),  # new hard indices
+            lambda: grid.set_block_mask(1, torch.arange(18) % 2),  # pruning
+        ):
+            before = grid(positions)
+            change()
+            after = grid(positions)
+            assert not torch.allclose(after, before) and torch.allclose(after, gathered(), atol=2e-6, rtol=0)
+    grid.train()
+    assert not grid._volume_cache  # training changes the grid every step
+    grid.eval()
+    assert torch.allclose(grid(positions), gathered(), atol=2e-6, rtol=0)  # gradients on: the gathers
+
+
+def test_sparse_vertex_keep_flags_follow_the_blocks() -> None:
+    grid = LearnedIndexCodebookGrid(((5, 3, 4),), bits=2, feature_dim=2, sparse_from_level=0, block_size=2)
+    keep = torch.zeros(3, 2, 2, dtype=torch.uint8)
+    keep[2, 1, 0] = 1  # the last x block (a single vertex layer, x = 4), upper y block, first z block
+    grid.set_block_mask(0, keep.reshape(-1))
+    flags = grid.vertex_keep_flags(0).reshape(5, 3, 4)
+    assert flags.sum() == 1 * 1 * 2 and bool(flags[4, 2, :2].all())
+    assert torch.equal(torch.nonzero(flags.reshape(-1)).reshape(-1), grid.kept_vertices(0))

@@ -65,6 +65,27 @@ def test_render_from_file_equals_hard_index_rendering(tmp_path: Path, scene_type
     assert {k: packed["field.grid.indices_2"][k] for k in ("bits", "shape")} == {"bits": 4, "shape": [12 * 10 * 7]}
 
 
+def test_files_render_through_decoded_levels_and_as_trained_through_the_gathers(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _model(metadata=SCENE_METADATA["bounded"])
+    _train(model, 4, bounded=True)
+    model.export_compressed(tmp_path / "model.nqz")
+    loaded = load_compressed_model(tmp_path / "model.nqz")
+    grids = (loaded.field.grid, loaded.proposal_field.grid)
+    with loaded.rendering_as_trained():
+        assert not any(grid.decoded_lookup for grid in grids)
+        as_trained = _render(loaded, bounded=True)
+    assert not any(grid._volume_cache for grid in grids)
+    default = _render(loaded, bounded=True)
+    assert all(sorted(grid._volume_cache) == list(grid.levels) for grid in grids)  # every level decoded
+    assert float(default["accumulation"].std()) > 1e-3  # the comparison says something
+    for key in ("rgb", "depth", "accumulation"):
+        assert torch.max(torch.abs(default[key] - as_trained[key])) <= 1e-5, key
+    loaded.config.decoded_grid_lookup = False  # an option set after loading is read at render time
+    _render(loaded, bounded=True)
+    assert not any(grid.decoded_lookup for grid in grids)
+
+
 def test_unbounded_scenes_contract_space_beyond_the_box_into_the_grid(tmp_path: Path) -> None:
     bounded, unbounded = _model(SCENE_METADATA["bounded"]), _model(SCENE_METADATA["unbounded"])
     assert (bounded.far, unbounded.far) == (6.0, unbounded.config.unbounded_far_plane)
