@@ -128,8 +128,10 @@ class LearnedIndexCodebookGrid(nn.Module):
         initial_index_bias: added to every vertex's logit of entry 0 at initialisation, so vertices
             no ray trains keep index 0 (long runs that deflate well) instead of a random argmax.
         logit_rank: 0 keeps free logits per vertex (``vertices x 2**bits`` floats, the paper);
-            r > 0 factorises them as ``query_v . key_j + bias_j`` with r-dimensional vertex queries
-            and per-level keys and biases (``vertices x r`` floats whatever the bit width).
+            r > 0 factorises them as ``query_v . key_j / |key_j| + bias_j`` with r-dimensional vertex
+            queries and per-level keys and biases (``vertices x r`` floats whatever the bit width).
+            Unit keys all lie on a sphere, so each is the argmax for queries near its direction; the
+            argmax of raw products can only pick keys on the convex hull of the others.
         sparse_from_level: levels from this one on are split into blocks of ``block_size**3``
             vertices, each with a keep flag (``block_mask_<level>``, all kept until
             :meth:`set_block_mask`); vertices of dropped blocks contribute nothing and are not stored.
@@ -198,8 +200,8 @@ class LearnedIndexCodebookGrid(nn.Module):
                 self.logits.append(nn.Parameter(logits))
         if index_mode == "learned" and not frozen and logit_rank > 0:
             for lvl in self.levels:
-                # Initial logits of the same spread as free ones (0.01): keys ~ N(0, 1), small queries.
-                queries = 0.01 / logit_rank**0.5 * torch.randn(self.num_vertices(lvl), logit_rank)
+                # Initial logits of the same spread as free ones (0.01): unit keys, small queries.
+                queries = 0.01 * torch.randn(self.num_vertices(lvl), logit_rank)
                 self.index_queries.append(nn.Parameter(queries))
                 self.index_keys.append(nn.Parameter(torch.randn(self.codebook_size(lvl), logit_rank)))
                 bias = torch.zeros(self.codebook_size(lvl))
@@ -384,7 +386,7 @@ class LearnedIndexCodebookGrid(nn.Module):
         if self.logit_rank == 0:
             return self.logits[level] if ids is None else F.embedding(ids, self.logits[level])
         queries = self.index_queries[level] if ids is None else F.embedding(ids, self.index_queries[level])
-        return queries @ self.index_keys[level].T + self.index_bias[level]
+        return queries @ F.normalize(self.index_keys[level], dim=-1).T + self.index_bias[level]
 
     @property
     def per_vertex_parameters(self) -> str:

@@ -126,7 +126,7 @@ class VQADModelConfig(CompressibleModelConfig):
     """Seed of random indices."""
     logit_rank: int = 0
     """0: free index logits per vertex (the paper; vertices x 2**bits floats while training); r > 0:
-    logits factorised as query_v . key_j + bias_j (vertices x r floats, so 8-bit indices stay cheap)."""
+    logits factorised as query_v . unit(key_j) + bias_j (vertices x r floats, so 8-bit indices stay cheap)."""
     concat_levels: int = 0
     """0: levels summed (the paper, kaolin-wisp); n: levels concatenated into n x feature_dim decoder
     inputs (instant-NGP's choice; n = num_levels, kept when a file holds fewer levels)."""

@@ -223,8 +223,21 @@ def test_factorised_logits_train_both_factors_and_need_memory_independent_of_bit
         assert params[1].grad.abs().sum() > 0
     grid.eval()
     assert torch.allclose(grid(positions), out.detach(), atol=1e-6)  # STE value == hard lookup
-    full = grid.index_queries[1] @ grid.index_keys[1].T + grid.index_bias[1]
+    unit_keys = torch.nn.functional.normalize(grid.index_keys[1], dim=-1)
+    full = grid.index_queries[1] @ unit_keys.T + grid.index_bias[1]
     assert torch.equal(grid.hard_indices(1), full.argmax(dim=-1))
+
+
+def test_every_codebook_entry_can_be_chosen_by_factorised_logits() -> None:
+    """Unit keys lie on a sphere: a query along an entry's key picks that entry, so low-rank logits
+    reach the whole codebook (with raw keys, one inside the hull of the others never wins an argmax)."""
+    torch.manual_seed(0)
+    grid = LearnedIndexCodebookGrid(resolutions=((8, 8, 4),), bits=8, feature_dim=2, logit_rank=3)
+    with torch.no_grad():
+        keys = grid.index_keys[0]
+        keys.mul_(torch.rand(keys.shape[0], 1) * 2.0 + 0.1)  # keys of unequal lengths, as training makes them
+        grid.index_queries[0].copy_(10.0 * torch.nn.functional.normalize(keys, dim=-1))  # vertex j along key j
+    assert torch.equal(grid.hard_indices(0), torch.arange(256))
 
 
 def test_index_statistics_measure_saturation_and_codebook_usage() -> None:
