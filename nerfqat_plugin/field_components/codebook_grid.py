@@ -364,8 +364,9 @@ class LearnedIndexCodebookGrid(nn.Module):
                 features = F.embedding(indices, round_to_half(self.codebooks[level]).float())
                 if mask is not None:
                     features = features * self.vertex_keep_flags(level).to(features)[:, None]
-                resolution = self.resolutions[level]
-                volume = features.T.reshape(1, self.feature_dim, *resolution).contiguous()
+                # Channels last: a corner's features are adjacent in memory, one read per corner as
+                # in the codebook gathers (grid_sample follows the strides it is given).
+                volume = features.reshape(1, *self.resolutions[level], self.feature_dim).permute(0, 4, 1, 2, 3)
             cached = (versions, volume)
             self._volume_cache[level] = cached
         return cached[1]
