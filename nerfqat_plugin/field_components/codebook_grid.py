@@ -314,7 +314,8 @@ class LearnedIndexCodebookGrid(nn.Module):
         if self.frozen:
             return getattr(self, f"indices_{level}").long()
         if self.logit_rank == 0:
-            return self.logits[level].argmax(dim=-1)
+            per_row = self.logits[level].argmax(dim=-1)
+            return per_row[self._buffers[f"vertex_rows_{level}"]] if self.is_compacted(level) else per_row
         chunks = torch.arange(self.index_entries(level), device=self.codebooks[level].device).split(1 << 18)
         return torch.cat([self.vertex_logits(level, ids).argmax(dim=-1) for ids in chunks])
 
@@ -384,6 +385,8 @@ class LearnedIndexCodebookGrid(nn.Module):
         """Logits over the codebook of the vertices ``ids`` [..., 2**bits], or of every vertex of the
         level [vertices, 2**bits] when ``ids`` is None (learned, unfrozen grids). Probed grids: of
         index-table entries, over a bucket's probes."""
+        if ids is not None:
+            ids = self.vertex_rows(level, ids)
         if self.logit_rank == 0:
             return self.logits[level] if ids is None else F.embedding(ids, self.logits[level])
         queries = self.index_queries[level] if ids is None else F.embedding(ids, self.index_queries[level])
@@ -407,8 +410,37 @@ class LearnedIndexCodebookGrid(nn.Module):
         return {
             f"{name}.{lvl}": (lvl, per_vertex[lvl])
             for lvl, mask in pruned.items()
-            if mask is not None and not bool(mask.all())
+            if mask is not None and not bool(mask.all()) and not self.is_compacted(lvl)
         }
+
+    def is_compacted(self, level: int) -> bool:
+        """Whether a pruned level's per-vertex training parameter holds its kept rows only
+        (:meth:`compact_level`)."""
+        return f"vertex_rows_{level}" in self._buffers
+
+    def vertex_rows(self, level: int, ids: Tensor) -> Tensor:
+        """Rows of the per-vertex training parameter holding the vertices ``ids``: the ids themselves,
+        or on a compacted level their kept rows (vertices of dropped blocks read row 0; their
+        interpolation weights are zero)."""
+        return self._buffers[f"vertex_rows_{level}"][ids] if self.is_compacted(level) else ids
+
+    def compact_level(self, level: int) -> Tuple[nn.Parameter, nn.Parameter, Tensor]:
+        """From now on keep only the kept blocks' rows of a pruned sparse level's per-vertex training
+        parameter (free logits, or factorised queries), so gradients and optimizer steps cost the kept
+        vertices rather than the whole level; values and gradients are unchanged. Returns the old
+        parameter, its replacement and the kept vertex ids (the rows' order, as checkpoints store
+        them), for an optimizer's state to follow."""
+        assert self.block_mask(level) is not None and not self.is_compacted(level), f"level {level}"
+        per_vertex = getattr(self, self.per_vertex_parameters)
+        old = per_vertex[level]
+        kept = self.kept_vertices(level).to(old.device)
+        new = nn.Parameter(old.detach()[kept].clone())
+        per_vertex[level] = new
+        rows = torch.zeros(self.num_vertices(level), dtype=torch.int64, device=old.device)
+        rows[kept] = torch.arange(kept.numel(), device=old.device)
+        self.register_buffer(f"vertex_rows_{level}", rows, persistent=False)
+        self._hard_index_cache.pop(level, None)
+        return old, new, kept
 
     def index_logit_parameters(self) -> List[nn.Parameter]:
         """The parameters that only choose indices (free or factorised logits): training-only, and
@@ -477,11 +509,12 @@ class LearnedIndexCodebookGrid(nn.Module):
             vertex = F.embedding(getattr(self, f"indices_{level}")[ids], codebook)
         elif hard:
             vertex = F.embedding(self.cached_hard_indices(level)[ids], codebook)
-        elif self.num_vertices(level) < ids.numel():
+        elif getattr(self, self.per_vertex_parameters)[level].shape[0] < ids.numel():
             # A level with fewer vertices than the batch has corners: the straight-through feature
             # of every vertex once, then a gather, instead of a softmax per corner (same values and
             # gradients; coarse levels cost vertices x 2**b instead of corners x 2**b).
-            vertex = F.embedding(ids, _straight_through(self.vertex_logits(level)) @ codebook)
+            rows = self.vertex_rows(level, ids)
+            vertex = F.embedding(rows, _straight_through(self.vertex_logits(level)) @ codebook)
         else:
             vertex = _straight_through(self.vertex_logits(level, ids)) @ codebook
         return (weights[..., None] * vertex).sum(dim=1)
@@ -551,5 +584,8 @@ def _expand_logits_state(grid: LearnedIndexCodebookGrid, state: Dict[str, Any], 
     name = grid.per_vertex_parameters
     for lvl in grid.sparse_levels:
         key, mask_key, rows = f"{prefix}{name}.{lvl}", f"{prefix}block_mask_{lvl}", grid.num_vertices(lvl)
-        if len(getattr(grid, name)) > lvl and key in state and mask_key in state and state[key].shape[0] != rows:
+        # A compacted level (compact_level) takes its kept rows as they are.
+        if grid.is_compacted(lvl) or len(getattr(grid, name)) <= lvl:
+            continue
+        if key in state and mask_key in state and state[key].shape[0] != rows:
             state[key] = expand_rows(state[key], grid.kept_vertices(lvl, state[mask_key].cpu()), rows)

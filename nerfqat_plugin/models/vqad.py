@@ -211,6 +211,11 @@ class VQADModelConfig(CompressibleModelConfig):
     at most 2 GiB) instead of gathering every corner's index and codebook entry; same values."""
 
 
+def _has_rows(value: Any, rows: int) -> bool:
+    """Whether an optimizer state entry is a tensor with a row per vertex of a level of ``rows``."""
+    return torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == rows
+
+
 MAX_MARCHED_CANDIDATES = 1 << 25
 """Most candidate samples (rays x march_steps) one training batch of the occupancy sampler marches."""
 
@@ -240,6 +245,8 @@ class VQADModel(CompressibleModel):
             raise UserInputError(f"vqad: {error}") from None
         self._pruned = False
         self._prune_attempts = 0
+        # nerfstudio's optimizer of the index logits and its parameter list, once training starts.
+        self._logit_optimizer: Optional[Tuple[torch.optim.Optimizer, Optional[List[Parameter]]]] = None
         self._total_steps: Optional[Callable[[], int]] = None
         self.field = VQADField(
             aabb,
@@ -388,15 +395,16 @@ class VQADModel(CompressibleModel):
         optimizer = optimizers.optimizers.get("index_logits") if optimizers is not None else None
         if optimizer is not None:
             optimizer.register_state_dict_post_hook(self._compact_optimizer_state)
+            self._logit_optimizer = (optimizer, optimizers.parameters.get("index_logits"))
 
-        expanded = [optimizer is None]
+        resumed = [optimizer is None]
 
-        def expand_resumed_optimizer_state(step: int) -> None:
+        def compact_resumed_levels(step: int) -> None:
             # Once, before the first step: a resumed checkpoint's moments are loaded by then, and
             # checking every step would read the block masks back from the GPU each time.
-            if not expanded[0]:
-                self._expand_optimizer_state(optimizer)
-                expanded[0] = True
+            if not resumed[0]:
+                self._compact_pruned_levels()
+                resumed[0] = True
 
         def set_anneal(step: int) -> None:
             fraction = np.clip(step / cfg.proposal_weights_anneal_max_num_iters, 0, 1)
@@ -412,7 +420,7 @@ class VQADModel(CompressibleModel):
             TrainingCallback(
                 where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
                 update_every_num_iters=1,
-                func=expand_resumed_optimizer_state,
+                func=compact_resumed_levels,
             ),
             TrainingCallback(
                 where_to_run=[TrainingCallbackLocation.AFTER_TRAIN_ITERATION],
@@ -463,6 +471,32 @@ class VQADModel(CompressibleModel):
             return
         how = " (the densest within the byte budget: no block reached the threshold in time)" if last_try else ""
         CONSOLE.print(f"vqad: step {step}, kept blocks per sparse level: {kept}{how}")
+        self._compact_pruned_levels()
+
+    def _compact_pruned_levels(self) -> None:
+        """Train pruned levels on their kept vertices' rows only (:meth:`LearnedIndexCodebookGrid.compact_level`),
+        their Adam moments following. Only under nerfstudio's trainer, whose optimizer this model
+        knows, and not under DDP, whose reducer keeps the parameters it was built with; there the
+        levels stay whole and a resumed run's compact moments are expanded instead."""
+        if self._logit_optimizer is None:
+            return
+        optimizer, group = self._logit_optimizer
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed and torch.distributed.get_world_size() > 1:
+            self._expand_optimizer_state(optimizer)
+            return
+        grid = self.field.grid
+        for lvl, _ in list(grid.compactable_rows().values()):
+            old, new, kept = grid.compact_level(lvl)
+            entry = optimizer.state.pop(old, {})
+            # Moments of the whole level (this run's) or already of the kept rows (a resumed checkpoint's).
+            optimizer.state[new] = {
+                key: compact_rows(value, kept) if _has_rows(value, len(old)) else value for key, value in entry.items()
+            }
+            for param_group in optimizer.param_groups:
+                param_group["params"] = [new if p is old else p for p in param_group["params"]]
+            if group is not None:  # the list nerfstudio clips gradients over
+                group[:] = [new if p is old else p for p in group]
 
     def _compact_optimizer_state(self, optimizer: torch.optim.Optimizer, state: Dict[str, Any]) -> Dict[str, Any]:
         """Checkpoints keep the Adam moments of pruned levels' kept vertices only (the rows of

@@ -11,6 +11,7 @@ import torch
 from helpers import render_vqad as _render
 from helpers import tiny_vqad_model as _model
 from helpers import train_vqad as _train
+from helpers import vqad_rays
 from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
 
 from nerfqat_plugin.compression.codec import load_compressed_model
@@ -247,21 +248,73 @@ def test_checkpoints_hold_the_logits_and_adam_moments_of_kept_blocks_only(tmp_pa
     resumed_optimizer = torch.optim.Adam(resumed.get_param_groups()["index_logits"], lr=1e-2)
     resumed_optimizer.load_state_dict(torch.load(tmp_path / "compact.ckpt")["optimizer"])
     callbacks = _register_training_callbacks(resumed, resumed_optimizer)
-    for callback in callbacks:  # the first step of the resumed run expands the moments
+    for callback in callbacks:  # the first step of the resumed run trains the kept rows only
         callback.run_callback_at_location(0, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
-    expanded = resumed_optimizer.state[loaded]["exp_avg"]
-    assert expanded.shape == loaded.shape
-    assert torch.equal(expanded[kept], optimizer.state[per_vertex]["exp_avg"][kept])
-    dropped = torch.ones(rows, dtype=torch.bool)
-    dropped[kept] = False
-    assert not bool(expanded[dropped].any())
-    loaded.sum().backward()
+    compacted = getattr(resumed.field.grid, name)[2]
+    assert torch.equal(compacted, per_vertex[kept].detach()) and loaded not in resumed_optimizer.state
+    assert torch.equal(resumed_optimizer.state[compacted]["exp_avg"], optimizer.state[per_vertex]["exp_avg"][kept])
+    compacted.sum().backward()
     resumed_optimizer.step()  # trains on
+
+
+def _train_with(model, optimizers, steps: int) -> None:
+    """``steps`` Adam steps on random colours, pruning on the model's schedule after each."""
+    target = {"image": torch.rand(64, 3, generator=torch.Generator().manual_seed(1))}
+    model.train()
+    for step in range(steps):
+        loss = sum(model.get_loss_dict(model(vqad_rays(seed=step)), target).values())
+        for optimizer in optimizers:
+            optimizer.zero_grad()
+        loss.backward()
+        for optimizer in optimizers:
+            optimizer.step()
+        model.proposal_sampler.step_cb(step)
+        model._prune_on_schedule(step)
+    model.eval()
+
+
+@pytest.mark.parametrize("logit_rank", [0, 4])
+def test_pruning_trains_the_kept_rows_only_and_as_the_whole_level_would(logit_rank: int) -> None:
+    """After pruning, a level's per-vertex training parameter and its Adam moments hold the kept
+    vertices' rows only; training goes on exactly as with the whole level (dropped vertices never
+    render, and Adam is elementwise)."""
+    runs = {}
+    for compact in (True, False):
+        torch.manual_seed(0)
+        model = _model(sparse_from_level=2, sparse_block_size=2, logit_rank=logit_rank)
+        groups = model.get_param_groups()
+        logit_optimizer = torch.optim.Adam(groups.pop("index_logits"), lr=1e-2)
+        others = torch.optim.Adam([p for params in groups.values() for p in params], lr=1e-2)
+        if compact:  # nerfstudio's trainer hands the model its optimizers; without them nothing moves
+            _register_training_callbacks(model, logit_optimizer)
+        model._total_steps = lambda: 8  # prune_at_fraction 0.25: after step 2
+        keep = torch.zeros_like(model.field.grid.block_mask(2))
+        keep[::4] = 1
+
+        def prune(keep: torch.Tensor = keep, model=model, **_) -> dict:  # a quarter of the blocks, once
+            model.field.grid.set_block_mask(2, keep)
+            model._pruned = True
+            return {2: 0.25}
+
+        model.prune_empty_blocks = prune  # type: ignore[method-assign]
+        torch.manual_seed(5)
+        _train_with(model, [logit_optimizer, others], 8)
+        runs[compact] = model, logit_optimizer
+    (compacted, compact_optimizer), (whole, _) = runs[True], runs[False]
+    name = compacted.field.grid.per_vertex_parameters
+    kept = whole.field.grid.kept_vertices(2)
+    rows, full = getattr(compacted.field.grid, name)[2], getattr(whole.field.grid, name)[2]
+    assert compacted.field.grid.is_compacted(2) and not whole.field.grid.is_compacted(2)
+    assert rows.shape[0] == len(kept) < full.shape[0]
+    assert compact_optimizer.state[rows]["exp_avg"].shape == rows.shape  # the moments followed
+    assert torch.allclose(rows, full[kept], atol=1e-5)
+    assert torch.allclose(_render(compacted)["rgb"], _render(whole)["rgb"], atol=1e-5)
+    assert torch.equal(compacted.field.grid.hard_indices(2)[kept], whole.field.grid.hard_indices(2)[kept])
 
 
 def _register_training_callbacks(model, optimizer: torch.optim.Optimizer):
     """vqad's training callbacks, registered as nerfstudio's trainer does, with ``optimizer`` as the
     index logits' optimizer."""
-    optimizers = SimpleNamespace(optimizers={"index_logits": optimizer})
+    optimizers = SimpleNamespace(optimizers={"index_logits": optimizer}, parameters={"index_logits": []})
     attributes = TrainingCallbackAttributes(optimizers=optimizers, grad_scaler=None, pipeline=None, trainer=None)
     return model.get_training_callbacks(attributes)
