@@ -48,10 +48,11 @@ class PinholeRayGenerator(nn.Module):
         # The ray's pixel and its right and lower neighbours (for the pixel's area), as nerfstudio.
         u = torch.stack([(x - cx) / fx, (x - cx + 1) / fx, (x - cx) / fx])
         v = torch.stack([(y - cy) / fy, (y - cy) / fy, (y - cy + 1) / fy])
-        local = torch.stack([u, -v, -torch.ones_like(u)], dim=-1)  # [3, N, 3], OpenCV to OpenGL
+        # [3, N, 3], OpenCV to OpenGL axes; float32 whatever the intrinsics' type, as nerfstudio's
+        local = torch.stack([u, -v, -torch.ones_like(u)], dim=-1).float()
         c2w = cameras.camera_to_worlds[c]
         directions = torch.sum(local[..., None, :] * c2w[:, :3, :3], dim=-1)
-        norms = torch.linalg.vector_norm(directions, dim=-1, keepdim=True).clamp_min(camera_utils._EPS)
+        norms = torch.linalg.vector_norm(directions, dim=-1, keepdim=True).clamp_min(float(camera_utils._EPS))
         directions = directions / norms
         dx = torch.sqrt(torch.sum((directions[0] - directions[1]) ** 2, dim=-1))
         dy = torch.sqrt(torch.sum((directions[0] - directions[2]) ** 2, dim=-1))

@@ -26,7 +26,7 @@ def _cameras(n: int = 4, **kwargs) -> Cameras:
     c2w[:, :, 3] = torch.randn(n, 3, generator=g)
     return Cameras(
         camera_to_worlds=c2w,
-        fx=300.0 + 50 * torch.rand(n, 1, generator=g),
+        fx=300.0 + 50 * torch.rand(n, 1, generator=g, dtype=torch.float64),  # some dataparsers give float64
         fy=310.0 + 50 * torch.rand(n, 1, generator=g),
         cx=40.0 + torch.rand(n, 1, generator=g),
         cy=30.0 + torch.rand(n, 1, generator=g),
@@ -50,9 +50,12 @@ def test_pinhole_rays_equal_nerfstudios() -> None:
     assert isinstance(ours, PinholeRayGenerator)
     indices = _indices(500, 4)
     expected, actual = RayGenerator(cameras)(indices), ours(indices)
-    for name in ("origins", "directions", "pixel_area", "camera_indices"):
-        assert torch.allclose(getattr(actual, name), getattr(expected, name), atol=1e-7, rtol=1e-6), name
-    assert torch.allclose(actual.metadata["directions_norm"], expected.metadata["directions_norm"], atol=1e-7)
+    pairs = {name: (getattr(actual, name), getattr(expected, name)) for name in ("origins", "directions", "pixel_area")}
+    pairs["camera_indices"] = actual.camera_indices, expected.camera_indices
+    pairs["directions_norm"] = actual.metadata["directions_norm"], expected.metadata["directions_norm"]
+    for name, (value, reference) in pairs.items():
+        assert value.dtype == reference.dtype and value.shape == reference.shape, name
+        assert torch.allclose(value, reference, atol=1e-7, rtol=1e-6), name
     assert float(expected.directions[:, 0].std()) > 0.1 and float(expected.origins.std()) > 0.1  # varied rays
 
 
