@@ -374,12 +374,10 @@ class LearnedIndexCodebookGrid(nn.Module):
 
     def vertex_keep_flags(self, level: int) -> Tensor:
         """Whether each vertex of a sparse level lies in a kept block [vertices] (bool, flat ids)."""
-        mask = self.block_mask(level)
-        assert mask is not None, f"level {level} is dense"
-        blocks = mask.bool().reshape(block_grid_shape(self.resolutions[level], self.block_size))
-        for axis, size in enumerate(self.resolutions[level]):
-            blocks = blocks.repeat_interleave(self.block_size, dim=axis).narrow(axis, 0, size)
-        return blocks.reshape(-1)
+        kept = self.kept_vertices(level)
+        flags = torch.zeros(self.num_vertices(level), dtype=torch.bool, device=kept.device)
+        flags[kept] = True
+        return flags
 
     def vertex_logits(self, level: int, ids: Optional[Tensor] = None) -> Tensor:
         """Logits over the codebook of the vertices ``ids`` [..., 2**bits], or of every vertex of the
