@@ -9,6 +9,7 @@ forward-facing captures, near/far bounds otherwise, and the background that suit
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar, ContextManager, Dict, Iterator, List, Literal, Optional, Tuple
@@ -40,6 +41,7 @@ from nerfqat_plugin.fields.view_directions import view_directions
 from nerfqat_plugin.metrics.image_metrics import image_metrics
 from nerfqat_plugin.model_components.collapse_monitor import CollapseMonitor
 from nerfqat_plugin.model_components.ndc import NDC_BOX, NDCSpace
+from nerfqat_plugin.model_components.packed_marching import march_occupied, render_packed
 from nerfqat_plugin.model_components.ray_setup import SamplingRays, SceneType
 from nerfqat_plugin.model_components.sample_skipping import ColorFn, DensityFn, evaluate_front_to_back
 from nerfqat_plugin.model_components.scene_space import SceneSpace
@@ -71,10 +73,11 @@ class CompressibleModelConfig(ModelConfig):
     """Rendering: stop each ray once its transmittance falls below 1e-4 and colour only samples of
     weight 1e-5 or more (training evaluates every sample)."""
     march_occupied_space: bool = False
-    """Render a bounded scene's file by evaluating the (fine) field at ``march_steps`` even steps per
-    ray in its grid's occupied cells only, instead of the trained sampler (docs/methods/rendering.md)."""
+    """Render a bounded scene's file by evaluating the (fine) field at even steps in its grid's
+    occupied cells only, instead of the trained sampler (docs/methods/rendering.md)."""
     march_steps: int = 1024
-    """Even steps per ray between near and far when marching occupied space."""
+    """Marching occupied space: steps per ray between near and far while training; renders step the
+    scene box's diagonal divided by this."""
 
     def to_payload(self) -> Dict[str, Any]:
         """The options that define the rendered model, as JSON."""
@@ -298,15 +301,27 @@ class CompressibleModel(Model):
         )
         return {FieldHeadNames.DENSITY: density, FieldHeadNames.RGB: rgb}
 
-    def occupied_space_samples(self, bundle: RayBundle) -> Optional[RaySamples]:
-        """Samples at ``march_steps`` even steps along ``bundle``'s rays when this render marches
-        occupied space (``march_occupied_space``, not training, a grid whose outside is empty: a
-        bounded scene); None: render with the trained sampler. Only samples in occupied cells are
-        evaluated (:meth:`field_outputs_skipping`)."""
+    def marching_grid(self) -> Optional[OccupancyGrid]:
+        """The grid this render marches through instead of the trained sampler
+        (``march_occupied_space``, not training, a grid whose outside is empty: a bounded scene); None:
+        render with the trained sampler."""
         grid = self.occupancy_grid
         if self.training or not self.config.march_occupied_space or grid is None or grid.outside_occupied:
             return None
-        return self.even_step_samples(bundle)
+        return grid
+
+    def render_marching(
+        self, bundle: RayBundle, grid: OccupancyGrid, density_fn: DensityFn, color_fn: ColorFn
+    ) -> Dict[str, Tensor]:
+        """Colour, accumulation and depth of ``bundle``'s rays (flat, unit directions, world space)
+        marched through ``grid``'s occupied cells in steps of the grid box's diagonal over
+        ``march_steps`` (:mod:`~nerfqat_plugin.model_components.packed_marching`)."""
+        origins, directions = bundle.origins.reshape(-1, 3), bundle.directions.reshape(-1, 3)
+        nears = bundle.nears.reshape(-1) if bundle.nears is not None else origins.new_zeros(len(origins))
+        fars = bundle.fars.reshape(-1) if bundle.fars is not None else origins.new_full((len(origins),), math.inf)
+        step = float((grid.aabb[1] - grid.aabb[0]).norm()) / self.config.march_steps
+        samples = march_occupied(origins, directions, nears, fars, grid, step)
+        return render_packed(samples, origins, directions, density_fn, color_fn, self.renderer_rgb)
 
     def even_step_samples(self, bundle: RayBundle) -> RaySamples:
         """``march_steps`` even steps per ray between near and far, one jitter per ray while training."""

@@ -393,11 +393,11 @@ class NeRFQATModel(CompressibleModel):
 
     def _render(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
         rays = self.sampling_rays(ray_bundle)
-        marched = self.occupied_space_samples(rays.bundle)
-        if marched is not None:  # the fine field alone, at even steps through occupied cells
+        grid = self.marching_grid()
+        if grid is not None:  # the fine field alone, at even steps through occupied cells
             fine = self.field_fine
-            out = self.field_outputs_skipping(marched, fine.evaluator("density_and_features"), fine.evaluator("color"))
-            return self._fine_outputs(rays, ray_bundle, marched, out)
+            density, colour = fine.evaluator("density_and_features"), fine.evaluator("color")
+            return self.render_marching(rays.bundle, grid, density, colour)
         samples_coarse = self.sampler_uniform(rays.bundle)
         out_coarse = self._evaluate_field(self.field_coarse, samples_coarse)
         weights_coarse = samples_coarse.get_weights(out_coarse[FieldHeadNames.DENSITY])

@@ -19,7 +19,7 @@ from typing import Any, Callable, ClassVar, Dict, Iterator, List, Literal, Optio
 
 import numpy as np
 import torch
-from nerfstudio.cameras.rays import RayBundle, RaySamples
+from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.model_components.losses import distortion_loss, interlevel_loss
@@ -616,11 +616,13 @@ class VQADModel(CompressibleModel):
             metadata[ACTIVE_LEVELS_KEY] = self._random_levels(len(bundle), bundle.origins.device)
             bundle.metadata = metadata
         grid = self.occupancy_grid
-        if self.marches_occupancy():  # training's grid while it exists, else the file's
-            grid = self.occupancy_estimator.grid() if self.occupancy_estimator is not None else grid
-            marched: Optional[RaySamples] = self.even_step_samples(bundle)
-        else:
-            marched = self.occupied_space_samples(bundle)
+        if self.marches_occupancy() and self.occupancy_estimator is not None:
+            grid = self.occupancy_estimator.grid()  # training's grid while it exists, else the file's
+        marching = self.marches_occupancy() or self.marching_grid() is not None
+        if marching and not self.training and grid is not None:  # even steps through occupied cells
+            field = self.field
+            return self.render_marching(bundle, grid, field.density_at, field.evaluator("color_from_features"))
+        marched = self.even_step_samples(bundle) if self.marches_occupancy() else None
         if marched is not None:  # even steps through occupied cells instead of the proposals
             ray_samples, weights_list, ray_samples_list = marched, [], []
         else:

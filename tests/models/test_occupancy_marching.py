@@ -1,5 +1,5 @@
 """Renders that march occupied space: even steps through a bounded scene's occupied cells, evaluating
-only the (fine) field there, instead of the trained sampler."""
+only the (fine) field there, instead of the trained sampler (packed samples: model_components tests)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import torch
 from helpers import forward_rays, tiny_nerf_qat_model, tiny_vqad_model, train_nerf_qat, train_vqad, vqad_rays
 from nerfstudio.engine.callbacks import TrainingCallbackLocation
 from nerfstudio.field_components.field_heads import FieldHeadNames
-from nerfstudio.model_components.ray_samplers import UniformSampler
 
 from nerfqat_plugin.compression.codec import load_compressed_model
 from nerfqat_plugin.compression.file_format import read_compressed
 from nerfqat_plugin.field_components.occupancy_grid import OccupancyGrid
+from nerfqat_plugin.model_components.packed_marching import ray_box_interval
 from nerfqat_plugin.models import vqad as vqad_module
 
 STEPS = 48
@@ -61,32 +61,40 @@ def test_nerf_qat_marches_the_fine_field_through_occupied_cells_only(nerf_qat_fi
     evaluated = torch.cat(fine)
     assert bool(grid(evaluated).all())  # only samples in occupied cells
     assert "rgb_coarse" not in outputs and outputs["rgb"].shape == (64, 3)
-    # Every sample evaluated, in one pass: the same image up to what skipping may leave out.
+    # Every step of the box's diagonal / STEPS from near (or the box's entry) to far, evaluated in one
+    # pass with nerfstudio's samples and renderer: the same image up to what skipping may leave out.
     model.config.march_occupied_space = False
     with torch.no_grad():
-        rays = model.sampling_rays(forward_rays(64))
-        samples = UniformSampler(num_samples=STEPS, train_stratified=False)(rays.bundle)
+        bundle = model.sampling_rays(forward_rays(64)).bundle
+        step = float((grid.aabb[1] - grid.aabb[0]).norm()) / STEPS
+        entry, exit_ = ray_box_interval(bundle.origins, bundle.directions, grid.aabb)
+        near = torch.maximum(bundle.nears.view(-1), entry)
+        far = torch.minimum(bundle.fars.view(-1), exit_)
+        count = int(((far - near) / step).ceil().max())
+        starts = near[:, None] + step * torch.arange(count)[None]
+        samples = bundle.get_ray_samples(bin_starts=starts[..., None], bin_ends=(starts + step)[..., None])
+        positions = samples.frustums.get_positions()
+        kept = grid(positions.view(-1, 3)).view(64, count) & (starts + 0.5 * step < far[:, None])
         field = model.field_fine(samples)
-        density = field[FieldHeadNames.DENSITY] * grid(samples.frustums.get_positions().view(-1, 3)).view(64, STEPS, 1)
+        density = field[FieldHeadNames.DENSITY] * kept[..., None]
         expected = model.renderer_rgb(rgb=field[FieldHeadNames.RGB], weights=samples.get_weights(density))
-    assert float(torch.max(torch.abs(outputs["rgb"] - expected))) <= 1e-4 + STEPS * 1e-5
+    assert float(torch.max(torch.abs(outputs["rgb"] - expected))) <= 1e-4 + count * 1e-5
     assert float(expected.std()) > 1e-3  # the comparison says something
 
 
 def test_renders_as_trained_and_forward_facing_scenes_keep_the_trained_sampler(nerf_qat_file: Path) -> None:
     model = load_compressed_model(nerf_qat_file)
     model.config.march_occupied_space = True
-    bundle = model.sampling_rays(forward_rays(8)).bundle
-    assert model.occupied_space_samples(bundle) is not None
+    assert model.marching_grid() is not None
     with model.rendering_as_trained():
-        assert model.occupied_space_samples(bundle) is None
+        assert model.marching_grid() is None
         with torch.no_grad():
             assert "rgb_coarse" in model(forward_rays(8))
     ndc = tiny_nerf_qat_model(march_occupied_space=True)  # forward-facing: the grid's outside is occupied
     box, everywhere = torch.tensor([[-1.0] * 3, [1.0] * 3]), torch.ones(4, 4, 4, dtype=torch.bool)
     ndc.occupancy_grid = OccupancyGrid(box, everywhere, outside_occupied=True)
     ndc.eval()
-    assert ndc.occupied_space_samples(ndc.sampling_rays(forward_rays(8)).bundle) is None
+    assert ndc.marching_grid() is None
 
 
 def test_vqad_marches_instead_of_its_proposals(tmp_path: Path) -> None:

@@ -1,0 +1,214 @@
+"""Rendering a bounded scene by marching its occupied cells, with samples packed ray after ray.
+
+Rays step evenly (``step`` world units, anchored at each ray's near plane) and keep only the steps
+whose midpoint lies in an occupied cell of the file's :class:`OccupancyGrid`; empty space costs
+nothing. The samples are packed: one flat list, ordered by ray, then by distance (nerfacc's layout),
+so memory and work follow the occupied steps, not rays x steps.
+
+On CUDA, nerfacc's ``traverse_grids`` walks the grid cell by cell and emits only those steps (its
+extension is built on first use; where it does not build, torch is used). Elsewhere torch lists
+every step of a slab of rays and keeps the occupied ones: the same steps, up to the rounding of
+nerfacc's running sum of step lengths.
+
+The field is then evaluated front to back in windows of ``window`` samples per ray: after each
+window, rays whose transmittance has fallen below ``min_transmittance`` stop, so samples behind an
+opaque surface are never evaluated; colours only where a sample's weight reaches ``min_weight``
+(the bounds of :mod:`sample_skipping`, far below one 8-bit level).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import torch
+from nerfstudio.model_components.renderers import RGBRenderer
+from nerfstudio.utils.rich_utils import CONSOLE
+from torch import Tensor
+
+from nerfqat_plugin.field_components.occupancy_grid import OccupancyGrid
+from nerfqat_plugin.model_components.sample_skipping import MIN_TRANSMITTANCE, MIN_WEIGHT, ColorFn, DensityFn
+
+TORCH_MARCH_CANDIDATES = 1 << 24
+"""Steps (rays x steps per ray) the torch marcher lists at once."""
+
+_nerfacc_traversal: Optional[bool] = None  # whether nerfacc's CUDA extension loaded (None: not tried)
+
+
+@dataclass
+class PackedSamples:
+    """Samples of ``num_rays`` rays, packed: ``ray_indices`` [N] (non-decreasing), and each sample's
+    interval ``t_starts``/``t_ends`` [N] along its ray (world units, increasing within a ray)."""
+
+    ray_indices: Tensor
+    t_starts: Tensor
+    t_ends: Tensor
+    num_rays: int
+
+    def __len__(self) -> int:
+        return self.ray_indices.numel()
+
+    def ray_starts(self) -> Tensor:
+        """Index of each ray's first sample [num_rays] (a ray without samples: where it would start)."""
+        counts = torch.bincount(self.ray_indices, minlength=self.num_rays)
+        return torch.cumsum(counts, dim=0) - counts
+
+    def ranks(self) -> Tensor:
+        """Each sample's position within its ray [N] (0: the nearest)."""
+        index = torch.arange(len(self), device=self.ray_indices.device)
+        return index - self.ray_starts()[self.ray_indices]
+
+
+def nerfacc_traversal_available(device: torch.device) -> bool:
+    """Whether nerfacc's ``traverse_grids`` can run on ``device``: CUDA, and its extension builds
+    (first call; a failure prints one line and torch marches instead)."""
+    global _nerfacc_traversal
+    if device.type != "cuda":
+        return False
+    if _nerfacc_traversal is None:
+        try:
+            from nerfacc.cuda import _backend
+
+            _nerfacc_traversal = _backend._C is not None
+        except Exception as error:  # a toolkit that does not build it: torch marches instead
+            CONSOLE.print(f"[yellow]nerfacc's CUDA extension did not load ({type(error).__name__}); marching in torch")
+            _nerfacc_traversal = False
+    return _nerfacc_traversal
+
+
+def march_occupied(
+    origins: Tensor,
+    directions: Tensor,
+    nears: Tensor,
+    fars: Tensor,
+    grid: OccupancyGrid,
+    step: float,
+    use_nerfacc: Optional[bool] = None,
+) -> PackedSamples:
+    """Steps of ``step`` along rays ``origins``/``directions`` [R, 3] (unit directions) from ``nears`` to
+    ``fars`` [R] whose midpoints lie in ``grid``'s occupied cells (outside its box: empty).
+    ``use_nerfacc`` None: nerfacc where :func:`nerfacc_traversal_available`."""
+    if use_nerfacc is None:
+        use_nerfacc = nerfacc_traversal_available(origins.device)
+    entry, exit_ = ray_box_interval(origins, directions, grid.aabb)
+    nears, fars = torch.maximum(nears, entry), torch.minimum(fars, exit_)  # steps start where the box does
+    if use_nerfacc:
+        return _march_nerfacc(origins, directions, nears, fars, grid, step)
+    return _march_torch(origins, directions, nears, fars, grid, step)
+
+
+def ray_box_interval(origins: Tensor, directions: Tensor, aabb: Tensor) -> Tuple[Tensor, Tensor]:
+    """Distances [R] at which rays enter and leave the box ``aabb`` [2, 3] (entry >= exit: a miss)."""
+    safe = torch.where(directions.abs() < 1e-12, torch.full_like(directions, 1e-12), directions)
+    to_low, to_high = (aabb[0] - origins) / safe, (aabb[1] - origins) / safe
+    entry = torch.minimum(to_low, to_high).amax(dim=-1)
+    exit_ = torch.maximum(to_low, to_high).amin(dim=-1)
+    return entry, exit_
+
+
+def _march_nerfacc(
+    origins: Tensor, directions: Tensor, nears: Tensor, fars: Tensor, grid: OccupancyGrid, step: float
+) -> PackedSamples:
+    from nerfacc.grid import traverse_grids
+
+    intervals, samples = traverse_grids(
+        origins.float(),
+        directions.float(),
+        grid.occupied[None],
+        grid.aabb.reshape(1, 6).float(),
+        near_planes=nears.float(),
+        far_planes=fars.float(),
+        step_size=step,
+        cone_angle=0.0,
+    )
+    return PackedSamples(
+        samples.ray_indices.long(),
+        intervals.vals[intervals.is_left],
+        intervals.vals[intervals.is_right],
+        len(origins),
+    )
+
+
+def _march_torch(
+    origins: Tensor, directions: Tensor, nears: Tensor, fars: Tensor, grid: OccupancyGrid, step: float
+) -> PackedSamples:
+    num_rays = len(origins)
+    longest = float((fars - nears).max().clamp_min(0)) if num_rays else 0.0
+    steps = max(1, int(math.ceil(longest / step)))
+    slab = max(1, TORCH_MARCH_CANDIDATES // steps)
+    offsets = torch.arange(steps, device=origins.device, dtype=origins.dtype) * step
+    parts = []
+    for first in range(0, num_rays, slab):
+        o, d = origins[first : first + slab], directions[first : first + slab]
+        starts = nears[first : first + slab, None] + offsets  # [r, steps]
+        middles = starts + 0.5 * step
+        wanted = middles < fars[first : first + slab, None]
+        wanted &= grid((o[:, None] + d[:, None] * middles[..., None]).reshape(-1, 3)).view_as(wanted)
+        rays, columns = wanted.nonzero(as_tuple=True)
+        parts.append((rays + first, starts[rays, columns]))
+    ray_indices = torch.cat([rays for rays, _ in parts])
+    t_starts = torch.cat([starts for _, starts in parts])
+    return PackedSamples(ray_indices, t_starts, t_starts + step, num_rays)
+
+
+def packed_weights(samples: PackedSamples, density: Tensor) -> Tensor:
+    """Volume-rendering weights [N] of packed samples with ``density`` [N]: each sample's opacity
+    times the transmittance of the samples before it on its ray."""
+    if len(samples) == 0:
+        return density.new_zeros(0)
+    optical = density.double() * (samples.t_ends - samples.t_starts).double()
+    before = torch.cumsum(optical, dim=0) - optical  # float64: one running sum over every ray
+    within_ray = before - before[samples.ray_starts()[samples.ray_indices]]
+    return (torch.exp(-within_ray) * -torch.expm1(-optical)).to(density.dtype)
+
+
+@torch.no_grad()
+def render_packed(
+    samples: PackedSamples,
+    origins: Tensor,
+    directions: Tensor,
+    density_fn: DensityFn,
+    color_fn: ColorFn,
+    renderer_rgb: RGBRenderer,
+    window: int = 64,
+    min_transmittance: float = MIN_TRANSMITTANCE,
+    min_weight: float = MIN_WEIGHT,
+) -> Dict[str, Tensor]:
+    """``rgb`` [R, 3], ``accumulation`` [R, 1] and ``depth`` [R, 1] (distance along the ray) of
+    ``samples`` along rays ``origins``/``directions`` [R, 3], the field evaluated front to back
+    (``window`` samples per ray at a time, rays stopping once nearly opaque) and the colours
+    composited by ``renderer_rgb`` (the model's, with its background)."""
+    num_rays, device = samples.num_rays, origins.device
+    total = len(samples)
+    middles = 0.5 * (samples.t_starts + samples.t_ends)
+    density = torch.zeros(total, device=device)
+    features: Optional[Tensor] = None
+    optical_depth = torch.zeros(num_rays, device=device)
+    limit = -math.log(min_transmittance) if min_transmittance > 0 else math.inf
+    ranks = samples.ranks()
+    deepest = int(ranks.max()) + 1 if total else 0
+    for start in range(0, deepest, window):
+        alive = optical_depth < limit
+        chosen = ((ranks >= start) & (ranks < start + window) & alive[samples.ray_indices]).nonzero().view(-1)
+        if chosen.numel() == 0:
+            continue
+        rays = samples.ray_indices[chosen]
+        sigma, feat = density_fn(origins[rays] + directions[rays] * middles[chosen, None])
+        sigma = sigma.view(-1).float()
+        density[chosen] = sigma
+        if features is None:
+            features = feat.new_zeros(total, feat.shape[-1])
+        features[chosen] = feat
+        optical_depth.index_add_(0, rays, sigma * (samples.t_ends[chosen] - samples.t_starts[chosen]))
+    weights = packed_weights(samples, density)
+    rgb = torch.zeros(total, 3, device=device)
+    needed = (weights >= min_weight).nonzero().view(-1)
+    if needed.numel() and features is not None:
+        rays = samples.ray_indices[needed]
+        rgb[needed] = color_fn(features[needed], directions[rays]).float()
+    ray_indices = samples.ray_indices
+    colour = renderer_rgb(rgb=rgb, weights=weights[:, None], ray_indices=ray_indices, num_rays=num_rays)
+    accumulation = torch.zeros(num_rays, 1, device=device).index_add_(0, ray_indices, weights[:, None])
+    depth = torch.zeros(num_rays, 1, device=device).index_add_(0, ray_indices, (weights * middles)[:, None])
+    return {"rgb": colour, "accumulation": accumulation, "depth": depth / accumulation.clamp_min(1e-10)}
