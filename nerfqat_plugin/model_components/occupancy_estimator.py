@@ -5,7 +5,7 @@ every ``update_every`` steps the field's density is read at a random point of ea
 during ``warmup_steps``, then a random quarter plus every occupied cell), each cell keeps the larger
 of its decayed old value and the new one, and a cell is occupied where a ray crossing one cell edge
 of it would lose more opacity than ``min(opacity_threshold, mean over cells)``. Training and renders
-then evaluate the field only at samples in occupied cells (:func:`occupied_field_outputs`).
+then march only the occupied cells (:mod:`~nerfqat_plugin.model_components.packed_marching`).
 
 The grid can never erase the scene: an update that would leave no cell occupied keeps every cell
 occupied instead, with one log line (a field that has learned no density yet).
@@ -13,11 +13,9 @@ occupied instead, with one log line (a field that has learned no density yet).
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple
+from typing import Callable
 
 import torch
-from nerfstudio.cameras.rays import RaySamples
-from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor, nn
 
@@ -25,8 +23,6 @@ from nerfqat_plugin.field_components.occupancy_grid import OccupancyGrid
 
 DensityAt = Callable[[Tensor], Tensor]
 """Flat positions [M, 3] -> density [M, 1]."""
-FieldOutputs = Callable[[RaySamples], Dict[FieldHeadNames, Tensor]]
-"""Samples of any batch shape -> density [..., 1] and RGB [..., 3]."""
 
 
 class OccupancyEstimator(nn.Module):
@@ -89,24 +85,3 @@ class OccupancyEstimator(nn.Module):
                 self._warned_empty = True
             occupied = torch.ones_like(occupied)
         self.occupied.copy_(occupied)
-
-
-def occupied_field_outputs(
-    ray_samples: RaySamples, grid: OccupancyGrid, field_outputs: FieldOutputs
-) -> Tuple[Dict[FieldHeadNames, Tensor], Tensor]:
-    """Density [R, S, 1] and RGB [R, S, 3] of ``ray_samples`` [R, S], evaluated (with gradients) only
-    at the samples in ``grid``'s occupied cells, the others empty space (density 0); and how many
-    samples were evaluated (0-d tensor, left on the device)."""
-    num_rays, num_samples = ray_samples.shape[:2]
-    positions = ray_samples.frustums.get_positions()
-    inside = grid(positions.reshape(-1, 3)).view(num_rays, num_samples)
-    rays, columns = inside.nonzero(as_tuple=True)
-    density = positions.new_zeros(num_rays, num_samples, 1)
-    colour = positions.new_zeros(num_rays, num_samples, 3)
-    if rays.numel() == 0:  # every ray in empty space: the background alone
-        return {FieldHeadNames.DENSITY: density, FieldHeadNames.RGB: colour}, torch.count_nonzero(inside)
-    outputs = field_outputs(ray_samples[rays, columns])
-    sigma, rgb = outputs[FieldHeadNames.DENSITY], outputs[FieldHeadNames.RGB]
-    density = density.index_put((rays, columns), sigma.float())
-    colour = colour.index_put((rays, columns), rgb.float())
-    return {FieldHeadNames.DENSITY: density, FieldHeadNames.RGB: colour}, torch.count_nonzero(inside)

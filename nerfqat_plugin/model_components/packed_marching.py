@@ -10,10 +10,12 @@ extension is built on first use; where it does not build, torch is used). Elsewh
 every step of a slab of rays and keeps the occupied ones: the same steps, up to the rounding of
 nerfacc's running sum of step lengths.
 
-The field is then evaluated front to back in windows of ``window`` samples per ray: after each
-window, rays whose transmittance has fallen below ``min_transmittance`` stop, so samples behind an
-opaque surface are never evaluated; colours only where a sample's weight reaches ``min_weight``
-(the bounds of :mod:`sample_skipping`, far below one 8-bit level).
+Training (vqad's occupancy sampler) evaluates every marched sample with gradients and composites
+them (:func:`packed_weights`, :func:`composite_packed`). Renders evaluate the field front to back in
+windows of ``window`` samples per ray: after each window, rays whose transmittance has fallen below
+``min_transmittance`` stop, so samples behind an opaque surface are never evaluated; colours only
+where a sample's weight reaches ``min_weight`` (the bounds of :mod:`sample_skipping`, far below one
+8-bit level).
 """
 
 from __future__ import annotations
@@ -84,15 +86,19 @@ def march_occupied(
     fars: Tensor,
     grid: OccupancyGrid,
     step: float,
+    jitter: bool = False,
     use_nerfacc: Optional[bool] = None,
 ) -> PackedSamples:
-    """Steps of ``step`` along rays ``origins``/``directions`` [R, 3] (unit directions) from ``nears`` to
-    ``fars`` [R] whose midpoints lie in ``grid``'s occupied cells (outside its box: empty).
-    ``use_nerfacc`` None: nerfacc where :func:`nerfacc_traversal_available`."""
+    """Steps of ``step`` along rays ``origins``/``directions`` [R, 3] (unit directions) from ``nears``
+    (or where a ray enters the grid's box) to ``fars`` [R] whose midpoints lie in ``grid``'s occupied
+    cells (outside its box: empty); with ``jitter`` every ray's steps shift by one random fraction of a
+    step (training). ``use_nerfacc`` None: nerfacc where :func:`nerfacc_traversal_available`."""
     if use_nerfacc is None:
         use_nerfacc = nerfacc_traversal_available(origins.device)
     entry, exit_ = ray_box_interval(origins, directions, grid.aabb)
     nears, fars = torch.maximum(nears, entry), torch.minimum(fars, exit_)  # steps start where the box does
+    if jitter:
+        nears = nears + torch.rand_like(nears) * step
     if use_nerfacc:
         return _march_nerfacc(origins, directions, nears, fars, grid, step)
     return _march_torch(origins, directions, nears, fars, grid, step)
@@ -207,8 +213,18 @@ def render_packed(
     if needed.numel() and features is not None:
         rays = samples.ray_indices[needed]
         rgb[needed] = color_fn(features[needed], directions[rays]).float()
-    ray_indices = samples.ray_indices
+    return composite_packed(samples, weights, rgb, renderer_rgb)
+
+
+def composite_packed(
+    samples: PackedSamples, weights: Tensor, rgb: Tensor, renderer_rgb: RGBRenderer
+) -> Dict[str, Tensor]:
+    """Per ray [R, ...]: ``rgb`` composited by ``renderer_rgb`` (with its background), accumulation and
+    depth (distance along the ray), from packed samples' ``weights`` [N] and colours ``rgb`` [N, 3]."""
+    ray_indices, num_rays = samples.ray_indices, samples.num_rays
     colour = renderer_rgb(rgb=rgb, weights=weights[:, None], ray_indices=ray_indices, num_rays=num_rays)
-    accumulation = torch.zeros(num_rays, 1, device=device).index_add_(0, ray_indices, weights[:, None])
-    depth = torch.zeros(num_rays, 1, device=device).index_add_(0, ray_indices, (weights * middles)[:, None])
-    return {"rgb": colour, "accumulation": accumulation, "depth": depth / accumulation.clamp_min(1e-10)}
+    zeros = weights.new_zeros(num_rays, 1)
+    accumulation = zeros.index_add(0, ray_indices, weights[:, None])
+    middles = 0.5 * (samples.t_starts + samples.t_ends)
+    depth = zeros.index_add(0, ray_indices, (weights * middles)[:, None]) / accumulation.clamp_min(1e-10)
+    return {"rgb": colour, "accumulation": accumulation, "depth": depth}

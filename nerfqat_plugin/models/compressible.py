@@ -19,7 +19,6 @@ from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 from nerfstudio.field_components.field_heads import FieldHeadNames
-from nerfstudio.model_components.ray_samplers import UniformSampler
 from nerfstudio.model_components.renderers import RGBRenderer
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps
@@ -41,7 +40,7 @@ from nerfqat_plugin.fields.view_directions import view_directions
 from nerfqat_plugin.metrics.image_metrics import image_metrics
 from nerfqat_plugin.model_components.collapse_monitor import CollapseMonitor
 from nerfqat_plugin.model_components.ndc import NDC_BOX, NDCSpace
-from nerfqat_plugin.model_components.packed_marching import march_occupied, render_packed
+from nerfqat_plugin.model_components.packed_marching import PackedSamples, march_occupied, render_packed
 from nerfqat_plugin.model_components.ray_setup import SamplingRays, SceneType
 from nerfqat_plugin.model_components.sample_skipping import ColorFn, DensityFn, evaluate_front_to_back
 from nerfqat_plugin.model_components.scene_space import SceneSpace
@@ -76,8 +75,7 @@ class CompressibleModelConfig(ModelConfig):
     """Render a bounded scene's file by evaluating the (fine) field at even steps in its grid's
     occupied cells only, instead of the trained sampler (docs/methods/rendering.md)."""
     march_steps: int = 1024
-    """Marching occupied space: steps per ray between near and far while training; renders step the
-    scene box's diagonal divided by this."""
+    """Marching occupied space: steps along the scene box's diagonal (the step is diagonal / this)."""
 
     def to_payload(self) -> Dict[str, Any]:
         """The options that define the rendered model, as JSON."""
@@ -310,22 +308,25 @@ class CompressibleModel(Model):
             return None
         return grid
 
-    def render_marching(
-        self, bundle: RayBundle, grid: OccupancyGrid, density_fn: DensityFn, color_fn: ColorFn
-    ) -> Dict[str, Tensor]:
-        """Colour, accumulation and depth of ``bundle``'s rays (flat, unit directions, world space)
-        marched through ``grid``'s occupied cells in steps of the grid box's diagonal over
-        ``march_steps`` (:mod:`~nerfqat_plugin.model_components.packed_marching`)."""
+    def march(self, bundle: RayBundle, grid: OccupancyGrid, jitter: bool = False) -> PackedSamples:
+        """The steps of ``bundle``'s rays (flat, unit directions, world space) in ``grid``'s occupied
+        cells: steps of the grid box's diagonal over ``march_steps``, from each ray's near bound (or the
+        box's entry), shifted by one random fraction of a step per ray with ``jitter``."""
         origins, directions = bundle.origins.reshape(-1, 3), bundle.directions.reshape(-1, 3)
         nears = bundle.nears.reshape(-1) if bundle.nears is not None else origins.new_zeros(len(origins))
         fars = bundle.fars.reshape(-1) if bundle.fars is not None else origins.new_full((len(origins),), math.inf)
         step = float((grid.aabb[1] - grid.aabb[0]).norm()) / self.config.march_steps
-        samples = march_occupied(origins, directions, nears, fars, grid, step)
-        return render_packed(samples, origins, directions, density_fn, color_fn, self.renderer_rgb)
+        return march_occupied(origins, directions, nears, fars, grid, step, jitter=jitter)
 
-    def even_step_samples(self, bundle: RayBundle) -> RaySamples:
-        """``march_steps`` even steps per ray between near and far, one jitter per ray while training."""
-        return UniformSampler(self.config.march_steps, train_stratified=self.training, single_jitter=True)(bundle)
+    def render_marching(
+        self, bundle: RayBundle, grid: OccupancyGrid, density_fn: DensityFn, color_fn: ColorFn
+    ) -> Dict[str, Tensor]:
+        """Colour, accumulation and depth of ``bundle``'s rays marched through ``grid``'s occupied cells
+        (:meth:`march`), the field evaluated front to back
+        (:func:`~nerfqat_plugin.model_components.packed_marching.render_packed`)."""
+        origins, directions = bundle.origins.reshape(-1, 3), bundle.directions.reshape(-1, 3)
+        samples = self.march(bundle, grid)
+        return render_packed(samples, origins, directions, density_fn, color_fn, self.renderer_rgb)
 
     @contextlib.contextmanager
     def rendering_as_trained(self) -> Iterator[None]:

@@ -41,10 +41,12 @@ from nerfqat_plugin.field_components.codebook_grid import (
     compact_rows,
     expand_rows,
 )
+from nerfqat_plugin.field_components.occupancy_grid import OccupancyGrid
 from nerfqat_plugin.fields.compiled_field import TrainingCompiledField
 from nerfqat_plugin.fields.vqad_field import ACTIVE_LEVELS_KEY, VQADField, VQADProposalField
 from nerfqat_plugin.model_components.ndc import NDC_BOX
-from nerfqat_plugin.model_components.occupancy_estimator import OccupancyEstimator, occupied_field_outputs
+from nerfqat_plugin.model_components.occupancy_estimator import OccupancyEstimator
+from nerfqat_plugin.model_components.packed_marching import composite_packed, packed_weights
 from nerfqat_plugin.models.compressible import (
     CompressibleModel,
     CompressibleModelConfig,
@@ -269,7 +271,7 @@ class VQADModel(CompressibleModel):
         self.occupancy_estimator: Optional[OccupancyEstimator] = None
         if self.marches_occupancy() and not frozen:
             self.occupancy_estimator = OccupancyEstimator(self.scene_box.aabb, cfg.occupancy_resolution)
-        self._last_batch_samples: Optional[Tensor] = None  # samples the last marched batch evaluated
+        self._last_batch_samples: Optional[int] = None  # samples the last marched batch evaluated
 
         def update_schedule(step: int) -> float:
             ramp = np.interp(step, [0, cfg.proposal_warmup], [0, cfg.proposal_update_every])
@@ -304,8 +306,8 @@ class VQADModel(CompressibleModel):
         if target <= 0 or evaluated is None or self.occupancy_estimator is None:
             return None
         samples = max(1, int(evaluated))  # the step's one wait for the GPU
-        # Every ray marches march_steps candidate positions densely: cap the candidates (2**25 is
-        # about 0.4 GB of positions) however few of them turn out occupied.
+        # Without nerfacc, torch lists march_steps candidate steps per ray: cap the candidates (2**25
+        # is about 0.4 GB of positions) however few of them turn out occupied.
         most = min(target, MAX_MARCHED_CANDIDATES // self.config.march_steps)
         return int(min(most, max(256, round(rays * target / samples))))
 
@@ -618,18 +620,13 @@ class VQADModel(CompressibleModel):
         grid = self.occupancy_grid
         if self.marches_occupancy() and self.occupancy_estimator is not None:
             grid = self.occupancy_estimator.grid()  # training's grid while it exists, else the file's
-        marching = self.marches_occupancy() or self.marching_grid() is not None
-        if marching and not self.training and grid is not None:  # even steps through occupied cells
+        if grid is not None and (self.marches_occupancy() or self.marching_grid() is not None):
+            if self.training:  # even steps through occupied cells instead of the proposals
+                return self._marched_training_outputs(bundle, grid)
             field = self.field
             return self.render_marching(bundle, grid, field.density_at, field.evaluator("color_from_features"))
-        marched = self.even_step_samples(bundle) if self.marches_occupancy() else None
-        if marched is not None:  # even steps through occupied cells instead of the proposals
-            ray_samples, weights_list, ray_samples_list = marched, [], []
-        else:
-            ray_samples, weights_list, ray_samples_list = self.proposal_sampler(bundle, density_fns=self.density_fns)
-        if self.training and marched is not None and grid is not None:
-            field_outputs, self._last_batch_samples = occupied_field_outputs(ray_samples, grid, self.field)
-        elif marched is not None or (not self.training and self.config.skip_hidden_samples):
+        ray_samples, weights_list, ray_samples_list = self.proposal_sampler(bundle, density_fns=self.density_fns)
+        if not self.training and self.config.skip_hidden_samples:
             field = self.field
             field_outputs = self.field_outputs_skipping(
                 ray_samples, field.density_at, field.evaluator("color_from_features"), grid
@@ -648,6 +645,22 @@ class VQADModel(CompressibleModel):
         if self.training:
             outputs["weights_list"] = weights_list
             outputs["ray_samples_list"] = ray_samples_list
+        return outputs
+
+    def _marched_training_outputs(self, bundle: RayBundle, grid: OccupancyGrid) -> Dict[str, Any]:
+        """Training by marching (sampler occupancy): every jittered step in an occupied cell, packed,
+        evaluated with gradients; the step's sample count sizes the next batch."""
+        samples = self.march(bundle, grid, jitter=True)
+        self._last_batch_samples = len(samples)
+        ray_samples = bundle[samples.ray_indices].get_ray_samples(  # one sample per row, levels per ray
+            bin_starts=samples.t_starts[:, None, None], bin_ends=samples.t_ends[:, None, None]
+        )
+        field_outputs = self.field(ray_samples)
+        weights = packed_weights(samples, field_outputs[FieldHeadNames.DENSITY].view(-1))
+        outputs: Dict[str, Any] = composite_packed(
+            samples, weights, field_outputs[FieldHeadNames.RGB].view(-1, 3), self.renderer_rgb
+        )
+        outputs["weights_list"], outputs["ray_samples_list"] = [], []
         return outputs
 
     def density_for_occupancy(self, positions: Tensor) -> Tensor:

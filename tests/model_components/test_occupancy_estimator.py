@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from nerfstudio.cameras.rays import Frustums, RaySamples
-from nerfstudio.field_components.field_heads import FieldHeadNames
 
-from nerfqat_plugin.model_components.occupancy_estimator import OccupancyEstimator, occupied_field_outputs
+from nerfqat_plugin.model_components.occupancy_estimator import OccupancyEstimator
 
 BOX = torch.tensor([[-1.0] * 3, [1.0] * 3])
 
@@ -42,40 +40,6 @@ def test_the_grid_never_erases_the_scene(capsys: pytest.CaptureFixture) -> None:
     assert bool(estimator.grid()(torch.zeros(1, 3)).all()) and not bool(estimator.occupied.all())
 
 
-def test_training_evaluates_the_field_only_in_occupied_cells_with_gradients() -> None:
-    estimator = OccupancyEstimator(BOX, resolution=8)
-    estimator.update(_ball, step=0)
-    num_rays, num_steps = 6, 32
-    origins = torch.tensor([[-1.0, 0.0, 0.0]]).repeat(num_rays, 1)
-    origins[:, 1] = torch.linspace(-0.9, 0.9, num_rays)  # some rays through the ball, some beside it
-    starts = torch.linspace(0.0, 2.0, num_steps + 1)
-    frustums = Frustums(
-        origins=origins[:, None].expand(-1, num_steps, -1),
-        directions=torch.tensor([1.0, 0.0, 0.0]).expand(num_rays, num_steps, 3),
-        starts=starts[:-1].expand(num_rays, num_steps)[..., None],
-        ends=starts[1:].expand(num_rays, num_steps)[..., None],
-        pixel_area=torch.ones(num_rays, num_steps, 1),
-    )
-    samples = RaySamples(frustums=frustums, deltas=frustums.ends - frustums.starts)
-    weight = torch.nn.Parameter(torch.tensor(1.0))
-    seen = []
-
-    def field(part: RaySamples) -> dict:
-        positions = part.frustums.get_positions()
-        seen.append(positions.detach())
-        return {
-            FieldHeadNames.DENSITY: weight * torch.ones_like(positions[..., :1]),
-            FieldHeadNames.RGB: torch.sigmoid(weight * positions),
-        }
-
-    outputs, evaluated = occupied_field_outputs(samples, estimator.grid(), field)
-    inside = estimator.grid()(samples.frustums.get_positions().view(-1, 3)).view(num_rays, num_steps)
-    assert 0 < int(inside.sum()) < inside.numel() and seen[0].shape[0] == int(inside.sum()) == int(evaluated)
-    assert torch.equal(outputs[FieldHeadNames.DENSITY][..., 0] > 0, inside)  # empty space: density 0
-    outputs[FieldHeadNames.DENSITY].sum().backward()
-    assert float(weight.grad) == pytest.approx(float(inside.sum()))
-
-
 def test_updates_read_points_set_by_the_step_alone() -> None:
     """DDP ranks have their own random states; they must still keep equal grids (nothing broadcasts them)."""
     grids = []
@@ -86,18 +50,3 @@ def test_updates_read_points_set_by_the_step_alone() -> None:
             estimator.update(lambda x: 50.0 * torch.sin(7 * x).prod(dim=-1, keepdim=True).clamp_min(0), step)
         grids.append(estimator.density.clone())
     assert torch.equal(grids[0], grids[1])
-
-
-def test_a_batch_entirely_in_empty_space_is_background_without_evaluating_the_field() -> None:
-    estimator = OccupancyEstimator(BOX, resolution=4)
-    estimator.occupied.zero_()  # (updates never leave it so; a batch may still miss every occupied cell)
-    frustums = Frustums(
-        origins=torch.zeros(2, 3, 3),
-        directions=torch.tensor([1.0, 0.0, 0.0]).expand(2, 3, 3),
-        starts=torch.zeros(2, 3, 1),
-        ends=torch.full((2, 3, 1), 0.1),
-        pixel_area=torch.ones(2, 3, 1),
-    )
-    samples = RaySamples(frustums=frustums, deltas=torch.full((2, 3, 1), 0.1))
-    outputs, evaluated = occupied_field_outputs(samples, estimator.grid(), lambda s: pytest.fail("evaluated"))
-    assert int(evaluated) == 0 and float(outputs[FieldHeadNames.DENSITY].abs().sum()) == 0.0

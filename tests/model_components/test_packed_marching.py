@@ -67,6 +67,22 @@ def test_torch_marching_keeps_the_steps_whose_midpoints_are_occupied() -> None:
     assert bool((samples.ray_indices == 3).any()) and float(samples.t_ends[samples.ray_indices == 3].max()) <= 2.9
 
 
+def test_jitter_shifts_each_rays_steps_by_less_than_a_step_after_the_box_entry() -> None:
+    origins, directions = _rays(200, seed=5)
+    full = OccupancyGrid(BOX, torch.ones(4, 4, 4, dtype=torch.bool))
+    nears, fars = torch.zeros(200), torch.full((200,), 9.0)
+    plain = march_occupied(origins, directions, nears, fars, full, 0.1, use_nerfacc=False)
+    jittered = march_occupied(origins, directions, nears, fars, full, 0.1, jitter=True, use_nerfacc=False)
+
+    def first_steps(samples: PackedSamples) -> Tensor:  # each ray's first start (nan: no step)
+        first = torch.full((samples.num_rays,), float("nan"))
+        return first.index_reduce(0, samples.ray_indices, samples.t_starts, "amin", include_self=False)
+
+    shift = first_steps(jittered) - first_steps(plain)
+    shift = shift[~shift.isnan()]  # rays with steps both times (a grazing ray may lose its only one)
+    assert len(shift) > 150 and bool((shift >= 0).all()) and bool((shift < 0.1).all()) and float(shift.std()) > 0.02
+
+
 def test_torch_marching_lists_long_rays_in_slabs(monkeypatch: pytest.MonkeyPatch) -> None:
     origins, directions = _rays(30, seed=1)
     grid, step = _grid(seed=1), 0.05
@@ -114,13 +130,18 @@ def test_packed_weights_equal_nerfstudios_on_the_same_samples() -> None:
     samples = march_occupied(
         origins, directions, torch.zeros(50), torch.full((50,), 9.0), _grid(seed=2), 0.05, use_nerfacc=False
     )
-    density = torch.rand(len(samples)) * 20
+    density = (torch.rand(len(samples)) * 20).requires_grad_()
     starts, ends, real = _dense(samples)
-    dense_density = torch.zeros(real.shape)
-    dense_density[samples.ray_indices, samples.ranks()] = density
+    dense_density = torch.zeros(real.shape).index_put((samples.ray_indices, samples.ranks()), density)
     expected = _bundle_samples(origins, directions, starts, ends).get_weights(dense_density[..., None])[..., 0]
-    assert torch.allclose(packed_weights(samples, density), expected[real], atol=1e-6)
+    weights = packed_weights(samples, density)
+    assert torch.allclose(weights, expected[real], atol=1e-6)
     assert float(expected[real].max()) > 0.1  # opaque enough for transmittance to matter
+    # Training differentiates them: the same gradients as nerfstudio's (a weighted sum as the loss).
+    colour = torch.rand(len(samples))
+    (ours,) = torch.autograd.grad((weights * colour).sum(), density)
+    (theirs,) = torch.autograd.grad((expected[real] * colour).sum(), density)
+    assert torch.allclose(ours, theirs, atol=1e-5) and float(theirs.abs().max()) > 1e-3
 
 
 def _field_fns(opaque: float = 40.0):

@@ -146,6 +146,18 @@ def test_vqad_trained_with_the_occupancy_sampler_marches_in_training_and_from_it
     assert rgb.shape == (32, 3) and bool(torch.isfinite(rgb).all())
 
 
+def test_a_training_batch_that_misses_every_occupied_cell_is_background_and_still_trains() -> None:
+    torch.manual_seed(0)
+    model = tiny_vqad_model({"near_far": (2.0, 6.0), "scene_type": "bounded"}, sampler="occupancy", march_steps=STEPS)
+    model.occupancy_estimator.occupied.zero_()  # (updates never leave it so; a batch may miss every cell)
+    model.train()
+    outputs = model(vqad_rays(16, bounded=True))
+    assert model._last_batch_samples == 0 and float(outputs["accumulation"].abs().sum()) == 0.0
+    assert torch.equal(outputs["rgb"], torch.zeros(16, 3))  # random background while training: not blended
+    losses = model.get_loss_dict(outputs, {"image": torch.rand(16, 3)})
+    sum(losses.values()).backward()  # the graph still reaches the field (with zero gradients)
+
+
 class _RaySource:
     """A datamanager stand-in: batches of as many rays as its pixel sampler is set to."""
 
