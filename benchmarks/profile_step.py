@@ -91,6 +91,8 @@ def instrument(trainer, timer: PhaseTimer, samples: List[int]) -> None:
     sampler = getattr(model, "proposal_sampler", None) or getattr(model, "sampler_pdf", None)
     if sampler is not None:
         timer.wrap(sampler, "forward", "sampler")
+    if hasattr(model, "march"):  # occupancy-grid sampling: marching the occupied cells
+        timer.wrap(model, "march", "sampler")
 
     def count(ray_samples: Any, *_: Any) -> None:
         if timer.on and hasattr(ray_samples, "frustums"):
