@@ -1,6 +1,7 @@
-"""Rendering a bounded scene by marching its occupied cells, with samples packed ray after ray.
+"""Marching a bounded scene's occupied cells, with samples packed ray after ray.
 
-Rays step evenly (``step`` world units, anchored at each ray's near plane) and keep only the steps
+Rays step evenly (``step`` world units, from each ray's near bound or, if later, where it enters the
+grid's box) and keep only the steps
 whose midpoint lies in an occupied cell of the file's :class:`OccupancyGrid`; empty space costs
 nothing. The samples are packed: one flat list, ordered by ray, then by distance (nerfacc's layout),
 so memory and work follow the occupied steps, not rays x steps.
