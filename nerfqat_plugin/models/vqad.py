@@ -171,9 +171,8 @@ class VQADModelConfig(CompressibleModelConfig):
     proposal_hidden_dim: int = 16
     """Width of the proposal density decoder."""
     sampler: Literal["proposal", "occupancy"] = "proposal"
-    """Bounded scenes: proposal networks (nerfacto's), or even steps (``march_steps`` along the box's
-    diagonal) through the occupied cells of a grid the field keeps up to date (instant-NGP's). Other
-    scenes: proposal networks."""
+    """Bounded scenes: proposal networks (nerfacto's), or even steps through the occupied cells of a
+    grid the field keeps up to date (instant-NGP's). Other scenes: proposal networks."""
     occupancy_resolution: int = 128
     """Cells per axis of the occupancy grid kept while training (sampler occupancy)."""
     occupancy_update_every: int = 16
