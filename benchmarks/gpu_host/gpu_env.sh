@@ -5,6 +5,9 @@
 # calls on the same machine run the code they carried (the installed entry points resolve to it).
 export PYTHONPATH=$PWD:$PYTHONPATH
 export OUT=${OUT:-/tmp/out}
+# nerfacc's CUDA extension, built on an earlier GPU host and carried in .gpu/torch_extensions: loaded,
+# not rebuilt (a build takes minutes of device time).
+if [ -d .gpu/torch_extensions ]; then export TORCH_EXTENSIONS_DIR=$PWD/.gpu/torch_extensions; fi
 # LPIPS offline: AlexNet weights converted here with ns-lpips-weights and carried in .gpu/.
 if [ -f .gpu/alexnet-lpips.safetensors ]; then export NERFQAT_LPIPS_ALEXNET=$PWD/.gpu/alexnet-lpips.safetensors; fi
 mkdir -p "$OUT"
