@@ -27,6 +27,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 from nerfstudio.model_components.renderers import RGBRenderer
+from nerfstudio.utils.math import intersect_aabb
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
@@ -106,12 +107,11 @@ def march_occupied(
 
 
 def ray_box_interval(origins: Tensor, directions: Tensor, aabb: Tensor) -> Tuple[Tensor, Tensor]:
-    """Distances [R] at which rays enter and leave the box ``aabb`` [2, 3] (entry >= exit: a miss)."""
+    """Distances [R] at which rays enter and leave the box ``aabb`` [2, 3], from 0 (a miss: both
+    1e10, so no steps): nerfstudio's ``intersect_aabb``, with direction components of exactly 0
+    nudged so that a ray in the plane of a face divides no 0 by 0."""
     safe = torch.where(directions.abs() < 1e-12, torch.full_like(directions, 1e-12), directions)
-    to_low, to_high = (aabb[0] - origins) / safe, (aabb[1] - origins) / safe
-    entry = torch.minimum(to_low, to_high).amax(dim=-1)
-    exit_ = torch.maximum(to_low, to_high).amin(dim=-1)
-    return entry, exit_
+    return intersect_aabb(origins, safe, aabb.reshape(6))
 
 
 def _march_nerfacc(
