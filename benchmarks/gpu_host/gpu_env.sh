@@ -5,9 +5,6 @@
 # calls on the same machine run the code they carried (the installed entry points resolve to it).
 export PYTHONPATH=$PWD:$PYTHONPATH
 export OUT=${OUT:-/tmp/out}
-# nerfacc's CUDA extension, built on an earlier GPU host and carried in .gpu/torch_extensions: loaded,
-# not rebuilt (a build takes minutes of device time).
-if [ -d .gpu/torch_extensions ]; then export TORCH_EXTENSIONS_DIR=$PWD/.gpu/torch_extensions; fi
 # LPIPS offline: AlexNet weights converted here with ns-lpips-weights and carried in .gpu/.
 if [ -f .gpu/alexnet-lpips.safetensors ]; then export NERFQAT_LPIPS_ALEXNET=$PWD/.gpu/alexnet-lpips.safetensors; fi
 mkdir -p "$OUT"
@@ -17,4 +14,11 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 _scan=/tmp/site/nerfacc/cuda/csrc/scan.cu
 if [ -f "$_scan" ] && grep -q "cub::Equality" "$_scan"; then
   sed -i 's/cub::Equality()/::cuda::std::equal_to<>()/; s|#include <cub/cub.cuh>|#include <cub/cub.cuh>\n#include <cuda/std/functional>|' "$_scan"
+fi
+# nerfacc's CUDA extension, built on an earlier GPU host and carried in .gpu/torch_extensions: loaded,
+# not rebuilt (a build takes minutes of device time). Its outputs are touched after the sources were
+# installed and patched, so that ninja finds them up to date.
+if [ -d .gpu/torch_extensions/nerfacc_cuda ]; then
+  export TORCH_EXTENSIONS_DIR=$PWD/.gpu/torch_extensions
+  touch .gpu/torch_extensions/nerfacc_cuda/*
 fi

@@ -3,8 +3,9 @@
 What nerfacc's ``OccGridEstimator`` does, in torch (its CUDA extension does not build everywhere):
 every ``update_every`` steps the field's density is read at a random point of each cell (all cells
 during ``warmup_steps``, then a random quarter plus every occupied cell), each cell keeps the larger
-of its decayed old value and the new one, and a cell is occupied where a ray crossing one cell edge
-of it would lose more opacity than ``min(opacity_threshold, mean over cells)``. Training and renders
+of its decayed old value and the new one, and a cell is occupied where one march step (``step``
+world units, as nerfacc's ``render_step_size``) through it would lose more opacity than
+``min(opacity_threshold, mean over cells)``. Training and renders
 then march only the occupied cells (:mod:`~nerfqat_plugin.model_components.packed_marching`).
 
 The grid can never erase the scene: an update that would leave no cell occupied keeps every cell
@@ -13,7 +14,7 @@ occupied instead, with one log line (a field that has learned no density yet).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from nerfstudio.utils.rich_utils import CONSOLE
@@ -36,14 +37,18 @@ class OccupancyEstimator(nn.Module):
         decay: float = 0.95,
         opacity_threshold: float = 0.01,
         warmup_steps: int = 256,
+        step: Optional[float] = None,
     ) -> None:
         super().__init__()
-        if resolution < 2 or not 0 < decay <= 1 or not 0 < opacity_threshold < 1:
-            raise ValueError(f"occupancy grid: resolution {resolution} >= 2, decay in (0, 1], threshold in (0, 1)")
+        if resolution < 2 or not 0 < decay <= 1 or not 0 < opacity_threshold < 1 or (step is not None and step <= 0):
+            raise ValueError(
+                f"occupancy grid: resolution {resolution} >= 2, decay in (0, 1], threshold in (0, 1), step > 0"
+            )
         self.resolution = resolution
         self.decay = decay
         self.opacity_threshold = opacity_threshold
         self.warmup_steps = warmup_steps
+        self.step = step
         self.register_buffer("aabb", aabb.detach().clone().float())
         self.register_buffer("density", torch.zeros(resolution**3))
         self.register_buffer("occupied", torch.ones(resolution**3, dtype=torch.bool))
@@ -53,6 +58,11 @@ class OccupancyEstimator(nn.Module):
     def cell_edge(self) -> float:
         """The longest edge of a cell (world units)."""
         return float((self.aabb[1] - self.aabb[0]).max()) / self.resolution
+
+    @property
+    def step_length(self) -> float:
+        """The march step the opacity threshold applies to (world units; default one cell edge)."""
+        return self.step if self.step is not None else self.cell_edge
 
     def grid(self) -> OccupancyGrid:
         """The occupied cells as an :class:`OccupancyGrid` (outside the box: empty)."""
@@ -77,7 +87,7 @@ class OccupancyEstimator(nn.Module):
         positions = self.aabb[0] + unit * (self.aabb[1] - self.aabb[0])
         sigma = torch.cat([density_at(part).view(-1) for part in positions.split(chunk)])
         self.density[cells] = torch.maximum(self.density[cells] * self.decay, sigma.float())
-        opacity = 1.0 - torch.exp(-self.density * self.cell_edge)
+        opacity = 1.0 - torch.exp(-self.density * self.step_length)
         occupied = opacity > min(self.opacity_threshold, float(opacity.mean()))
         if not bool(occupied.any()):
             if not self._warned_empty:

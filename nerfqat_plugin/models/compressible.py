@@ -315,8 +315,11 @@ class CompressibleModel(Model):
         origins, directions = bundle.origins.reshape(-1, 3), bundle.directions.reshape(-1, 3)
         nears = bundle.nears.reshape(-1) if bundle.nears is not None else origins.new_zeros(len(origins))
         fars = bundle.fars.reshape(-1) if bundle.fars is not None else origins.new_full((len(origins),), math.inf)
-        step = float((grid.aabb[1] - grid.aabb[0]).norm()) / self.config.march_steps
-        return march_occupied(origins, directions, nears, fars, grid, step, jitter=jitter)
+        return march_occupied(origins, directions, nears, fars, grid, self.march_step(grid.aabb), jitter=jitter)
+
+    def march_step(self, aabb: Tensor) -> float:
+        """The marching step through box ``aabb`` [2, 3]: its diagonal over ``march_steps`` (world units)."""
+        return float((aabb[1] - aabb[0]).norm()) / self.config.march_steps
 
     def render_marching(
         self, bundle: RayBundle, grid: OccupancyGrid, density_fn: DensityFn, color_fn: ColorFn

@@ -270,7 +270,8 @@ class VQADModel(CompressibleModel):
         # Training's occupancy grid (sampler occupancy); a file marches through the grid it stores.
         self.occupancy_estimator: Optional[OccupancyEstimator] = None
         if self.marches_occupancy() and not frozen:
-            self.occupancy_estimator = OccupancyEstimator(self.scene_box.aabb, cfg.occupancy_resolution)
+            aabb = self.scene_box.aabb
+            self.occupancy_estimator = OccupancyEstimator(aabb, cfg.occupancy_resolution, step=self.march_step(aabb))
         self._last_batch_samples: Optional[int] = None  # samples the last marched batch evaluated
 
         def update_schedule(step: int) -> float:
@@ -618,8 +619,13 @@ class VQADModel(CompressibleModel):
             metadata[ACTIVE_LEVELS_KEY] = self._random_levels(len(bundle), bundle.origins.device)
             bundle.metadata = metadata
         grid = self.occupancy_grid
-        if self.marches_occupancy() and self.occupancy_estimator is not None:
-            grid = self.occupancy_estimator.grid()  # training's grid while it exists, else the file's
+        if self.marches_occupancy():  # training's grid while it exists, else the file's
+            if self.occupancy_estimator is not None:
+                grid = self.occupancy_estimator.grid()
+            elif grid is None:  # rendering as trained without training's grid: every step in the box
+                device = bundle.origins.device
+                everywhere = torch.ones(1, 1, 1, dtype=torch.bool, device=device)
+                grid = OccupancyGrid(self.scene_box.aabb.to(device), everywhere)
         if grid is not None and (self.marches_occupancy() or self.marching_grid() is not None):
             if self.training:  # even steps through occupied cells instead of the proposals
                 return self._marched_training_outputs(bundle, grid)

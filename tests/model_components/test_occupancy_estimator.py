@@ -50,3 +50,24 @@ def test_updates_read_points_set_by_the_step_alone() -> None:
             estimator.update(lambda x: 50.0 * torch.sin(7 * x).prod(dim=-1, keepdim=True).clamp_min(0), step)
         grids.append(estimator.density.clone())
     assert torch.equal(grids[0], grids[1])
+
+
+def test_the_threshold_applies_to_one_march_step() -> None:
+    """A faint shell (density 1) loses 12% of a ray's light over a 16-cell grid's cell edge but 0.5%
+    over a march step of 0.005: occupied by the cell-edge default, empty at the march step (nerfacc's
+    rule: opacity over ``render_step_size``)."""
+
+    def ball_and_shell(x: torch.Tensor) -> torch.Tensor:
+        radius = x.norm(dim=-1, keepdim=True)
+        return _ball(x) + ((radius > 0.6) & (radius < 0.9)).float()
+
+    shell_point = torch.tensor([[0.75, 0.0, 0.0]])
+    occupied = []
+    for step in (None, 0.005):
+        estimator = OccupancyEstimator(BOX, resolution=16, step=step)
+        estimator.update(ball_and_shell, step=0)
+        assert bool(estimator.grid()(torch.zeros(1, 3)).all())  # the ball stays occupied either way
+        occupied.append(bool(estimator.grid()(shell_point).all()))
+    assert occupied == [True, False]
+    with pytest.raises(ValueError, match="step > 0"):
+        OccupancyEstimator(BOX, step=0.0)
