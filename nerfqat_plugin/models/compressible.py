@@ -347,13 +347,18 @@ class CompressibleModel(Model):
         """The fields whose training paths :meth:`compile_fields_once` compiles."""
         return ()
 
+    def batch_sample_counts_vary(self) -> bool:
+        """Whether the sample count of a training batch changes from step to step (fields compiled
+        for any count at once, not recompiled)."""
+        return False
+
     def compile_fields_once(self, device: torch.device, enabled: bool) -> None:
         """On the first CUDA training step, compile the fields' training paths (evaluation stays eager,
         so the trained model and one rebuilt from its file render identical images)."""
         if not enabled or not self.training or device.type != "cuda" or getattr(self, "_fields_compiled", False):
             return
         for fld in self.fields_to_compile():
-            fld.compile_for_training()
+            fld.compile_for_training(dynamic=True if self.batch_sample_counts_vary() else None)
         self._fields_compiled = True
 
     # -- losses and metrics shared by both methods --------------------------------------------

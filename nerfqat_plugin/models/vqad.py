@@ -581,6 +581,9 @@ class VQADModel(CompressibleModel):
     def fields_to_compile(self) -> Tuple[TrainingCompiledField, ...]:
         return (self.field,) if self.marches_occupancy() else (self.field, self.proposal_field)
 
+    def batch_sample_counts_vary(self) -> bool:
+        return self.marches_occupancy()  # marched steps in occupied cells: a count of its own each batch
+
     def _random_levels(self, num_rays: int, device: torch.device) -> Tensor:
         """Per-ray level counts [R, 1]: all levels, except a random operating point for a fraction."""
         levels = self.field.grid.num_levels

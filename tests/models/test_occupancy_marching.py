@@ -204,3 +204,16 @@ def test_occupancy_batches_hold_as_many_rays_as_make_the_target_samples() -> Non
     assert model.rays_for_next_batch(4096) == vqad_module.MAX_MARCHED_CANDIDATES // STEPS
     model.config.target_samples_per_batch = 0  # off: the datamanager's count stays
     assert model.rays_for_next_batch(32) is None
+
+
+def test_occupancy_sampler_fields_compile_once_for_any_sample_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Marched batches hold a different sample count every step: compiled for any count at once, not
+    recompiled for the second (the proposals' fixed count keeps torch's default)."""
+    dynamic: List = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: dynamic.append(options.get("dynamic")) or fn)
+    for sampler, expected in (("occupancy", True), ("proposal", None)):
+        dynamic.clear()
+        model = tiny_vqad_model({"near_far": (2.0, 6.0), "scene_type": "bounded"}, sampler=sampler)
+        model.train()
+        model.compile_fields_once(torch.device("cuda"), enabled=True)  # (compiling is lazy: no GPU needed)
+        assert dynamic and set(dynamic) == {expected}, sampler
