@@ -22,7 +22,7 @@ where a sample's weight reaches ``min_weight`` (the bounds of :mod:`sample_skipp
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -49,14 +49,19 @@ class PackedSamples:
     t_starts: Tensor
     t_ends: Tensor
     num_rays: int
+    _starts: Optional[Tensor] = field(default=None, init=False, repr=False)
 
     def __len__(self) -> int:
         return self.ray_indices.numel()
 
     def ray_starts(self) -> Tensor:
-        """Index of each ray's first sample [num_rays] (a ray without samples: where it would start)."""
-        counts = torch.bincount(self.ray_indices, minlength=self.num_rays)
-        return torch.cumsum(counts, dim=0) - counts
+        """Index of each ray's first sample [num_rays] (a ray without samples: where it would start).
+        A binary search of the sorted ray indices (a histogram's atomics pile up on them), kept once
+        computed."""
+        if self._starts is None:
+            rays = torch.arange(self.num_rays, device=self.ray_indices.device, dtype=self.ray_indices.dtype)
+            self._starts = torch.searchsorted(self.ray_indices, rays)
+        return self._starts
 
     def ranks(self) -> Tensor:
         """Each sample's position within its ray [N] (0: the nearest)."""

@@ -106,6 +106,13 @@ def test_rays_that_miss_the_box_or_an_empty_grid_get_no_samples() -> None:
     assert torch.equal(rendered["rgb"], torch.ones(2, 3)) and torch.equal(rendered["accumulation"], torch.zeros(2, 1))
 
 
+def test_ray_starts_and_ranks_of_rays_with_and_without_samples() -> None:
+    ray_indices = torch.tensor([1, 1, 1, 3, 4, 4])  # rays 0, 2 and 5 have none
+    samples = PackedSamples(ray_indices, torch.zeros(6), torch.ones(6), num_rays=6)
+    assert samples.ray_starts().tolist() == [0, 0, 3, 3, 4, 6]  # an empty ray: where it would start
+    assert samples.ranks().tolist() == [0, 1, 2, 0, 0, 1]
+
+
 def _dense(samples: PackedSamples) -> Tuple[Tensor, Tensor, Tensor]:
     """The packed samples laid out [R, S] (padding after each ray's own samples) and the mask of real ones."""
     counts = torch.bincount(samples.ray_indices, minlength=samples.num_rays)
