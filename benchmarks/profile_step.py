@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from rows import append_row, scene_path
 from run_benchmark import code_commit, gpu_name, make_config, split_command, synchronize
+from torch.autograd import DeviceType
 
 PHASES = ("ray batch", "sampler", "radiance field", "losses", "backward", "optimizer", "callbacks")
 
@@ -108,9 +109,12 @@ def instrument(trainer, timer: PhaseTimer, samples: List[int]) -> None:
     timer.wrap(trainer, "train_iteration", "step")
 
 
-def profiled_kernels(run: Callable[[], Any], calls: int, count: int) -> List[Dict[str, Any]]:
+def profiled_kernels(
+    run: Callable[[], Any], calls: int, count: int, busy: Optional[Dict[str, float]] = None
+) -> List[Dict[str, Any]]:
     """The ``count`` CUDA kernels (or CPU ops without a GPU) with the most time over ``calls`` calls of
-    ``run``: name and milliseconds per call."""
+    ``run``: name and milliseconds per call. With a ``busy`` dict, its ``"ms_per_call"`` is set to the
+    GPU's time in all kernels per call (None without a GPU): the rest of a call is the host's."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = torch.cuda.is_available()
@@ -123,6 +127,9 @@ def profiled_kernels(run: Callable[[], Any], calls: int, count: int) -> List[Dic
         timed = [(e.key, e.self_device_time_total) for e in events if e.self_device_time_total > 0]
     else:
         timed = [(e.key, e.self_cpu_time_total) for e in events]
+    if busy is not None:
+        kernels = [e.self_device_time_total for e in prof.events() if e.device_type == DeviceType.CUDA]
+        busy["ms_per_call"] = round(sum(kernels) / 1e3 / calls, 3) if cuda else None
     timed.sort(key=lambda item: -item[1])
     return [{"name": name[:120], "ms_per_call": round(us / 1e3 / calls, 3)} for name, us in timed[:count]]
 
@@ -135,13 +142,18 @@ def top_kernels(trainer, first: int, steps: int, count: int) -> List[Dict[str, A
 
 def host_syncs(trainer, step: int) -> Dict[str, Any]:
     """Operations that make the host wait for the GPU in one step, by source line (CUDA only)."""
+    return host_syncs_of(lambda: train_steps(trainer, step, 1))
+
+
+def host_syncs_of(run: Callable[[], Any]) -> Dict[str, Any]:
+    """Operations that make the host wait for the GPU in one call of ``run``, by source line (CUDA only)."""
     if not torch.cuda.is_available():
         return {"count": None, "where": []}
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            train_steps(trainer, step, 1)
+            run()
     finally:
         torch.cuda.set_sync_debug_mode("default")
     syncs = [w for w in caught if "synchroniz" in str(w.message)]

@@ -9,9 +9,11 @@ renders without them (fake quantization, every sample). Each row (kind ``render-
 frame rates, both PSNRs over the first ``--views`` test views and their difference, and the GPU
 memory of one frame; the peer's row its frame rate and PSNR. Rows go to the scene's rows file, each
 as soon as it is measured. ``--top-kernels N`` adds the N GPU kernels that take most of a default
-frame's time (``top_kernels``: name, ms per frame); ``--rays-per-chunk A B ...`` measures each file
-once per chunk size (rays rendered at once); ``--model-options "" "march_occupied_space=True,march_steps=512"``
-once per set of model options (row field ``model_options``; empty: the file's own).
+frame's time (``top_kernels``: name, ms per frame), the time the GPU is busy in a frame
+(``gpu_busy_ms_per_frame``: the rest of the frame is the host's) and the frame's host syncs by
+line; ``--rays-per-chunk A B ...`` measures each file once per chunk size (rays rendered at once);
+``--model-options "" "march_occupied_space=True,march_steps=512"`` once per set of model options
+(row field ``model_options``; empty: the file's own).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
-from profile_step import profiled_kernels
+from profile_step import host_syncs_of, profiled_kernels
 from rows import append_row, scene_path
 from run_benchmark import code_commit, gpu_name, peer_lpips_disabled, scene_test_views, synchronize
 
@@ -86,8 +88,13 @@ def file_row(
 
     fast = measure(render, cameras, images, repeats)
     if top_kernels:
+        busy: Dict[str, Any] = {}
         with torch.no_grad():
-            fast["top_kernels"] = profiled_kernels(lambda: render(cameras[0:1].to(device)), 1, top_kernels)
+            frame = lambda: render(cameras[0:1].to(device))  # noqa: E731
+            fast["top_kernels"] = profiled_kernels(frame, 1, top_kernels, busy)
+            syncs = host_syncs_of(frame)
+        fast["gpu_busy_ms_per_frame"] = busy["ms_per_call"]
+        fast["host_syncs_per_frame"], fast["host_sync_sites"] = syncs["count"], syncs["where"]
     with model.rendering_as_trained():
         plain = measure(render, cameras, images, repeats)
     return {

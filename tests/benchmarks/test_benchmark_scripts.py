@@ -79,6 +79,7 @@ def test_render_speed_rows_compare_the_fast_and_plain_paths_of_each_file(tmp_pat
         assert row["kind"] == "render-speed" and row["num_test_views"] == 2 and row["render_fps"] > 0
         assert abs(row["psnr_change_db"]) < 0.05  # integer products and skipping keep the images
         assert len(row["top_kernels"]) == 3 and all(k["ms_per_call"] > 0 for k in row["top_kernels"])
+        assert row["gpu_busy_ms_per_frame"] is None and row["host_syncs_per_frame"] is None  # CPU: no GPU
     assert "PSNR change" in proc.stdout
 
 
