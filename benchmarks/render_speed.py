@@ -153,17 +153,29 @@ def main(argv: Optional[List[str]] = None) -> int:
         "num_test_views": len(images),
     }
     measurements = [
-        lambda path=path, chunk=chunk, options=options: file_row(
-            path, cameras, images, args.repeats, args.top_kernels, chunk, options
+        (
+            f"{path} (rays per chunk {chunk or 'default'}, options {options!r})",
+            lambda path=path, chunk=chunk, options=options: file_row(
+                path, cameras, images, args.repeats, args.top_kernels, chunk, options
+            ),
         )
         for path in args.files
         for chunk in args.rays_per_chunk
         for options in args.model_options
     ]
     if args.peer_config is not None:
-        measurements.append(lambda: peer_row(args.peer_config, cameras, images, args.repeats))
-    for measurement in measurements:  # each row is written once measured: a run cut short keeps the rest
-        row = {**common, **measurement(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        measurements.append((str(args.peer_config), lambda: peer_row(args.peer_config, cameras, images, args.repeats)))
+    failed = 0
+    for what, measurement in measurements:  # each row is written once measured: a run cut short keeps the rest
+        try:
+            measured = measurement()
+        except Exception as error:  # out of memory at a large chunk, say: one line, and on to the next
+            failed += 1
+            print(f"[render-speed] {what} failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        row = {**common, **measured, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         append_row(args.results or scene_path(args.data.name), row)
         fps = f"{row['render_fps']:.2f} fps"
         extra = (
@@ -172,7 +184,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             else ""
         )
         print(f"[render-speed] {row['label']}: {fps}, PSNR {row['psnr']:.2f}{extra}", flush=True)
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

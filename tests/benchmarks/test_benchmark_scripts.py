@@ -83,6 +83,28 @@ def test_render_speed_rows_compare_the_fast_and_plain_paths_of_each_file(tmp_pat
     assert "PSNR change" in proc.stdout
 
 
+def test_render_speed_goes_on_past_a_measurement_that_fails(tmp_path: Path) -> None:
+    from helpers import tiny_vqad_model
+
+    scene = make_llff_scene(tmp_path / "scene")
+    (tmp_path / "broken.nqz").write_bytes(b"not a compressed file")
+    tiny_vqad_model().export_compressed(tmp_path / "vqad.nqz")
+    rows = tmp_path / "rows.jsonl"
+    args = ["--data", str(scene), "--files", str(tmp_path / "broken.nqz"), str(tmp_path / "vqad.nqz")]
+    args += ["--views", "1", "--repeats", "1", "--results", str(rows)]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "render_speed.py"), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 1  # a measurement failed, and the exit status says so
+    (failure,) = [line for line in proc.stdout.splitlines() if "failed:" in line]
+    assert "broken.nqz" in failure
+    assert [json.loads(line)["label"] for line in rows.read_text().splitlines()] == ["render-vqad"]
+
+
 def test_step_profile_row_splits_a_step_into_phases_and_counts_field_samples(tmp_path: Path) -> None:
     scene = make_llff_scene(tmp_path / "scene")
     rows = tmp_path / "rows.jsonl"
