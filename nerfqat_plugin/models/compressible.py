@@ -75,7 +75,8 @@ class CompressibleModelConfig(ModelConfig):
     """Render a bounded scene's file by evaluating the (fine) field at even steps in its grid's
     occupied cells only, instead of the trained sampler (docs/methods/rendering.md)."""
     march_steps: int = 1024
-    """Marching occupied space: steps along the scene box's diagonal (the step is diagonal / this)."""
+    """Marching occupied space: steps along the scene box's diagonal (the step is diagonal / this; the
+    occupancy sampler's grid counts a cell occupied by its opacity over one step)."""
 
     def to_payload(self) -> Dict[str, Any]:
         """The options that define the rendered model, as JSON."""
