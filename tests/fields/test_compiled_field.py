@@ -19,7 +19,7 @@ from nerfqat_plugin.fields.compiled_field import in_row_slabs
 def test_compiled_paths_run_only_while_training(monkeypatch: pytest.MonkeyPatch, build) -> None:
     calls: List[str] = []
 
-    def fake_compile(fn):
+    def fake_compile(fn, dynamic=None):
         def compiled(*args):
             calls.append(fn.__name__)
             return fn(*args)
@@ -44,6 +44,18 @@ def test_compiled_paths_run_only_while_training(monkeypatch: pytest.MonkeyPatch,
     model.train()
     model.compile_fields_once(torch.device("cuda"), True)  # once only
     assert [dict(f._compiled) for f in fields] == compiled
+
+
+@pytest.mark.parametrize("sampler, dynamic", [("proposal", None), ("occupancy", True)])
+def test_fields_are_compiled_for_any_sample_count_only_when_the_count_varies(
+    monkeypatch: pytest.MonkeyPatch, sampler: str, dynamic
+) -> None:
+    seen: List[object] = []
+    monkeypatch.setattr(torch, "compile", lambda fn, dynamic=None: seen.append(dynamic) or fn)
+    model = vqad_model({"near_far": (2.0, 6.0), "scene_type": "bounded"}, sampler=sampler, compile=True)
+    model.train()
+    model.compile_fields_once(torch.device("cuda"), True)
+    assert seen and set(seen) == {dynamic}  # marched counts change every batch: one graph, not one per count
 
 
 def test_row_slabs_give_what_one_call_gives_and_pass_non_row_arguments_whole() -> None:
