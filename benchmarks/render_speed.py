@@ -11,7 +11,8 @@ memory of one frame; the peer's row its frame rate and PSNR. Rows go to the scen
 as soon as it is measured. ``--top-kernels N`` adds the N GPU kernels that take most of a default
 frame's time (``top_kernels``: name, ms per frame), the time the GPU is busy in a frame
 (``gpu_busy_ms_per_frame``: the rest of the frame is the host's) and the frame's host syncs by
-line; ``--rays-per-chunk A B ...`` measures each file once per chunk size (rays rendered at once);
+line. Files render in chunks of rays sized to the GPU's free memory (``rays_per_chunk_rendered``);
+``--rays-per-chunk A B ...`` measures each file once per fixed chunk size instead;
 ``--model-options "" "march_occupied_space=True,march_steps=512"`` once per set of model options
 (row field ``model_options``; empty: the file's own).
 """
@@ -76,8 +77,9 @@ def file_row(
 ) -> Dict[str, Any]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_compressed_model(path, device)
-    if rays_per_chunk is not None:
+    if rays_per_chunk is not None:  # a fixed chunk, not sized to the free memory
         model.config.eval_num_rays_per_chunk = rays_per_chunk
+        model.config.render_chunk_memory_fraction = 0.0
     for name, value in parse_model_options(model_options).items():
         if not hasattr(model.config, name):
             raise SystemExit(f"render_speed: {model.compressed_method_name} has no option {name!r}")
@@ -95,6 +97,9 @@ def file_row(
             syncs = host_syncs_of(frame)
         fast["gpu_busy_ms_per_frame"] = busy["ms_per_call"]
         fast["host_syncs_per_frame"], fast["host_sync_sites"] = syncs["count"], syncs["where"]
+    sized = getattr(model, "_render_chunks", None)  # the chunk the fast renders settled on (GPU only)
+    if sized is not None:
+        fast["rays_per_chunk_rendered"] = sized.rays
     with model.rendering_as_trained():
         plain = measure(render, cameras, images, repeats)
     return {
@@ -136,7 +141,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--results", type=Path, default=None, help="rows file (default: the scene's)")
     parser.add_argument("--top-kernels", type=int, default=0, help="record the N kernels taking most of a frame")
     parser.add_argument(
-        "--rays-per-chunk", type=int, nargs="+", default=[None], help="rays rendered at once (default: the file's)"
+        "--rays-per-chunk",
+        type=int,
+        nargs="+",
+        default=[None],
+        help="fixed rays rendered at once (default: sized to the GPU's free memory)",
     )
     parser.add_argument(
         "--model-options", nargs="+", default=[""], help='sets of model options, e.g. "march_occupied_space=True"'

@@ -353,6 +353,8 @@ def evaluate_model(
 
     model.eval()
     model.config.eval_num_rays_per_chunk = eval_rays_per_chunk(jobs_per_gpu())
+    if hasattr(model.config, "render_chunk_memory_fraction"):  # jobs sharing the GPU share its memory
+        model.config.render_chunk_memory_fraction /= jobs_per_gpu()
     dataset = pipeline.datamanager.eval_dataset
     per_view, views = [], test_view_indices(len(dataset), max_views)
 
@@ -398,7 +400,9 @@ def evaluate_model(
         "render_fps": 1.0 / render_s,
         "render_peak_gpu_memory_gib": render_memory,  # while rendering one view (None without a GPU)
         "render_resolution": [int(dataset.cameras.width[0]), int(dataset.cameras.height[0])],
-        "eval_rays_per_chunk": model.config.eval_num_rays_per_chunk,  # the fps figure's chunk
+        # The fps figure's chunk: sized to the free memory by this plugin's models on a GPU.
+        "eval_rays_per_chunk": getattr(getattr(model, "_render_chunks", None), "rays", None)
+        or model.config.eval_num_rays_per_chunk,
         "num_test_views": len(per_view),
         "test_views": views[: len(per_view)],
         **({"evaluation_cut_short": True} if len(per_view) < len(views) else {}),

@@ -33,6 +33,7 @@ from nerfqat_plugin.compression.file_format import (
     serialize_compressed,
     write_compressed,
 )
+from nerfqat_plugin.errors import OptionError
 from nerfqat_plugin.field_components.occupancy_grid import OccupancyGrid, bake_occupancy
 from nerfqat_plugin.field_components.weights_version import weights_version
 from nerfqat_plugin.fields.compiled_field import TrainingCompiledField
@@ -42,6 +43,7 @@ from nerfqat_plugin.model_components.collapse_monitor import CollapseMonitor
 from nerfqat_plugin.model_components.ndc import NDC_BOX, NDCSpace
 from nerfqat_plugin.model_components.packed_marching import PackedSamples, march_occupied, render_packed
 from nerfqat_plugin.model_components.ray_setup import SamplingRays, SceneType
+from nerfqat_plugin.model_components.render_chunks import CudaMemory, RenderChunkSizer
 from nerfqat_plugin.model_components.sample_skipping import ColorFn, DensityFn, evaluate_front_to_back
 from nerfqat_plugin.model_components.scene_space import SceneSpace
 from nerfqat_plugin.model_components.weight_averaging import AveragedWeights
@@ -74,6 +76,9 @@ class CompressibleModelConfig(ModelConfig):
     march_occupied_space: bool = False
     """Render a bounded scene's file by evaluating the (fine) field at even steps in its grid's
     occupied cells only, instead of the trained sampler (docs/methods/rendering.md)."""
+    render_chunk_memory_fraction: float = 0.25
+    """Rendering on a GPU: share of its free memory one chunk of rays may take, by the first chunk's
+    memory per ray; in [0, 1] (0: chunks of eval-num-rays-per-chunk rays)."""
     march_steps: int = 1024
     """Marching occupied space: steps along the scene box's diagonal (the step is diagonal / this; the
     occupancy sampler's grid counts a cell occupied by its opacity over one step)."""
@@ -110,6 +115,11 @@ class CompressibleModel(Model):
 
     def populate_modules(self) -> None:
         super().populate_modules()
+        if not 0.0 <= self.config.render_chunk_memory_fraction <= 1.0:
+            raise OptionError(
+                f"{self.compressed_method_name}: render-chunk-memory-fraction must be in [0, 1], "
+                f"got {self.config.render_chunk_memory_fraction}"
+            )
         # An instance attribute, not a class one: nn.Module looks submodules up only when normal
         # attribute lookup fails, so a class-level None would hide the module set later.
         # Averaged weights (see average_weights), or None: the model renders its own weights.
@@ -245,6 +255,21 @@ class CompressibleModel(Model):
         # per call rather than on ``model.eval()`` also covers a checkpoint loaded after eval().
         with contextlib.nullcontext() if self.training else self.averaged_weights():
             return super().forward(ray_bundle)
+
+    @torch.no_grad()
+    def get_outputs_for_camera_ray_bundle(self, camera_ray_bundle: RayBundle) -> Dict[str, Tensor]:
+        """A camera's image, on a GPU in chunks of rays sized to its free memory
+        (:class:`~nerfqat_plugin.model_components.render_chunks.RenderChunkSizer`), elsewhere in
+        ``eval_num_rays_per_chunk`` as nerfstudio renders."""
+        device = self.device
+        if device.type != "cuda" or camera_ray_bundle.origins.device != device:
+            return super().get_outputs_for_camera_ray_bundle(camera_ray_bundle)
+        options = (self.config.eval_num_rays_per_chunk, self.config.render_chunk_memory_fraction)
+        sizer = getattr(self, "_render_chunks", None)
+        if sizer is None or self._render_chunk_options != options:  # sized again when an option changes
+            sizer = RenderChunkSizer(*options, CudaMemory(device))
+            self._render_chunks, self._render_chunk_options = sizer, options
+        return sizer.render(self.forward, camera_ray_bundle)
 
     def averaged_weights(self) -> ContextManager[None]:
         """Context in which the parameters hold the averaged weights (their own without an average)."""
