@@ -47,11 +47,13 @@ class TrainingCompiledField(Field):
         super().__init__()
         self._compiled: Dict[str, Callable[..., Any]] = {}
 
-    def compile_for_training(self, dynamic: Optional[bool] = None) -> None:
+    def compile_for_training(self, dynamic: Optional[bool] = None, mode: str = "default") -> None:
         """Use ``torch.compile``d versions of ``compiled_methods`` while training; ``dynamic`` True
         compiles for any row count at once (batches whose sample count changes every step), None
-        lets torch recompile for a second shape."""
-        self._compiled = {name: torch.compile(getattr(self, name), dynamic=dynamic) for name in self.compiled_methods}
+        lets torch recompile for a second shape; ``mode`` is torch.compile's."""
+        self._compiled = {
+            name: torch.compile(getattr(self, name), dynamic=dynamic, mode=mode) for name in self.compiled_methods
+        }
 
     def run(self, name: str, *args: Any) -> Any:
         """Call method ``name``: compiled while training (once compiled), eager otherwise (in row slabs

@@ -120,9 +120,7 @@ class RenderChunkSizer:
             self._attempted = rays
             outputs = forward(bundle.get_row_major_sliced_ray_bundle(start, start + rays))
             if before is not None:
-                self.rays = fitting_rays(
-                    (self.memory.peak() - before) / rays, self.memory.free(), self.memory_fraction
-                )
+                self.rays = fitting_rays((self.memory.peak() - before) / rays, self.memory.free(), self.memory_fraction)
                 self.measured = True
             for name, output in outputs.items():
                 if isinstance(output, Tensor):  # as nerfstudio: lists of tensors are not images

@@ -76,6 +76,9 @@ class CompressibleModelConfig(ModelConfig):
     march_occupied_space: bool = False
     """Render a bounded scene's file by evaluating the (fine) field at even steps in its grid's
     occupied cells only, instead of the trained sampler (docs/methods/rendering.md)."""
+    compile_mode: Literal["default", "reduce-overhead"] = "default"
+    """torch.compile mode of the fields' training paths (with compile on): reduce-overhead replays
+    CUDA graphs, for batches of a fixed shape (the proposal samplers')."""
     render_chunk_memory_fraction: float = 0.25
     """Rendering on a GPU: share of its free memory one chunk of rays may take, by the first chunk's
     memory per ray; in [0, 1] (0: chunks of eval-num-rays-per-chunk rays)."""
@@ -384,7 +387,8 @@ class CompressibleModel(Model):
         if not enabled or not self.training or device.type != "cuda" or getattr(self, "_fields_compiled", False):
             return
         for fld in self.fields_to_compile():
-            fld.compile_for_training(dynamic=True if self.batch_sample_counts_vary() else None)
+            varying = self.batch_sample_counts_vary()
+            fld.compile_for_training(dynamic=True if varying else None, mode=self.config.compile_mode)
         self._fields_compiled = True
 
     # -- losses and metrics shared by both methods --------------------------------------------

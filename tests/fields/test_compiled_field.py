@@ -19,7 +19,7 @@ from nerfqat_plugin.fields.compiled_field import in_row_slabs
 def test_compiled_paths_run_only_while_training(monkeypatch: pytest.MonkeyPatch, build) -> None:
     calls: List[str] = []
 
-    def fake_compile(fn, dynamic=None):
+    def fake_compile(fn, dynamic=None, mode="default"):
         def compiled(*args):
             calls.append(fn.__name__)
             return fn(*args)
@@ -47,15 +47,18 @@ def test_compiled_paths_run_only_while_training(monkeypatch: pytest.MonkeyPatch,
 
 
 @pytest.mark.parametrize("sampler, dynamic", [("proposal", None), ("occupancy", True)])
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
 def test_fields_are_compiled_for_any_sample_count_only_when_the_count_varies(
-    monkeypatch: pytest.MonkeyPatch, sampler: str, dynamic
+    monkeypatch: pytest.MonkeyPatch, sampler: str, dynamic, mode: str
 ) -> None:
     seen: List[object] = []
-    monkeypatch.setattr(torch, "compile", lambda fn, dynamic=None: seen.append(dynamic) or fn)
-    model = vqad_model({"near_far": (2.0, 6.0), "scene_type": "bounded"}, sampler=sampler, compile=True)
+    monkeypatch.setattr(torch, "compile", lambda fn, dynamic=None, mode="default": seen.append((dynamic, mode)) or fn)
+    options = {"sampler": sampler, "compile": True, "compile_mode": mode}
+    model = vqad_model({"near_far": (2.0, 6.0), "scene_type": "bounded"}, **options)
     model.train()
     model.compile_fields_once(torch.device("cuda"), True)
-    assert seen and set(seen) == {dynamic}  # marched counts change every batch: one graph, not one per count
+    # Marched counts change every batch: one graph for any count, not one per count.
+    assert seen and set(seen) == {(dynamic, mode)}
 
 
 def test_row_slabs_give_what_one_call_gives_and_pass_non_row_arguments_whole() -> None:
