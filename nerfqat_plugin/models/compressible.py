@@ -24,6 +24,7 @@ from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps
 from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerText
 from torch import Tensor
+from torch.nn.utils import parametrize
 
 from nerfqat_plugin.compression.bitpack import decode_integers, encode_integers
 from nerfqat_plugin.compression.codec import codec_for
@@ -256,7 +257,11 @@ class CompressibleModel(Model):
         # Every render outside training (evaluation, ns-eval, the viewer, benchmarks) goes through
         # here, one chunk of rays at a time: it sees the averaged weights, training its own. Swapping
         # per call rather than on ``model.eval()`` also covers a checkpoint loaded after eval().
-        with contextlib.nullcontext() if self.training else self.averaged_weights():
+        if self.training:
+            return super().forward(ray_bundle)
+        # Weights rounded to fp16 through parametrizations are rounded once per chunk, not at every
+        # call of the field (the sample windows and proposal rounds call it several times).
+        with self.averaged_weights(), parametrize.cached():
             return super().forward(ray_bundle)
 
     @torch.no_grad()

@@ -268,3 +268,19 @@ def test_bounded_and_forward_facing_files_carry_the_occupancy_grid_and_unbounded
                 assert torch.equal(tensors["occupancy"], baked)
                 plain = _model(metadata=metadata, bake_occupancy=False)
                 assert size - plain.compressed_size_bytes() <= 40_000
+
+
+def test_renders_round_the_decoders_fp16_weights_once_per_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    from helpers import forward_rays
+
+    from nerfqat_plugin.field_components.half_precision import HalfPrecisionRounding
+
+    model = _model()
+    rounded = [m for m in model.modules() if isinstance(m, HalfPrecisionRounding)]
+    calls = []
+    original = HalfPrecisionRounding.forward
+    monkeypatch.setattr(HalfPrecisionRounding, "forward", lambda self, x: calls.append(id(self)) or original(self, x))
+    model.eval()
+    with torch.no_grad():
+        model(forward_rays(256))  # the proposal rounds and sample windows call each decoder several times
+    assert rounded and sorted(calls) == sorted(id(m) for m in rounded)
