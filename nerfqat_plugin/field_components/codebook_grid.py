@@ -220,6 +220,9 @@ class LearnedIndexCodebookGrid(nn.Module):
         self.decoded_lookup = True
         """Renders interpolate each level's decoded feature volume (see the module docstring)."""
         self._volume_cache: Dict[int, Tuple[Tuple[Tuple[int, int], ...], Tensor]] = {}
+        self.half_logits_in_state = False
+        """Checkpoints (state dicts) hold free logits as fp16, shifted so each row's largest is 0
+        (:func:`shifted_half_logits`); loading brings them back to float32."""
         # Checkpoints hold the per-vertex logits of kept blocks only (dropped vertices never render again).
         self.register_state_dict_post_hook(_compact_logits_state)
         self.register_load_state_dict_pre_hook(_expand_logits_state)
@@ -572,13 +575,34 @@ def expand_rows(compact: Tensor, kept: Tensor, num_rows: int) -> Tensor:
     return full
 
 
+def shifted_half_logits(logits: Tensor) -> Tensor:
+    """Logits [rows, K] as fp16 with each row's largest at exactly 0: softmax and argmax ignore a
+    row's shift, and fp16 is finest near 0, so every row keeps its argmax (an entry that would round
+    to a tie with it is kept just below) and its softmax to fp16's relative precision."""
+    logits = logits.detach()
+    top = logits.argmax(dim=-1, keepdim=True)
+    half = (logits - logits.gather(-1, top)).half()
+    columns = torch.arange(logits.shape[-1], device=logits.device)
+    tied = (half == 0) & (columns != top)
+    return torch.where(tied, torch.full_like(half, -(2.0**-24)), half)
+
+
 def _compact_logits_state(grid: LearnedIndexCodebookGrid, state: Dict[str, Any], prefix: str, _meta: Any) -> None:
     for name, (lvl, _) in grid.compactable_rows().items():
         if prefix + name in state:
             state[prefix + name] = compact_rows(state[prefix + name], grid.kept_vertices(lvl))
+    if grid.half_logits_in_state:
+        for lvl in range(len(grid.logits)):
+            key = f"{prefix}logits.{lvl}"
+            if key in state:
+                state[key] = shifted_half_logits(state[key])
 
 
 def _expand_logits_state(grid: LearnedIndexCodebookGrid, state: Dict[str, Any], prefix: str, *_: Any) -> None:
+    for lvl in range(len(grid.logits)):  # fp16 logits of a compact checkpoint (whatever this grid writes)
+        key = f"{prefix}logits.{lvl}"
+        if key in state and state[key].dtype == torch.float16:
+            state[key] = state[key].float()
     name = grid.per_vertex_parameters
     for lvl in grid.sparse_levels:
         key, mask_key, rows = f"{prefix}{name}.{lvl}", f"{prefix}block_mask_{lvl}", grid.num_vertices(lvl)

@@ -208,6 +208,9 @@ class VQADModelConfig(CompressibleModelConfig):
     grids contract into a shell around it (nerfacto's far plane)."""
     max_training_logits_gib: float = 12.0
     """Refuse grids whose logits and Adam state would exceed this (vertices x 2**bits x 16 bytes)."""
+    compact_checkpoints: bool = True
+    """Checkpoints hold the field's free index logits in fp16 and not their Adam moments (a sixth of
+    the bytes); a resumed run restarts those moments (False: it resumes exactly)."""
     decoded_grid_lookup: bool = True
     """Rendering: interpolate each grid level's decoded vertex features (one float32 volume per level,
     at most 2 GiB) instead of gathering every corner's index and codebook entry; same values."""
@@ -245,6 +248,7 @@ class VQADModel(CompressibleModel):
             grid = self._make_grid(spec, frozen)
         except ValueError as error:
             raise UserInputError(f"vqad: {error}") from None
+        grid.half_logits_in_state = cfg.compact_checkpoints
         self._pruned = False
         self._prune_attempts = 0
         # nerfstudio's optimizer of the index logits and its parameter list, once training starts.
@@ -490,6 +494,8 @@ class VQADModel(CompressibleModel):
             return
         grid = self.field.grid
         for lvl, _ in list(grid.compactable_rows().values()):
+            if not bool(grid.block_mask(lvl).any()):
+                continue  # nothing kept (a run pruned in its first steps): no rows to gather, the level stays whole
             old, new, kept = grid.compact_level(lvl)
             entry = optimizer.state.pop(old, {})
             # Moments of the whole level (this run's) or already of the kept rows (a resumed checkpoint's).
@@ -503,9 +509,13 @@ class VQADModel(CompressibleModel):
 
     def _compact_optimizer_state(self, optimizer: torch.optim.Optimizer, state: Dict[str, Any]) -> Dict[str, Any]:
         """Checkpoints keep the Adam moments of pruned levels' kept vertices only (the rows of
-        dropped blocks never render again), like the per-vertex logits or queries themselves."""
+        dropped blocks never render again), like the per-vertex logits or queries themselves; with
+        ``compact_checkpoints``, none of free logits."""
         grid = self.field.grid
         index = {id(p): i for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"])}
+        if self.config.compact_checkpoints:  # Adam starts these moments afresh when a run resumes
+            for logits in grid.logits:
+                state["state"].pop(index.get(id(logits)), None)
         for lvl, param in grid.compactable_rows().values():
             entry = state["state"].get(index.get(id(param)))
             if entry is None:

@@ -380,3 +380,21 @@ def test_sparse_vertex_keep_flags_follow_the_blocks() -> None:
     flags = grid.vertex_keep_flags(0).reshape(5, 3, 4)
     assert flags.sum() == 1 * 1 * 2 and bool(flags[4, 2, :2].all())
     assert torch.equal(torch.nonzero(flags.reshape(-1)).reshape(-1), grid.kept_vertices(0))
+
+
+def test_shifted_half_logits_keep_each_rows_argmax_even_through_near_ties() -> None:
+    from nerfqat_plugin.field_components.codebook_grid import shifted_half_logits
+
+    logits = torch.tensor(
+        [
+            [1.0, 1.0 - 1e-9, 0.5],  # the runner-up within fp16's rounding of the leader
+            [5.0 - 1e-9, 0.0, 5.0],  # ... ahead of it in index order: a tie would make argmax pick it
+            [-300.0, 2.0e4, 7.0],
+        ],
+        dtype=torch.float64,
+    )
+    half = shifted_half_logits(logits)
+    assert half.dtype == torch.float16
+    assert torch.equal(half.argmax(dim=-1), logits.argmax(dim=-1))
+    assert torch.equal(half.max(dim=-1).values, torch.zeros(3, dtype=torch.float16))
+    torch.testing.assert_close(half.float().softmax(-1), logits.float().softmax(-1), rtol=0, atol=1e-3)

@@ -22,7 +22,7 @@ CONFIGURATIONS = {
     "nerf-qat-int4": ("nerf-qat", TINY_NERF_QAT + ["--pipeline.model.calibration-steps", "4", "--pipeline.model.bits"]
                       + ["4"]),
     # The sparse level is pruned at a quarter of the run (step 4), before the kill.
-    "vqad": ("vqad", TINY_VQAD),
+    "vqad": ("vqad", TINY_VQAD + ["--pipeline.model.compact-checkpoints", "False"]),  # exact resume
 }  # fmt: skip
 
 

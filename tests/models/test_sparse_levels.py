@@ -211,7 +211,8 @@ def test_checkpoints_hold_the_logits_and_adam_moments_of_kept_blocks_only(tmp_pa
     """A pruned level's dropped vertices never render again: checkpoints leave their logits (free, or
     the queries of factorised ones) and Adam moments out (zeros when loaded), and training resumes."""
     torch.manual_seed(0)
-    model = _model(sparse_from_level=2, sparse_block_size=2, logit_rank=logit_rank)
+    exact = {"compact_checkpoints": False}  # free logits at full precision, their moments kept
+    model = _model(sparse_from_level=2, sparse_block_size=2, logit_rank=logit_rank, **exact)
     grid = model.field.grid
     name = "logits" if logit_rank == 0 else "index_queries"
     assert grid.per_vertex_parameters == name
@@ -238,7 +239,7 @@ def test_checkpoints_hold_the_logits_and_adam_moments_of_kept_blocks_only(tmp_pa
     assert (tmp_path / "compact_level.pt").stat().st_size < (tmp_path / "dense_level.pt").stat().st_size
 
     torch.manual_seed(1)
-    resumed = _model(sparse_from_level=2, sparse_block_size=2, logit_rank=logit_rank)
+    resumed = _model(sparse_from_level=2, sparse_block_size=2, logit_rank=logit_rank, **exact)
     resumed.load_state_dict(torch.load(tmp_path / "compact.ckpt")["pipeline"])
     loaded = getattr(resumed.field.grid, name)[2]
     assert loaded.shape[0] == rows and torch.equal(loaded[kept], per_vertex[kept])
@@ -255,6 +256,67 @@ def test_checkpoints_hold_the_logits_and_adam_moments_of_kept_blocks_only(tmp_pa
     assert torch.equal(resumed_optimizer.state[compacted]["exp_avg"], optimizer.state[per_vertex]["exp_avg"][kept])
     compacted.sum().backward()
     resumed_optimizer.step()  # trains on
+
+
+def test_compact_checkpoints_keep_every_index_in_fp16_logits_and_leave_their_moments_out(tmp_path: Path) -> None:
+    """The default checkpoints: the field's free logits as fp16 (each vertex's largest at 0, so its
+    index survives), no Adam moments for them; a loaded model renders the same and trains on."""
+    sizes = {}
+    for compact in (False, True):
+        torch.manual_seed(0)
+        model = _model(sparse_from_level=2, sparse_block_size=2, compact_checkpoints=compact)
+        grid = model.field.grid
+        optimizer = torch.optim.Adam(model.get_param_groups()["index_logits"], lr=1e-2)
+        _register_training_callbacks(model, optimizer)
+        with torch.no_grad():  # trained logits spread over several units, where fp16 rounds coarsely
+            for logits in grid.logits:
+                logits.add_(3.0 * torch.randn_like(logits))
+        sum(logits.sum() for logits in grid.logits).backward()
+        optimizer.step()
+        state, saved = model.state_dict(), optimizer.state_dict()
+        torch.save({"pipeline": state, "optimizer": saved}, tmp_path / f"{compact}.ckpt")
+        moments = [t for entry in saved["state"].values() for t in entry.values() if t.dim()]
+        logit_state = [t for k, t in state.items() if k.startswith("field.grid.logits.")] + moments
+        sizes[compact] = sum(t.numel() * t.element_size() for t in logit_state)
+    levels = range(grid.num_levels)
+    assert all(state[f"field.grid.logits.{lvl}"].dtype == torch.float16 for lvl in levels)
+    assert all(bool((state[f"field.grid.logits.{lvl}"].max(dim=-1).values == 0).all()) for lvl in levels)
+    assert saved["state"] == {}  # the index-logit optimizer holds nothing else
+    assert sizes[True] * 6 == sizes[False]  # 2 bytes per logit instead of 4 and two 4-byte moments
+
+    torch.manual_seed(1)
+    resumed = _model(sparse_from_level=2, sparse_block_size=2)
+    checkpoint = torch.load(tmp_path / "True.ckpt")
+    resumed.load_state_dict(checkpoint["pipeline"])
+    for lvl in levels:
+        loaded = resumed.field.grid.logits[lvl]
+        assert loaded.dtype == torch.float32
+        assert torch.equal(resumed.field.grid.hard_indices(lvl), grid.hard_indices(lvl))
+        torch.testing.assert_close(loaded.softmax(-1), grid.logits[lvl].softmax(-1), rtol=0, atol=2e-3)
+    resumed.eval()
+    model.eval()
+    assert torch.allclose(_render(resumed)["rgb"], _render(model)["rgb"], atol=1e-6)
+    resumed.train()
+    resumed_optimizer = torch.optim.Adam(resumed.get_param_groups()["index_logits"], lr=1e-2)
+    resumed_optimizer.load_state_dict(checkpoint["optimizer"])
+    sum(logits.sum() for logits in resumed.field.grid.logits).backward()
+    resumed_optimizer.step()  # Adam starts the logits' moments afresh
+    assert all(int(resumed_optimizer.state[p]["step"]) == 1 for p in resumed.field.grid.logits)
+
+
+def test_a_level_pruned_to_nothing_stays_whole_and_training_goes_on() -> None:
+    """A run pruned in its first steps can keep no block of a level: there are no rows to train on, so
+    that level is not compacted (it renders nothing either way) and the next steps run."""
+    torch.manual_seed(0)
+    model = _model(sparse_from_level=2, sparse_block_size=2)
+    optimizer = torch.optim.Adam(model.get_param_groups()["index_logits"], lr=1e-2)
+    callbacks = _register_training_callbacks(model, optimizer)
+    model.field.grid.set_block_mask(2, torch.zeros_like(model.field.grid.block_mask(2)))
+    model._pruned = True
+    for callback in callbacks:
+        callback.run_callback_at_location(0, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
+    assert not model.field.grid.is_compacted(2)
+    _train(model, 2)
 
 
 def _train_with(model, optimizers, steps: int) -> None:
