@@ -4,9 +4,11 @@
 # Run from the repository root after: . benchmarks/gpu_host/gpu_env.sh
 # usage: bash benchmarks/gpu_host/gpu_suite.sh "LABEL|METHOD|DATA|BUDGET_S|NS-TRAIN ARGS[|RUNNER ARGS]" ...
 #   e.g. "int8-fused|nerf-qat|.gpu/fern|420|--pipeline.model.bits 8"
-# Rows go to $OUT/rows.jsonl, each run's log to $OUT/LABEL.log.
+# Rows go to $OUT/rows.jsonl, the runs' logs (LABEL.log each) to $OUT/logs.tgz: the device tool
+# returns at most 8 files from $OUT, so a file per run would crowd out the rows.
 set -u
 out=${OUT:-/tmp/out}
+logs=$(mktemp -d)
 mkdir -p "$out"
 ngpu=$(nvidia-smi -L | wc -l)
 export JOBS_PER_GPU=${JOBS_PER_GPU:-1}
@@ -18,12 +20,13 @@ for entry in "$@"; do
   # shellcheck disable=SC2086
   CUDA_VISIBLE_DEVICES=$gpu python3 benchmarks/run_benchmark.py --data "$data" --method "$method" --label "$label" \
     --iterations 1000000 --fit-budget --budget-s "$budget" --results "$out/rows.jsonl" ${runner_opts:-} -- $opts \
-    > "$out/$label.log" 2>&1 &
+    > "$logs/$label.log" 2>&1 &
   i=$((i + 1))
   if [ $((i % slots)) -eq 0 ]; then wait; fi
 done
 wait
 for entry in "$@"; do
   label=${entry%%|*}
-  echo "== $label"; grep -h "^\[benchmark\]\|Error\|error:" "$out/$label.log" | tail -8
+  echo "== $label"; grep -h "^\[benchmark\]\|Error\|error:" "$logs/$label.log" | tail -8
 done
+tar czf "$out/logs.tgz" -C "$logs" .
