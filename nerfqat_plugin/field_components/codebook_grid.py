@@ -84,11 +84,32 @@ def interpolate_volume(volume: Tensor, positions: Tensor) -> Tensor:
     """Trilinear interpolation [N, F] of a vertex-feature volume [1, F, X, Y, Z] at positions in
     [0, 1]^3 [N, 3] (clamped, as :func:`corner_lookup` does); vertex (0, 0, 0) sits at 0 and the
     last vertex of each axis at 1."""
+    return _sample_volume(volume, _sampling_grid(positions, volume.dtype)).T
+
+
+def interpolate_volumes(volumes: Sequence[Tensor], positions: Tensor, concat: bool) -> Tensor:
+    """:func:`interpolate_volume` of several volumes at the same positions, summed [N, F] or
+    concatenated [N, sum of F]: the sampling grid is made once, and the per-volume results are
+    combined feature-major, so the only copy to points-major is the last transpose's (a view)."""
+    grid = _sampling_grid(positions, volumes[0].dtype)
+    if concat:
+        return torch.cat([_sample_volume(volume, grid) for volume in volumes]).T
+    total = _sample_volume(volumes[0], grid)  # grid_sample's own output: summed into in place
+    for volume in volumes[1:]:
+        total.add_(_sample_volume(volume, grid))
+    return total.T
+
+
+def _sampling_grid(positions: Tensor, dtype: torch.dtype) -> Tensor:
     # grid_sample reads (x, y, z) as (W, H, D), the volume's last axis first; align_corners maps -1
     # and 1 onto the first and last vertices.
-    grid = (positions.clamp(0.0, 1.0) * 2.0 - 1.0).flip(-1).reshape(1, -1, 1, 1, 3)
-    sampled = F.grid_sample(volume, grid.to(volume.dtype), mode="bilinear", padding_mode="border", align_corners=True)
-    return sampled.reshape(volume.shape[1], -1).T
+    return (positions.clamp(0.0, 1.0) * 2.0 - 1.0).flip(-1).reshape(1, -1, 1, 1, 3).to(dtype)
+
+
+def _sample_volume(volume: Tensor, grid: Tensor) -> Tensor:
+    """Features [F, N] of ``volume`` [1, F, X, Y, Z] at :func:`_sampling_grid` ``grid``."""
+    sampled = F.grid_sample(volume, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return sampled.reshape(volume.shape[1], -1)
 
 
 def hashed_indices(corners: Tensor, bits: int, primes: Tuple[int, int, int] = _HASH_PRIMES) -> Tensor:
@@ -546,6 +567,12 @@ class LearnedIndexCodebookGrid(nn.Module):
         if not 1 <= levels <= self.num_levels:
             raise ValueError(f"num_levels must be in [1, {self.num_levels}], got {levels}")
         hard = not self.training
+        if hard and level_mask is None and self.decoded_lookup and not torch.is_grad_enabled():
+            volumes = [self.decoded_volume(lvl) for lvl in range(levels)]
+            if all(volume is not None for volume in volumes):
+                features = interpolate_volumes(volumes, positions, concat=bool(self.concat_levels))
+                missing = (self.concat_levels - levels) * self.feature_dim if self.concat_levels else 0
+                return F.pad(features, (0, missing)) if missing else features
         features = [self.level_features(positions, 0, hard)]
         for lvl in range(1, levels):
             level = self.level_features(positions, lvl, hard)

@@ -184,13 +184,16 @@ def render_packed(
     color_fn: ColorFn,
     renderer_rgb: RGBRenderer,
     window: int = 64,
+    first_window: int = 16,
     min_transmittance: float = MIN_TRANSMITTANCE,
     min_weight: float = MIN_WEIGHT,
 ) -> Dict[str, Tensor]:
     """``rgb`` [R, 3], ``accumulation`` [R, 1] and ``depth`` [R, 1] (distance along the ray) of
-    ``samples`` along rays ``origins``/``directions`` [R, 3], the field evaluated front to back
-    (``window`` samples per ray at a time, rays stopping once nearly opaque) and the colours
-    composited by ``renderer_rgb`` (the model's, with its background)."""
+    ``samples`` along rays ``origins``/``directions`` [R, 3], the field evaluated front to back and
+    the colours composited by ``renderer_rgb`` (the model's, with its background). Each ray's samples
+    are evaluated in windows of ``first_window`` samples, doubling up to ``window``; rays stop once
+    nearly opaque. Most rays that reach a surface stop within a few steps of it, so small first
+    windows evaluate few samples behind it; larger ones later keep the passes few."""
     num_rays, device = samples.num_rays, origins.device
     total = len(samples)
     middles = 0.5 * (samples.t_starts + samples.t_ends)
@@ -200,9 +203,12 @@ def render_packed(
     limit = -math.log(min_transmittance) if min_transmittance > 0 else math.inf
     ranks = samples.ranks()
     deepest = int(ranks.max()) + 1 if total else 0
-    for start in range(0, deepest, window):
+    start, size = 0, max(1, min(first_window, window))
+    while start < deepest:
+        end = start + size
         alive = optical_depth < limit
-        chosen = ((ranks >= start) & (ranks < start + window) & alive[samples.ray_indices]).nonzero().view(-1)
+        chosen = ((ranks >= start) & (ranks < end) & alive[samples.ray_indices]).nonzero().view(-1)
+        start, size = end, min(2 * size, window)
         if chosen.numel() == 0:
             continue
         rays = samples.ray_indices[chosen]

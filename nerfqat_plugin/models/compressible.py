@@ -69,8 +69,13 @@ class CompressibleModelConfig(ModelConfig):
     ray while training (docs/methods/scene-types.md)."""
 
     bake_occupancy: bool = True
-    """Bounded and forward-facing scenes: store a 64^3 bit grid of occupied space in the file, so
-    renders from it skip empty space (a few kB)."""
+    """Bounded and forward-facing scenes: store a bit grid of occupied space in the file, so renders
+    from it skip empty space (a few kB)."""
+    occupancy_bake_resolution: int = 64
+    """Cells per axis of the file's occupancy grid, in [8, 512]; finer grids skip more empty space and
+    take more bytes."""
+    occupancy_max_ray_loss: float = 1e-3
+    """Most opacity the file's empty cells may take from one ray in the worst case, in (0, 1)."""
     skip_hidden_samples: bool = True
     """Rendering: stop each ray once its transmittance falls below 1e-4 and colour only samples of
     weight 1e-5 or more (training evaluates every sample)."""
@@ -124,6 +129,12 @@ class CompressibleModel(Model):
                 f"{self.compressed_method_name}: render-chunk-memory-fraction must be in [0, 1], "
                 f"got {self.config.render_chunk_memory_fraction}"
             )
+        if not 8 <= self.config.occupancy_bake_resolution <= 512 or not 0.0 < self.config.occupancy_max_ray_loss < 1.0:
+            raise OptionError(
+                f"{self.compressed_method_name}: occupancy-bake-resolution must be in [8, 512] and "
+                f"occupancy-max-ray-loss in (0, 1), got {self.config.occupancy_bake_resolution} and "
+                f"{self.config.occupancy_max_ray_loss}"
+            )
         # An instance attribute, not a class one: nn.Module looks submodules up only when normal
         # attribute lookup fails, so a class-level None would hide the module set later.
         # Averaged weights (see average_weights), or None: the model renders its own weights.
@@ -156,7 +167,9 @@ class CompressibleModel(Model):
         if box is None:
             return {}, {}, {}
         aabb, outside_occupied = box
-        if self._baked_occupancy is None or self._baked_occupancy[0] != weights_version(self):
+        cfg = self.config
+        options = (cfg.occupancy_bake_resolution, cfg.occupancy_max_ray_loss)
+        if self._baked_occupancy is None or self._baked_occupancy[0] != (weights_version(self), *options):
             # Evaluated as the trained model renders (float arithmetic: the integer path equals it up
             # to rounding and is slower on CPUs), never in training mode, where the grid's points
             # would feed the activation-range observers (a file exported mid-calibration, the viewer).
@@ -166,12 +179,16 @@ class CompressibleModel(Model):
                 with torch.no_grad(), self.rendering_as_trained():
                     device = next(self.parameters()).device  # (the viewer measures sizes while the model is built)
                     grid = bake_occupancy(
-                        self.density_for_occupancy, aabb.to(device), outside_occupied=outside_occupied
+                        self.density_for_occupancy,
+                        aabb.to(device),
+                        resolution=cfg.occupancy_bake_resolution,
+                        max_ray_loss=cfg.occupancy_max_ray_loss,
+                        outside_occupied=outside_occupied,
                     )
             finally:
                 self.train(was_training)
             # Keyed after baking: evaluating the fields refreshes quantizer buffers (same values, new versions).
-            self._baked_occupancy = (weights_version(self), grid)
+            self._baked_occupancy = ((weights_version(self), *options), grid)
         occupied = self._baked_occupancy[1].occupied
         packed, layout = encode_integers(occupied.reshape(-1).cpu(), 1, signed=False)
         entry = {

@@ -320,8 +320,9 @@ def _edge_and_outside_positions(n: int) -> torch.Tensor:
         {"index_mode": "random"},
         {"logit_rank": 3},
         {"sparse_from_level": 1, "block_size": 2},
+        {"concat_levels": 3},
     ],
-    ids=["learned", "frozen", "hashed", "random", "factorised", "sparse"],
+    ids=["learned", "frozen", "hashed", "random", "factorised", "sparse", "concatenated"],
 )
 def test_rendering_interpolates_decoded_levels_with_the_values_of_the_corner_gathers(options: dict) -> None:
     grid = _grid(**options).eval()
@@ -334,12 +335,16 @@ def test_rendering_interpolates_decoded_levels_with_the_values_of_the_corner_gat
     with torch.no_grad():
         grid.decoded_lookup = False
         gathered = grid(positions)
+        first_level = grid(positions, num_levels=1)  # an operating point: a prefix of the levels
         assert not grid._volume_cache
         grid.decoded_lookup = True
         decoded = grid(positions)
+        decoded_first_level = grid(positions, num_levels=1)
     assert sorted(grid._volume_cache) == [0, 1]  # both levels went through their volumes
     assert float(gathered.abs().max()) > 1e-2  # the comparison says something
+    assert decoded.shape == gathered.shape and decoded_first_level.shape == first_level.shape
     assert torch.allclose(decoded, gathered, atol=2e-6, rtol=0)
+    assert torch.allclose(decoded_first_level, first_level, atol=2e-6, rtol=0)
 
 
 def test_decoded_levels_follow_codebook_index_and_block_changes_and_training_drops_them() -> None:
