@@ -128,3 +128,18 @@ def test_step_profile_row_splits_a_step_into_phases_and_counts_field_samples(tmp
     assert all(value >= 0 for value in row["phase_ms"].values()) and row["phase_ms"]["radiance field"] > 0
     assert len(row["top_kernels"]) == 4 and row["host_syncs_per_step"] is None  # CPU: no syncs to count
     assert "field samples/s" in proc.stdout
+
+
+def test_rebaking_a_file_changes_its_grid_and_nothing_else(tmp_path: Path) -> None:
+    import torch
+    from helpers import tiny_vqad_model
+
+    from nerfqat_plugin.compression.file_format import read_compressed
+
+    torch.manual_seed(0)
+    tiny_vqad_model(metadata={"near_far": (2.0, 6.0), "scene_type": "bounded"}).export_compressed(tmp_path / "vqad.nqz")
+    _script("rebake_occupancy.py", ["--out", "re", "--resolution", "16", "--max-ray-loss", "0.1", "vqad.nqz"], tmp_path)
+    before, after = read_compressed(tmp_path / "vqad.nqz"), read_compressed(tmp_path / "re" / "vqad-grid16-0.1.nqz")
+    assert after[1]["occupancy"]["resolution"] == [16, 16, 16] and before[1]["occupancy"]["resolution"] == [64] * 3
+    assert sorted(before[0]) == sorted(after[0])
+    assert all(torch.equal(before[0][name], after[0][name]) for name in before[0] if name != "occupancy")

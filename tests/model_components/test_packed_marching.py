@@ -233,3 +233,32 @@ def test_nerfacc_marches_the_same_steps_as_torch() -> None:
     a = render_packed(ours, origins, directions, density_fn, color_fn, renderer)
     b = render_packed(theirs, origins, directions, density_fn, color_fn, renderer)
     assert float((a["rgb"] - b["rgb"]).abs().mean()) < 1e-3 and not math.isnan(float(b["rgb"].sum()))
+
+
+def _ball_grid(box: Tensor, resolution: int, radius: float) -> OccupancyGrid:
+    """The cells of ``box`` whose centres lie within ``radius`` of the origin."""
+    axes = [box[0, i] + (torch.arange(resolution) + 0.5) / resolution * (box[1, i] - box[0, i]) for i in range(3)]
+    centres = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+    return OccupancyGrid(box, centres.norm(dim=-1) < radius)
+
+
+def test_small_first_windows_evaluate_fewer_samples_behind_surfaces_and_render_the_same() -> None:
+    origins, directions = _rays(64, seed=3, spread=0.6)
+    grid = _ball_grid(BOX, 12, radius=0.7)  # samples only near the ball: most are in it or behind it
+    nears, fars = torch.zeros(64), torch.full((64,), 9.0)
+    samples = march_occupied(origins, directions, nears, fars, grid, 0.02, use_nerfacc=False)
+    density_fn, color_fn = _field_fns(opaque=400.0)  # rays stop within a few steps of the ball
+    renderer = RGBRenderer(background_color="white").eval()
+    evaluated = {}
+    images = {}
+    for first_window in (64, 4):
+        counts: List[int] = []
+        density = _counting(density_fn, counts)
+        out = render_packed(
+            samples, origins, directions, density, color_fn, renderer, window=64, first_window=first_window
+        )
+        evaluated[first_window], images[first_window] = sum(counts), out["rgb"]
+        if first_window == 4:  # windows of 4, 8, 16, 32, then 64 samples per ray
+            assert counts[0] <= 4 * 64
+    assert evaluated[4] < 0.8 * evaluated[64]
+    assert torch.allclose(images[4], images[64], atol=1e-4)

@@ -270,6 +270,27 @@ def test_bounded_and_forward_facing_files_carry_the_occupancy_grid_and_unbounded
                 assert size - plain.compressed_size_bytes() <= 40_000
 
 
+def test_the_grid_resolution_and_ray_loss_options_shape_the_files_grid(tmp_path: Path) -> None:
+    grids = {}
+    for resolution, loss in ((16, 1e-3), (16, 0.5), (32, 1e-3)):
+        torch.manual_seed(0)
+        options = dict(occupancy_bake_resolution=resolution, occupancy_max_ray_loss=loss)
+        model = _model(metadata=SCENE_METADATA["bounded"], **options)
+        # a density fading away from the box's centre: which cells are empty depends on the threshold
+        centre = model.scene_box.aabb.mean(dim=0)
+        model.density_for_occupancy = lambda p, c=centre: 1e3 * torch.exp(-8.0 * ((p - c) ** 2).sum(-1, keepdim=True))
+        path = tmp_path / f"{resolution}-{loss}.nqz"
+        model.export_compressed(path)
+        grids[resolution, loss] = load_compressed_model(path).occupancy_grid.occupied
+        assert grids[resolution, loss].shape == (resolution,) * 3
+    strict, loose = grids[16, 1e-3], grids[16, 0.5]
+    assert torch.equal(loose & strict, loose) and loose.sum() < strict.sum()  # a larger loss empties more cells
+    with pytest.raises(UserInputError, match="occupancy-bake-resolution must be in"):
+        _model(occupancy_bake_resolution=4)
+    with pytest.raises(UserInputError, match=r"occupancy-max-ray-loss in \(0, 1\)"):
+        _model(occupancy_max_ray_loss=1.0)
+
+
 def test_renders_round_the_decoders_fp16_weights_once_per_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
     from helpers import forward_rays
 
