@@ -11,7 +11,8 @@ memory of one frame; the peer's row its frame rate and PSNR. Rows go to the scen
 as soon as it is measured. ``--top-kernels N`` adds the N GPU kernels that take most of a default
 frame's time (``top_kernels``: name, ms per frame), the time the GPU is busy in a frame
 (``gpu_busy_ms_per_frame``: the rest of the frame is the host's) and the frame's host syncs by
-line. Files render in chunks of rays sized to the GPU's free memory (``rays_per_chunk_rendered``);
+line. ``field_rows_per_ray`` counts the samples each field method evaluates in a default frame, per
+ray. Files render in chunks of rays sized to the GPU's free memory (``rays_per_chunk_rendered``);
 ``--rays-per-chunk A B ...`` measures each file once per fixed chunk size instead;
 ``--model-options "" "march_occupied_space=True,march_steps=512"`` once per set of model options
 (row field ``model_options``; empty: the file's own).
@@ -25,6 +26,7 @@ import datetime as dt
 import shlex
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -34,6 +36,7 @@ from rows import append_row, scene_path
 from run_benchmark import code_commit, gpu_name, peer_lpips_disabled, scene_test_views, synchronize
 
 from nerfqat_plugin.compression.codec import load_compressed_model
+from nerfqat_plugin.fields.compiled_field import TrainingCompiledField
 from nerfqat_plugin.metrics.image_metrics import image_metrics
 
 
@@ -55,6 +58,25 @@ def measure(render: Callable[[Any], torch.Tensor], cameras, images: List[torch.T
     seconds = (time.perf_counter() - start) / repeats
     memory = round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None
     return {"psnr": sum(psnrs) / len(psnrs), "render_fps": 1.0 / seconds, "render_peak_gpu_memory_gib": memory}
+
+
+def field_rows_per_ray(render: Callable[[Any], torch.Tensor], camera, num_rays: int) -> Dict[str, float]:
+    """Rows (points or samples) each field method evaluates in one frame of ``camera``, per ray, by
+    ``Field.method`` name: how many samples the render path actually costs."""
+    counts: Dict[str, int] = defaultdict(int)
+    eager = TrainingCompiledField.eager
+
+    def counting(field: TrainingCompiledField, name: str, *args: Any) -> Any:
+        counts[f"{type(field).__name__}.{name}"] += int(args[0].shape[0])
+        return eager(field, name, *args)
+
+    TrainingCompiledField.eager = counting  # type: ignore[method-assign]
+    try:
+        with torch.no_grad():
+            render(camera)
+    finally:
+        TrainingCompiledField.eager = eager  # type: ignore[method-assign]
+    return {name: round(rows / num_rays, 2) for name, rows in sorted(counts.items())}
 
 
 def parse_model_options(text: str) -> Dict[str, Any]:
@@ -89,6 +111,8 @@ def file_row(
         return model.get_outputs_for_camera(camera)["rgb"].clamp(0, 1)
 
     fast = measure(render, cameras, images, repeats)
+    width, height = int(cameras.width[0]), int(cameras.height[0])
+    fast["field_rows_per_ray"] = field_rows_per_ray(render, cameras[0:1].to(device), width * height)
     if top_kernels:
         busy: Dict[str, Any] = {}
         with torch.no_grad():

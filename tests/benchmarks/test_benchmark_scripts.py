@@ -80,6 +80,16 @@ def test_render_speed_rows_compare_the_fast_and_plain_paths_of_each_file(tmp_pat
         assert abs(row["psnr_change_db"]) < 0.05  # integer products and skipping keep the images
         assert len(row["top_kernels"]) == 3 and all(k["ms_per_call"] > 0 for k in row["top_kernels"])
         assert row["gpu_busy_ms_per_frame"] is None and row["host_syncs_per_frame"] is None  # CPU: no GPU
+        assert row["field_rows_per_ray"] and all(rows > 0 for rows in row["field_rows_per_ray"].values())
+    # Evaluating every sample, the counts are the samplers' (tiny vqad: proposals 16 + 8, then 8);
+    # skipping evaluates no more than that.
+    every, fast = written[5]["field_rows_per_ray"], written[4]["field_rows_per_ray"]
+    assert every == {
+        "VQADField.color_from_features": 8.0,
+        "VQADField.density_from_unit": 8.0,
+        "VQADProposalField.density_from_unit": 24.0,
+    }
+    assert all(fast[name] <= every[name] for name in every)
     assert "PSNR change" in proc.stdout
 
 
