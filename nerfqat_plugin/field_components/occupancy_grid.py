@@ -36,6 +36,9 @@ class OccupancyGrid(nn.Module):
         super().__init__()
         self.register_buffer("aabb", aabb.detach().clone().float(), persistent=False)
         self.register_buffer("occupied", occupied.detach().clone().bool(), persistent=False)
+        # Cells per axis on the grid's device: a tensor made from Python numbers at every call would be
+        # copied to the GPU each time, and the host would wait for that copy.
+        self.register_buffer("cells", torch.tensor(occupied.shape, device=occupied.device), persistent=False)
         self.outside_occupied = outside_occupied
 
     @property
@@ -46,8 +49,7 @@ class OccupancyGrid(nn.Module):
         """Whether each of ``positions`` [M, 3] lies in an occupied cell."""
         unit = (positions - self.aabb[0]) / (self.aabb[1] - self.aabb[0])
         inside = ((unit >= 0) & (unit <= 1)).all(dim=-1)
-        size = torch.tensor(self.resolution, device=positions.device)
-        cell = torch.minimum((unit.clamp(0, 1) * size).long(), size - 1)
+        cell = torch.minimum((unit.clamp(0, 1) * self.cells).long(), self.cells - 1)
         in_occupied_cell = inside & self.occupied[cell[:, 0], cell[:, 1], cell[:, 2]]
         return in_occupied_cell | ~inside if self.outside_occupied else in_occupied_cell
 

@@ -69,7 +69,7 @@ def evaluate_front_to_back(
             columns = columns + start
             sigma, feat = density_fn(positions[rays, columns])
             density[rays, columns] = sigma.to(density.dtype)
-            evaluated[rays, columns] = True
+            evaluated[rays, columns] = torch.ones_like(rays, dtype=torch.bool)  # (a Python True is copied to the GPU)
             packed.append((rays, columns, feat))
         optical_depth += (density[:, start:end, 0] * deltas[:, start:end]).sum(dim=-1)
         alive &= optical_depth < limit
