@@ -90,7 +90,7 @@ def interpolate_volume(volume: Tensor, positions: Tensor) -> Tensor:
 def interpolate_volumes(volumes: Sequence[Tensor], positions: Tensor, concat: bool) -> Tensor:
     """:func:`interpolate_volume` of several volumes at the same positions, summed [N, F] or
     concatenated [N, sum of F]: the sampling grid is made once, and the per-volume results are
-    combined feature-major, so the only copy to points-major is the last transpose's (a view)."""
+    combined feature-major and returned as one transposed view, not transposed level by level."""
     grid = _sampling_grid(positions, volumes[0].dtype)
     if concat:
         return torch.cat([_sample_volume(volume, grid) for volume in volumes]).T
