@@ -8,6 +8,10 @@ export OUT=${OUT:-/tmp/out}
 # LPIPS offline: AlexNet weights converted here with ns-lpips-weights and carried in .gpu/.
 if [ -f .gpu/alexnet-lpips.safetensors ]; then export NERFQAT_LPIPS_ALEXNET=$PWD/.gpu/alexnet-lpips.safetensors; fi
 mkdir -p "$OUT"
+# Rows record the commit the code was run at. The host's copy of the checkout can carry stale git
+# metadata (its rows once named an older commit), so a carried .gpu/commit, written before the call
+# with `git rev-parse --short HEAD > .gpu/commit`, takes precedence.
+if [ -f .gpu/commit ]; then export CODE_COMMIT=$(cat .gpu/commit); fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 # nerfacc 0.5.2 (instant-ngp's sampler, built on first use) calls cub::Equality, which CUDA 13's CCCL
 # removed; its drop-in replacement is cuda::std::equal_to. Patch the installed source before it builds.
