@@ -1,0 +1,196 @@
+"""One level of a learned-index codebook grid, looked up in one Triton kernel, forward and backward.
+
+The torch path (:meth:`LearnedIndexCodebookGrid.level_features`) gathers each point's eight corner
+ids, their logits rows, a softmax and one-hot per corner, the codebook rows and the trilinear
+weights as separate tensors of [N, 8, ...], each written to and read back from memory. Here one
+program handles a block of points: for every corner it computes the vertex id and weight, reads the
+vertex's logits row, takes its argmax and adds ``weight * codebook[argmax]`` to the point's feature;
+the [N, 8, K] softmaxes never exist. Backward, per corner, the straight-through gradient
+(``one_hot(argmax) + softmax - softmax.detach()``) reaches only the rows of the vertices the points
+touched: ``softmax * (s - <softmax, s>)`` with ``s = codebook @ g`` is added to the vertex's logits
+row and ``g`` to the chosen codebook row (``g``: the corner's weight times the output's gradient).
+The same values and gradients as the torch path, up to float summation order (tested on the CPU
+through Triton's interpreter).
+
+Free logits only (the default ``logit_rank`` 0, dense or compacted levels, with or without a block
+mask); positions get no gradient (the fields' positions need none).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+try:  # Triton ships with CUDA builds of torch; CPU-only installs have no fused lookup.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the install
+    triton = None
+
+BLOCK_POINTS = 32
+"""Points per program."""
+
+
+def fused_lookup_available(device: torch.device) -> bool:
+    """Whether the fused lookup runs on ``device``: CUDA with Triton, or Triton's interpreter on a CPU
+    (``TRITON_INTERPRET=1``, as the tests run it)."""
+    if triton is None:
+        return False
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+if triton is not None:
+
+    @triton.jit
+    def _corner(px, py, pz, rx, ry, rz, corner: tl.constexpr):
+        """Vertex id and trilinear weight of one of the eight corners around each position."""
+        ox: tl.constexpr = (corner >> 2) & 1
+        oy: tl.constexpr = (corner >> 1) & 1
+        oz: tl.constexpr = corner & 1
+        sx = tl.minimum(tl.maximum(px, 0.0), 1.0) * (rx - 1)
+        sy = tl.minimum(tl.maximum(py, 0.0), 1.0) * (ry - 1)
+        sz = tl.minimum(tl.maximum(pz, 0.0), 1.0) * (rz - 1)
+        bx = tl.minimum(tl.floor(sx), rx - 2)
+        by = tl.minimum(tl.floor(sy), ry - 2)
+        bz = tl.minimum(tl.floor(sz), rz - 2)
+        fx, fy, fz = sx - bx, sy - by, sz - bz
+        wx = fx if ox == 1 else 1.0 - fx
+        wy = fy if oy == 1 else 1.0 - fy
+        wz = fz if oz == 1 else 1.0 - fz
+        cx = bx.to(tl.int64) + ox
+        cy = by.to(tl.int64) + oy
+        cz = bz.to(tl.int64) + oz
+        return cx, cy, cz, (cx * ry + cy) * rz + cz, wx * wy * wz
+
+    @triton.jit
+    def _forward_kernel(
+        pos_ptr, logits_ptr, rows_ptr, mask_ptr, codebook_ptr, out_ptr, chosen_ptr, row_ptr, weight_ptr,
+        n, rx, ry, rz, block_size, gy, gz,
+        K: tl.constexpr, F: tl.constexpr, F_PAD: tl.constexpr,
+        HAS_ROWS: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        points = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        valid = points < n
+        px = tl.load(pos_ptr + points * 3, mask=valid, other=0.0)
+        py = tl.load(pos_ptr + points * 3 + 1, mask=valid, other=0.0)
+        pz = tl.load(pos_ptr + points * 3 + 2, mask=valid, other=0.0)
+        entries = tl.arange(0, K)
+        features = tl.arange(0, F_PAD)
+        feature_ok = features < F
+        acc = tl.zeros((BLOCK, F_PAD), dtype=tl.float32)
+        for corner in tl.static_range(8):
+            cx, cy, cz, vertex, weight = _corner(px, py, pz, rx, ry, rz, corner)
+            if HAS_MASK:  # corners in dropped blocks contribute nothing
+                block = ((cx // block_size) * gy + cy // block_size) * gz + cz // block_size
+                weight = weight * tl.load(mask_ptr + block, mask=valid, other=0.0)
+            row = vertex
+            if HAS_ROWS:  # a compacted level: the kept row holding the vertex
+                row = tl.load(rows_ptr + vertex, mask=valid, other=0)
+            logits = tl.load(logits_ptr + row[:, None] * K + entries[None, :], mask=valid[:, None], other=0.0)
+            chosen = tl.argmax(logits, axis=1)
+            entry = tl.load(
+                codebook_ptr + chosen[:, None] * F + features[None, :], mask=valid[:, None] & feature_ok[None, :]
+            )
+            acc += weight[:, None] * entry
+            tl.store(chosen_ptr + points * 8 + corner, chosen.to(tl.int32), mask=valid)
+            tl.store(row_ptr + points * 8 + corner, row, mask=valid)
+            tl.store(weight_ptr + points * 8 + corner, weight, mask=valid)
+        tl.store(out_ptr + points[:, None] * F + features[None, :], acc, mask=valid[:, None] & feature_ok[None, :])
+
+    @triton.jit
+    def _backward_kernel(
+        grad_out_ptr, logits_ptr, codebook_ptr, chosen_ptr, row_ptr, weight_ptr, grad_logits_ptr, grad_codebook_ptr,
+        n,
+        K: tl.constexpr, F: tl.constexpr, F_PAD: tl.constexpr, BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        points = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        valid = points < n
+        entries = tl.arange(0, K)
+        features = tl.arange(0, F_PAD)
+        feature_ok = features < F
+        both = valid[:, None] & feature_ok[None, :]
+        grad_out = tl.load(grad_out_ptr + points[:, None] * F + features[None, :], mask=both, other=0.0)
+        codebook = tl.load(codebook_ptr + entries[:, None] * F + features[None, :], mask=feature_ok[None, :], other=0.0)
+        for corner in tl.static_range(8):
+            weight = tl.load(weight_ptr + points * 8 + corner, mask=valid, other=0.0)
+            row = tl.load(row_ptr + points * 8 + corner, mask=valid, other=0)
+            chosen = tl.load(chosen_ptr + points * 8 + corner, mask=valid, other=0)
+            g = weight[:, None] * grad_out  # [BLOCK, F_PAD]
+            s = tl.sum(codebook[None, :, :] * g[:, None, :], axis=2)  # codebook @ g, [BLOCK, K]
+            logits = tl.load(logits_ptr + row[:, None] * K + entries[None, :], mask=valid[:, None], other=0.0)
+            top = tl.max(logits, axis=1)
+            e = tl.exp(logits - top[:, None])
+            p = e / tl.sum(e, axis=1)[:, None]
+            grad_logits = p * (s - tl.sum(p * s, axis=1)[:, None])
+            tl.atomic_add(grad_logits_ptr + row[:, None] * K + entries[None, :], grad_logits, mask=valid[:, None])
+            tl.atomic_add(grad_codebook_ptr + chosen[:, None] * F + features[None, :], g, mask=both)
+
+
+class _FusedLevelLookup(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        positions: Tensor,
+        logits: Tensor,
+        codebook: Tensor,
+        resolution: Tuple[int, int, int],
+        rows: Optional[Tensor],
+        block_mask: Optional[Tensor],
+        block_size: int,
+    ) -> Tensor:
+        n, (num_entries, num_features) = positions.shape[0], codebook.shape
+        positions, logits, codebook = positions.contiguous(), logits.contiguous(), codebook.contiguous()
+        out = positions.new_empty(n, num_features)
+        chosen = torch.empty(n, 8, dtype=torch.int32, device=positions.device)
+        corner_rows = torch.empty(n, 8, dtype=torch.int64, device=positions.device)
+        weights = positions.new_empty(n, 8)
+        _, gy, gz = (-(-r // block_size) for r in resolution)
+        mask = block_mask.float().contiguous() if block_mask is not None else positions
+        grid = (triton.cdiv(n, BLOCK_POINTS),)
+        _forward_kernel[grid](
+            positions, logits, rows if rows is not None else chosen, mask, codebook, out, chosen, corner_rows, weights,
+            n, *resolution, block_size, gy, gz,
+            K=num_entries, F=num_features, F_PAD=triton.next_power_of_2(num_features),
+            HAS_ROWS=rows is not None, HAS_MASK=block_mask is not None, BLOCK=BLOCK_POINTS,
+        )  # fmt: skip
+        ctx.save_for_backward(logits, codebook, chosen, corner_rows, weights)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        logits, codebook, chosen, corner_rows, weights = ctx.saved_tensors
+        n, (num_entries, num_features) = grad_out.shape[0], codebook.shape
+        grad_logits = torch.zeros_like(logits)
+        grad_codebook = torch.zeros_like(codebook)
+        _backward_kernel[(triton.cdiv(n, BLOCK_POINTS),)](
+            grad_out.contiguous(), logits, codebook, chosen, corner_rows, weights, grad_logits, grad_codebook,
+            n,
+            K=num_entries, F=num_features, F_PAD=triton.next_power_of_2(num_features), BLOCK=BLOCK_POINTS,
+        )  # fmt: skip
+        return None, grad_logits, grad_codebook, None, None, None, None
+
+
+def fused_level_lookup(
+    positions: Tensor,
+    logits: Tensor,
+    codebook: Tensor,
+    resolution: Tuple[int, int, int],
+    rows: Optional[Tensor] = None,
+    block_mask: Optional[Tensor] = None,
+    block_size: int = 1,
+) -> Tensor:
+    """Features [N, F] at ``positions`` in [0, 1]^3 [N, 3] of a level of ``resolution`` vertices per
+    axis whose vertices hold free ``logits`` [rows, K] (K a power of two) over ``codebook`` [K, F]:
+    each corner's ``codebook[argmax]`` with trilinear weights, straight-through gradients to both.
+    ``rows`` [vertices]: the logits row of each vertex (a compacted level); ``block_mask`` [blocks]
+    (0/1, row-major blocks of ``block_size`` vertices per axis): corners in dropped blocks weigh 0."""
+    if triton is None:
+        raise RuntimeError("the fused codebook lookup needs Triton")
+    if codebook.shape[0] & (codebook.shape[0] - 1) or logits.shape[1] != codebook.shape[0]:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and codebook {tuple(codebook.shape)}: K must match, a power of 2"
+        )
+    return _FusedLevelLookup.apply(positions, logits, codebook, tuple(resolution), rows, block_mask, block_size)

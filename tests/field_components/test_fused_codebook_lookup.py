@@ -1,0 +1,74 @@
+"""The fused codebook-grid lookup (a Triton kernel) against the torch path: values and gradients.
+
+Triton's interpreter runs the kernels on the CPU (``TRITON_INTERPRET=1``, read when Triton compiles
+a kernel's definition), so the comparison runs in a subprocess of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("triton")
+
+COMPARE = r"""
+import json
+import torch
+from nerfqat_plugin.field_components.codebook_grid import LearnedIndexCodebookGrid
+from nerfqat_plugin.field_components.fused_codebook_lookup import fused_lookup_available, fused_level_lookup
+from nerfqat_plugin.field_components.half_precision import round_to_half
+
+assert fused_lookup_available(torch.device("cpu"))
+results = []
+for options, compact in (({}, False), ({"sparse_from_level": 1, "block_size": 2}, False),
+                         ({"sparse_from_level": 1, "block_size": 2}, True)):
+    torch.manual_seed(0)
+    grid = LearnedIndexCodebookGrid(resolutions=(3, (5, 4, 6)), bits=4, feature_dim=6, **options).train()
+    with torch.no_grad():
+        for logits in grid.logits:
+            logits.normal_(0.0, 2.0)  # indices spread over the codebook
+    if grid.sparse_levels:
+        grid.set_block_mask(1, (torch.arange(18) % 3 != 1).to(torch.uint8))  # 3 x 2 x 3 blocks
+    if compact:
+        grid.compact_level(1)
+    g = torch.Generator().manual_seed(1)
+    positions = torch.cat([torch.rand(200, 3, generator=g), torch.rand(20, 3, generator=g) * 1.6 - 0.3])
+    upstream = torch.randn(len(positions), 6, generator=g)
+    for level in range(2):
+        grid.zero_grad()
+        expected = grid.level_features(positions, level, hard=False)
+        (expected * upstream).sum().backward()
+        expected_logits, expected_codebook = grid.logits[level].grad.clone(), grid.codebooks[level].grad.clone()
+        grid.zero_grad()
+        rows = grid._buffers[f"vertex_rows_{level}"] if grid.is_compacted(level) else None
+        fused = fused_level_lookup(positions, grid.logits[level], round_to_half(grid.codebooks[level]),
+                                   grid.resolutions[level], rows=rows, block_mask=grid.block_mask(level),
+                                   block_size=grid.block_size)
+        (fused * upstream).sum().backward()
+        results.append({
+            "case": f"{options} compact={compact} level={level}",
+            "values": float((fused - expected).abs().max()), "scale": float(expected.abs().max()),
+            "logits": float((grid.logits[level].grad - expected_logits).abs().max()),
+            "logits_scale": float(expected_logits.abs().max()),
+            "touched_rows": int((grid.logits[level].grad.abs().sum(-1) > 0).sum()),
+            "expected_touched_rows": int((expected_logits.abs().sum(-1) > 0).sum()),
+            "codebook": float((grid.codebooks[level].grad - expected_codebook).abs().max()),
+            "codebook_scale": float(expected_codebook.abs().max()),
+        })
+print(json.dumps(results))
+"""
+
+
+def test_fused_lookup_has_the_torch_paths_values_and_gradients() -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-c", COMPARE], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(results) == 6
+    for r in results:
+        assert r["scale"] > 0.1 and r["logits_scale"] > 1e-2 and r["codebook_scale"] > 0.1, r  # they say something
+        assert r["values"] <= 1e-6 and r["logits"] <= 1e-6 and r["codebook"] <= 1e-5 * r["codebook_scale"], r
+        assert r["touched_rows"] == r["expected_touched_rows"], r  # only touched vertices get gradients
