@@ -153,3 +153,24 @@ def test_rebaking_a_file_changes_its_grid_and_nothing_else(tmp_path: Path) -> No
     assert after[1]["occupancy"]["resolution"] == [16, 16, 16] and before[1]["occupancy"]["resolution"] == [64] * 3
     assert sorted(before[0]) == sorted(after[0])
     assert all(torch.equal(before[0][name], after[0][name]) for name in before[0] if name != "occupancy")
+
+
+def test_fused_lookup_speed_row_times_both_paths_and_compares_them(tmp_path: Path) -> None:
+    pytest.importorskip("triton")
+    import os
+
+    rows = tmp_path / "rows.jsonl"
+    args = ["--resolution", "6", "--points", "64", "--repeats", "1", "--results", str(rows)]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "fused_lookup_speed.py"), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TRITON_INTERPRET": "1"},  # the kernel on the CPU, through Triton's interpreter
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = [json.loads(line) for line in rows.read_text().splitlines()]
+    assert row["label"] == "fused-lookup-6-4bit-8f" and row["points"] == 64
+    assert row["torch_forward_backward_ms"] > 0 and row["fused_forward_backward_ms"] > 0
+    assert row["max_value_difference"] <= 1e-6
