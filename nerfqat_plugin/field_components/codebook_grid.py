@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nerfqat_plugin.field_components.block_occupancy import block_grid_shape
+from nerfqat_plugin.field_components.fused_codebook_lookup import fused_level_lookup, fused_lookup_available
 from nerfqat_plugin.field_components.half_precision import round_to_half
 
 IndexMode = Literal["learned", "random", "hashed", "probed"]
@@ -240,6 +241,9 @@ class LearnedIndexCodebookGrid(nn.Module):
         self._hard_index_cache: Dict[int, Tuple[Tuple[Tuple[int, int], ...], Tensor]] = {}
         self.decoded_lookup = True
         """Renders interpolate each level's decoded feature volume (see the module docstring)."""
+        self.fused_lookup = False
+        """Training looks levels of free logits up with one Triton kernel where it runs
+        (:mod:`~nerfqat_plugin.field_components.fused_codebook_lookup`)."""
         self._volume_cache: Dict[int, Tuple[Tuple[Tuple[int, int], ...], Tensor]] = {}
         self.half_logits_in_state = False
         """Checkpoints (state dicts) hold free logits as fp16, shifted so each row's largest is 0
@@ -512,6 +516,8 @@ class LearnedIndexCodebookGrid(nn.Module):
             volume = self.decoded_volume(level)
             if volume is not None:
                 return interpolate_volume(volume, positions)
+        if not hard and self.fused_lookup and self._fusable(positions.device):
+            return self._fused_level_features(positions, level)
         corners, ids, weights = corner_lookup(positions, self.resolutions[level], self.corner_offsets)
         mask = self.block_mask(level)
         if mask is not None:  # corners in dropped blocks contribute nothing
@@ -540,6 +546,17 @@ class LearnedIndexCodebookGrid(nn.Module):
         else:
             vertex = _straight_through(self.vertex_logits(level, ids)) @ codebook
         return (weights[..., None] * vertex).sum(dim=1)
+
+    def _fusable(self, device: torch.device) -> bool:
+        """Whether training lookups can take the fused kernel: free learned logits, Triton there."""
+        learned = self.index_mode == "learned" and not self.frozen and self.logit_rank == 0
+        return learned and fused_lookup_available(device)
+
+    @torch.compiler.disable  # its own kernels: a compiled field calls it as it is
+    def _fused_level_features(self, positions: Tensor, level: int) -> Tensor:
+        rows = self._buffers[f"vertex_rows_{level}"] if self.is_compacted(level) else None
+        codebook, mask, size = round_to_half(self.codebooks[level]), self.block_mask(level), self.block_size
+        return fused_level_lookup(positions, self.logits[level], codebook, self.resolutions[level], rows, mask, size)
 
     def _probed_features(self, corners: Tensor, level: int, hard: bool, codebook: Tensor) -> Tensor:
         """Corner features [N, 8, F] of a probed level: the entry ``bucket + probe`` of the codebook,

@@ -214,6 +214,9 @@ class VQADModelConfig(CompressibleModelConfig):
     decoded_grid_lookup: bool = True
     """Rendering: interpolate each grid level's decoded vertex features (one float32 volume per level,
     at most 2 GiB) instead of gathering every corner's index and codebook entry; same values."""
+    fused_codebook_lookup: bool = False
+    """Training: look up each level of free index logits with one Triton kernel (CUDA with Triton;
+    elsewhere the torch path); the same values and gradients, touched vertices' logits only."""
 
 
 def _has_rows(value: Any, rows: int) -> bool:
@@ -621,6 +624,7 @@ class VQADModel(CompressibleModel):
         """Hand the grids the render options they read (set on the config, also after loading)."""
         for grid in (self.field.grid, self.proposal_field.grid):
             grid.decoded_lookup = self.config.decoded_grid_lookup
+            grid.fused_lookup = self.config.fused_codebook_lookup
 
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Any]:
         self.compile_fields_once(ray_bundle.origins.device, self.config.compile)

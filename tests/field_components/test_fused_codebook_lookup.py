@@ -72,3 +72,46 @@ def test_fused_lookup_has_the_torch_paths_values_and_gradients() -> None:
         assert r["scale"] > 0.1 and r["logits_scale"] > 1e-2 and r["codebook_scale"] > 0.1, r  # they say something
         assert r["values"] <= 1e-6 and r["logits"] <= 1e-6 and r["codebook"] <= 1e-5 * r["codebook_scale"], r
         assert r["touched_rows"] == r["expected_touched_rows"], r  # only touched vertices get gradients
+
+
+TRAIN_STEP = r"""
+import json
+import sys
+
+import torch
+
+sys.path.insert(0, sys.argv[1])
+from helpers import forward_rays, tiny_vqad_model
+
+import nerfqat_plugin.field_components.codebook_grid as codebook_grid
+
+calls = []
+fused = codebook_grid.fused_level_lookup
+codebook_grid.fused_level_lookup = lambda *args: calls.append(1) or fused(*args)
+results = {}
+for option in (False, True):
+    torch.manual_seed(0)
+    model = tiny_vqad_model(fused_codebook_lookup=option, compile=False).train()
+    torch.manual_seed(1)
+    out = model(forward_rays(64))
+    out["rgb"].pow(2).sum().backward()
+    grid = model.field.grid
+    results[option] = [out["rgb"].detach()] + [p.grad for p in list(grid.logits) + list(grid.codebooks)]
+    results[f"calls {option}"] = len(calls)
+pairs = zip(results[False], results[True])
+print(json.dumps({
+    "differences": [float((a - b).abs().max() / b.abs().max()) for a, b in pairs],
+    "calls": [results["calls False"], results["calls True"]],
+}))
+"""
+
+
+def test_a_vqad_training_step_with_the_fused_lookup_matches_the_torch_path() -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command = [sys.executable, "-c", TRAIN_STEP, tests]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["calls"][0] == 0 and result["calls"][1] > 0  # the option switches the path
+    assert max(result["differences"]) <= 1e-5, result  # colours, logits' and codebooks' gradients
