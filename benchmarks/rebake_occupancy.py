@@ -17,6 +17,8 @@ from typing import List, Optional
 import torch
 
 from nerfqat_plugin.compression.codec import load_compressed_model
+from nerfqat_plugin.errors import OptionError
+from nerfqat_plugin.models.compressible import check_occupancy_bake_options
 
 
 def rebaked_name(path: Path, resolution: int, max_ray_loss: float) -> str:
@@ -31,8 +33,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--resolution", type=int, required=True, help="cells per axis, in [8, 512]")
     parser.add_argument("--max-ray-loss", type=float, required=True, help="worst-case opacity per ray, in (0, 1)")
     args = parser.parse_args(argv)
-    if not 8 <= args.resolution <= 512 or not 0.0 < args.max_ray_loss < 1.0:
-        parser.error("--resolution must be in [8, 512] and --max-ray-loss in (0, 1)")
+    try:
+        check_occupancy_bake_options("rebake_occupancy", args.resolution, args.max_ray_loss)
+    except OptionError as error:
+        parser.error(str(error))
     args.out.mkdir(parents=True, exist_ok=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for path in args.files:

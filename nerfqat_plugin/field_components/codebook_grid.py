@@ -512,7 +512,7 @@ class LearnedIndexCodebookGrid(nn.Module):
 
     def level_features(self, positions: Tensor, level: int, hard: bool) -> Tensor:
         """Interpolated features [N, F] of one level at positions in [0, 1]^3 [N, 3]."""
-        if hard and self.decoded_lookup and not torch.is_grad_enabled():
+        if self._reads_decoded_volumes(hard):
             volume = self.decoded_volume(level)
             if volume is not None:
                 return interpolate_volume(volume, positions)
@@ -546,6 +546,10 @@ class LearnedIndexCodebookGrid(nn.Module):
         else:
             vertex = _straight_through(self.vertex_logits(level, ids)) @ codebook
         return (weights[..., None] * vertex).sum(dim=1)
+
+    def _reads_decoded_volumes(self, hard: bool) -> bool:
+        """Whether a lookup interpolates decoded volumes: hard indices, no gradients, option on."""
+        return hard and self.decoded_lookup and not torch.is_grad_enabled()
 
     def _fusable(self, device: torch.device) -> bool:
         """Whether training lookups can take the fused kernel: free learned logits, Triton there."""
@@ -584,7 +588,7 @@ class LearnedIndexCodebookGrid(nn.Module):
         if not 1 <= levels <= self.num_levels:
             raise ValueError(f"num_levels must be in [1, {self.num_levels}], got {levels}")
         hard = not self.training
-        if hard and level_mask is None and self.decoded_lookup and not torch.is_grad_enabled():
+        if level_mask is None and self._reads_decoded_volumes(hard):
             volumes = [self.decoded_volume(lvl) for lvl in range(levels)]
             if all(volume is not None for volume in volumes):
                 features = interpolate_volumes(volumes, positions, concat=bool(self.concat_levels))

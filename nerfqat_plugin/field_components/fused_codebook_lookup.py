@@ -24,6 +24,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from nerfqat_plugin.field_components.block_occupancy import block_grid_shape
+
 try:  # Triton ships with CUDA builds of torch; CPU-only installs have no fused lookup.
     import triton
     import triton.language as tl
@@ -147,7 +149,7 @@ class _FusedLevelLookup(torch.autograd.Function):
         chosen = torch.empty(n, 8, dtype=torch.int32, device=positions.device)
         corner_rows = torch.empty(n, 8, dtype=torch.int64, device=positions.device)
         weights = positions.new_empty(n, 8)
-        _, gy, gz = (-(-r // block_size) for r in resolution)
+        _, gy, gz = block_grid_shape(resolution, block_size)
         mask = block_mask.float().contiguous() if block_mask is not None else positions
         grid = (triton.cdiv(n, BLOCK_POINTS),)
         _forward_kernel[grid](

@@ -113,6 +113,15 @@ def _as_tuples(value: Any) -> Any:
     return tuple(_as_tuples(v) for v in value) if isinstance(value, list) else value
 
 
+def check_occupancy_bake_options(method: str, resolution: int, max_ray_loss: float) -> None:
+    """Raise :class:`OptionError` unless a file's occupancy grid can be baked with these options."""
+    if not 8 <= resolution <= 512 or not 0.0 < max_ray_loss < 1.0:
+        raise OptionError(
+            f"{method}: occupancy-bake-resolution must be in [8, 512] and occupancy-max-ray-loss in (0, 1), "
+            f"got {resolution} and {max_ray_loss}"
+        )
+
+
 SIZE_NOT_MEASURED = "not measured (press Measure exported size)"
 
 
@@ -129,12 +138,9 @@ class CompressibleModel(Model):
                 f"{self.compressed_method_name}: render-chunk-memory-fraction must be in [0, 1], "
                 f"got {self.config.render_chunk_memory_fraction}"
             )
-        if not 8 <= self.config.occupancy_bake_resolution <= 512 or not 0.0 < self.config.occupancy_max_ray_loss < 1.0:
-            raise OptionError(
-                f"{self.compressed_method_name}: occupancy-bake-resolution must be in [8, 512] and "
-                f"occupancy-max-ray-loss in (0, 1), got {self.config.occupancy_bake_resolution} and "
-                f"{self.config.occupancy_max_ray_loss}"
-            )
+        check_occupancy_bake_options(
+            self.compressed_method_name, self.config.occupancy_bake_resolution, self.config.occupancy_max_ray_loss
+        )
         # An instance attribute, not a class one: nn.Module looks submodules up only when normal
         # attribute lookup fails, so a class-level None would hide the module set later.
         # Averaged weights (see average_weights), or None: the model renders its own weights.

@@ -4,9 +4,11 @@ writes its row and a loadable run (config.yml), and the analysis reads that run.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 from conftest import make_llff_scene
@@ -16,11 +18,16 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _script(name: str, args: list, cwd: Path) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / name), *args], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+def _script(
+    name: str, args: list, cwd: Path, env: Optional[dict] = None, returncode: int = 0
+) -> subprocess.CompletedProcess:
+    """Run ``benchmarks/name`` with ``args`` in ``cwd`` (``env``: the environment's additions) and
+    check its exit status."""
+    command = [sys.executable, str(ROOT / "benchmarks" / name), *args]
+    environment = {**os.environ, **env} if env else None
+    proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, env=environment)
+    output = f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == returncode, f"{name} exited {proc.returncode}:\n{output}"
     return proc
 
 
@@ -102,14 +109,7 @@ def test_render_speed_goes_on_past_a_measurement_that_fails(tmp_path: Path) -> N
     rows = tmp_path / "rows.jsonl"
     args = ["--data", str(scene), "--files", str(tmp_path / "broken.nqz"), str(tmp_path / "vqad.nqz")]
     args += ["--views", "1", "--repeats", "1", "--results", str(rows)]
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "render_speed.py"), *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 1  # a measurement failed, and the exit status says so
+    proc = _script("render_speed.py", args, tmp_path, returncode=1)  # a measurement failed: the status says so
     (failure,) = [line for line in proc.stdout.splitlines() if "failed:" in line]
     assert "broken.nqz" in failure
     assert [json.loads(line)["label"] for line in rows.read_text().splitlines()] == ["render-vqad"]
@@ -157,19 +157,9 @@ def test_rebaking_a_file_changes_its_grid_and_nothing_else(tmp_path: Path) -> No
 
 def test_fused_lookup_speed_row_times_both_paths_and_compares_them(tmp_path: Path) -> None:
     pytest.importorskip("triton")
-    import os
-
     rows = tmp_path / "rows.jsonl"
     args = ["--resolution", "6", "--points", "64", "--repeats", "1", "--results", str(rows)]
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "fused_lookup_speed.py"), *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "TRITON_INTERPRET": "1"},  # the kernel on the CPU, through Triton's interpreter
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _script("fused_lookup_speed.py", args, tmp_path, env={"TRITON_INTERPRET": "1"})  # through Triton's interpreter
     (row,) = [json.loads(line) for line in rows.read_text().splitlines()]
     assert row["label"] == "fused-lookup-6-4bit-8f" and row["points"] == 64
     assert row["torch_forward_backward_ms"] > 0 and row["fused_forward_backward_ms"] > 0
