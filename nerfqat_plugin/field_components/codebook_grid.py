@@ -242,8 +242,8 @@ class LearnedIndexCodebookGrid(nn.Module):
         self.decoded_lookup = True
         """Renders interpolate each level's decoded feature volume (see the module docstring)."""
         self.fused_lookup = False
-        """Training looks levels of free logits up with one Triton kernel where it runs
-        (:mod:`~nerfqat_plugin.field_components.fused_codebook_lookup`)."""
+        """Training looks levels of free logits with more rows than the points have corners up with
+        one Triton kernel where it runs (:mod:`~nerfqat_plugin.field_components.fused_codebook_lookup`)."""
         self._volume_cache: Dict[int, Tuple[Tuple[Tuple[int, int], ...], Tensor]] = {}
         self.half_logits_in_state = False
         """Checkpoints (state dicts) hold free logits as fp16, shifted so each row's largest is 0
@@ -516,7 +516,10 @@ class LearnedIndexCodebookGrid(nn.Module):
             volume = self.decoded_volume(level)
             if volume is not None:
                 return interpolate_volume(volume, positions)
-        if not hard and self.fused_lookup and self._fusable(positions.device):
+        rows = self._trained_rows(level)
+        # A level with fewer rows than the points have corners costs less as one straight-through
+        # feature per vertex and a gather (below) than as the fused per-corner kernel.
+        if not hard and self.fused_lookup and rows >= 8 * positions.shape[0] and self._fusable(positions.device):
             return self._fused_level_features(positions, level)
         corners, ids, weights = corner_lookup(positions, self.resolutions[level], self.corner_offsets)
         mask = self.block_mask(level)
@@ -537,7 +540,7 @@ class LearnedIndexCodebookGrid(nn.Module):
             vertex = F.embedding(getattr(self, f"indices_{level}")[ids], codebook)
         elif hard:
             vertex = F.embedding(self.cached_hard_indices(level)[ids], codebook)
-        elif getattr(self, self.per_vertex_parameters)[level].shape[0] < ids.numel():
+        elif rows < ids.numel():
             # A level with fewer vertices than the batch has corners: the straight-through feature
             # of every vertex once, then a gather, instead of a softmax per corner (same values and
             # gradients; coarse levels cost vertices x 2**b instead of corners x 2**b).
@@ -550,6 +553,12 @@ class LearnedIndexCodebookGrid(nn.Module):
     def _reads_decoded_volumes(self, hard: bool) -> bool:
         """Whether a lookup interpolates decoded volumes: hard indices, no gradients, option on."""
         return hard and self.decoded_lookup and not torch.is_grad_enabled()
+
+    def _trained_rows(self, level: int) -> int:
+        """Rows of a level's per-vertex training parameters (0 where indices are not trained)."""
+        if self.index_mode != "learned" or self.frozen:
+            return 0
+        return getattr(self, self.per_vertex_parameters)[level].shape[0]
 
     def _fusable(self, device: torch.device) -> bool:
         """Whether training lookups can take the fused kernel: free learned logits, Triton there."""

@@ -91,7 +91,10 @@ codebook_grid.fused_level_lookup = lambda *args: calls.append(1) or fused(*args)
 results = {}
 for option in (False, True):
     torch.manual_seed(0)
-    model = tiny_vqad_model(fused_codebook_lookup=option, compile=False).train()
+    # The finest level has more vertices (6,720) than the 512 samples have corners: the fused kernel
+    # takes it; the coarser two take the torch path's per-vertex gather.
+    levels = ((4, 4, 3), (8, 6, 5), (24, 20, 14))
+    model = tiny_vqad_model(grid_resolutions=levels, fused_codebook_lookup=option, compile=False).train()
     torch.manual_seed(1)
     out = model(forward_rays(64))
     out["rgb"].pow(2).sum().backward()
@@ -113,5 +116,6 @@ def test_a_vqad_training_step_with_the_fused_lookup_matches_the_torch_path() -> 
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["calls"][0] == 0 and result["calls"][1] > 0  # the option switches the path
+    # The option switches the path of the finest level only, once per forward.
+    assert result["calls"] == [0, 1], result
     assert max(result["differences"]) <= 1e-5, result  # colours, logits' and codebooks' gradients
