@@ -517,9 +517,7 @@ class LearnedIndexCodebookGrid(nn.Module):
             if volume is not None:
                 return interpolate_volume(volume, positions)
         rows = self._trained_rows(level)
-        # A level with fewer rows than the points have corners costs less as one straight-through
-        # feature per vertex and a gather (below) than as the fused per-corner kernel.
-        if not hard and self.fused_lookup and rows >= 8 * positions.shape[0] and self._fusable(positions.device):
+        if not hard and self._fusable(rows, positions):
             return self._fused_level_features(positions, level)
         corners, ids, weights = corner_lookup(positions, self.resolutions[level], self.corner_offsets)
         mask = self.block_mask(level)
@@ -560,10 +558,12 @@ class LearnedIndexCodebookGrid(nn.Module):
             return 0
         return getattr(self, self.per_vertex_parameters)[level].shape[0]
 
-    def _fusable(self, device: torch.device) -> bool:
-        """Whether training lookups can take the fused kernel: free learned logits, Triton there."""
-        learned = self.index_mode == "learned" and not self.frozen and self.logit_rank == 0
-        return learned and fused_lookup_available(device)
+    def _fusable(self, rows: int, positions: Tensor) -> bool:
+        """Whether a training lookup of a level with ``rows`` trained rows takes the fused kernel: the
+        option on, free logits, Triton there, and more rows than the points have corners (a smaller
+        level costs less as the per-vertex gather of :meth:`level_features`)."""
+        large_free_logits = self.logit_rank == 0 and rows > 0 and rows >= 8 * positions.shape[0]
+        return self.fused_lookup and large_free_logits and fused_lookup_available(positions.device)
 
     @torch.compiler.disable  # its own kernels: a compiled field calls it as it is
     def _fused_level_features(self, positions: Tensor, level: int) -> Tensor:
