@@ -565,7 +565,6 @@ class LearnedIndexCodebookGrid(nn.Module):
         large_free_logits = self.logit_rank == 0 and rows > 0 and rows >= 8 * positions.shape[0]
         return self.fused_lookup and large_free_logits and fused_lookup_available(positions.device)
 
-    @torch.compiler.disable  # its own kernels: a compiled field calls it as it is
     def _fused_level_features(self, positions: Tensor, level: int) -> Tensor:
         rows = self._buffers[f"vertex_rows_{level}"] if self.is_compacted(level) else None
         codebook, mask, size = round_to_half(self.codebooks[level]), self.block_mask(level), self.block_size

@@ -19,7 +19,7 @@ mask); positions get no gradient (the fields' positions need none).
 from __future__ import annotations
 
 import os
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -131,48 +131,88 @@ if triton is not None:
             tl.atomic_add(grad_codebook_ptr + chosen[:, None] * F + features[None, :], g, mask=both)
 
 
-class _FusedLevelLookup(torch.autograd.Function):
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx,
-        positions: Tensor,
-        logits: Tensor,
-        codebook: Tensor,
-        resolution: Tuple[int, int, int],
-        rows: Optional[Tensor],
-        block_mask: Optional[Tensor],
-        block_size: int,
-    ) -> Tensor:
-        n, (num_entries, num_features) = positions.shape[0], codebook.shape
-        positions, logits, codebook = positions.contiguous(), logits.contiguous(), codebook.contiguous()
-        out = positions.new_empty(n, num_features)
-        chosen = torch.empty(n, 8, dtype=torch.int32, device=positions.device)
-        corner_rows = torch.empty(n, 8, dtype=torch.int64, device=positions.device)
-        weights = positions.new_empty(n, 8)
-        _, gy, gz = block_grid_shape(resolution, block_size)
-        mask = block_mask.float().contiguous() if block_mask is not None else positions
-        grid = (triton.cdiv(n, BLOCK_POINTS),)
-        _forward_kernel[grid](
-            positions, logits, rows if rows is not None else chosen, mask, codebook, out, chosen, corner_rows, weights,
-            n, *resolution, block_size, gy, gz,
-            K=num_entries, F=num_features, F_PAD=triton.next_power_of_2(num_features),
-            HAS_ROWS=rows is not None, HAS_MASK=block_mask is not None, BLOCK=BLOCK_POINTS,
-        )  # fmt: skip
-        ctx.save_for_backward(logits, codebook, chosen, corner_rows, weights)
-        return out
+def _ensure_triton() -> None:
+    if triton is None:
+        raise RuntimeError("the fused codebook lookup needs Triton")
 
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        logits, codebook, chosen, corner_rows, weights = ctx.saved_tensors
-        n, (num_entries, num_features) = grad_out.shape[0], codebook.shape
-        grad_logits = torch.zeros_like(logits)
-        grad_codebook = torch.zeros_like(codebook)
-        _backward_kernel[(triton.cdiv(n, BLOCK_POINTS),)](
-            grad_out.contiguous(), logits, codebook, chosen, corner_rows, weights, grad_logits, grad_codebook,
-            n,
-            K=num_entries, F=num_features, F_PAD=triton.next_power_of_2(num_features), BLOCK=BLOCK_POINTS,
-        )  # fmt: skip
-        return None, grad_logits, grad_codebook, None, None, None, None
+
+# Registered as torch custom ops (with shapes for tracing and their own autograd), so a
+# ``torch.compile``d field keeps the lookup inside its graph instead of breaking it per level.
+@torch.library.custom_op("nerfqat::fused_level_lookup_forward", mutates_args=())
+def _lookup_forward(
+    positions: Tensor,
+    logits: Tensor,
+    codebook: Tensor,
+    resolution: List[int],
+    rows: Optional[Tensor],
+    block_mask: Optional[Tensor],
+    block_size: int,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Features [N, F] and, per point and corner [N, 8], the chosen entry, logits row and weight."""
+    _ensure_triton()
+    n, (num_entries, num_features) = positions.shape[0], codebook.shape
+    positions, logits, codebook = positions.contiguous(), logits.contiguous(), codebook.contiguous()
+    out = positions.new_empty(n, num_features)
+    chosen = torch.empty(n, 8, dtype=torch.int32, device=positions.device)
+    corner_rows = torch.empty(n, 8, dtype=torch.int64, device=positions.device)
+    weights = positions.new_empty(n, 8)
+    _, gy, gz = block_grid_shape(tuple(resolution), block_size)
+    mask = block_mask.float().contiguous() if block_mask is not None else positions
+    _forward_kernel[(triton.cdiv(n, BLOCK_POINTS),)](
+        positions, logits, rows if rows is not None else chosen, mask, codebook, out, chosen, corner_rows, weights,
+        n, *resolution, block_size, gy, gz,
+        K=num_entries, F=num_features, F_PAD=triton.next_power_of_2(num_features),
+        HAS_ROWS=rows is not None, HAS_MASK=block_mask is not None, BLOCK=BLOCK_POINTS,
+    )  # fmt: skip
+    return out, chosen, corner_rows, weights
+
+
+@_lookup_forward.register_fake
+def _(positions, logits, codebook, resolution, rows, block_mask, block_size):
+    n = positions.shape[0]
+    return (
+        positions.new_empty(n, codebook.shape[1]),
+        positions.new_empty(n, 8, dtype=torch.int32),
+        positions.new_empty(n, 8, dtype=torch.int64),
+        positions.new_empty(n, 8),
+    )
+
+
+@torch.library.custom_op("nerfqat::fused_level_lookup_backward", mutates_args=())
+def _lookup_backward(
+    grad_out: Tensor, logits: Tensor, codebook: Tensor, chosen: Tensor, corner_rows: Tensor, weights: Tensor
+) -> Tuple[Tensor, Tensor]:
+    """Gradients of the logits (touched rows only) and of the codebook."""
+    _ensure_triton()
+    n, (num_entries, num_features) = grad_out.shape[0], codebook.shape
+    logits, codebook = logits.contiguous(), codebook.contiguous()
+    grad_logits = torch.zeros_like(logits)
+    grad_codebook = torch.zeros_like(codebook)
+    _backward_kernel[(triton.cdiv(n, BLOCK_POINTS),)](
+        grad_out.contiguous(), logits, codebook, chosen, corner_rows, weights, grad_logits, grad_codebook,
+        n,
+        K=num_entries, F=num_features, F_PAD=triton.next_power_of_2(num_features), BLOCK=BLOCK_POINTS,
+    )  # fmt: skip
+    return grad_logits, grad_codebook
+
+
+@_lookup_backward.register_fake
+def _(grad_out, logits, codebook, chosen, corner_rows, weights):
+    return torch.empty_like(logits), torch.empty_like(codebook)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    _, logits, codebook, *_ = inputs
+    _, chosen, corner_rows, weights = output
+    ctx.save_for_backward(logits, codebook, chosen, corner_rows, weights)
+
+
+def _backward(ctx, grad_out, *_unused):
+    grad_logits, grad_codebook = _lookup_backward(grad_out, *ctx.saved_tensors)
+    return None, grad_logits, grad_codebook, None, None, None, None
+
+
+_lookup_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 def fused_level_lookup(
@@ -189,10 +229,9 @@ def fused_level_lookup(
     each corner's ``codebook[argmax]`` with trilinear weights, straight-through gradients to both.
     ``rows`` [vertices]: the logits row of each vertex (a compacted level); ``block_mask`` [blocks]
     (0/1, row-major blocks of ``block_size`` vertices per axis): corners in dropped blocks weigh 0."""
-    if triton is None:
-        raise RuntimeError("the fused codebook lookup needs Triton")
+    _ensure_triton()
     if codebook.shape[0] & (codebook.shape[0] - 1) or logits.shape[1] != codebook.shape[0]:
         raise ValueError(
             f"logits {tuple(logits.shape)} and codebook {tuple(codebook.shape)}: K must match, a power of 2"
         )
-    return _FusedLevelLookup.apply(positions, logits, codebook, tuple(resolution), rows, block_mask, block_size)
+    return _lookup_forward(positions, logits, codebook, list(resolution), rows, block_mask, block_size)[0]

@@ -119,3 +119,48 @@ def test_a_vqad_training_step_with_the_fused_lookup_matches_the_torch_path() -> 
     # The option switches the path of the finest level only, once per forward.
     assert result["calls"] == [0, 1], result
     assert max(result["differences"]) <= 1e-5, result  # colours, logits' and codebooks' gradients
+
+
+COMPILED = r"""
+import json
+import torch
+from nerfqat_plugin.field_components.codebook_grid import LearnedIndexCodebookGrid
+
+torch.manual_seed(0)
+# Sparse levels 1 and 2; the finest is compacted and has more rows (6,720) than 64 points have
+# corners, so the fused kernel takes it inside the compiled graph.
+grid = LearnedIndexCodebookGrid(
+    resolutions=((4, 4, 3), (8, 6, 5), (24, 20, 14)), bits=4, feature_dim=4, sparse_from_level=1, block_size=2
+).train()
+with torch.no_grad():
+    for logits in grid.logits:
+        logits.normal_(0.0, 2.0)
+grid.set_block_mask(2, (torch.arange(grid.block_mask(2).numel()) % 3 != 1).to(torch.uint8))
+grid.compact_level(2)
+grid.fused_lookup = True
+positions = torch.rand(64, 3)
+level_mask = (torch.rand(64, 3) < 0.8).float()
+results = {}
+for name, function in (("eager", grid), ("compiled", torch.compile(grid, backend="aot_eager", fullgraph=True))):
+    grid.zero_grad()
+    out = function(positions, level_mask=level_mask)
+    out.pow(2).sum().backward()
+    results[name] = [out.detach()] + [p.grad.clone() for p in list(grid.logits) + list(grid.codebooks)]
+print(json.dumps({
+    "fused_level": grid._fusable(grid._trained_rows(2), positions),
+    "differences": [float((a - b).abs().max()) for a, b in zip(results["eager"], results["compiled"])],
+    "scales": [float(b.abs().max()) for b in results["eager"]],
+}))
+"""
+
+
+def test_a_compiled_grid_keeps_the_fused_lookup_in_one_graph() -> None:
+    # fullgraph=True: a lookup that broke the graph (as a ``torch.compiler.disable``d call did, which
+    # then failed on sparse levels) raises here.
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-c", COMPILED], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["fused_level"], result
+    assert min(result["scales"]) > 0, result
+    assert max(result["differences"]) <= 1e-5, result  # values, logits' and codebooks' gradients
