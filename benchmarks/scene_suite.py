@@ -269,10 +269,11 @@ FULL_TEST_VIEWS = {"fern": 3, "horns": 8, "lego": 25, "chair": 25, "fruit": 11}
 def render_speed_table(scene_rows: List[Dict[str, Any]]) -> List[str]:
     """Markdown of a scene's render-speed rows (the latest of each file or checkpoint, chunk size and
     set of model options): frame rate as files render by default and as trained, PSNR, its change,
-    the GPU memory of one frame."""
+    the GPU memory of one frame. Rows measured on a CPU (image changes of render options, not speed)
+    are left out."""
     latest: Dict[Tuple[str, Any, str], Dict[str, Any]] = {}
     for row in scene_rows:
-        if row.get("kind") == "render-speed":
+        if row.get("kind") == "render-speed" and row.get("gpu") != "cpu":
             latest[(row.get("label", ""), row.get("rays_per_chunk"), row.get("model_options", ""))] = row
     if not latest:
         return []

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nerfqat_plugin.field_components.fused_integer_trunk import FusedIntegerTrunk, fused_trunk_available
 from nerfqat_plugin.field_components.quant_mlp import QuantLinear, QuantMLP
 from nerfqat_plugin.field_components.quantizers import ActivationQuantizer
 
@@ -257,10 +258,17 @@ class IntegerQuantMLP:
         self.input_quantization = IntegerQuantizer.of(mlp.input_quantizer)
         self.output_quantization = self.layers[-1].output
         """How the last hidden block's output is quantized (what :meth:`hidden` returns)."""
+        self._fused: Optional[FusedIntegerTrunk] = None  # packed on first use
 
-    def hidden(self, x: Tensor) -> IntegerActivation:
-        """The last hidden block's quantized output for float input ``x`` [N, in_dim]."""
+    def hidden(self, x: Tensor, fused: bool = False) -> IntegerActivation:
+        """The last hidden block's quantized output for float input ``x`` [N, in_dim]; ``fused``: all
+        hidden blocks in one kernel where :func:`fused_trunk_available` (the same integers up to the
+        epilogue's float rounding)."""
         first = self.input_quantization(x)
+        if fused and self.layers and fused_trunk_available(x.device):
+            if self._fused is None:
+                self._fused = FusedIntegerTrunk(self)
+            return self._fused(first)
         h = first
         for i, layer in enumerate(self.layers):
             skip = i in self.mlp.skip_connections and i > 0

@@ -71,6 +71,8 @@ class QuantNeRFField(TrainingCompiledField):
         super().__init__()
         self.integer_inference = integer_inference
         """Render a quantized field with integer matrix multiplies (:mod:`integer_linear`)."""
+        self.fused_integer_trunk = False
+        """With integer inference, run the trunk's hidden blocks in one kernel (:mod:`fused_integer_trunk`)."""
         self._integer_blocks: Optional[tuple] = None
         edge_spec = edge_spec or spec
         self.position_encoding = nerf_frequency_encoding(position_frequencies)
@@ -130,7 +132,7 @@ class QuantNeRFField(TrainingCompiledField):
         x = self.encode(self.position_encoding, positions)
         if self.uses_integer_inference():
             trunk, density_head, _, _ = self._integer()
-            h = trunk.hidden(x)
+            h = trunk.hidden(x, fused=self.fused_integer_trunk)
             return F.softplus(density_head([h])), h.shifted  # colour reads these integers as they are
         h = self.trunk(x)
         density = F.softplus(self.density_head(h))

@@ -111,6 +111,20 @@ def march_occupied(
     return _march_torch(origins, directions, nears, fars, grid, step)
 
 
+def rays_crossing_occupied(
+    origins: Tensor, directions: Tensor, nears: Tensor, fars: Tensor, grid: OccupancyGrid
+) -> Tensor:
+    """Whether each ray [R] (unit ``directions``, from ``nears`` to ``fars``) has a step of the grid's
+    smallest cell size whose midpoint lies in an occupied cell. Grids are baked dilated by one cell,
+    so a ray that reaches a cell with density first runs at least a cell size through occupied cells,
+    which holds a step's midpoint; a ray that is not marked meets no cell where the bake saw density."""
+    cell = float(((grid.aabb[1] - grid.aabb[0]) / torch.tensor(grid.resolution, device=grid.aabb.device)).min())
+    steps = march_occupied(origins, directions, nears, fars, grid, cell)
+    crossing = torch.zeros(len(origins), dtype=torch.bool, device=origins.device)
+    crossing[steps.ray_indices] = True
+    return crossing
+
+
 def ray_box_interval(origins: Tensor, directions: Tensor, aabb: Tensor) -> Tuple[Tensor, Tensor]:
     """Distances [R] at which rays enter and leave the box ``aabb`` [2, 3], from 0 (a miss: both
     1e10, so no steps): nerfstudio's ``intersect_aabb``, with direction components of exactly 0

@@ -84,3 +84,18 @@ def evaluate_front_to_back(
             rays, columns = rays[keep], columns[keep]
             rgb[rays, columns] = color_fn(features[keep], directions[rays, columns]).to(rgb.dtype)
     return density, rgb, evaluated.float().mean()
+
+
+def density_where_occupied(density_fn: Callable[[Tensor], Tensor], occupied: Callable[[Tensor], Tensor]) -> Callable:
+    """``density_fn`` (positions [..., 3] -> density [..., 1], e.g. a proposal field's) evaluated only
+    at the positions ``occupied`` marks (positions [M, 3] -> bool [M]); density 0 elsewhere."""
+
+    def density(positions: Tensor) -> Tensor:
+        flat = positions.reshape(-1, 3)
+        index = occupied(flat).nonzero().view(-1)
+        values = flat.new_zeros(len(flat), 1)
+        if index.numel():
+            values[index] = density_fn(flat[index]).reshape(-1, 1).to(values.dtype)
+        return values.view(*positions.shape[:-1], 1)
+
+    return density

@@ -12,7 +12,7 @@ import contextlib
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar, ContextManager, Dict, Iterator, List, Literal, Optional, Tuple
+from typing import Any, Callable, ClassVar, ContextManager, Dict, Iterator, List, Literal, Optional, Tuple
 
 import torch
 from nerfstudio.cameras.rays import RayBundle, RaySamples
@@ -42,7 +42,12 @@ from nerfqat_plugin.fields.view_directions import view_directions
 from nerfqat_plugin.metrics.image_metrics import image_metrics
 from nerfqat_plugin.model_components.collapse_monitor import CollapseMonitor
 from nerfqat_plugin.model_components.ndc import NDC_BOX, NDCSpace
-from nerfqat_plugin.model_components.packed_marching import PackedSamples, march_occupied, render_packed
+from nerfqat_plugin.model_components.packed_marching import (
+    PackedSamples,
+    march_occupied,
+    rays_crossing_occupied,
+    render_packed,
+)
 from nerfqat_plugin.model_components.ray_setup import SamplingRays, SceneType
 from nerfqat_plugin.model_components.render_chunks import CudaMemory, RenderChunkSizer
 from nerfqat_plugin.model_components.sample_skipping import ColorFn, DensityFn, evaluate_front_to_back
@@ -79,6 +84,9 @@ class CompressibleModelConfig(ModelConfig):
     skip_hidden_samples: bool = True
     """Rendering: stop each ray once its transmittance falls below 1e-4 and colour only samples of
     weight 1e-5 or more (training evaluates every sample)."""
+    occupancy_guided_sampling: bool = False
+    """Renders from a file's grid: rays that cross no occupied cell (bounded scenes) are not sampled,
+    and vqad's proposal rounds skip empty cells, moving its samples into occupied ones."""
     march_occupied_space: bool = False
     """Render a bounded scene's file by evaluating the (fine) field at even steps in its grid's
     occupied cells only, instead of the trained sampler (docs/methods/rendering.md)."""
@@ -285,7 +293,7 @@ class CompressibleModel(Model):
         # Weights rounded to fp16 through parametrizations are rounded once per chunk, not at every
         # call of the field (the sample windows and proposal rounds call it several times).
         with self.averaged_weights(), parametrize.cached():
-            return super().forward(ray_bundle)
+            return self.render_crossing_rays(ray_bundle, super().forward)
 
     @torch.no_grad()
     def get_outputs_for_camera_ray_bundle(self, camera_ray_bundle: RayBundle) -> Dict[str, Tensor]:
@@ -355,6 +363,41 @@ class CompressibleModel(Model):
             occupied=occupied if occupied is not None else self.occupancy_grid,
         )
         return {FieldHeadNames.DENSITY: density, FieldHeadNames.RGB: rgb}
+
+    def guiding_grid(self) -> Optional[OccupancyGrid]:
+        """The file's grid where renders sample guided by it (``occupancy_guided_sampling``, not
+        training, not rendering as trained); else None."""
+        if self.training or not self.config.occupancy_guided_sampling:
+            return None
+        return self.occupancy_grid
+
+    def render_crossing_rays(
+        self, ray_bundle: RayBundle, render: Callable[[RayBundle], Dict[str, Tensor]]
+    ) -> Dict[str, Tensor]:
+        """``render(ray_bundle)``, where the guiding grid of a bounded scene lets it, on the rays that
+        cross its occupied cells only (:func:`rays_crossing_occupied`); the others get the
+        background, 0 accumulation and 0 depth, what their samples in empty cells would render."""
+        grid = self.guiding_grid()
+        if grid is None or grid.outside_occupied or len(ray_bundle) == 0:
+            return render(ray_bundle)
+        bundle = self.sampling_rays(ray_bundle).bundle
+        origins, directions = bundle.origins.reshape(-1, 3), bundle.directions.reshape(-1, 3)
+        nears, fars = bundle.nears.reshape(-1), bundle.fars.reshape(-1)
+        crossing = rays_crossing_occupied(origins, directions, nears, fars, grid)
+        if bool(crossing.all()):
+            return render(ray_bundle)
+        crossing[0] |= ~crossing.any()  # one ray rendered at least, so the outputs' keys come from the model
+        rendered = render(ray_bundle[crossing])
+        num_rays = len(crossing)
+        outputs = {}
+        for key, value in rendered.items():
+            if key.startswith("rgb"):  # the renderer's background, as for rays whose weights are all 0
+                full = self.renderer_rgb(rgb=value.new_zeros(num_rays, 1, 3), weights=value.new_zeros(num_rays, 1, 1))
+            else:
+                full = value.new_zeros(num_rays, *value.shape[1:])
+            full[crossing] = value
+            outputs[key] = full
+        return outputs
 
     def marching_grid(self) -> Optional[OccupancyGrid]:
         """The grid this render marches through instead of the trained sampler

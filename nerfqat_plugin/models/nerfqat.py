@@ -114,6 +114,9 @@ class NeRFQATModelConfig(CompressibleModelConfig):
     integer_inference: bool = True
     """Render a quantized model with integer matrix multiplies (int8 x int8 -> int32, as the file stores
     it); False: fake quantization in float. Training always uses fake quantization."""
+    fused_integer_trunk: bool = False
+    """Rendering with integer products on CUDA with Triton: the trunk's hidden blocks in one kernel,
+    activations kept on chip between blocks (the same integers up to the epilogue's float rounding)."""
     train_bf16: bool = True
     """Run the field MLPs under bf16 autocast while training on CUDA (about half the activation
     traffic); evaluation, export and rendering stay in fp32."""
@@ -372,6 +375,8 @@ class NeRFQATModel(CompressibleModel):
 
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
         self.compile_fields_once(ray_bundle.origins.device, self.config.compile)
+        for fld in (self.field_coarse, self.field_fine):  # (set on the config, also after loading)
+            fld.fused_integer_trunk = self.config.fused_integer_trunk
         with self._viewer_precision():
             return self._render(ray_bundle)
 

@@ -47,6 +47,7 @@ from nerfqat_plugin.fields.vqad_field import ACTIVE_LEVELS_KEY, VQADField, VQADP
 from nerfqat_plugin.model_components.ndc import NDC_BOX
 from nerfqat_plugin.model_components.occupancy_estimator import OccupancyEstimator
 from nerfqat_plugin.model_components.packed_marching import composite_packed, packed_weights
+from nerfqat_plugin.model_components.sample_skipping import density_where_occupied
 from nerfqat_plugin.models.compressible import (
     CompressibleModel,
     CompressibleModelConfig,
@@ -648,7 +649,11 @@ class VQADModel(CompressibleModel):
                 return self._marched_training_outputs(bundle, grid)
             field = self.field
             return self.render_marching(bundle, grid, field.density_at, field.evaluator("color_from_features"))
-        ray_samples, weights_list, ray_samples_list = self.proposal_sampler(bundle, density_fns=self.density_fns)
+        density_fns = self.density_fns
+        guide = self.guiding_grid()
+        if guide is not None:  # proposal rounds place no weight in empty cells
+            density_fns = [density_where_occupied(fn, guide) for fn in density_fns]
+        ray_samples, weights_list, ray_samples_list = self.proposal_sampler(bundle, density_fns=density_fns)
         if not self.training and self.config.skip_hidden_samples:
             field = self.field
             field_outputs = self.field_outputs_skipping(

@@ -350,6 +350,7 @@ def test_render_speed_table_shows_the_latest_row_of_each_file_chunk_and_options(
         speed("render-vqad", 9.0, psnr=29.5, model_options="march_occupied_space=True"),
         speed("render-nerfacto", 0.7, psnr=31.0),
         {"kind": "suite", "label": "vqad", "render_fps": 5.0},
+        speed("render-vqad", 0.1, psnr=30.0, gpu="cpu"),  # a CPU's frame rate: not in the GPU table
     ]
     lines = scene_suite.render_speed_table(rows)
     body = [line for line in lines if line.startswith("| vqad") or line.startswith("| nerfacto")]

@@ -19,6 +19,7 @@ from nerfqat_plugin.model_components.packed_marching import (
     march_occupied,
     packed_weights,
     ray_box_interval,
+    rays_crossing_occupied,
     render_packed,
 )
 
@@ -104,6 +105,26 @@ def test_rays_that_miss_the_box_or_an_empty_grid_get_no_samples() -> None:
     assert len(none) == 0
     rendered = render_packed(none, origins, directions, _field_fns()[0], _field_fns()[1], RGBRenderer("white"))
     assert torch.equal(rendered["rgb"], torch.ones(2, 3)) and torch.equal(rendered["accumulation"], torch.zeros(2, 1))
+
+
+def test_rays_crossing_occupied_cells_are_marked_and_rays_beside_them_are_not() -> None:
+    occupied = torch.zeros(8, 8, 8, dtype=torch.bool)
+    occupied[5, 2, 3] = True  # one cell: x in [0.25, 0.5], y in [-0.5, -0.25], z in [-0.25, 0]
+    grid = OccupancyGrid(BOX, occupied)
+    centre = torch.tensor([0.375, -0.375, -0.125])
+    directions = torch.nn.functional.normalize(torch.randn(30, 3, generator=torch.Generator().manual_seed(0)), dim=-1)
+    through = centre - 3.0 * directions  # 30 rays through the cell's centre from every side
+    beside = through + torch.tensor([0.0, 0.0, 0.4])  # the same rays shifted more than a cell in z
+    origins, all_directions = torch.cat([through, beside]), torch.cat([directions, directions])
+    nears, fars = torch.zeros(60), torch.full((60,), 6.0)
+    crossing = rays_crossing_occupied(origins, all_directions, nears, fars, grid)
+    assert bool(crossing[:30].all())
+    # a shifted ray still clips the cell now and then: it is marked exactly when a step finds it
+    pairs = zip(beside, directions, strict=True)
+    by_hand = torch.tensor([bool(_steps_by_hand(o, d, 0.0, 6.0, grid, 0.25)) for o, d in pairs])
+    assert torch.equal(crossing[30:], by_hand) and int(by_hand.sum()) < 15
+    fars[:30] = 2.5  # the rays end before the cell (at distance 3): not marked
+    assert not bool(rays_crossing_occupied(origins, all_directions, nears, fars, grid)[:30].any())
 
 
 def test_ray_starts_and_ranks_of_rays_with_and_without_samples() -> None:

@@ -8,7 +8,8 @@ from helpers import forward_rays
 from nerfstudio.model_components.ray_samplers import UniformSampler
 from nerfstudio.model_components.renderers import RGBRenderer
 
-from nerfqat_plugin.model_components.sample_skipping import evaluate_front_to_back
+from nerfqat_plugin.field_components.occupancy_grid import OccupancyGrid
+from nerfqat_plugin.model_components.sample_skipping import density_where_occupied, evaluate_front_to_back
 
 CENTRE = torch.tensor([0.0, 0.0, -2.0])
 
@@ -134,7 +135,6 @@ def test_the_grid_threshold_bounds_the_opacity_a_ray_loses_to_skipped_haze() -> 
 
 
 def test_outside_the_box_is_empty_for_bounded_scenes_and_evaluated_for_ndc() -> None:
-    from nerfqat_plugin.field_components.occupancy_grid import OccupancyGrid
 
     occupied = torch.zeros(4, 4, 4, dtype=torch.bool)
     occupied[0, 0, 0] = True
@@ -163,3 +163,21 @@ def test_each_chunk_waits_for_the_device_once() -> None:
     with CountWaits():
         _render(_sphere_density, chunks=4, min_transmittance=1e-4, min_weight=1e-5)
     assert waits == ["nonzero"] * 5  # four chunks and the colours
+
+
+def test_density_where_occupied_evaluates_occupied_positions_only() -> None:
+    occupied = torch.zeros(4, 4, 4, dtype=torch.bool)
+    occupied[:2] = True  # x below 0
+    grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), occupied)
+    evaluated = []
+
+    def density_fn(positions: torch.Tensor) -> torch.Tensor:
+        evaluated.append(positions)
+        return positions[..., :1].abs() + 1.0
+
+    positions = torch.rand(6, 5, 3) * 2 - 1
+    density = density_where_occupied(density_fn, grid)(positions)
+    inside = positions[..., 0] < 0
+    assert density.shape == (6, 5, 1) and bool(grid(torch.cat(evaluated)).all())
+    assert torch.equal(density[inside], density_fn(positions[inside]))
+    assert bool((density[~inside] == 0).all()) and int(inside.sum()) == len(evaluated[0])
