@@ -96,15 +96,17 @@ def file_row(
     top_kernels: int = 0,
     rays_per_chunk: Optional[int] = None,
     model_options: str = "",
-) -> Dict[str, Any]:
+) -> Optional[Dict[str, Any]]:
+    """A file's row, or None when its method has one of ``model_options`` not (one method's option)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_compressed_model(path, device)
     if rays_per_chunk is not None:  # a fixed chunk, not sized to the free memory
         model.config.eval_num_rays_per_chunk = rays_per_chunk
         model.config.render_chunk_memory_fraction = 0.0
-    for name, value in parse_model_options(model_options).items():
-        if not hasattr(model.config, name):
-            raise SystemExit(f"render_speed: {model.compressed_method_name} has no option {name!r}")
+    options = parse_model_options(model_options)
+    if any(not hasattr(model.config, name) for name in options):
+        return None
+    for name, value in options.items():
         setattr(model.config, name, value)
 
     def render(camera) -> torch.Tensor:
@@ -207,6 +209,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"[render-speed] {what} failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}")
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+            continue
+        if measured is None:
+            print(f"[render-speed] {what}: skipped, an option its method does not have")
             continue
         row = {**common, **measured, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         append_row(args.results or scene_path(args.data.name), row)

@@ -16,8 +16,8 @@ every scene (``--beside nerf-qat-int8``: others unchanged in the same run), as r
 ``candidate``, then prints them per scene.
 
 ``--render-speed`` then measures, alone on a GPU per scene, how fast each scene's exported files and
-nerfacto's checkpoint render at the test resolution (``render_speed.py``; on bounded scenes also with
-``march_occupied_space``), rows of kind ``render-speed`` in the scene's file.
+nerfacto's checkpoint render at the test resolution (``render_speed.py``; also with the render options
+that are off by default), rows of kind ``render-speed`` in the scene's file.
 """
 
 from __future__ import annotations
@@ -54,7 +54,9 @@ def render_speed_command(
     scene: str, data: Path, output_dir: Path, results: Path = RESULTS, views: int = 3
 ) -> Optional[List[str]]:
     """``render_speed.py`` on the files the suite exported for ``scene`` under ``output_dir`` and the
-    latest nerfacto run there, or None when there is no file; bounded scenes also march occupied space."""
+    latest nerfacto run there, or None when there is no file: each file as it renders by default and
+    with each render option not yet on by default (a method without the option skips it); bounded scenes
+    also march occupied space."""
     scene_dir = output_dir / scene
     files = [scene_dir / label / "model.nqz" for label in SUITE if (scene_dir / label / "model.nqz").is_file()]
     if not files:
@@ -64,9 +66,10 @@ def render_speed_command(
     peers = sorted((scene_dir / PEER).rglob("config.yml"), key=lambda p: p.stat().st_mtime)
     if peers:
         command += ["--peer-config", str(peers[-1])]
+    options = ["", "occupancy_guided_sampling=True", "fused_integer_trunk=True"]
     if scene_space(data)[1] == "bounded":
-        command += ["--model-options", "", "march_occupied_space=True"]
-    return command
+        options.append("march_occupied_space=True")
+    return command + ["--model-options", *options]
 
 
 def run_render_speed(commands: List[List[str]], gpus: int, log_dir: Path) -> List[str]:

@@ -109,9 +109,12 @@ def test_render_speed_goes_on_past_a_measurement_that_fails(tmp_path: Path) -> N
     rows = tmp_path / "rows.jsonl"
     args = ["--data", str(scene), "--files", str(tmp_path / "broken.nqz"), str(tmp_path / "vqad.nqz")]
     args += ["--views", "1", "--repeats", "1", "--results", str(rows)]
+    args += ["--model-options", "", "fused_integer_trunk=True"]  # (nerf-qat's option: vqad skips it)
     proc = _script("render_speed.py", args, tmp_path, returncode=1)  # a measurement failed: the status says so
-    (failure,) = [line for line in proc.stdout.splitlines() if "failed:" in line]
-    assert "broken.nqz" in failure
+    failures = [line for line in proc.stdout.splitlines() if "failed:" in line]
+    assert len(failures) == 2 and all("broken.nqz" in line for line in failures)
+    (skipped,) = [line for line in proc.stdout.splitlines() if "skipped" in line]
+    assert "vqad.nqz" in skipped and "fused_integer_trunk" in skipped
     assert [json.loads(line)["label"] for line in rows.read_text().splitlines()] == ["render-vqad"]
 
 

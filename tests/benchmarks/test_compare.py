@@ -314,8 +314,9 @@ def test_render_speed_pass_takes_each_scenes_files_and_latest_peer_and_marches_b
         assert files == [str(out / scene / label / "model.nqz") for label in ("nerf-qat-int8", "vqad")]
         assert Path(command[command.index("--peer-config") + 1]).read_text() == "new"
         assert command[command.index("--results") + 1] == str(tmp_path / f"{scene}.jsonl")
-    assert commands["chair"][-3:] == ["--model-options", "", "march_occupied_space=True"]
-    assert "--model-options" not in commands["fern"]  # forward-facing: nothing to march
+    options = ["--model-options", "", "occupancy_guided_sampling=True", "fused_integer_trunk=True"]
+    assert commands["chair"][-5:] == [*options, "march_occupied_space=True"]
+    assert commands["fern"][-4:] == options  # forward-facing: nothing to march
 
 
 def test_render_speed_commands_run_one_per_gpu_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
