@@ -22,8 +22,9 @@ from torch import Tensor
 
 MIN_RAYS = 1 << 10
 """Smallest chunk: below it, halving after running out of memory gives up and raises."""
-MAX_RAYS = 1 << 18
-"""Largest chunk: beyond it a frame's launches are already few, and memory only grows."""
+MAX_RAYS = 1 << 20
+"""Largest chunk (an 800x800 frame is 640,000 rays): the host's work and waits per chunk are paid once
+per frame, and memory still follows the share of free memory asked for."""
 
 
 class DeviceMemory(Protocol):
