@@ -384,18 +384,20 @@ class CompressibleModel(Model):
         origins, directions = bundle.origins.reshape(-1, 3), bundle.directions.reshape(-1, 3)
         nears, fars = bundle.nears.reshape(-1), bundle.fars.reshape(-1)
         crossing = rays_crossing_occupied(origins, directions, nears, fars, grid)
-        if bool(crossing.all()):
-            return render(ray_bundle)
-        crossing[0] |= ~crossing.any()  # one ray rendered at least, so the outputs' keys come from the model
-        rendered = render(ray_bundle[crossing])
         num_rays = len(crossing)
+        index = crossing.nonzero().view(-1)  # (the one wait for the GPU; indexing by it waits no more)
+        if len(index) == num_rays:
+            return render(ray_bundle)
+        if len(index) == 0:  # one ray rendered at least, so the outputs' keys come from the model
+            index = index.new_zeros(1)
+        rendered = render(ray_bundle[index])
         outputs = {}
         for key, value in rendered.items():
             if key.startswith("rgb"):  # the renderer's background, as for rays whose weights are all 0
                 full = self.renderer_rgb(rgb=value.new_zeros(num_rays, 1, 3), weights=value.new_zeros(num_rays, 1, 1))
             else:
                 full = value.new_zeros(num_rays, *value.shape[1:])
-            full[crossing] = value
+            full[index] = value
             outputs[key] = full
         return outputs
 
