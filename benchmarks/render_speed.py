@@ -96,8 +96,11 @@ def file_row(
     top_kernels: int = 0,
     rays_per_chunk: Optional[int] = None,
     model_options: str = "",
+    plain_renders: Optional[Dict[Any, Dict[str, Any]]] = None,
 ) -> Optional[Dict[str, Any]]:
-    """A file's row, or None when its method has one of ``model_options`` not (one method's option)."""
+    """A file's row, or None when its method has one of ``model_options`` not (one method's option).
+    ``plain_renders`` keeps each file's measurement as trained, which options that only change the
+    render's shortcuts (the model's ``render_shortcuts``) leave as it is: measured once per file."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_compressed_model(path, device)
     if rays_per_chunk is not None:  # a fixed chunk, not sized to the free memory
@@ -126,8 +129,14 @@ def file_row(
     sized = getattr(model, "_render_chunks", None)  # the chunk the fast renders settled on (GPU only)
     if sized is not None:
         fast["rays_per_chunk_rendered"] = sized.rays
-    with model.rendering_as_trained():
-        plain = measure(render, cameras, images, repeats)
+    kept = {name: value for name, value in options.items() if name not in type(model).render_shortcuts}
+    key = (str(path), rays_per_chunk, repr(sorted(kept.items())))
+    plain = (plain_renders or {}).get(key)
+    if plain is None:
+        with model.rendering_as_trained():
+            plain = measure(render, cameras, images, repeats)
+        if plain_renders is not None:
+            plain_renders[key] = plain
     return {
         # The suite's files are all model.nqz, each in its configuration's folder.
         "label": f"render-{path.parent.name if path.stem == 'model' else path.stem}",
@@ -187,11 +196,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         "render_resolution": [int(cameras.width[0]), int(cameras.height[0])],
         "num_test_views": len(images),
     }
+    plain_renders: Dict[Any, Dict[str, Any]] = {}
     measurements = [
         (
             f"{path} (rays per chunk {chunk or 'default'}, options {options!r})",
             lambda path=path, chunk=chunk, options=options: file_row(
-                path, cameras, images, args.repeats, args.top_kernels, chunk, options
+                path, cameras, images, args.repeats, args.top_kernels, chunk, options, plain_renders
             ),
         )
         for path in args.files

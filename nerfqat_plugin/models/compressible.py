@@ -138,6 +138,13 @@ class CompressibleModel(Model):
 
     config: CompressibleModelConfig
     compressed_method_name: str = ""
+    render_shortcuts: ClassVar[Tuple[str, ...]] = (
+        "skip_hidden_samples",
+        "occupancy_guided_sampling",
+        "march_occupied_space",
+    )
+    """Config options that only change how renders take shortcuts: :meth:`rendering_as_trained`
+    renders the same whatever their values."""
 
     def populate_modules(self) -> None:
         super().populate_modules()

@@ -150,6 +150,7 @@ class NeRFQATModel(CompressibleModel):
     """NeRF with QAT fields, sampled in NDC for forward-facing scenes."""
 
     compressed_method_name = "nerf-qat"
+    render_shortcuts = CompressibleModel.render_shortcuts + ("integer_inference", "fused_integer_trunk")
 
     config: NeRFQATModelConfig
 

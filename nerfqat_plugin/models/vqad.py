@@ -235,6 +235,7 @@ class VQADModel(CompressibleModel):
 
     config: VQADModelConfig
     compressed_method_name = "vqad"
+    render_shortcuts = CompressibleModel.render_shortcuts + ("decoded_grid_lookup",)
 
     def populate_modules(self) -> None:
         super().populate_modules()

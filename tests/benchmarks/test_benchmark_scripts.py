@@ -82,6 +82,8 @@ def test_render_speed_rows_compare_the_fast_and_plain_paths_of_each_file(tmp_pat
     assert [r.get("model_options") for r in written] == [None, "skip_hidden_samples=False"] * 4
     assert written[0]["psnr"] == pytest.approx(written[2]["psnr"], abs=1e-4)  # chunking changes no pixel
     assert written[0]["psnr"] == pytest.approx(written[1]["psnr"], abs=1e-3)  # nor, visibly, skipping
+    for fast, other in ((0, 1), (2, 3), (4, 5), (6, 7)):  # as trained, measured once per file and chunk
+        assert written[fast]["render_fps_plain"] == written[other]["render_fps_plain"]
     for row in written:
         assert row["kind"] == "render-speed" and row["num_test_views"] == 2 and row["render_fps"] > 0
         assert abs(row["psnr_change_db"]) < 0.05  # integer products and skipping keep the images

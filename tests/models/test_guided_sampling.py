@@ -115,3 +115,33 @@ def test_a_grid_with_no_occupied_cell_renders_the_background_everywhere(vqad_fil
     outputs = _render(model, _rays_down_z(XS, 4.0), guided=True)
     assert torch.equal(outputs["rgb"], WHITE.expand(len(XS), 3))
     assert outputs["accumulation"].shape == (len(XS), 1) and not bool(outputs["accumulation"].any())
+
+
+def _as_trained(model, bundle: RayBundle) -> Dict[str, Tensor]:
+    with torch.no_grad(), model.rendering_as_trained():
+        return model(bundle)
+
+
+def test_renders_as_trained_ignore_every_render_shortcut(vqad_file: Path, tmp_path: Path) -> None:
+    """Benchmarks measure a file as trained once for all the shortcut options they try
+    (``render_shortcuts``): each of them, set against its default, leaves that render as it is."""
+    torch.manual_seed(0)
+    nerf_qat = tiny_nerf_qat_model(metadata={"near_far": (0.5, 3.0), "scene_type": "bounded"})
+    train_nerf_qat(nerf_qat, 4)
+    nerf_qat.export_compressed(tmp_path / "bounded.nqz")
+    for path, z in ((tmp_path / "bounded.nqz", 2.5), (vqad_file, 4.0)):
+        model = load_compressed_model(path)
+        model.occupancy_grid = _upper_x_half(model)
+        bundle = _rays_down_z(XS, z)
+        reference = _as_trained(model, bundle)
+        fast = _render(model, bundle, guided=False)
+        assert not torch.equal(fast["rgb"], reference["rgb"])  # the shortcuts do change the default render
+        for name in type(model).render_shortcuts:
+            default = getattr(model.config, name)
+            setattr(model.config, name, not default)
+            try:
+                outputs = _as_trained(model, bundle)
+            finally:
+                setattr(model.config, name, default)
+            for key in reference:
+                assert torch.equal(outputs[key], reference[key]), (model.compressed_method_name, name, key)
