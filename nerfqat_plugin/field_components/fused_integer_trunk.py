@@ -194,5 +194,5 @@ class FusedIntegerTrunk:
                 _trunk_kernel[(triton.cdiv(rows, BLOCK_ROWS),)](
                     *args, self.bias, self.quant, rows, **shapes, BLOCK=BLOCK_ROWS
                 )
-        shifted = out if self.width_padded == self.width else out[:, : self.width]
+        shifted = out if self.width_padded == self.width else out[:, : self.width].contiguous()
         return self.output.activation(shifted)

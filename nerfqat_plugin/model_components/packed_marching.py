@@ -118,7 +118,7 @@ def rays_crossing_occupied(
     smallest cell size whose midpoint lies in an occupied cell. Grids are baked dilated by one cell,
     so a ray that reaches a cell with density first runs at least a cell size through occupied cells,
     which holds a step's midpoint; a ray that is not marked meets no cell where the bake saw density."""
-    cell = float(((grid.aabb[1] - grid.aabb[0]) / torch.tensor(grid.resolution, device=grid.aabb.device)).min())
+    cell = float(((grid.aabb[1] - grid.aabb[0]) / grid.cells).min())
     steps = march_occupied(origins, directions, nears, fars, grid, cell)
     crossing = torch.zeros(len(origins), dtype=torch.bool, device=origins.device)
     crossing[steps.ray_indices] = True
