@@ -2,9 +2,10 @@
 
     python benchmarks/fused_trunk_speed.py --scene lego --file lego-int8.nqz --points 2097152
 
-The fine field's trunk of ``--file`` (or, without one, a NeRF-sized field calibrated on a few random
-steps at ``--bits``) is evaluated on ``--points`` encoded random positions by the integer path
-(``field_components/integer_linear.py``) and by the fused Triton kernel
+The fine field's trunk of ``--file`` (or, without one, a field of ``--layers`` blocks of ``--width``,
+NeRF's by default, calibrated on a few random steps at ``--bits``) is evaluated on ``--points``
+encoded random positions by the integer path (``field_components/integer_linear.py``) and by the
+fused Triton kernel
 (``field_components/fused_integer_trunk.py``), each timed over ``--repeats`` calls after a warm-up
 (the first fused call also tunes its launch), and their integers compared. One row of kind
 ``experiment`` goes to the scene's rows file (or ``--results``). On a CPU the fused kernel runs only in
@@ -32,10 +33,11 @@ from nerfqat_plugin.field_components.fused_integer_trunk import fused_trunk_avai
 from nerfqat_plugin.models.nerfqat import NeRFQATModel, NeRFQATModelConfig
 
 
-def calibrated_model(bits: int, device: torch.device) -> NeRFQATModel:
-    """A NeRF-sized nerf-qat model (forward-facing) trained a few steps on random rays, past its
-    activation ranges' calibration: its blocks run as stored integers."""
+def calibrated_model(bits: int, device: torch.device, layers: int = 8, width: int = 256) -> NeRFQATModel:
+    """A nerf-qat model (forward-facing; NeRF's trunk by default) trained a few steps on random rays,
+    past its activation ranges' calibration: its blocks run as stored integers."""
     config = NeRFQATModelConfig(bits=bits, float_warmup_steps=2, calibration_steps=3, qat_start_fraction=None)
+    config.num_layers, config.layer_width, config.skip_connections = layers, width, (layers // 2,)
     config.compile = False
     box = SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3]))
     ndc = {"focal": 400.0, "width": 504.0, "height": 378.0, "near": 1.0}
@@ -67,6 +69,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--scene", default="lego", help="the rows file's scene")
     parser.add_argument("--file", type=Path, default=None, help="a nerf-qat file (default: a calibrated NeRF field)")
     parser.add_argument("--bits", type=int, default=8, help="weight bits of the calibrated field (without --file)")
+    parser.add_argument("--layers", type=int, default=8, help="trunk blocks of the calibrated field")
+    parser.add_argument("--width", type=int, default=256, help="trunk width of the calibrated field")
     parser.add_argument("--points", type=int, default=1 << 21, help="positions per call")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls")
     parser.add_argument("--results", type=Path, default=None, help="rows file (default: the scene's)")
@@ -75,7 +79,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not fused_trunk_available(device):
         raise SystemExit("fused_trunk_speed: the fused trunk needs CUDA and Triton (or TRITON_INTERPRET=1)")
     torch.manual_seed(0)
-    model = load_compressed_model(args.file, device) if args.file else calibrated_model(args.bits, device)
+    if args.file is not None:
+        model = load_compressed_model(args.file, device)
+    else:
+        model = calibrated_model(args.bits, device, args.layers, args.width)
     field = model.field_fine
     trunk = field._integer()[0]
     with torch.no_grad():

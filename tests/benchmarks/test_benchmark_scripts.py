@@ -160,6 +160,17 @@ def test_rebaking_a_file_changes_its_grid_and_nothing_else(tmp_path: Path) -> No
     assert all(torch.equal(before[0][name], after[0][name]) for name in before[0] if name != "occupancy")
 
 
+def test_fused_trunk_speed_row_times_both_paths_and_compares_their_integers(tmp_path: Path) -> None:
+    pytest.importorskip("triton")
+    rows = tmp_path / "rows.jsonl"
+    args = ["--layers", "3", "--width", "32", "--points", "100", "--repeats", "1", "--results", str(rows)]
+    _script("fused_trunk_speed.py", args, tmp_path, env={"TRITON_INTERPRET": "1"})  # through Triton's interpreter
+    (row,) = [json.loads(line) for line in rows.read_text().splitlines()]
+    assert row["label"] == "fused-trunk-calibrated-8bit" and row["points"] == 100
+    assert row["integer_path_ms"] > 0 and row["fused_ms"] > 0
+    assert row["max_levels_apart"] <= 1 and row["share_apart"] < 0.01
+
+
 def test_fused_lookup_speed_row_times_both_paths_and_compares_them(tmp_path: Path) -> None:
     pytest.importorskip("triton")
     rows = tmp_path / "rows.jsonl"
