@@ -72,6 +72,34 @@ def make_blender_scene(root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def bounded_nerf_qat_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny nerf-qat model of a bounded scene trained past calibration (8 steps) and exported: its
+    file has an occupancy grid. Tests load it; none writes to it."""
+    from helpers import tiny_nerf_qat_model, train_nerf_qat
+
+    torch.manual_seed(0)
+    model = tiny_nerf_qat_model(metadata={"near_far": (0.5, 3.0), "scene_type": "bounded"})
+    train_nerf_qat(model, 8)
+    path = tmp_path_factory.mktemp("bounded-nerf-qat") / "bounded.nqz"
+    model.export_compressed(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def bounded_vqad_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny vqad model of a bounded scene trained 3 steps and exported (with an occupancy grid).
+    Tests load it; none writes to it."""
+    from helpers import tiny_vqad_model, train_vqad
+
+    torch.manual_seed(0)
+    model = tiny_vqad_model({"near_far": (2.0, 6.0), "scene_type": "bounded"})
+    train_vqad(model, 3, bounded=True)
+    path = tmp_path_factory.mktemp("bounded-vqad") / "scene.nqz"
+    model.export_compressed(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_llff(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_llff_scene(tmp_path_factory.mktemp("tiny_llff"))
 

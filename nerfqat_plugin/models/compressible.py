@@ -387,10 +387,7 @@ class CompressibleModel(Model):
         grid = self.guiding_grid()
         if grid is None or grid.outside_occupied or len(ray_bundle) == 0:
             return render(ray_bundle)
-        bundle = self.sampling_rays(ray_bundle).bundle
-        origins, directions = bundle.origins.reshape(-1, 3), bundle.directions.reshape(-1, 3)
-        nears, fars = bundle.nears.reshape(-1), bundle.fars.reshape(-1)
-        crossing = rays_crossing_occupied(origins, directions, nears, fars, grid)
+        crossing = rays_crossing_occupied(*flat_rays(self.sampling_rays(ray_bundle).bundle), grid)
         num_rays = len(crossing)
         index = crossing.nonzero().view(-1)  # (the one wait for the GPU; indexing by it waits no more)
         if len(index) == num_rays:
@@ -421,10 +418,7 @@ class CompressibleModel(Model):
         """The steps of ``bundle``'s rays (flat, unit directions, world space) in ``grid``'s occupied
         cells: steps of the grid box's diagonal over ``march_steps``, from each ray's near bound (or the
         box's entry), shifted by one random fraction of a step per ray with ``jitter``."""
-        origins, directions = bundle.origins.reshape(-1, 3), bundle.directions.reshape(-1, 3)
-        nears = bundle.nears.reshape(-1) if bundle.nears is not None else origins.new_zeros(len(origins))
-        fars = bundle.fars.reshape(-1) if bundle.fars is not None else origins.new_full((len(origins),), math.inf)
-        return march_occupied(origins, directions, nears, fars, grid, self.march_step(grid.aabb), jitter=jitter)
+        return march_occupied(*flat_rays(bundle), grid, self.march_step(grid.aabb), jitter=jitter)
 
     def march_step(self, aabb: Tensor) -> float:
         """The marching step through box ``aabb`` [2, 3]: its diagonal over ``march_steps`` (world units)."""
@@ -557,6 +551,15 @@ class CompressibleModel(Model):
         (the pipeline then reports it as null)."""
         metrics = image_metrics(gt, pred)
         return {name: value for name, value in metrics.items() if value is not None}
+
+
+def flat_rays(bundle: RayBundle) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Origins, directions [R, 3], nears and fars [R] of ``bundle``'s rays (bounds it lacks: 0 and
+    infinity), as the marchers take them."""
+    origins, directions = bundle.origins.reshape(-1, 3), bundle.directions.reshape(-1, 3)
+    nears = bundle.nears.reshape(-1) if bundle.nears is not None else origins.new_zeros(len(origins))
+    fars = bundle.fars.reshape(-1) if bundle.fars is not None else origins.new_full((len(origins),), math.inf)
+    return origins, directions, nears, fars
 
 
 def run_length(trainer: Any) -> int:

@@ -6,9 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Dict, List
 
-import pytest
 import torch
-from helpers import tiny_nerf_qat_model, tiny_vqad_model, train_nerf_qat, train_vqad
 from nerfstudio.cameras.rays import RayBundle
 from torch import Tensor
 
@@ -56,12 +54,8 @@ XS = [-1.2, -0.7, -0.3, 0.3, 0.7, 1.2]
 MISSING = torch.tensor([x < 0 for x in XS])
 
 
-def test_nerf_qat_renders_the_crossing_rays_only_and_the_same_image(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    trained = tiny_nerf_qat_model(metadata={"near_far": (0.5, 3.0), "scene_type": "bounded"})
-    train_nerf_qat(trained, 8)
-    trained.export_compressed(tmp_path / "bounded.nqz")
-    model = load_compressed_model(tmp_path / "bounded.nqz")
+def test_nerf_qat_renders_the_crossing_rays_only_and_the_same_image(bounded_nerf_qat_file: Path) -> None:
+    model = load_compressed_model(bounded_nerf_qat_file)
     model.occupancy_grid = _upper_x_half(model)
     bundle = _rays_down_z(XS, 2.5)
     plain = _render(model, bundle, guided=False)
@@ -80,18 +74,8 @@ def test_nerf_qat_renders_the_crossing_rays_only_and_the_same_image(tmp_path: Pa
         assert [len(b) for b in bundles] == [len(XS)]
 
 
-@pytest.fixture(scope="module")
-def vqad_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    trained = tiny_vqad_model({"near_far": (2.0, 6.0), "scene_type": "bounded"})
-    train_vqad(trained, 3, bounded=True)
-    path = tmp_path_factory.mktemp("guided") / "vqad.nqz"
-    trained.export_compressed(path)
-    return path
-
-
-def test_vqad_proposals_skip_empty_cells_and_missing_rays_are_background(vqad_file: Path) -> None:
-    model = load_compressed_model(vqad_file)
+def test_vqad_proposals_skip_empty_cells_and_missing_rays_are_background(bounded_vqad_file: Path) -> None:
+    model = load_compressed_model(bounded_vqad_file)
     model.occupancy_grid = grid = _upper_x_half(model)
     evaluated: List[Tensor] = []
     model.density_fns = [_recording(fn, evaluated) for fn in model.density_fns]
@@ -108,8 +92,8 @@ def test_vqad_proposals_skip_empty_cells_and_missing_rays_are_background(vqad_fi
     assert bool(torch.isfinite(guided["rgb"]).all()) and float(guided["accumulation"][~MISSING].min()) > 1e-3
 
 
-def test_a_grid_with_no_occupied_cell_renders_the_background_everywhere(vqad_file: Path) -> None:
-    model = load_compressed_model(vqad_file)
+def test_a_grid_with_no_occupied_cell_renders_the_background_everywhere(bounded_vqad_file: Path) -> None:
+    model = load_compressed_model(bounded_vqad_file)
     empty = torch.zeros_like(model.occupancy_grid.occupied)
     model.occupancy_grid = OccupancyGrid(model.occupancy_grid.aabb, empty)
     outputs = _render(model, _rays_down_z(XS, 4.0), guided=True)
@@ -122,14 +106,10 @@ def _as_trained(model, bundle: RayBundle) -> Dict[str, Tensor]:
         return model(bundle)
 
 
-def test_renders_as_trained_ignore_every_render_shortcut(vqad_file: Path, tmp_path: Path) -> None:
+def test_renders_as_trained_ignore_every_render_shortcut(bounded_nerf_qat_file: Path, bounded_vqad_file: Path) -> None:
     """Benchmarks measure a file as trained once for all the shortcut options they try
     (``render_shortcuts``): each of them, set against its default, leaves that render as it is."""
-    torch.manual_seed(0)
-    nerf_qat = tiny_nerf_qat_model(metadata={"near_far": (0.5, 3.0), "scene_type": "bounded"})
-    train_nerf_qat(nerf_qat, 4)
-    nerf_qat.export_compressed(tmp_path / "bounded.nqz")
-    for path, z in ((tmp_path / "bounded.nqz", 2.5), (vqad_file, 4.0)):
+    for path, z in ((bounded_nerf_qat_file, 2.5), (bounded_vqad_file, 4.0)):
         model = load_compressed_model(path)
         model.occupancy_grid = _upper_x_half(model)
         bundle = _rays_down_z(XS, z)

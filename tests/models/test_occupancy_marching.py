@@ -8,7 +8,7 @@ from typing import Callable, List
 
 import pytest
 import torch
-from helpers import forward_rays, tiny_nerf_qat_model, tiny_vqad_model, train_nerf_qat, train_vqad, vqad_rays
+from helpers import forward_rays, tiny_nerf_qat_model, tiny_vqad_model, vqad_rays
 from nerfstudio.engine.callbacks import TrainingCallbackLocation
 from nerfstudio.field_components.field_heads import FieldHeadNames
 
@@ -38,18 +38,8 @@ def _half_box_grid(model) -> OccupancyGrid:
     return OccupancyGrid(grid.aabb, occupied, outside_occupied=False)
 
 
-@pytest.fixture(scope="module")
-def nerf_qat_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = tiny_nerf_qat_model(metadata={"near_far": (0.5, 3.0), "scene_type": "bounded"})
-    train_nerf_qat(model, 8)
-    path = tmp_path_factory.mktemp("march") / "bounded.nqz"
-    model.export_compressed(path)
-    return path
-
-
-def test_nerf_qat_marches_the_fine_field_through_occupied_cells_only(nerf_qat_file: Path) -> None:
-    model = load_compressed_model(nerf_qat_file)
+def test_nerf_qat_marches_the_fine_field_through_occupied_cells_only(bounded_nerf_qat_file: Path) -> None:
+    model = load_compressed_model(bounded_nerf_qat_file)
     model.occupancy_grid = grid = _half_box_grid(model)
     model.config.march_occupied_space, model.config.march_steps = True, STEPS
     fine, coarse = [], []
@@ -82,8 +72,8 @@ def test_nerf_qat_marches_the_fine_field_through_occupied_cells_only(nerf_qat_fi
     assert float(expected.std()) > 1e-3  # the comparison says something
 
 
-def test_renders_as_trained_and_forward_facing_scenes_keep_the_trained_sampler(nerf_qat_file: Path) -> None:
-    model = load_compressed_model(nerf_qat_file)
+def test_renders_as_trained_and_forward_facing_scenes_keep_the_trained_sampler(bounded_nerf_qat_file: Path) -> None:
+    model = load_compressed_model(bounded_nerf_qat_file)
     model.config.march_occupied_space = True
     assert model.marching_grid() is not None
     with model.rendering_as_trained():
@@ -97,12 +87,8 @@ def test_renders_as_trained_and_forward_facing_scenes_keep_the_trained_sampler(n
     assert ndc.marching_grid() is None
 
 
-def test_vqad_marches_instead_of_its_proposals(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    trained = tiny_vqad_model({"near_far": (2.0, 6.0), "scene_type": "bounded"})
-    train_vqad(trained, 3, bounded=True)
-    trained.export_compressed(tmp_path / "vqad.nqz")
-    model = load_compressed_model(tmp_path / "vqad.nqz")
+def test_vqad_marches_instead_of_its_proposals(bounded_vqad_file: Path) -> None:
+    model = load_compressed_model(bounded_vqad_file)
     model.occupancy_grid = grid = _half_box_grid(model)
     model.config.march_occupied_space, model.config.march_steps = True, STEPS
     evaluated = []

@@ -7,25 +7,15 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
-from helpers import run, tiny_vqad_model, train_vqad
+from helpers import run
 from PIL import Image
 
 
-@pytest.fixture(scope="module")
-def bounded_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = tiny_vqad_model({"near_far": (2.0, 6.0), "scene_type": "bounded"})
-    train_vqad(model, 3, bounded=True)
-    path = tmp_path_factory.mktemp("render") / "scene.nqz"
-    model.export_compressed(path)
-    return path
-
-
-def test_frames_of_the_default_orbit_from_the_file_alone(bounded_file: Path, tmp_path: Path) -> None:
+def test_frames_of_the_default_orbit_from_the_file_alone(bounded_vqad_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "frames"
-    proc = run("ns-render-compressed", [str(bounded_file), "--output-path", str(out), "--frames", "3", "--size", "16"])
+    args = [str(bounded_vqad_file), "--output-path", str(out), "--frames", "3", "--size", "16"]
+    proc = run("ns-render-compressed", args)
     frames = sorted(out.glob("*.png"))
     assert [f.name for f in frames] == ["00000.png", "00001.png", "00002.png"]
     images = [np.asarray(Image.open(f)) for f in frames]
@@ -34,7 +24,7 @@ def test_frames_of_the_default_orbit_from_the_file_alone(bounded_file: Path, tmp
     assert "Rendered 3 frames" in proc.stdout and "fps" in proc.stdout
 
 
-def test_a_viewer_camera_path_sets_the_cameras_and_resolution(bounded_file: Path, tmp_path: Path) -> None:
+def test_a_viewer_camera_path_sets_the_cameras_and_resolution(bounded_vqad_file: Path, tmp_path: Path) -> None:
     pose = torch.eye(4)
     pose[2, 3] = 4.0  # 4 units from the box's centre, looking at it
     camera_path = {
@@ -45,16 +35,16 @@ def test_a_viewer_camera_path_sets_the_cameras_and_resolution(bounded_file: Path
     }
     (tmp_path / "path.json").write_text(json.dumps(camera_path))
     out = tmp_path / "frames"
-    args = [str(bounded_file), "--output-path", str(out), "--camera-path-filename", str(tmp_path / "path.json")]
+    args = [str(bounded_vqad_file), "--output-path", str(out), "--camera-path-filename", str(tmp_path / "path.json")]
     run("ns-render-compressed", args)
     frames = sorted(out.glob("*.png"))
     assert len(frames) == 2 and np.asarray(Image.open(frames[0])).shape == (12, 20, 3)
 
 
-def test_bad_input_is_one_line(bounded_file: Path, tmp_path: Path) -> None:
+def test_bad_input_is_one_line(bounded_vqad_file: Path, tmp_path: Path) -> None:
     (tmp_path / "a_file").write_text("x")
     (tmp_path / "bad.json").write_text("{}")
-    file, out = str(bounded_file), ["--output-path", str(tmp_path / "o")]
+    file, out = str(bounded_vqad_file), ["--output-path", str(tmp_path / "o")]
     cases = [
         ([str(tmp_path / "missing.nqz"), *out], "no such file"),
         ([file, "--output-path", str(tmp_path / "a_file")], "exists and is not a folder"),
@@ -63,7 +53,7 @@ def test_bad_input_is_one_line(bounded_file: Path, tmp_path: Path) -> None:
         ([file, *out, "--operating-point", "levels=9"], "operating point"),
     ]
     if shutil.which("ffmpeg") is None:
-        cases.append(([str(bounded_file), "--output-path", str(tmp_path / "v.mp4")], "needs ffmpeg"))
+        cases.append(([str(bounded_vqad_file), "--output-path", str(tmp_path / "v.mp4")], "needs ffmpeg"))
     for args, message in cases:
         proc = run("ns-render-compressed", args, check=False)
         assert proc.returncode == 1, (args, proc.stderr[-500:])
