@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 BLOCK_ROWS = 64
 """Rows per program where the launch is not tuned (Triton's interpreter)."""
-TUNED_LAUNCHES = ((32, 4), (64, 4), (64, 8), (128, 8))
+TUNED_LAUNCHES = ((32, 4), (64, 4), (64, 8), (128, 4), (128, 8))
 """(rows per program, warps) tried on a GPU at the first call for each MLP shape; the fastest is kept."""
 
 
