@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 BLOCK_ROWS = 64
 """Rows per program where the launch is not tuned (Triton's interpreter)."""
-TUNED_LAUNCHES = ((32, 4), (64, 4), (64, 8), (128, 4), (128, 8))
+TUNED_LAUNCHES = ((64, 8), (128, 8), (128, 16), (64, 4))
 """(rows per program, warps) tried on a GPU at the first call for each MLP shape; the fastest is kept."""
 
 
@@ -86,20 +86,16 @@ if triton is not None:
         cols = tl.arange(0, WIDTH)
         x = tl.load(x_ptr + rows[:, None] * IN + k_in[None, :], mask=row_ok[:, None], other=0)
         h = tl.zeros([BLOCK, WIDTH], dtype=tl.int8)
-        for layer in tl.static_range(LAYERS):
-            y = tl.zeros([BLOCK, WIDTH], dtype=tl.float32)
-            if layer > 0:  # the previous block's integers
-                wh = tl.load(wh_ptr + layer * WIDTH * WIDTH + cols[:, None] * WIDTH + cols[None, :])
-                acc = tl.dot(h, wh, out_dtype=tl.int32) + tl.load(corr_h_ptr + layer * WIDTH + cols)[None, :]
-                y = acc.to(tl.float32) * tl.load(scale_h_ptr + layer * WIDTH + cols)[None, :]
+        # A loop, not unrolled: one block's code compiled once (an unrolled trunk compiles for minutes).
+        # Block 0 reads no previous block: its hidden weights, corrections and scales are zeros.
+        for layer in range(LAYERS):
+            wh = tl.load(wh_ptr + layer * WIDTH * WIDTH + cols[:, None] * WIDTH + cols[None, :])
+            acc = tl.dot(h, wh, out_dtype=tl.int32) + tl.load(corr_h_ptr + layer * WIDTH + cols)[None, :]
+            y = acc.to(tl.float32) * tl.load(scale_h_ptr + layer * WIDTH + cols)[None, :]
             if (READS_INPUT >> layer) & 1:  # the MLP's input (the first block, skip connections)
                 wx = tl.load(wx_ptr + layer * IN * WIDTH + k_in[:, None] * WIDTH + cols[None, :])
                 acc_x = tl.dot(x, wx, out_dtype=tl.int32) + tl.load(corr_x_ptr + layer * WIDTH + cols)[None, :]
-                part = acc_x.to(tl.float32) * tl.load(scale_x_ptr + layer * WIDTH + cols)[None, :]
-                if layer > 0:
-                    y = y + part
-                else:
-                    y = part
+                y = y + acc_x.to(tl.float32) * tl.load(scale_x_ptr + layer * WIDTH + cols)[None, :]
             y = y + tl.load(bias_ptr + layer * WIDTH + cols)[None, :]
             if RELU_BEFORE_QUANT:
                 y = tl.maximum(y, 0.0)
