@@ -87,11 +87,12 @@ if triton is not None:
         x = tl.load(x_ptr + rows[:, None] * IN + k_in[None, :], mask=row_ok[:, None], other=0)
         h = tl.zeros([BLOCK, WIDTH], dtype=tl.int8)
         # A loop, not unrolled: one block's code compiled once (an unrolled trunk compiles for minutes).
-        # Block 0 reads no previous block: its hidden weights, corrections and scales are zeros.
         for layer in range(LAYERS):
-            wh = tl.load(wh_ptr + layer * WIDTH * WIDTH + cols[:, None] * WIDTH + cols[None, :])
-            acc = tl.dot(h, wh, out_dtype=tl.int32) + tl.load(corr_h_ptr + layer * WIDTH + cols)[None, :]
-            y = acc.to(tl.float32) * tl.load(scale_h_ptr + layer * WIDTH + cols)[None, :]
+            y = tl.zeros([BLOCK, WIDTH], dtype=tl.float32)
+            if layer > 0:  # the previous block's integers
+                wh = tl.load(wh_ptr + layer * WIDTH * WIDTH + cols[:, None] * WIDTH + cols[None, :])
+                acc = tl.dot(h, wh, out_dtype=tl.int32) + tl.load(corr_h_ptr + layer * WIDTH + cols)[None, :]
+                y = acc.to(tl.float32) * tl.load(scale_h_ptr + layer * WIDTH + cols)[None, :]
             if (READS_INPUT >> layer) & 1:  # the MLP's input (the first block, skip connections)
                 wx = tl.load(wx_ptr + layer * IN * WIDTH + k_in[:, None] * WIDTH + cols[None, :])
                 acc_x = tl.dot(x, wx, out_dtype=tl.int32) + tl.load(corr_x_ptr + layer * WIDTH + cols)[None, :]
