@@ -37,6 +37,9 @@ BLOCK_ROWS = 64
 """Rows per program where the launch is not tuned (Triton's interpreter)."""
 TUNED_LAUNCHES = ((64, 8), (128, 8), (128, 16), (64, 4))
 """(rows per program, warps) tried on a GPU at the first call for each MLP shape; the fastest is kept."""
+MAX_ROWS_PER_LAUNCH = 1 << 20
+"""Rows one launch takes; larger calls are split. A launch of 2**21 rows faulted on an H100 (an
+illegal memory access, cause not yet found) where 2**20 rows ran and matched the integer path."""
 
 
 def fused_trunk_available(device: torch.device) -> bool:
@@ -175,21 +178,24 @@ class FusedIntegerTrunk:
         if x.shape[1] != self.in_padded:
             x = torch.nn.functional.pad(x, (0, self.in_padded - x.shape[1]))
         out = torch.empty(rows, self.width_padded, dtype=torch.int8, device=x.device)
-        if rows:
-            args = (x.contiguous(), out, self.wh, self.wx, self.corr_h, self.corr_x, self.scale_h, self.scale_x)
-            shapes = dict(
-                IN=self.in_padded,
-                WIDTH=self.width_padded,
-                LAYERS=self.num_layers,
-                READS_INPUT=self.reads_input,
-                RELU_BEFORE_QUANT=self.relu_before_quant,
-            )
+        shapes = dict(
+            IN=self.in_padded,
+            WIDTH=self.width_padded,
+            LAYERS=self.num_layers,
+            READS_INPUT=self.reads_input,
+            RELU_BEFORE_QUANT=self.relu_before_quant,
+        )
+        x = x.contiguous()
+        for start in range(0, rows, MAX_ROWS_PER_LAUNCH):
+            part_in, part_out = x[start : start + MAX_ROWS_PER_LAUNCH], out[start : start + MAX_ROWS_PER_LAUNCH]
+            count = part_in.shape[0]
+            args = (part_in, part_out, self.wh, self.wx, self.corr_h, self.corr_x, self.scale_h, self.scale_x)
             if x.is_cuda:
-                grid = lambda meta: (triton.cdiv(rows, meta["BLOCK"]),)  # noqa: E731
-                _tuned_trunk_kernel[grid](*args, self.bias, self.quant, rows, **shapes)
+                grid = lambda meta, n=count: (triton.cdiv(n, meta["BLOCK"]),)  # noqa: E731
+                _tuned_trunk_kernel[grid](*args, self.bias, self.quant, count, **shapes)
             else:
-                _trunk_kernel[(triton.cdiv(rows, BLOCK_ROWS),)](
-                    *args, self.bias, self.quant, rows, **shapes, BLOCK=BLOCK_ROWS
+                _trunk_kernel[(triton.cdiv(count, BLOCK_ROWS),)](
+                    *args, self.bias, self.quant, count, **shapes, BLOCK=BLOCK_ROWS
                 )
         shifted = out if self.width_padded == self.width else out[:, : self.width].contiguous()
         return self.output.activation(shifted)
