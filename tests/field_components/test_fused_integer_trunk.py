@@ -60,9 +60,9 @@ print(json.dumps(results))
 
 def test_fused_trunk_has_the_integer_paths_integers_and_renders() -> None:
     """Launches split at 128 rows, as large calls are. Stated bound: the last block's integers at
-    most one level apart, on under 1 % of the values (a
-    value the epilogue's float rounding puts on the other side of a rounding step; each such moves
-    what follows by one level at most); renders within 2e-3 everywhere and 1e-5 on average."""
+    most one level apart, on under 1 % of the values (a value the epilogue's float rounding puts on
+    the other side of a rounding step; each such moves what follows by one level at most); renders
+    within 2e-3 everywhere and 1e-5 on average."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     tests = str(Path(__file__).resolve().parents[1])
     proc = subprocess.run([sys.executable, "-c", COMPARE, tests], capture_output=True, text=True, env=env, timeout=600)
