@@ -31,8 +31,20 @@ class VQADCodec(CompressedCodec):
 
     def decoded_values(self, payload: Dict[str, Any]) -> int:
         options = payload["model"]
-        levels = [*options["grid_resolutions"], *options["proposal_resolutions"]]
-        return sum(math.prod(int(r) for r in resolution) for resolution in levels)
+        vertices = [math.prod(int(r) for r in resolution) for resolution in options["grid_resolutions"]]
+        # A level holds an index per vertex, except hashed levels (a function of the vertex) and
+        # probed ones (a hashed table), and its codebook's entries.
+        mode = options.get("index_mode", "learned")
+        bits = [int(b) for b in options.get("level_bits") or [options.get("bits") or 8] * len(vertices)]
+        if mode == "hashed":
+            indices = [0] * len(vertices)
+        elif mode == "probed":
+            indices = [1 << int(options.get("probe_table_bits", 16))] * len(vertices)
+        else:
+            indices = vertices
+        codebooks = [(1 << min(b, 30)) * int(options.get("feature_dim", 8)) for b in bits]
+        proposal = sum(math.prod(int(r) for r in resolution) for resolution in options["proposal_resolutions"])
+        return sum(indices) + sum(codebooks) + proposal
 
     def encode_modules(self, model: VQADModel, operating_point: Optional[str]) -> TensorsAndPayload:
         levels = model.active_levels if operating_point is None else operating_point_levels(operating_point)

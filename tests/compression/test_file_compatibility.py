@@ -258,3 +258,21 @@ def test_an_occupancy_grid_without_its_box_covers_the_scene_box_and_a_bad_box_is
     write_compressed(tmp_path / "bad.nqz", tensors, payload)
     with pytest.raises(CompressedFileError, match="occupancy grid"):
         load_compressed_model(tmp_path / "bad.nqz")
+
+
+def test_a_hashed_grid_finer_than_the_value_limit_loads_and_its_learned_twin_is_refused(tmp_path: Path) -> None:
+    """Hashed levels store no index per vertex: an instant-NGP-like 2048^3 level is a small model."""
+    from helpers import tiny_vqad_model
+
+    from nerfqat_plugin.compression.file_format import write_compressed
+
+    fine = ((16, 16, 16), (2048, 2048, 2048))
+    model = tiny_vqad_model(grid_resolutions=fine, index_mode="hashed", bits=8, feature_dim=2)
+    model.export_compressed(tmp_path / "hashed.nqz")
+    loaded = load_compressed_model(tmp_path / "hashed.nqz")
+    assert [tuple(r) for r in loaded.grid_spec.resolutions] == [tuple(r) for r in fine]
+    tensors, payload = read_compressed(tmp_path / "hashed.nqz")
+    payload["model"]["index_mode"] = "learned"  # 2048^3 stored indices: 8.6e9 values
+    write_compressed(tmp_path / "learned.nqz", tensors, payload)
+    with pytest.raises(CompressedFileError, match="describes a model of .* values"):
+        load_compressed_model(tmp_path / "learned.nqz")
