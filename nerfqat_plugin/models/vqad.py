@@ -118,6 +118,9 @@ class VQADModelConfig(CompressibleModelConfig):
     few vertices, so larger codebooks there cost few bytes, e.g. 8 8 4 4 for four levels."""
     feature_dim: int = 8
     """Width of codebook entries."""
+    codebook_init_std: float = 0.1
+    """Standard deviation of the initial codebook entries (instant-NGP starts its free features
+    near 1e-4)."""
     index_mode: IndexMode = "learned"
     """learned (the method); ablations random (seeded) or hashed (instant-NGP); probed: Compact NGP's
     learned hash probing (``bits`` sizes the hashed codebook, default 14)."""
@@ -331,6 +334,7 @@ class VQADModel(CompressibleModel):
             list(spec.resolutions),
             spec.level_bits,
             cfg.feature_dim,
+            init_std=cfg.codebook_init_std,
             index_mode=cfg.index_mode,
             frozen=frozen,
             seed=cfg.index_seed,
