@@ -108,6 +108,9 @@ class VQADModelConfig(CompressibleModelConfig):
     outside NDC with no grid option set, the sparse preset (5 levels to 256^3, docs/methods/vqad.md)."""
     finest_resolution: Optional[Tuple[int, int, int]] = None
     """Vertices per axis (x, y, z) of the finest level; None: a default for NDC or bounded scenes."""
+    coarsest_resolution: Optional[int] = None
+    """Vertices along the longest axis of the coarsest level: levels then grow by one factor each up to
+    finest_resolution (instant-NGP's spacing, e.g. 16 to 2048 over 16 levels); None: each level halves."""
     grid_resolutions: Optional[Tuple[Tuple[int, int, int], ...]] = None
     """Every level's resolution explicitly (overrides num_levels and finest_resolution)."""
     bits: Optional[int] = None

@@ -68,10 +68,28 @@ def level_resolutions(finest: Resolution, num_levels: int) -> List[Resolution]:
     ]
 
 
-def _resolutions(explicit: Optional[Sequence[Sequence[int]]], finest: Sequence[int], levels: int) -> List[Resolution]:
-    """Explicit per-level resolutions if given, else ``levels`` halving from ``finest``."""
+def geometric_resolutions(coarsest: int, finest: Resolution, num_levels: int) -> List[Resolution]:
+    """Resolutions growing by one factor per level from ``coarsest`` (along the finest level's longest
+    axis, the others in proportion, at least 2) to ``finest``: instant-NGP's spacing."""
+    longest = max(finest)
+    start = [max(2.0, coarsest * r / longest) for r in finest]
+    if num_levels == 1:
+        return [tuple(finest)]
+    return [
+        tuple(max(2, round(s * (r / s) ** (level / (num_levels - 1)))) for s, r in zip(start, finest, strict=True))  # type: ignore[misc]
+        for level in range(num_levels)
+    ]
+
+
+def _resolutions(
+    explicit: Optional[Sequence[Sequence[int]]], finest: Sequence[int], levels: int, coarsest: Optional[int] = None
+) -> List[Resolution]:
+    """Explicit per-level resolutions if given, else ``levels`` from ``finest``: halving, or growing
+    geometrically from ``coarsest``."""
     if explicit is not None:
         return [tuple(int(v) for v in r) for r in explicit]  # type: ignore[misc]
+    if coarsest is not None:
+        return geometric_resolutions(coarsest, tuple(finest), levels)  # type: ignore[arg-type]
     return level_resolutions(tuple(finest), levels)  # type: ignore[arg-type]
 
 
@@ -79,7 +97,13 @@ def scene_preset(cfg: VQADModelConfig, ndc: bool) -> dict:
     """The preset options a scene gets when the user gave none of the grid options: outside NDC the
     sparse grid (``BOUNDED_SPARSE_PRESET``), in NDC with learned indices and no bit option the
     per-level bits (``NDC_LEVEL_BITS_PRESET``); probed indices (hashed per level, never sparse) none."""
-    grid_options = (cfg.grid_resolutions, cfg.finest_resolution, cfg.num_levels, cfg.sparse_from_level)
+    grid_options = (
+        cfg.grid_resolutions,
+        cfg.finest_resolution,
+        cfg.num_levels,
+        cfg.coarsest_resolution,
+        cfg.sparse_from_level,
+    )
     if any(option is not None for option in grid_options) or cfg.index_mode == "probed":
         return {}
     if ndc:
@@ -97,7 +121,13 @@ def resolve_grid_spec(cfg: VQADModelConfig, ndc: bool) -> GridSpec:
         return preset.get(name, getattr(cfg, name))
 
     finest = option("finest_resolution") or (DEFAULT_FINEST_NDC if ndc else DEFAULT_FINEST_BOUNDED)
-    resolutions = _resolutions(cfg.grid_resolutions, finest, option("num_levels") or DEFAULT_NUM_LEVELS)
+    if cfg.coarsest_resolution is not None and not 2 <= cfg.coarsest_resolution <= max(finest):
+        raise UserInputError(
+            f"vqad: --pipeline.model.coarsest-resolution must be 2 to the finest resolution ({max(finest)}), "
+            f"got {cfg.coarsest_resolution}"
+        )
+    levels = option("num_levels") or DEFAULT_NUM_LEVELS
+    resolutions = _resolutions(cfg.grid_resolutions, finest, levels, cfg.coarsest_resolution)
     proposal_finest = cfg.proposal_finest_resolution or (DEFAULT_PROPOSAL_NDC if ndc else DEFAULT_PROPOSAL_BOUNDED)
     proposal = _resolutions(cfg.proposal_resolutions, proposal_finest, cfg.proposal_levels)
     default_bits = DEFAULT_PROBED_BITS if cfg.index_mode == "probed" else DEFAULT_BITS
