@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from dataclasses import dataclass
+from typing import Any, Dict, Tuple
 
 import torch
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
@@ -16,10 +17,18 @@ from nerfqat_plugin.models.compressible import CompressibleModelConfig
 from nerfqat_plugin.pipelines.compression_pipeline import CompressionPipelineConfig
 
 
+@dataclass
+class AdamWithBetasOptimizerConfig(AdamOptimizerConfig):
+    """nerfstudio's Adam with its moment decay rates exposed (instant-NGP trains with 0.9, 0.99)."""
+
+    betas: Tuple[float, float] = (0.9, 0.999)
+    """Decay rates of Adam's first and second moment estimates, each in [0, 1)."""
+
+
 def adam(lr: float, lr_final: float, max_steps: int, eps: float = 1e-15) -> Dict[str, Any]:
     """Adam with an exponential learning-rate decay over ``max_steps`` (the benchmark runner re-plans it)."""
     return {
-        "optimizer": AdamOptimizerConfig(lr=lr, eps=eps),
+        "optimizer": AdamWithBetasOptimizerConfig(lr=lr, eps=eps),
         "scheduler": ExponentialDecaySchedulerConfig(lr_final=lr_final, max_steps=max_steps),
     }
 
