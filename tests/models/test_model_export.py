@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import pytest
 import torch
-import tyro
 from helpers import TINY_NDC as NDC
 from helpers import render_nerf_qat as _render
 from helpers import tiny_nerf_qat_model as _model
@@ -18,7 +16,6 @@ from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCall
 from nerfstudio.engine.optimizers import Optimizers
 
 from method_configs.common import adam
-from method_configs.vqad import vqad_method
 from nerfqat_plugin.compression.codec import load_compressed_model
 from nerfqat_plugin.compression.file_format import CompressedFileError, read_compressed
 from nerfqat_plugin.errors import UserInputError
@@ -350,11 +347,3 @@ def test_ema_weights_render_evaluate_and_export_and_training_keeps_its_own(tmp_p
     reloaded.load_state_dict(model.state_dict())
     assert reloaded.weight_average.num_updates == 8
     assert torch.max(torch.abs(_render(reloaded)["rgb"] - expected["rgb"])) <= 1e-5
-
-
-def test_adam_betas_are_an_option_that_reaches_torch() -> None:
-    default = vqad_method.config
-    config = tyro.cli(type(default), args=shlex.split("--optimizers.fields.optimizer.betas 0.9 0.99"), default=default)
-    param = torch.nn.Parameter(torch.zeros(2))
-    assert config.optimizers["fields"]["optimizer"].setup([param]).defaults["betas"] == (0.9, 0.99)
-    assert config.optimizers["index_logits"]["optimizer"].setup([param]).defaults["betas"] == (0.9, 0.999)
