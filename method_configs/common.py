@@ -13,6 +13,7 @@ from nerfstudio.engine.trainer import TrainerConfig
 
 from nerfqat_plugin.data.auto_dataparser import AutoDataParserConfig
 from nerfqat_plugin.data.datamanager import CompressionDataManagerConfig
+from nerfqat_plugin.errors import OptionError
 from nerfqat_plugin.models.compressible import CompressibleModelConfig
 from nerfqat_plugin.pipelines.compression_pipeline import CompressionPipelineConfig
 
@@ -23,6 +24,10 @@ class AdamWithBetasOptimizerConfig(AdamOptimizerConfig):
 
     betas: Tuple[float, float] = (0.9, 0.999)
     """Decay rates of Adam's first and second moment estimates, each in [0, 1)."""
+
+    def __post_init__(self) -> None:
+        if not all(0.0 <= beta < 1.0 for beta in self.betas):
+            raise OptionError(f"--optimizers.*.optimizer.betas must each be in [0, 1), got {list(self.betas)}")
 
 
 def adam(lr: float, lr_final: float, max_steps: int, eps: float = 1e-15) -> Dict[str, Any]:

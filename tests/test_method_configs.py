@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 
+import pytest
 import torch
 import tyro
 
@@ -16,3 +17,12 @@ def test_adam_betas_are_an_option_that_reaches_torch() -> None:
     param = torch.nn.Parameter(torch.zeros(2))
     assert config.optimizers["fields"]["optimizer"].setup([param]).defaults["betas"] == (0.9, 0.99)
     assert config.optimizers["index_logits"]["optimizer"].setup([param]).defaults["betas"] == (0.9, 0.999)
+
+
+def test_adam_betas_outside_0_to_1_are_refused_with_a_message_not_a_traceback(capsys: pytest.CaptureFixture) -> None:
+    default = vqad_method.config
+    with pytest.raises(SystemExit):  # tyro reports a ValueError raised while building the config
+        tyro.cli(type(default), args=shlex.split("--optimizers.fields.optimizer.betas 0.9 1.0"), default=default)
+    message = " ".join(capsys.readouterr().err.split())
+    assert "betas must each be in [0, 1), got [0.9, 1.0]" in message.replace("│", "").replace("  ", " ")
+    assert "Traceback" not in message
