@@ -211,24 +211,35 @@ def export_and_evaluate(
     stop_at: Optional[float] = None,
 ) -> Dict[str, Any]:
     """Export the full model and the ``operating_points`` (None: all of the model's, e.g. vqad's
-    levels; []: none); evaluate each from its file (views started until ``stop_at``, Unix time)."""
+    levels; []: none); evaluate each from its file (views started until ``stop_at``, Unix time).
+
+    The operating points are evaluated from the last named (the largest of vqad's) back; past
+    ``stop_at`` the rest are neither exported nor evaluated and ``operating_points_skipped`` names
+    them: a grid of 16 levels has 16 operating points, and each costs an export and a view."""
     wanted = model.operating_points() if operating_points is None else operating_points
     path = directory / "model.nqz"
     result: Dict[str, Any] = {"file_bytes": model.export_compressed(path)}
     result.update(evaluate_file(path, pipeline, device, max_views, stop_at))
-    points = []
-    for name in wanted:
+    points: Dict[str, Dict[str, Any]] = {}
+    skipped: List[str] = []
+    for name in reversed(wanted):
         if name == model.current_operating_point():
             size, metrics = result["file_bytes"], result
+        elif stop_at is not None and time.time() >= stop_at:
+            skipped.append(name)
+            continue
         else:
             point_path = directory / f"model.{name.replace('=', '')}.nqz"
             size = model.export_compressed(point_path, name)
             metrics = evaluate_file(point_path, pipeline, device, max_views, stop_at)
         quality = {k: metrics[k] for k in ("psnr", "ssim", "lpips")}
-        points.append({"operating_point": name, "file_bytes": size, **quality})
+        points[name] = {"operating_point": name, "file_bytes": size, **quality}
         print(f"[benchmark] operating point {name}: {size} bytes, PSNR {metrics['psnr']:.2f}", flush=True)
+    if skipped:
+        print(f"[benchmark] evaluation deadline: operating points {', '.join(reversed(skipped))} skipped", flush=True)
+        result["operating_points_skipped"] = [name for name in wanted if name in skipped]
     if points:
-        result["operating_points"] = points
+        result["operating_points"] = [points[name] for name in wanted if name in points]
     return result
 
 

@@ -507,6 +507,39 @@ def test_config_docstrings_and_comments_carry_no_measurements() -> None:
     assert not measured, measured
 
 
+def test_past_the_evaluation_deadline_the_smallest_operating_points_are_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_benchmark = _load_benchmark_script("run_benchmark")
+    clock = {"now": 0.0}
+    exported: list = []
+
+    class Model:  # four levels; each evaluation takes 10 s of the fake clock
+        def operating_points(self) -> list:
+            return [f"levels={k}" for k in range(1, 5)]
+
+        def current_operating_point(self) -> str:
+            return "levels=4"
+
+        def export_compressed(self, path: Path, name: str = "levels=4") -> int:
+            exported.append(name)
+            return 100 * int(name[-1])
+
+    def evaluate_file(path, pipeline, device, max_views, stop_at) -> dict:
+        clock["now"] += 10.0
+        return {"psnr": 20.0 + len(exported), "ssim": 0.5, "lpips": None}
+
+    monkeypatch.setattr(run_benchmark, "evaluate_file", evaluate_file)
+    monkeypatch.setattr(run_benchmark.time, "time", lambda: clock["now"])
+    result = run_benchmark.export_and_evaluate(Model(), None, tmp_path, "cpu", stop_at=25.0)
+    assert exported == ["levels=4", "levels=3", "levels=2"]  # the largest first; none past the deadline
+    assert [p["operating_point"] for p in result["operating_points"]] == ["levels=2", "levels=3", "levels=4"]
+    assert [p["file_bytes"] for p in result["operating_points"]] == [200, 300, 400]
+    assert result["operating_points_skipped"] == ["levels=1"]
+    unhurried = run_benchmark.export_and_evaluate(Model(), None, tmp_path, "cpu")
+    assert len(unhurried["operating_points"]) == 4 and "operating_points_skipped" not in unhurried
+
+
 def test_every_committed_row_follows_the_one_schema_in_one_file_per_scene() -> None:
     rows_module = _load_benchmark_script("rows")
     files = sorted((ROOT / "benchmarks" / "results").glob("*.jsonl"))
