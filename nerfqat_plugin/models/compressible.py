@@ -78,9 +78,10 @@ class CompressibleModelConfig(ModelConfig):
     from it skip empty space (a few kB)."""
     occupancy_bake_resolution: int = 64
     """Cells per axis of the file's occupancy grid, in [8, 512]; finer grids skip more empty space,
-    take more bytes and bake longer (the fields are evaluated at 8 points per cell)."""
+    take more bytes and bake longer (the fields are evaluated at 8 points per cell). Models that
+    train by marching a grid store that grid instead."""
     occupancy_max_ray_loss: float = 1e-3
-    """Most opacity the file's empty cells may take from one ray in the worst case, in (0, 1)."""
+    """Most opacity the file's baked empty cells may take from one ray in the worst case, in (0, 1)."""
     skip_hidden_samples: bool = True
     """Rendering: stop each ray once its transmittance falls below 1e-4 and colour only samples of
     weight 1e-5 or more (training evaluates every sample)."""
@@ -163,6 +164,8 @@ class CompressibleModel(Model):
         self.collapse_monitor = CollapseMonitor()
         # Empty space of a bounded scene, from the file it was loaded from (renders skip it).
         self.occupancy_grid: Optional[OccupancyGrid] = None
+        # Whether that grid is the one the model trained by marching (kept when rendering as trained).
+        self.occupancy_grid_trained = False
         self._baked_occupancy: Optional[Tuple[Any, OccupancyGrid]] = None
 
     # -- occupancy grid (bounded and forward-facing scenes) -------------------------------------
@@ -180,13 +183,22 @@ class CompressibleModel(Model):
             return NDC_BOX, True
         return (self.scene_box.aabb, False) if self.scene_type == "bounded" else None
 
+    def trained_occupancy(self) -> Optional[OccupancyGrid]:
+        """The grid this model marched while it trained, if it sampled that way (here: one its file
+        stored); None otherwise."""
+        return self.occupancy_grid if self.occupancy_grid_trained else None
+
     def occupancy_state(self) -> Tuple[Dict[str, Tensor], Dict[str, Any], Dict[str, Any]]:
         """The file's occupancy grid: tensors, their layouts and the payload entry (all empty where
-        :meth:`occupancy_box` is None). Baked from the current weights, once per change of them
-        (sizes are measured often)."""
+        :meth:`occupancy_box` is None). A model that trains by marching a grid stores that grid, so
+        its file renders the samples it trained on; others bake one from the current weights, once
+        per change of them (sizes are measured often)."""
         box = self.occupancy_box()
         if box is None:
             return {}, {}, {}
+        trained = self.trained_occupancy()
+        if trained is not None:
+            return self._occupancy_entry(trained.occupied, trained.aabb, trained.outside_occupied, trained=True)
         aabb, outside_occupied = box
         cfg = self.config
         options = (cfg.occupancy_bake_resolution, cfg.occupancy_max_ray_loss)
@@ -210,13 +222,22 @@ class CompressibleModel(Model):
                 self.train(was_training)
             # Keyed after baking: evaluating the fields refreshes quantizer buffers (same values, new versions).
             self._baked_occupancy = ((weights_version(self), *options), grid)
-        occupied = self._baked_occupancy[1].occupied
+        return self._occupancy_entry(self._baked_occupancy[1].occupied, aabb, outside_occupied)
+
+    @staticmethod
+    def _occupancy_entry(
+        occupied: Tensor, aabb: Tensor, outside_occupied: bool, trained: bool = False
+    ) -> Tuple[Dict[str, Tensor], Dict[str, Any], Dict[str, Any]]:
+        """A grid's cells [X, Y, Z] over ``aabb`` [2, 3], bit-packed, as the file stores them;
+        ``trained``: the grid training marched (part of the model), not a baked render shortcut."""
         packed, layout = encode_integers(occupied.reshape(-1).cpu(), 1, signed=False)
         entry = {
             "resolution": list(occupied.shape),
             "aabb": [[float(v) for v in row] for row in aabb.tolist()],
             "outside": "occupied" if outside_occupied else "empty",
         }
+        if trained:
+            entry["trained"] = True
         return {OCCUPANCY_KEY: packed}, {OCCUPANCY_KEY: layout}, {"occupancy": entry}
 
     def load_occupancy(self, tensors: Dict[str, Tensor], payload: Dict[str, Any]) -> None:
@@ -232,6 +253,7 @@ class CompressibleModel(Model):
             raise CompressedFileError("the file's occupancy grid names an invalid box or outside state")
         outside_occupied = entry.get("outside", "empty") == "occupied"
         self.occupancy_grid = OccupancyGrid(aabb, occupied.view(*shape).bool(), outside_occupied)
+        self.occupancy_grid_trained = bool(entry.get("trained", False))
 
     # -- hooks a method may override ------------------------------------------------------------
     def ddp_find_unused_parameters(self) -> bool:
@@ -437,10 +459,12 @@ class CompressibleModel(Model):
     @contextlib.contextmanager
     def rendering_as_trained(self) -> Iterator[None]:
         """Context in which renders evaluate every sample as training does: no sample skipping, no
-        occupancy grid (and, in subclasses, no other render-time shortcut). The reference a file's
-        default renders are checked against."""
+        baked occupancy grid (a grid training marched stays: it places the samples) and, in
+        subclasses, no other render-time shortcut. The reference a file's default renders are checked
+        against."""
         saved = self.config.skip_hidden_samples, self.occupancy_grid
-        self.config.skip_hidden_samples, self.occupancy_grid = False, None
+        self.config.skip_hidden_samples = False
+        self.occupancy_grid = self.occupancy_grid if self.occupancy_grid_trained else None
         try:
             yield
         finally:

@@ -98,6 +98,7 @@ class VQADModelConfig(CompressibleModelConfig):
         "num_nerf_samples",
         "unbounded_far_plane",
         "sampler",
+        "march_steps",  # the occupancy sampler's step: the samples the field was trained on
     )
     _target: Type = field(default_factory=lambda: VQADModel)
     eval_num_rays_per_chunk: int = 1 << 15
@@ -701,6 +702,9 @@ class VQADModel(CompressibleModel):
 
     def density_for_occupancy(self, positions: Tensor) -> Tensor:
         return self.field.density_at(positions)[0]
+
+    def trained_occupancy(self) -> Optional[OccupancyGrid]:
+        return self.occupancy_estimator.grid() if self.occupancy_estimator is not None else super().trained_occupancy()
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
         image = batch["image"].to(outputs["rgb"].device)
