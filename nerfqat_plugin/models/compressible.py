@@ -77,9 +77,8 @@ class CompressibleModelConfig(ModelConfig):
     """Bounded and forward-facing scenes: store a bit grid of occupied space in the file, so renders
     from it skip empty space (a few kB)."""
     occupancy_bake_resolution: int = 64
-    """Cells per axis of the file's occupancy grid, in [8, 512]; finer grids skip more empty space,
-    take more bytes and bake longer (the fields are evaluated at 8 points per cell). Models that
-    train by marching a grid store that grid instead."""
+    """Cells per axis of the file's baked occupancy grid, in [8, 512]; finer skips more empty space but
+    takes more bytes and baking time (models that train by marching a grid store that grid instead)."""
     occupancy_max_ray_loss: float = 1e-3
     """Most opacity the file's baked empty cells may take from one ray in the worst case, in (0, 1)."""
     skip_hidden_samples: bool = True
