@@ -6,13 +6,14 @@
 #   e.g. "int8-fused|nerf-qat|.gpu/fern|420|--pipeline.model.bits 8"
 # Rows go to $OUT/rows.jsonl, the runs' logs (LABEL.log each) to $OUT/logs.tgz: the device tool
 # returns at most 8 files from $OUT, so a file per run would crowd out the rows. The archive is
-# refreshed every 20 s while the runs go, so a call cut off at its time limit still returns the logs.
+# refreshed every $LOG_SNAPSHOT_S seconds (20) while the runs go, so a call cut off at its time limit
+# still returns the logs.
 set -u
 out=${OUT:-/tmp/out}
 logs=$(mktemp -d)
 mkdir -p "$out"
 snapshot_logs() { tar czf "$out/logs.tgz.part" -C "$logs" . && mv "$out/logs.tgz.part" "$out/logs.tgz"; }
-(while sleep 20; do snapshot_logs; done) >/dev/null 2>&1 &
+(while sleep "${LOG_SNAPSHOT_S:-20}"; do snapshot_logs; done) >/dev/null 2>&1 &
 snapshots=$!
 ngpu=$(nvidia-smi -L | wc -l)
 export JOBS_PER_GPU=${JOBS_PER_GPU:-1}

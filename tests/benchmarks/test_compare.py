@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -538,6 +539,50 @@ def test_past_the_evaluation_deadline_the_smallest_operating_points_are_skipped(
     assert result["operating_points_skipped"] == ["levels=1"]
     unhurried = run_benchmark.export_and_evaluate(Model(), None, tmp_path, "cpu")
     assert len(unhurried["operating_points"]) == 4 and "operating_points_skipped" not in unhurried
+
+
+def _fake_gpu_host(root: Path, job_seconds: float) -> dict:
+    """A checkout at ``root`` whose ``run_benchmark.py`` prints a line, sleeps ``job_seconds`` and
+    prints another, and an environment with one fake GPU (``nvidia-smi -L``)."""
+    (root / "benchmarks" / "gpu_host").mkdir(parents=True)
+    (root / "bin").mkdir()
+    suite = ROOT / "benchmarks" / "gpu_host" / "gpu_suite.sh"
+    (root / "benchmarks" / "gpu_host" / "gpu_suite.sh").write_text(suite.read_text())
+    runner = f"import time\nprint('[benchmark] started', flush=True)\ntime.sleep({job_seconds})\n"
+    runner += "print('[benchmark] finished')\n"
+    (root / "benchmarks" / "run_benchmark.py").write_text(runner)
+    (root / "bin" / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: fake'\n")
+    (root / "bin" / "nvidia-smi").chmod(0o755)
+    (root / "bin" / "python3").symlink_to(sys.executable)
+    path = f"{root / 'bin'}{os.pathsep}{os.environ['PATH']}"
+    return {**os.environ, "PATH": path, "OUT": str(root / "out"), "LOG_SNAPSHOT_S": "0.5", "JOBS_PER_GPU": "2"}
+
+
+def _archived_logs(out: Path) -> dict:
+    import tarfile
+
+    with tarfile.open(out / "logs.tgz") as archive:
+        return {Path(m.name).name: archive.extractfile(m).read().decode() for m in archive.getmembers() if m.isfile()}
+
+
+def test_gpu_suite_returns_its_logs_when_cut_off_and_ends_when_its_runs_end(tmp_path: Path) -> None:
+    command = ["bash", "benchmarks/gpu_host/gpu_suite.sh", "a|vqad|d|1|", "b|vqad|d|1|", "c|vqad|d|1|"]
+    quick = tmp_path / "quick"
+    env = _fake_gpu_host(quick, job_seconds=0.2)
+    proc = subprocess.run(command, cwd=quick, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.count("finished") == 3  # the snapshot loop does not hold it up
+    assert set(_archived_logs(quick / "out")) == {"a.log", "b.log", "c.log"}
+    slow = tmp_path / "slow"  # a call cut off at its time limit, its runs still going
+    env = _fake_gpu_host(slow, job_seconds=60)
+    proc = subprocess.Popen(command, cwd=slow, env=env, stdout=subprocess.DEVNULL, start_new_session=True)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=3)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the suite, its runs and its snapshot loop, as the device tool does
+        proc.wait()
+    logs = _archived_logs(slow / "out")
+    assert logs["a.log"].strip() == logs["b.log"].strip() == "[benchmark] started"
 
 
 def test_every_committed_row_follows_the_one_schema_in_one_file_per_scene() -> None:
