@@ -236,8 +236,9 @@ def export_and_evaluate(
         points[name] = {"operating_point": name, "file_bytes": size, **quality}
         print(f"[benchmark] operating point {name}: {size} bytes, PSNR {metrics['psnr']:.2f}", flush=True)
     if skipped:
-        print(f"[benchmark] evaluation deadline: operating points {', '.join(reversed(skipped))} skipped", flush=True)
         result["operating_points_skipped"] = [name for name in wanted if name in skipped]
+        names = ", ".join(result["operating_points_skipped"])
+        print(f"[benchmark] evaluation deadline: operating points {names} skipped", flush=True)
     if points:
         result["operating_points"] = [points[name] for name in wanted if name in points]
     return result

@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -559,8 +560,6 @@ def _fake_gpu_host(root: Path, job_seconds: float) -> dict:
 
 
 def _archived_logs(out: Path) -> dict:
-    import tarfile
-
     with tarfile.open(out / "logs.tgz") as archive:
         return {Path(m.name).name: archive.extractfile(m).read().decode() for m in archive.getmembers() if m.isfile()}
 
