@@ -37,6 +37,13 @@ DEFAULT_BITS = 4
 # Probed grids: bits of the (large, hashed) codebook when none are given; instant-NGP-sized tables
 # of 2**14 entries per level are what a ~1 MB file affords at 4 levels x 7 features (fp16).
 DEFAULT_PROBED_BITS = 14
+# Probed grids with no grid or bit option given: instant-NGP's 16 geometric levels from 16 to 1024
+# vertices (NDC: 4:3 in x/y, z coarser) with 2**13-entry codebooks; with 2-wide features, 2-bit probes
+# and 2**16-entry index tables a file is about 0.85 MB (why: docs/methods/vqad.md).
+PROBED_PRESET = {"num_levels": 16, "coarsest_resolution": 16}
+PROBED_PRESET_FINEST_NDC: Resolution = (1024, 768, 256)
+PROBED_PRESET_FINEST: Resolution = (1024, 1024, 1024)
+PROBED_PRESET_BITS = 13
 OPERATING_POINT_PREFIX = "levels="
 
 
@@ -94,9 +101,10 @@ def _resolutions(
 
 
 def scene_preset(cfg: VQADModelConfig, ndc: bool) -> dict:
-    """The preset options a scene gets when the user gave none of the grid options: outside NDC the
+    """The preset options a scene gets when the user gave none of the grid options: probed indices the
+    16-level hashed grid (``PROBED_PRESET``, with its bits unless bits are given); else outside NDC the
     sparse grid (``BOUNDED_SPARSE_PRESET``), in NDC with learned indices and no bit option the
-    per-level bits (``NDC_LEVEL_BITS_PRESET``); probed indices (hashed per level, never sparse) none."""
+    per-level bits (``NDC_LEVEL_BITS_PRESET``)."""
     grid_options = (
         cfg.grid_resolutions,
         cfg.finest_resolution,
@@ -104,8 +112,13 @@ def scene_preset(cfg: VQADModelConfig, ndc: bool) -> dict:
         cfg.coarsest_resolution,
         cfg.sparse_from_level,
     )
-    if any(option is not None for option in grid_options) or cfg.index_mode == "probed":
+    if any(option is not None for option in grid_options):
         return {}
+    if cfg.index_mode == "probed":
+        preset = {**PROBED_PRESET, "finest_resolution": PROBED_PRESET_FINEST_NDC if ndc else PROBED_PRESET_FINEST}
+        if cfg.bits is None and cfg.level_bits is None:
+            preset["level_bits"] = (PROBED_PRESET_BITS,) * PROBED_PRESET["num_levels"]
+        return preset
     if ndc:
         plain_bits = cfg.index_mode == "learned" and cfg.bits is None and cfg.level_bits is None
         return dict(NDC_LEVEL_BITS_PRESET) if plain_bits else {}
@@ -121,13 +134,14 @@ def resolve_grid_spec(cfg: VQADModelConfig, ndc: bool) -> GridSpec:
         return preset.get(name, getattr(cfg, name))
 
     finest = option("finest_resolution") or (DEFAULT_FINEST_NDC if ndc else DEFAULT_FINEST_BOUNDED)
-    if cfg.coarsest_resolution is not None and not 2 <= cfg.coarsest_resolution <= max(finest):
+    coarsest = option("coarsest_resolution")
+    if coarsest is not None and not 2 <= coarsest <= max(finest):
         raise UserInputError(
             f"vqad: --pipeline.model.coarsest-resolution must be 2 to the finest resolution ({max(finest)}), "
-            f"got {cfg.coarsest_resolution}"
+            f"got {coarsest}"
         )
     levels = option("num_levels") or DEFAULT_NUM_LEVELS
-    resolutions = _resolutions(cfg.grid_resolutions, finest, levels, cfg.coarsest_resolution)
+    resolutions = _resolutions(cfg.grid_resolutions, finest, levels, coarsest)
     proposal_finest = cfg.proposal_finest_resolution or (DEFAULT_PROPOSAL_NDC if ndc else DEFAULT_PROPOSAL_BOUNDED)
     proposal = _resolutions(cfg.proposal_resolutions, proposal_finest, cfg.proposal_levels)
     default_bits = DEFAULT_PROBED_BITS if cfg.index_mode == "probed" else DEFAULT_BITS

@@ -197,6 +197,13 @@ def test_scenes_without_grid_options_get_their_preset_and_the_config_is_never_re
         assert len(set(plain.level_bits)) == 1
     explicit = resolve_grid_spec(VQADModelConfig(finest_resolution=(64, 64, 64)), ndc=False)
     assert explicit.sparse_from_level is None and explicit.max_file_bytes is None and explicit.num_levels == 4
+    for ndc, finest in ((True, (1024, 768, 256)), (False, (1024, 1024, 1024))):  # probed: 16 hashed levels
+        probed = resolve_grid_spec(VQADModelConfig(index_mode="probed"), ndc=ndc)
+        assert probed.num_levels == 16 and probed.resolutions[-1] == finest and probed.sparse_from_level is None
+        assert max(probed.resolutions[0]) == 16 and probed.level_bits == (13,) * 16
+    assert resolve_grid_spec(VQADModelConfig(index_mode="probed", bits=12), ndc=False).level_bits == (12,) * 16
+    small = resolve_grid_spec(VQADModelConfig(index_mode="probed", num_levels=3), ndc=False)  # a grid option
+    assert small.num_levels == 3 and small.level_bits == (14,) * 3
 
 
 def test_operating_point_names_round_trip_and_bad_names_are_one_line() -> None:
