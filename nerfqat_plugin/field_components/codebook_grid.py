@@ -39,7 +39,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nerfqat_plugin.field_components.block_occupancy import block_grid_shape
-from nerfqat_plugin.field_components.fused_codebook_lookup import fused_level_lookup, fused_lookup_available
+from nerfqat_plugin.field_components.fused_codebook_lookup import (
+    fused_level_lookup,
+    fused_lookup_available,
+    fused_probed_level_lookup,
+)
 from nerfqat_plugin.field_components.half_precision import round_to_half
 
 IndexMode = Literal["learned", "random", "hashed", "probed"]
@@ -242,8 +246,8 @@ class LearnedIndexCodebookGrid(nn.Module):
         self.decoded_lookup = True
         """Renders interpolate each level's decoded feature volume (see the module docstring)."""
         self.fused_lookup = False
-        """Training looks levels of free logits with more rows than the points have corners up with
-        one Triton kernel where it runs (:mod:`~nerfqat_plugin.field_components.fused_codebook_lookup`)."""
+        """Training looks levels of free logits with more rows than the points have corners, and probed
+        levels, up with one Triton kernel each where it runs (:mod:`.fused_codebook_lookup`)."""
         self._volume_cache: Dict[int, Tuple[Tuple[Tuple[int, int], ...], Tensor]] = {}
         self.half_logits_in_state = False
         """Checkpoints (state dicts) hold free logits as fp16, shifted so each row's largest is 0
@@ -519,6 +523,12 @@ class LearnedIndexCodebookGrid(nn.Module):
         rows = self._trained_rows(level)
         if not hard and self._fusable(rows, positions):
             return self._fused_level_features(positions, level)
+        if not hard and self._fusable_probed(positions):
+            codebook = round_to_half(self.codebooks[level])
+            return fused_probed_level_lookup(
+                positions, self.logits[level], codebook, self.resolutions[level], self.probe_table_bits,
+                _HASH_PRIMES, _PROBE_HASH_PRIMES,
+            )  # fmt: skip
         corners, ids, weights = corner_lookup(positions, self.resolutions[level], self.corner_offsets)
         mask = self.block_mask(level)
         if mask is not None:  # corners in dropped blocks contribute nothing
@@ -564,6 +574,12 @@ class LearnedIndexCodebookGrid(nn.Module):
         level costs less as the per-vertex gather of :meth:`level_features`)."""
         large_free_logits = self.logit_rank == 0 and rows > 0 and rows >= 8 * positions.shape[0]
         return self.fused_lookup and large_free_logits and fused_lookup_available(positions.device)
+
+    def _fusable_probed(self, positions: Tensor) -> bool:
+        """Whether a training lookup of a probed level takes its fused kernel: the option on, free
+        logits of an index table being trained, Triton there."""
+        trained = self.index_mode == "probed" and not self.frozen and self.logit_rank == 0
+        return self.fused_lookup and trained and fused_lookup_available(positions.device)
 
     def _fused_level_features(self, positions: Tensor, level: int) -> Tensor:
         rows = self._buffers[f"vertex_rows_{level}"] if self.is_compacted(level) else None

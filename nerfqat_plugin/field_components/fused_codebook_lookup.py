@@ -14,6 +14,13 @@ through Triton's interpreter).
 
 Free logits only (the default ``logit_rank`` 0, dense or compacted levels, with or without a block
 mask); positions get no gradient (the fields' positions need none).
+
+Probed levels (:func:`fused_probed_level_lookup`) have their own kernel: per corner the two spatial
+hashes (the codebook bucket of ``2**probe_bits`` entries, the index-table slot), the slot's probe
+logits, their argmax and ``weight * codebook[bucket + argmax]``; the torch path writes [N, 8, probes,
+F] candidate rows and softmaxes. Backward recomputes the corners from the positions (nothing per
+corner is kept between the passes) and adds the straight-through gradient to the touched slots' logits
+and the chosen codebook rows.
 """
 
 from __future__ import annotations
@@ -130,6 +137,76 @@ if triton is not None:
             tl.atomic_add(grad_logits_ptr + row[:, None] * K + entries[None, :], grad_logits, mask=valid[:, None])
             tl.atomic_add(grad_codebook_ptr + chosen[:, None] * F + features[None, :], g, mask=both)
 
+    @triton.jit
+    def _probed_corner(
+        px, py, pz, rx, ry, rz, b0, b1, b2, bucket_mask, s0, s1, s2, slot_mask, corner: tl.constexpr, P: tl.constexpr
+    ):  # fmt: skip
+        """First codebook entry of the corner's bucket, its index-table slot and its trilinear weight."""
+        cx, cy, cz, _, weight = _corner(px, py, pz, rx, ry, rz, corner)
+        bucket = (((cx * b0) ^ (cy * b1) ^ (cz * b2)) & bucket_mask) * P
+        slot = ((cx * s0) ^ (cy * s1) ^ (cz * s2)) & slot_mask
+        return bucket, slot, weight
+
+    @triton.jit
+    def _probed_forward_kernel(
+        pos_ptr, logits_ptr, codebook_ptr, out_ptr,
+        n, rx, ry, rz, b0, b1, b2, bucket_mask, s0, s1, s2, slot_mask,
+        P: tl.constexpr, F: tl.constexpr, F_PAD: tl.constexpr, BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        points = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        valid = points < n
+        px = tl.load(pos_ptr + points * 3, mask=valid, other=0.0)
+        py = tl.load(pos_ptr + points * 3 + 1, mask=valid, other=0.0)
+        pz = tl.load(pos_ptr + points * 3 + 2, mask=valid, other=0.0)
+        probes = tl.arange(0, P)
+        features = tl.arange(0, F_PAD)
+        both = valid[:, None] & (features < F)[None, :]
+        acc = tl.zeros((BLOCK, F_PAD), dtype=tl.float32)
+        for corner in tl.static_range(8):
+            bucket, slot, weight = _probed_corner(
+                px, py, pz, rx, ry, rz, b0, b1, b2, bucket_mask, s0, s1, s2, slot_mask, corner, P
+            )
+            logits = tl.load(logits_ptr + slot[:, None] * P + probes[None, :], mask=valid[:, None], other=0.0)
+            entry = bucket + tl.argmax(logits, axis=1)
+            acc += weight[:, None] * tl.load(codebook_ptr + entry[:, None] * F + features[None, :], mask=both)
+        tl.store(out_ptr + points[:, None] * F + features[None, :], acc, mask=both)
+
+    @triton.jit
+    def _probed_backward_kernel(
+        grad_out_ptr, pos_ptr, logits_ptr, codebook_ptr, grad_logits_ptr, grad_codebook_ptr,
+        n, rx, ry, rz, b0, b1, b2, bucket_mask, s0, s1, s2, slot_mask,
+        P: tl.constexpr, F: tl.constexpr, F_PAD: tl.constexpr, BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        points = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        valid = points < n
+        px = tl.load(pos_ptr + points * 3, mask=valid, other=0.0)
+        py = tl.load(pos_ptr + points * 3 + 1, mask=valid, other=0.0)
+        pz = tl.load(pos_ptr + points * 3 + 2, mask=valid, other=0.0)
+        probes = tl.arange(0, P)
+        features = tl.arange(0, F_PAD)
+        feature_ok = features < F
+        both = valid[:, None] & feature_ok[None, :]
+        grad_out = tl.load(grad_out_ptr + points[:, None] * F + features[None, :], mask=both, other=0.0)
+        for corner in tl.static_range(8):
+            bucket, slot, weight = _probed_corner(
+                px, py, pz, rx, ry, rz, b0, b1, b2, bucket_mask, s0, s1, s2, slot_mask, corner, P
+            )
+            g = weight[:, None] * grad_out  # [BLOCK, F_PAD]
+            rows = bucket[:, None] + probes[None, :]  # the bucket's entries [BLOCK, P]
+            candidates = tl.load(
+                codebook_ptr + rows[:, :, None] * F + features[None, None, :],
+                mask=valid[:, None, None] & feature_ok[None, None, :],
+                other=0.0,
+            )
+            s = tl.sum(candidates * g[:, None, :], axis=2)  # each candidate's share of the gradient [BLOCK, P]
+            logits = tl.load(logits_ptr + slot[:, None] * P + probes[None, :], mask=valid[:, None], other=0.0)
+            chosen = tl.argmax(logits, axis=1)
+            e = tl.exp(logits - tl.max(logits, axis=1)[:, None])
+            p = e / tl.sum(e, axis=1)[:, None]
+            grad_logits = p * (s - tl.sum(p * s, axis=1)[:, None])
+            tl.atomic_add(grad_logits_ptr + slot[:, None] * P + probes[None, :], grad_logits, mask=valid[:, None])
+            tl.atomic_add(grad_codebook_ptr + (bucket + chosen)[:, None] * F + features[None, :], g, mask=both)
+
 
 def _ensure_triton() -> None:
     if triton is None:
@@ -235,3 +312,95 @@ def fused_level_lookup(
             f"logits {tuple(logits.shape)} and codebook {tuple(codebook.shape)}: K must match, a power of 2"
         )
     return _lookup_forward(positions, logits, codebook, list(resolution), rows, block_mask, block_size)[0]
+
+
+Primes = Tuple[int, int, int]
+
+
+def _probed_hash_args(codebook_bits: int, probe_bits: int, table_bits: int, bucket_primes: Primes, slot_primes: Primes):
+    """The probed kernels' hash arguments: each hash's primes and mask."""
+    return (*bucket_primes, (1 << (codebook_bits - probe_bits)) - 1, *slot_primes, (1 << table_bits) - 1)
+
+
+@torch.library.custom_op("nerfqat::fused_probed_lookup_forward", mutates_args=())
+def _probed_forward(
+    positions: Tensor, logits: Tensor, codebook: Tensor, resolution: List[int], hashing: List[int]
+) -> Tensor:
+    """Features [N, F] of a probed level (``hashing``: :func:`_probed_hash_args`)."""
+    _ensure_triton()
+    n, num_features = positions.shape[0], codebook.shape[1]
+    out = positions.new_empty(n, num_features)
+    _probed_forward_kernel[(triton.cdiv(n, BLOCK_POINTS),)](
+        positions.contiguous(), logits.contiguous(), codebook.contiguous(), out, n, *resolution, *hashing,
+        P=logits.shape[1], F=num_features, F_PAD=triton.next_power_of_2(num_features), BLOCK=BLOCK_POINTS,
+    )  # fmt: skip
+    return out
+
+
+@_probed_forward.register_fake
+def _(positions, logits, codebook, resolution, hashing):
+    return positions.new_empty(positions.shape[0], codebook.shape[1])
+
+
+@torch.library.custom_op("nerfqat::fused_probed_lookup_backward", mutates_args=())
+def _probed_backward(
+    grad_out: Tensor, positions: Tensor, logits: Tensor, codebook: Tensor, resolution: List[int], hashing: List[int]
+) -> Tuple[Tensor, Tensor]:
+    """Gradients of the index-table logits (touched slots only) and of the codebook."""
+    _ensure_triton()
+    logits, codebook = logits.contiguous(), codebook.contiguous()
+    grad_logits, grad_codebook = torch.zeros_like(logits), torch.zeros_like(codebook)
+    n, num_features = positions.shape[0], codebook.shape[1]
+    _probed_backward_kernel[(triton.cdiv(n, BLOCK_POINTS),)](
+        grad_out.contiguous(), positions.contiguous(), logits, codebook, grad_logits, grad_codebook,
+        n, *resolution, *hashing,
+        P=logits.shape[1], F=num_features, F_PAD=triton.next_power_of_2(num_features), BLOCK=BLOCK_POINTS,
+    )  # fmt: skip
+    return grad_logits, grad_codebook
+
+
+@_probed_backward.register_fake
+def _(grad_out, positions, logits, codebook, resolution, hashing):
+    return torch.empty_like(logits), torch.empty_like(codebook)
+
+
+def _probed_setup_context(ctx, inputs, output) -> None:
+    positions, logits, codebook, resolution, hashing = inputs
+    ctx.save_for_backward(positions, logits, codebook)
+    ctx.resolution, ctx.hashing = resolution, hashing
+
+
+def _probed_backward_autograd(ctx, grad_out):
+    positions, logits, codebook = ctx.saved_tensors
+    grad_logits, grad_codebook = _probed_backward(grad_out, positions, logits, codebook, ctx.resolution, ctx.hashing)
+    return None, grad_logits, grad_codebook, None, None
+
+
+_probed_forward.register_autograd(_probed_backward_autograd, setup_context=_probed_setup_context)
+
+
+def fused_probed_level_lookup(
+    positions: Tensor,
+    logits: Tensor,
+    codebook: Tensor,
+    resolution: Tuple[int, int, int],
+    probe_table_bits: int,
+    bucket_primes: Primes,
+    slot_primes: Primes,
+) -> Tensor:
+    """Features [N, F] at ``positions`` in [0, 1]^3 [N, 3] of a probed level of ``resolution`` vertices
+    per axis: each corner's ``codebook[bucket + argmax(logits[slot])]`` with trilinear weights,
+    straight-through gradients to the index-table ``logits`` [2**probe_table_bits, probes] and the
+    ``codebook`` [2**bits, F]. The bucket (of ``probes`` consecutive entries) and the slot are the
+    corner's spatial hashes with ``bucket_primes`` and ``slot_primes``."""
+    _ensure_triton()
+    entries, probes = codebook.shape[0], logits.shape[1]
+    if entries & (entries - 1) or probes & (probes - 1) or probes > entries or logits.shape[0] != 1 << probe_table_bits:
+        raise ValueError(
+            f"probed logits {tuple(logits.shape)} and codebook {tuple(codebook.shape)}: powers of 2, "
+            f"2**{probe_table_bits} slots of at most {entries} probes"
+        )
+    hashing = _probed_hash_args(
+        entries.bit_length() - 1, probes.bit_length() - 1, probe_table_bits, bucket_primes, slot_primes
+    )
+    return _probed_forward(positions, logits, codebook, list(resolution), list(hashing))

@@ -223,8 +223,8 @@ class VQADModelConfig(CompressibleModelConfig):
     """Rendering: interpolate each grid level's decoded vertex features (one float32 volume per level,
     at most 2 GiB) instead of gathering every corner's index and codebook entry; same values."""
     fused_codebook_lookup: bool = False
-    """Training: look up each level of free index logits with one Triton kernel (CUDA with Triton;
-    elsewhere the torch path); the same values and gradients, touched vertices' logits only."""
+    """Training: look up each level of free index logits (learned or probed) with one Triton kernel (CUDA
+    with Triton; elsewhere the torch path); the same values and gradients, touched logits only."""
 
 
 def _has_rows(value: Any, rows: int) -> bool:

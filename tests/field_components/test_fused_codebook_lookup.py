@@ -164,3 +164,70 @@ def test_a_compiled_grid_keeps_the_fused_lookup_in_one_graph() -> None:
     assert result["fused_level"], result
     assert min(result["scales"]) > 0, result
     assert max(result["differences"]) <= 1e-5, result  # values, logits' and codebooks' gradients
+
+
+PROBED = r"""
+import json
+import torch
+import nerfqat_plugin.field_components.codebook_grid as codebook_grid
+from nerfqat_plugin.field_components.codebook_grid import LearnedIndexCodebookGrid
+
+calls = []
+fused = codebook_grid.fused_probed_level_lookup
+codebook_grid.fused_probed_level_lookup = lambda *args: calls.append(1) or fused(*args)
+torch.manual_seed(0)
+# 6-bit codebooks of 4-probe buckets, 64-slot index tables: levels of 150 and 378 vertices collide.
+grid = LearnedIndexCodebookGrid(
+    resolutions=(5, (9, 7, 6)), bits=6, feature_dim=3, index_mode="probed", probe_bits=2, probe_table_bits=6
+).train()
+with torch.no_grad():
+    for logits in grid.logits:
+        logits.normal_(0.0, 2.0)  # probes spread over each bucket
+g = torch.Generator().manual_seed(1)
+positions = torch.cat([torch.rand(40, 3, generator=g), torch.rand(8, 3, generator=g) * 1.6 - 0.3])
+upstream = torch.randn(len(positions), 3, generator=g)
+
+
+def run(function, fused_lookup):
+    grid.fused_lookup = fused_lookup
+    grid.zero_grad()
+    out = function()
+    (out * upstream).sum().backward()
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in [*grid.logits, *grid.codebooks]]
+    return [out.detach(), *grads]
+
+
+levels = []
+for level in range(2):
+    expected = run(lambda: grid.level_features(positions, level, hard=False), False)
+    got = run(lambda: grid.level_features(positions, level, hard=False), True)
+    logit_grad, fused_logit_grad = expected[1 + level], got[1 + level]
+    levels.append({
+        "scales": [float(t.abs().max()) for t in (expected[0], logit_grad, expected[3 + level])],
+        "differences": [float((a - b).abs().max()) for a, b in zip(got, expected)],
+        "touched": int((fused_logit_grad.abs().sum(-1) > 0).sum()),
+        "expected_touched": int((logit_grad.abs().sum(-1) > 0).sum()),
+        "slots": logit_grad.shape[0],
+    })
+eager = run(lambda: grid(positions), False)
+compiled = torch.compile(grid, backend="aot_eager", fullgraph=True)
+in_graph = run(lambda: compiled(positions), True)
+print(json.dumps({
+    "levels": levels,
+    "compiled": [float((a - b).abs().max()) for a, b in zip(in_graph, eager)],
+    "calls": len(calls),
+}))
+"""
+
+
+def test_the_fused_probed_lookup_has_the_torch_paths_values_and_gradients() -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-c", PROBED], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["calls"] >= 4, result  # each level eagerly, then both in the compiled graph
+    for level in result["levels"]:
+        assert min(level["scales"]) > 1e-2, level  # values and gradients say something
+        assert max(level["differences"]) <= 1e-5, level  # values, logits' and codebooks' gradients
+        assert 0 < level["touched"] == level["expected_touched"] < level["slots"], level  # touched slots only
+    assert max(result["compiled"]) <= 1e-5, result  # one graph (fullgraph), the same values and gradients
