@@ -63,6 +63,9 @@ class CompressibleModelConfig(ModelConfig):
     """Options every compressible model shares; ``payload_keys`` name those its file must keep."""
 
     payload_keys: ClassVar[Tuple[str, ...]] = ("near_plane", "far_plane", "background_color")
+    payload_absent: ClassVar[Dict[str, Any]] = {}
+    """Per payload key added after the first files were written, the value those files were made
+    with: a file without the key decodes with it, whatever the option's default becomes."""
     enable_collider: bool = False
     """Sampling bounds come from NDC or from ``near_plane``/``far_plane``, not a collider."""
     near_plane: float = 2.0
@@ -107,7 +110,8 @@ class CompressibleModelConfig(ModelConfig):
     @classmethod
     def from_payload(cls, payload: Dict[str, Any], **overrides: Any) -> CompressibleModelConfig:
         """Rebuild the configuration from :meth:`to_payload` (JSON lists, nested ones included,
-        become tuples again)."""
+        become tuples again); keys an older file lacks take :attr:`payload_absent`'s values."""
+        payload = {**cls.payload_absent, **payload}
         tuple_fields = {f.name for f in fields(cls) if str(f.type).startswith(("Tuple", "Optional[Tuple"))}
         options = {}
         for f in fields(cls):

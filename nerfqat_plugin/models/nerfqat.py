@@ -50,6 +50,9 @@ class NeRFQATModelConfig(CompressibleModelConfig):
         "high_precision_bits",
         "fuse_relu",
     )
+    # Files written before edge_bits, high_precision_layers or activation_bits existed quantized the
+    # edges, every trunk block and the activations with ``bits`` too.
+    payload_absent: ClassVar[Dict[str, Any]] = {"edge_bits": None, "high_precision_layers": [], "activation_bits": None}
     _target: Type = field(default_factory=lambda: NeRFQATModel)
     eval_num_rays_per_chunk: int = 1 << 14
     """Rays rendered at once in evaluation, the viewer and renders from a file; larger is faster on a

@@ -52,10 +52,7 @@ class NeRFQATCodec(CompressedCodec):
         return tensors, {"model": options, **model.scene_space.to_payload(), **grid_entry, "tensors": layout}
 
     def decode_modules(self, tensors: Dict[str, Tensor], payload: Dict[str, Any]) -> NeRFQATModel:
-        # Files written before edge_bits, high_precision_layers or activation_bits existed quantized
-        # the edges, every trunk block and the activations with ``bits`` too.
-        old_defaults = {"edge_bits": None, "high_precision_layers": [], "activation_bits": None}
-        config = NeRFQATModelConfig.from_payload({**old_defaults, **payload["model"]}, compile=False)
+        config = NeRFQATModelConfig.from_payload(payload["model"], compile=False)
         metadata = SceneSpace.metadata_from_payload(payload)
         model = NeRFQATModel(
             config=config, scene_box=scene_box_from_payload(payload), num_train_data=0, metadata=metadata

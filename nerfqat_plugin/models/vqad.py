@@ -100,6 +100,12 @@ class VQADModelConfig(CompressibleModelConfig):
         "sampler",
         "march_steps",  # the occupancy sampler's step: the samples the field was trained on
     )
+    # Files written before these keys: proposal sampling, nerfacto's far plane, the march's first step.
+    payload_absent: ClassVar[Dict[str, Any]] = {
+        "sampler": "proposal",
+        "unbounded_far_plane": 1000.0,
+        "march_steps": 1024,
+    }
     _target: Type = field(default_factory=lambda: VQADModel)
     eval_num_rays_per_chunk: int = 1 << 15
     """Rays rendered at once in evaluation, the viewer and renders from a file; larger is faster on a

@@ -55,6 +55,24 @@ def test_format_2_files_load_and_render_as_they_did(method: str) -> None:
 
 
 @pytest.mark.parametrize("method", METHODS)
+def test_every_option_an_old_file_lacks_decodes_as_it_was_made(method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A payload key added after the oldest kept files needs the value they were made with
+    (``payload_absent``): otherwise changing that option's default would change how they decode."""
+    from nerfqat_plugin.models.nerfqat import NeRFQATModelConfig
+    from nerfqat_plugin.models.vqad import VQADModelConfig
+
+    config_class = {"nerf_qat": NeRFQATModelConfig, "vqad": VQADModelConfig}[method]
+    stored = read_compressed(FIXTURES / f"format2_{method}.nqz")[1]["model"]
+    assert [k for k in config_class.payload_keys if k not in stored and k not in config_class.payload_absent] == []
+    # A file without the key takes the recorded value, not the option's default.
+    key, recorded = {"nerf_qat": ("activation_bits", 6), "vqad": ("sampler", "occupancy")}[method]
+    assert getattr(config_class(), key) != recorded
+    monkeypatch.setattr(config_class, "payload_absent", {**config_class.payload_absent, key: recorded})
+    without = {k: v for k, v in stored.items() if k != key}
+    assert getattr(config_class.from_payload(without), key) == recorded
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_a_rewritten_file_holds_the_same_model(method: str, tmp_path: Path) -> None:
     model = load_compressed_model(FIXTURES / f"format2_{method}.nqz")
     model.export_compressed(tmp_path / "new.nqz")
