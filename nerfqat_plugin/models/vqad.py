@@ -112,7 +112,7 @@ class VQADModelConfig(CompressibleModelConfig):
     GPU and takes more of its memory."""
     num_levels: Optional[int] = None
     """Grid levels (resolution halves per level); the first k form operating point levels=k. None: 4, or
-    outside NDC with no grid option set, the sparse preset (5 levels to 256^3, docs/methods/vqad.md)."""
+    with no grid option set, a preset: probed 16, outside NDC the sparse one (5 levels to 256^3)."""
     finest_resolution: Optional[Tuple[int, int, int]] = None
     """Vertices per axis (x, y, z) of the finest level; None: a default for NDC or bounded scenes."""
     coarsest_resolution: Optional[int] = None
@@ -133,7 +133,7 @@ class VQADModelConfig(CompressibleModelConfig):
     near 1e-4)."""
     index_mode: IndexMode = "learned"
     """learned (the method); ablations random (seeded) or hashed (instant-NGP); probed: Compact NGP's
-    learned hash probing (``bits`` sizes the hashed codebook, default 14)."""
+    learned hash probing (no grid option: 16 levels to 1024^3 of 2**13 entries; else bits default 14)."""
     probe_bits: int = 2
     """probed: log2 of a bucket's entries (the width of each stored index)."""
     probe_table_bits: int = 16
