@@ -105,6 +105,8 @@ class VQADModelConfig(CompressibleModelConfig):
         "sampler": "proposal",
         "unbounded_far_plane": 1000.0,
         "march_steps": 1024,
+        "feature_dim": 8,
+        "concat_levels": 0,
     }
     _target: Type = field(default_factory=lambda: VQADModel)
     eval_num_rays_per_chunk: int = 1 << 15
@@ -126,8 +128,8 @@ class VQADModelConfig(CompressibleModelConfig):
     level_bits: Optional[Tuple[int, ...]] = None
     """Index bits of every level, coarse to fine (overrides bits; one per level). Coarse levels hold
     few vertices, so larger codebooks there cost few bytes, e.g. 8 8 4 4 for four levels."""
-    feature_dim: int = 8
-    """Width of codebook entries."""
+    feature_dim: Optional[int] = None
+    """Width of codebook entries; None: 8, or 2 for the probed preset (index-mode probed, no grid option)."""
     codebook_init_std: float = 0.1
     """Standard deviation of the initial codebook entries (instant-NGP starts its free features
     near 1e-4)."""
@@ -143,9 +145,9 @@ class VQADModelConfig(CompressibleModelConfig):
     logit_rank: int = 0
     """0: free index logits per vertex (the paper; vertices x 2**bits floats while training); r > 0:
     logits factorised as query_v . unit(key_j) + bias_j (vertices x r floats, so 8-bit indices stay cheap)."""
-    concat_levels: int = 0
+    concat_levels: Optional[int] = None
     """0: levels summed (the paper, kaolin-wisp); n: levels concatenated into n x feature_dim decoder
-    inputs (instant-NGP's choice; n = num_levels, kept when a file holds fewer levels)."""
+    inputs (instant-NGP's choice; n = num_levels); None: 0, or 16 for the probed preset."""
     initial_index_bias: float = 0.0
     """Start every vertex on codebook entry 0 with this logit margin (e.g. 0.1), so vertices no ray
     trains store runs of 0 that the file deflates; 0: a random start."""
@@ -343,13 +345,13 @@ class VQADModel(CompressibleModel):
         return LearnedIndexCodebookGrid(
             list(spec.resolutions),
             spec.level_bits,
-            cfg.feature_dim,
+            spec.feature_dim,
             init_std=cfg.codebook_init_std,
             index_mode=cfg.index_mode,
             frozen=frozen,
             seed=cfg.index_seed,
             initial_index_bias=cfg.initial_index_bias,
-            concat_levels=cfg.concat_levels,
+            concat_levels=spec.concat_levels,
             logit_rank=cfg.logit_rank,
             sparse_from_level=spec.sparse_from_level,
             block_size=cfg.sparse_block_size,

@@ -34,13 +34,16 @@ BOUNDED_SPARSE_MAX_FILE_BYTES = 990_000
 # within the same file size (why: docs/methods/vqad.md).
 NDC_LEVEL_BITS_PRESET = {"finest_resolution": (184, 138, 54), "level_bits": (8, 8, 8, 4)}
 DEFAULT_BITS = 4
+DEFAULT_FEATURE_DIM = 8
 # Probed grids: bits of the (large, hashed) codebook when none are given; instant-NGP-sized tables
 # of 2**14 entries per level are what a ~1 MB file affords at 4 levels x 7 features (fp16).
 DEFAULT_PROBED_BITS = 14
-# Probed grids with no grid or bit option given: instant-NGP's 16 geometric levels from 16 to 1024
-# vertices (NDC: 4:3 in x/y, z coarser) with 2**13-entry codebooks; with 2-wide features, 2-bit probes
-# and 2**16-entry index tables a file is about 0.85 MB (why: docs/methods/vqad.md).
+# Probed grids with no grid option given: instant-NGP's 16 geometric levels from 16 to 1024 vertices
+# (NDC: 4:3 in x/y, z coarser), concatenated, with 2**13-entry codebooks of 2-wide features (each
+# unless given); with 2-bit probes into 2**16-entry index tables a file is about 0.85 MB (why:
+# docs/methods/vqad.md).
 PROBED_PRESET = {"num_levels": 16, "coarsest_resolution": 16}
+PROBED_PRESET_FEATURES = {"feature_dim": 2, "concat_levels": 16}
 PROBED_PRESET_FINEST_NDC: Resolution = (1024, 768, 256)
 PROBED_PRESET_FINEST: Resolution = (1024, 1024, 1024)
 PROBED_PRESET_BITS = 13
@@ -61,6 +64,10 @@ class GridSpec:
     """Levels from this index on keep only occupied blocks (None: all dense)."""
     max_file_bytes: Optional[int]
     """Byte budget the sparse levels are pruned to (None: every occupied block)."""
+    feature_dim: int = DEFAULT_FEATURE_DIM
+    """Width of codebook entries."""
+    concat_levels: int = 0
+    """Levels concatenated into the decoder's input (0: summed)."""
 
     @property
     def num_levels(self) -> int:
@@ -102,7 +109,7 @@ def _resolutions(
 
 def scene_preset(cfg: VQADModelConfig, ndc: bool) -> dict:
     """The preset options a scene gets when the user gave none of the grid options: probed indices the
-    16-level hashed grid (``PROBED_PRESET``, with its bits unless bits are given); else outside NDC the
+    16-level hashed grid (``PROBED_PRESET``; its bits and features where none are given); else outside NDC the
     sparse grid (``BOUNDED_SPARSE_PRESET``), in NDC with learned indices and no bit option the
     per-level bits (``NDC_LEVEL_BITS_PRESET``)."""
     grid_options = (
@@ -118,7 +125,7 @@ def scene_preset(cfg: VQADModelConfig, ndc: bool) -> dict:
         preset = {**PROBED_PRESET, "finest_resolution": PROBED_PRESET_FINEST_NDC if ndc else PROBED_PRESET_FINEST}
         if cfg.bits is None and cfg.level_bits is None:
             preset["level_bits"] = (PROBED_PRESET_BITS,) * PROBED_PRESET["num_levels"]
-        return preset
+        return {**preset, **{k: v for k, v in PROBED_PRESET_FEATURES.items() if getattr(cfg, k) is None}}
     if ndc:
         plain_bits = cfg.index_mode == "learned" and cfg.bits is None and cfg.level_bits is None
         return dict(NDC_LEVEL_BITS_PRESET) if plain_bits else {}
@@ -153,6 +160,8 @@ def resolve_grid_spec(cfg: VQADModelConfig, ndc: bool) -> GridSpec:
         proposal_resolutions=tuple(proposal),
         sparse_from_level=option("sparse_from_level"),
         max_file_bytes=option("max_file_bytes"),
+        feature_dim=option("feature_dim") or DEFAULT_FEATURE_DIM,
+        concat_levels=option("concat_levels") or 0,
     )
     _check(spec, cfg)
     return spec

@@ -201,9 +201,12 @@ def test_scenes_without_grid_options_get_their_preset_and_the_config_is_never_re
         probed = resolve_grid_spec(VQADModelConfig(index_mode="probed"), ndc=ndc)
         assert probed.num_levels == 16 and probed.resolutions[-1] == finest and probed.sparse_from_level is None
         assert max(probed.resolutions[0]) == 16 and probed.level_bits == (13,) * 16
-    assert resolve_grid_spec(VQADModelConfig(index_mode="probed", bits=12), ndc=False).level_bits == (12,) * 16
+        assert (probed.feature_dim, probed.concat_levels) == (2, 16)
+    given = resolve_grid_spec(VQADModelConfig(index_mode="probed", bits=12, feature_dim=4, concat_levels=0), ndc=False)
+    assert given.level_bits == (12,) * 16 and (given.feature_dim, given.concat_levels) == (4, 0)  # the user's
     small = resolve_grid_spec(VQADModelConfig(index_mode="probed", num_levels=3), ndc=False)  # a grid option
     assert small.num_levels == 3 and small.level_bits == (14,) * 3
+    assert (small.feature_dim, small.concat_levels) == (spec.feature_dim, spec.concat_levels) == (8, 0)
 
 
 def test_operating_point_names_round_trip_and_bad_names_are_one_line() -> None:

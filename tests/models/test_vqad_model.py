@@ -250,6 +250,20 @@ def test_probed_indices_store_the_index_table_and_render_from_the_file(tmp_path:
         _model(index_mode="probed", bits=8, sparse_from_level=2)
 
 
+def test_the_probed_preset_writes_a_file_under_a_megabyte_that_renders_as_trained(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _model(index_mode="probed", grid_resolutions=None, feature_dim=None)  # NDC, no grid option
+    grid = model.field.grid
+    assert grid.num_levels == 16 and grid.feature_dim == 2 and grid.concat_levels == 16
+    _train(model, 2)
+    path = tmp_path / "preset.nqz"
+    assert model.export_compressed(path) < 1_000_000
+    options = read_compressed(path)[1]["model"]
+    assert (options["feature_dim"], options["concat_levels"], len(options["grid_resolutions"])) == (2, 16, 16)
+    loaded = load_compressed_model(path)
+    assert torch.max(torch.abs(_render(model)["rgb"] - _render(loaded)["rgb"])) <= 1e-5
+
+
 def test_bounded_and_forward_facing_files_carry_the_occupancy_grid_and_unbounded_none(tmp_path: Path) -> None:
     for scene_type, metadata in SCENE_METADATA.items():
         for bake in (True, False):
