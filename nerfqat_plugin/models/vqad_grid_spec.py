@@ -160,7 +160,7 @@ def resolve_grid_spec(cfg: VQADModelConfig, ndc: bool) -> GridSpec:
         proposal_resolutions=tuple(proposal),
         sparse_from_level=option("sparse_from_level"),
         max_file_bytes=option("max_file_bytes"),
-        feature_dim=option("feature_dim") or DEFAULT_FEATURE_DIM,
+        feature_dim=DEFAULT_FEATURE_DIM if option("feature_dim") is None else option("feature_dim"),
         concat_levels=option("concat_levels") or 0,
     )
     _check(spec, cfg)
@@ -181,6 +181,10 @@ def _check(spec: GridSpec, cfg: VQADModelConfig) -> None:
             f"vqad: sparse_from_level must name one of the grid's levels (0 to {levels - 1}), "
             f"got {spec.sparse_from_level}"
         )
+    if spec.feature_dim < 1:
+        raise UserInputError(f"vqad: feature_dim must be at least 1, got {spec.feature_dim}")
+    if spec.concat_levels < 0:
+        raise UserInputError(f"vqad: concat_levels must be 0 (levels summed) or more, got {spec.concat_levels}")
     if cfg.sparse_block_size < 2:
         raise UserInputError(f"vqad: sparse_block_size must be at least 2, got {cfg.sparse_block_size}")
     if spec.max_file_bytes is not None and (spec.sparse_from_level is None or spec.max_file_bytes <= 0):

@@ -207,6 +207,9 @@ def test_scenes_without_grid_options_get_their_preset_and_the_config_is_never_re
     small = resolve_grid_spec(VQADModelConfig(index_mode="probed", num_levels=3), ndc=False)  # a grid option
     assert small.num_levels == 3 and small.level_bits == (14,) * 3
     assert (small.feature_dim, small.concat_levels) == (spec.feature_dim, spec.concat_levels) == (8, 0)
+    for bad in ({"feature_dim": 0}, {"concat_levels": -1}):  # one line, not a silent default
+        with pytest.raises(UserInputError, match=next(iter(bad))):
+            resolve_grid_spec(VQADModelConfig(index_mode="probed", **bad), ndc=False)
 
 
 def test_operating_point_names_round_trip_and_bad_names_are_one_line() -> None:
