@@ -75,17 +75,31 @@ if triton is not None:
         return cx, cy, cz, (cx * ry + cy) * rz + cz, wx * wy * wz
 
     @triton.jit
+    def _block_points(pos_ptr, n, BLOCK: tl.constexpr):
+        """This program's point indices, which of them exist, and their coordinates."""
+        points = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        valid = points < n
+        px = tl.load(pos_ptr + points * 3, mask=valid, other=0.0)
+        py = tl.load(pos_ptr + points * 3 + 1, mask=valid, other=0.0)
+        pz = tl.load(pos_ptr + points * 3 + 2, mask=valid, other=0.0)
+        return points, valid, px, py, pz
+
+    @triton.jit
+    def _straight_through_grad(logits, s):
+        """Gradient of logits rows [BLOCK, K] whose entries' shares of the output gradient are ``s``
+        [BLOCK, K]: softmax · (s − ⟨softmax, s⟩), the softmax's backward."""
+        e = tl.exp(logits - tl.max(logits, axis=1)[:, None])
+        p = e / tl.sum(e, axis=1)[:, None]
+        return p * (s - tl.sum(p * s, axis=1)[:, None])
+
+    @triton.jit
     def _forward_kernel(
         pos_ptr, logits_ptr, rows_ptr, mask_ptr, codebook_ptr, out_ptr, chosen_ptr, row_ptr, weight_ptr,
         n, rx, ry, rz, block_size, gy, gz,
         K: tl.constexpr, F: tl.constexpr, F_PAD: tl.constexpr,
         HAS_ROWS: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
-        points = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        valid = points < n
-        px = tl.load(pos_ptr + points * 3, mask=valid, other=0.0)
-        py = tl.load(pos_ptr + points * 3 + 1, mask=valid, other=0.0)
-        pz = tl.load(pos_ptr + points * 3 + 2, mask=valid, other=0.0)
+        points, valid, px, py, pz = _block_points(pos_ptr, n, BLOCK)
         entries = tl.arange(0, K)
         features = tl.arange(0, F_PAD)
         feature_ok = features < F
@@ -130,10 +144,7 @@ if triton is not None:
             g = weight[:, None] * grad_out  # [BLOCK, F_PAD]
             s = tl.sum(codebook[None, :, :] * g[:, None, :], axis=2)  # codebook @ g, [BLOCK, K]
             logits = tl.load(logits_ptr + row[:, None] * K + entries[None, :], mask=valid[:, None], other=0.0)
-            top = tl.max(logits, axis=1)
-            e = tl.exp(logits - top[:, None])
-            p = e / tl.sum(e, axis=1)[:, None]
-            grad_logits = p * (s - tl.sum(p * s, axis=1)[:, None])
+            grad_logits = _straight_through_grad(logits, s)
             tl.atomic_add(grad_logits_ptr + row[:, None] * K + entries[None, :], grad_logits, mask=valid[:, None])
             tl.atomic_add(grad_codebook_ptr + chosen[:, None] * F + features[None, :], g, mask=both)
 
@@ -153,11 +164,7 @@ if triton is not None:
         n, rx, ry, rz, b0, b1, b2, bucket_mask, s0, s1, s2, slot_mask,
         P: tl.constexpr, F: tl.constexpr, F_PAD: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
-        points = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        valid = points < n
-        px = tl.load(pos_ptr + points * 3, mask=valid, other=0.0)
-        py = tl.load(pos_ptr + points * 3 + 1, mask=valid, other=0.0)
-        pz = tl.load(pos_ptr + points * 3 + 2, mask=valid, other=0.0)
+        points, valid, px, py, pz = _block_points(pos_ptr, n, BLOCK)
         probes = tl.arange(0, P)
         features = tl.arange(0, F_PAD)
         both = valid[:, None] & (features < F)[None, :]
@@ -177,11 +184,7 @@ if triton is not None:
         n, rx, ry, rz, b0, b1, b2, bucket_mask, s0, s1, s2, slot_mask,
         P: tl.constexpr, F: tl.constexpr, F_PAD: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
-        points = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        valid = points < n
-        px = tl.load(pos_ptr + points * 3, mask=valid, other=0.0)
-        py = tl.load(pos_ptr + points * 3 + 1, mask=valid, other=0.0)
-        pz = tl.load(pos_ptr + points * 3 + 2, mask=valid, other=0.0)
+        points, valid, px, py, pz = _block_points(pos_ptr, n, BLOCK)
         probes = tl.arange(0, P)
         features = tl.arange(0, F_PAD)
         feature_ok = features < F
@@ -201,9 +204,7 @@ if triton is not None:
             s = tl.sum(candidates * g[:, None, :], axis=2)  # each candidate's share of the gradient [BLOCK, P]
             logits = tl.load(logits_ptr + slot[:, None] * P + probes[None, :], mask=valid[:, None], other=0.0)
             chosen = tl.argmax(logits, axis=1)
-            e = tl.exp(logits - tl.max(logits, axis=1)[:, None])
-            p = e / tl.sum(e, axis=1)[:, None]
-            grad_logits = p * (s - tl.sum(p * s, axis=1)[:, None])
+            grad_logits = _straight_through_grad(logits, s)
             tl.atomic_add(grad_logits_ptr + slot[:, None] * P + probes[None, :], grad_logits, mask=valid[:, None])
             tl.atomic_add(grad_codebook_ptr + (bucket + chosen)[:, None] * F + features[None, :], g, mask=both)
 
