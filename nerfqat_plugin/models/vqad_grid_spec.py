@@ -148,6 +148,7 @@ def resolve_grid_spec(cfg: VQADModelConfig, ndc: bool) -> GridSpec:
             f"got {coarsest}"
         )
     levels = option("num_levels") or DEFAULT_NUM_LEVELS
+    feature_dim = option("feature_dim")
     resolutions = _resolutions(cfg.grid_resolutions, finest, levels, coarsest)
     proposal_finest = cfg.proposal_finest_resolution or (DEFAULT_PROPOSAL_NDC if ndc else DEFAULT_PROPOSAL_BOUNDED)
     proposal = _resolutions(cfg.proposal_resolutions, proposal_finest, cfg.proposal_levels)
@@ -160,7 +161,7 @@ def resolve_grid_spec(cfg: VQADModelConfig, ndc: bool) -> GridSpec:
         proposal_resolutions=tuple(proposal),
         sparse_from_level=option("sparse_from_level"),
         max_file_bytes=option("max_file_bytes"),
-        feature_dim=DEFAULT_FEATURE_DIM if option("feature_dim") is None else option("feature_dim"),
+        feature_dim=DEFAULT_FEATURE_DIM if feature_dim is None else feature_dim,
         concat_levels=option("concat_levels") or 0,
     )
     _check(spec, cfg)
