@@ -30,10 +30,12 @@ class AdamWithBetasOptimizerConfig(AdamOptimizerConfig):
             raise OptionError(f"--optimizers.*.optimizer.betas must each be in [0, 1), got {list(self.betas)}")
 
 
-def adam(lr: float, lr_final: float, max_steps: int, eps: float = 1e-15) -> Dict[str, Any]:
+def adam(
+    lr: float, lr_final: float, max_steps: int, eps: float = 1e-15, betas: Tuple[float, float] = (0.9, 0.999)
+) -> Dict[str, Any]:
     """Adam with an exponential learning-rate decay over ``max_steps`` (the benchmark runner re-plans it)."""
     return {
-        "optimizer": AdamWithBetasOptimizerConfig(lr=lr, eps=eps),
+        "optimizer": AdamWithBetasOptimizerConfig(lr=lr, eps=eps, betas=betas),
         "scheduler": ExponentialDecaySchedulerConfig(lr_final=lr_final, max_steps=max_steps),
     }
 

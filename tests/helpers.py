@@ -89,6 +89,7 @@ TINY_VQAD_OPTIONS = dict(
     color_hidden_dim=16,
     num_proposal_samples=(16, 8),
     num_nerf_samples=8,
+    sampler="proposal",  # the proposal path; tests of the occupancy sampler ask for it
 )
 
 

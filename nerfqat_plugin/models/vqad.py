@@ -133,9 +133,11 @@ class VQADModelConfig(CompressibleModelConfig):
     codebook_init_std: float = 0.1
     """Standard deviation of the initial codebook entries (instant-NGP starts its free features
     near 1e-4)."""
-    index_mode: IndexMode = "learned"
-    """learned (the method); ablations random (seeded) or hashed (instant-NGP); probed: Compact NGP's
-    learned hash probing (no grid option: 16 levels to 1024^3 of 2**13 entries; else bits default 14)."""
+    index_mode: Optional[IndexMode] = None
+    """learned (the paper's per-vertex indices); probed: Compact NGP's learned hash probing (no grid option:
+    16 levels to 1024^3 of 2**13 entries; else bits default 14); ablations random (seeded) or hashed
+    (instant-NGP). None: probed (its preset) on forward-facing and object scenes with no grid option given,
+    else learned."""
     probe_bits: int = 2
     """probed: log2 of a bucket's entries (the width of each stored index)."""
     probe_table_bits: int = 16
@@ -186,7 +188,7 @@ class VQADModelConfig(CompressibleModelConfig):
     """Codebook width of the proposal grid."""
     proposal_hidden_dim: int = 16
     """Width of the proposal density decoder."""
-    sampler: Literal["proposal", "occupancy"] = "proposal"
+    sampler: Literal["proposal", "occupancy"] = "occupancy"
     """Bounded scenes: proposal networks (nerfacto's), or even steps through the occupied cells of a
     grid the field keeps up to date (instant-NGP's). Other scenes: proposal networks."""
     occupancy_resolution: int = 128
@@ -200,9 +202,9 @@ class VQADModelConfig(CompressibleModelConfig):
     """Samples per ray of each proposal round (one proposal field serves every round)."""
     num_nerf_samples: int = 48
     """Samples per ray of the radiance field."""
-    random_levels_fraction: float = 0.25
+    random_levels_fraction: Optional[float] = None
     """Fraction of training rays rendered with a random number of levels, so that every operating
-    point is trained (0: only the full model)."""
+    point is trained (0: only the full model). None: 0.25 where levels are summed, 0 where concatenated."""
     interlevel_loss_mult: float = 1.0
     """Weight of the proposal (interlevel) loss."""
     distortion_loss_mult: float = 0.002
@@ -240,6 +242,9 @@ def _has_rows(value: Any, rows: int) -> bool:
     return torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == rows
 
 
+SUMMED_RANDOM_LEVELS_FRACTION = 0.25
+"""Rays trained at a random operating point when levels are summed and no fraction is given."""
+
 MAX_MARCHED_CANDIDATES = 1 << 25
 """Most candidate samples (rays x march_steps) one training batch of the occupancy sampler marches."""
 
@@ -257,12 +262,12 @@ class VQADModel(CompressibleModel):
         self.setup_scene_space()
         cfg = self.config
         frozen = bool(self.kwargs.get("inference_only", False))
-        self.grid_spec = spec = resolve_grid_spec(cfg, ndc=self.ndc is not None)
+        self.grid_spec = spec = resolve_grid_spec(cfg, ndc=self.ndc is not None, unbounded=self.scene_type == "unbounded")
         aabb = NDC_BOX if self.ndc is not None else self.scene_box.aabb
         contract = self.ndc is None and self.scene_type == "unbounded"
         if contract:  # the contracted grid reaches far beyond the box: so do the samples
             self.scene_space.far = cfg.unbounded_far_plane
-        if not frozen and cfg.index_mode == "learned":
+        if not frozen and spec.index_mode == "learned":
             self._check_logit_memory(spec.resolutions, [cfg.logit_rank or (1 << b) for b in spec.level_bits])
         try:  # the grid checks its own options (probe widths, ...): report them as bad input
             grid = self._make_grid(spec, frozen)
@@ -347,7 +352,7 @@ class VQADModel(CompressibleModel):
             spec.level_bits,
             spec.feature_dim,
             init_std=cfg.codebook_init_std,
-            index_mode=cfg.index_mode,
+            index_mode=spec.index_mode,
             frozen=frozen,
             seed=cfg.index_seed,
             initial_index_bias=cfg.initial_index_bias,
@@ -619,8 +624,11 @@ class VQADModel(CompressibleModel):
         """Per-ray level counts [R, 1]: all levels, except a random operating point for a fraction."""
         levels = self.field.grid.num_levels
         active = torch.full((num_rays, 1), float(levels), device=device)
-        if self.config.random_levels_fraction > 0 and levels > 1:
-            chosen = torch.rand(num_rays, 1, device=device) < self.config.random_levels_fraction
+        fraction = self.config.random_levels_fraction
+        if fraction is None:  # prefixes of concatenated levels already decode: only the full model trains
+            fraction = 0.0 if self.grid_spec.concat_levels else SUMMED_RANDOM_LEVELS_FRACTION
+        if fraction > 0 and levels > 1:
+            chosen = torch.rand(num_rays, 1, device=device) < fraction
             random = torch.randint(1, levels, (num_rays, 1), device=device).float()
             active = torch.where(chosen, random, active)
         return active

@@ -62,6 +62,7 @@ class VQADCodec(CompressedCodec):
         options["grid_resolutions"] = [list(r) for r in spec.resolutions[:levels]]
         options["level_bits"] = list(spec.level_bits[:levels])
         options["feature_dim"], options["concat_levels"] = spec.feature_dim, spec.concat_levels
+        options["index_mode"] = spec.index_mode
         options["proposal_resolutions"] = [list(r) for r in spec.proposal_resolutions]
         sparse = spec.sparse_from_level
         options["sparse_from_level"] = sparse if sparse is not None and sparse < levels else None

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 from nerfqat_plugin.errors import UserInputError
+from nerfqat_plugin.field_components.codebook_grid import IndexMode
 
 if TYPE_CHECKING:
     from nerfqat_plugin.models.vqad import VQADModelConfig
@@ -47,6 +48,12 @@ PROBED_PRESET_FEATURES = {"feature_dim": 2, "concat_levels": 16}
 PROBED_PRESET_FINEST_NDC: Resolution = (1024, 768, 256)
 PROBED_PRESET_FINEST: Resolution = (1024, 1024, 1024)
 PROBED_PRESET_BITS = 13
+# Index mode when none is given: learned hash probing (the probed preset) where it measured best, on
+# forward-facing and object scenes with no grid option; on unbounded captures the hashed grid overfits
+# the views and learned per-vertex indices (the sparse preset) generalise better; learned too wherever
+# grid options are given (why: docs/methods/vqad.md).
+DEFAULT_INDEX_MODE: IndexMode = "probed"
+DEFAULT_INDEX_MODE_OTHERWISE: IndexMode = "learned"
 OPERATING_POINT_PREFIX = "levels="
 
 
@@ -68,6 +75,8 @@ class GridSpec:
     """Width of codebook entries."""
     concat_levels: int = 0
     """Levels concatenated into the decoder's input (0: summed)."""
+    index_mode: IndexMode = "learned"
+    """How vertices find their codebook entries."""
 
     @property
     def num_levels(self) -> int:
@@ -107,11 +116,8 @@ def _resolutions(
     return level_resolutions(tuple(finest), levels)  # type: ignore[arg-type]
 
 
-def scene_preset(cfg: VQADModelConfig, ndc: bool) -> dict:
-    """The preset options a scene gets when the user gave none of the grid options: probed indices the
-    16-level hashed grid (``PROBED_PRESET``; its bits and features where none are given); else outside NDC the
-    sparse grid (``BOUNDED_SPARSE_PRESET``), in NDC with learned indices and no bit option the
-    per-level bits (``NDC_LEVEL_BITS_PRESET``)."""
+def _grid_option_given(cfg: VQADModelConfig) -> bool:
+    """Whether the user gave any option shaping the grid (then no preset applies)."""
     grid_options = (
         cfg.grid_resolutions,
         cfg.finest_resolution,
@@ -119,23 +125,45 @@ def scene_preset(cfg: VQADModelConfig, ndc: bool) -> dict:
         cfg.coarsest_resolution,
         cfg.sparse_from_level,
     )
-    if any(option is not None for option in grid_options):
+    return any(option is not None for option in grid_options)
+
+
+def index_mode(cfg: VQADModelConfig, unbounded: bool) -> IndexMode:
+    """The index mode ``cfg`` gives, else probed (with its preset) on a scene that is not ``unbounded``
+    where no grid option and no option of learned indices only (factorised logits, a byte limit for
+    sparse levels) is given, else learned."""
+    if cfg.index_mode is not None:
+        return cfg.index_mode
+    learned_only = cfg.logit_rank > 0 or cfg.max_file_bytes is not None
+    if unbounded or learned_only or _grid_option_given(cfg):
+        return DEFAULT_INDEX_MODE_OTHERWISE
+    return DEFAULT_INDEX_MODE
+
+
+def scene_preset(cfg: VQADModelConfig, ndc: bool, mode: IndexMode) -> dict:
+    """The preset options a scene gets when the user gave none of the grid options: probed indices
+    (``mode``) the 16-level hashed grid (``PROBED_PRESET``; its bits and features where none are given);
+    else outside NDC the sparse grid (``BOUNDED_SPARSE_PRESET``), in NDC with learned indices and no bit
+    option the per-level bits (``NDC_LEVEL_BITS_PRESET``)."""
+    if _grid_option_given(cfg):
         return {}
-    if cfg.index_mode == "probed":
+    if mode == "probed":
         preset = {**PROBED_PRESET, "finest_resolution": PROBED_PRESET_FINEST_NDC if ndc else PROBED_PRESET_FINEST}
         if cfg.bits is None and cfg.level_bits is None:
             preset["level_bits"] = (PROBED_PRESET_BITS,) * PROBED_PRESET["num_levels"]
         return {**preset, **{k: v for k, v in PROBED_PRESET_FEATURES.items() if getattr(cfg, k) is None}}
     if ndc:
-        plain_bits = cfg.index_mode == "learned" and cfg.bits is None and cfg.level_bits is None
+        plain_bits = mode == "learned" and cfg.bits is None and cfg.level_bits is None
         return dict(NDC_LEVEL_BITS_PRESET) if plain_bits else {}
     return {**BOUNDED_SPARSE_PRESET, "max_file_bytes": cfg.max_file_bytes or BOUNDED_SPARSE_MAX_FILE_BYTES}
 
 
-def resolve_grid_spec(cfg: VQADModelConfig, ndc: bool) -> GridSpec:
-    """The grids ``cfg`` asks for on a scene sampled in NDC (``ndc``) or not; bad options raise
-    :class:`UserInputError` with one line naming the option."""
-    preset = scene_preset(cfg, ndc)
+def resolve_grid_spec(cfg: VQADModelConfig, ndc: bool, unbounded: bool = False) -> GridSpec:
+    """The grids ``cfg`` asks for on a scene sampled in NDC (``ndc``), an unbounded capture
+    (``unbounded``: contracted) or an object's box; bad options raise :class:`UserInputError` with one
+    line naming the option."""
+    mode = index_mode(cfg, unbounded and not ndc)
+    preset = scene_preset(cfg, ndc, mode)
 
     def option(name: str):  # the user's value, else the preset's
         return preset.get(name, getattr(cfg, name))
@@ -152,7 +180,7 @@ def resolve_grid_spec(cfg: VQADModelConfig, ndc: bool) -> GridSpec:
     resolutions = _resolutions(cfg.grid_resolutions, finest, levels, coarsest)
     proposal_finest = cfg.proposal_finest_resolution or (DEFAULT_PROPOSAL_NDC if ndc else DEFAULT_PROPOSAL_BOUNDED)
     proposal = _resolutions(cfg.proposal_resolutions, proposal_finest, cfg.proposal_levels)
-    default_bits = DEFAULT_PROBED_BITS if cfg.index_mode == "probed" else DEFAULT_BITS
+    default_bits = DEFAULT_PROBED_BITS if mode == "probed" else DEFAULT_BITS
     level_bits = option("level_bits")
     level_bits = tuple(level_bits) if level_bits is not None else (cfg.bits or default_bits,) * len(resolutions)
     spec = GridSpec(
@@ -163,6 +191,7 @@ def resolve_grid_spec(cfg: VQADModelConfig, ndc: bool) -> GridSpec:
         max_file_bytes=option("max_file_bytes"),
         feature_dim=DEFAULT_FEATURE_DIM if feature_dim is None else feature_dim,
         concat_levels=option("concat_levels") or 0,
+        index_mode=mode,
     )
     _check(spec, cfg)
     return spec
@@ -175,7 +204,7 @@ def _check(spec: GridSpec, cfg: VQADModelConfig) -> None:
             f"vqad: level_bits gives {len(spec.level_bits)} bit widths ({list(spec.level_bits)}) for a grid of "
             f"{levels} levels: give one per level, coarse to fine"
         )
-    if cfg.index_mode == "learned" and not all(1 <= b <= 8 for b in spec.level_bits):
+    if spec.index_mode == "learned" and not all(1 <= b <= 8 for b in spec.level_bits):
         raise UserInputError(f"vqad: index bits must be in [1, 8], got {list(spec.level_bits)}")
     if spec.sparse_from_level is not None and not 0 <= spec.sparse_from_level < levels:
         raise UserInputError(
@@ -193,6 +222,8 @@ def _check(spec: GridSpec, cfg: VQADModelConfig) -> None:
             f"vqad: max_file_bytes ({spec.max_file_bytes}) sizes the sparse levels: it needs "
             "--pipeline.model.sparse-from-level and a positive byte count"
         )
+    if cfg.random_levels_fraction is not None and not 0.0 <= cfg.random_levels_fraction <= 1.0:
+        raise UserInputError(f"vqad: random_levels_fraction must be in [0, 1], got {cfg.random_levels_fraction}")
     if not 0.0 <= cfg.prune_at_fraction < 1.0:
         raise UserInputError(f"vqad: prune_at_fraction must be in [0, 1), got {cfg.prune_at_fraction}")
     if cfg.eval_levels is not None and not 1 <= cfg.eval_levels <= levels:

@@ -65,7 +65,7 @@ def test_every_option_an_old_file_lacks_decodes_as_it_was_made(method: str, monk
     stored = read_compressed(FIXTURES / f"format2_{method}.nqz")[1]["model"]
     assert [k for k in config_class.payload_keys if k not in stored and k not in config_class.payload_absent] == []
     # A file without the key takes the recorded value, not the option's default.
-    key, recorded = {"nerf_qat": ("activation_bits", 6), "vqad": ("sampler", "occupancy")}[method]
+    key, recorded = {"nerf_qat": ("activation_bits", 6), "vqad": ("sampler", "proposal")}[method]
     assert getattr(config_class(), key) != recorded
     monkeypatch.setattr(config_class, "payload_absent", {**config_class.payload_absent, key: recorded})
     without = {k: v for k, v in stored.items() if k != key}

@@ -180,23 +180,32 @@ def test_bad_sparse_options_are_refused_with_a_clear_error(option: str, value: f
 
 
 def test_scenes_without_grid_options_get_their_preset_and_the_config_is_never_rewritten() -> None:
-    bounded = VQADModelConfig()
-    before = dataclasses.asdict(bounded)
-    spec = resolve_grid_spec(bounded, ndc=False)
-    assert dataclasses.asdict(bounded) == before  # resolved purely
+    unbounded = VQADModelConfig()
+    before = dataclasses.asdict(unbounded)
+    spec = resolve_grid_spec(unbounded, ndc=False, unbounded=True)
+    assert dataclasses.asdict(unbounded) == before  # resolved purely
+    assert spec.index_mode == "learned" and unbounded.index_mode is None  # captures: learned, sparse
     assert spec.resolutions[-1] == (256, 256, 256) and spec.num_levels == 5
     assert spec.sparse_from_level == 3 and spec.max_file_bytes == 990_000
-    assert bounded.sparse_block_size == 4  # measured better than 8 at equal bytes on lego
-    smaller = resolve_grid_spec(VQADModelConfig(max_file_bytes=500_000), ndc=False)  # a byte limit keeps the grid
-    assert smaller.sparse_from_level == 3 and smaller.max_file_bytes == 500_000
-    ndc = resolve_grid_spec(VQADModelConfig(), ndc=True)  # NDC: dense levels, 8-bit codebooks on the coarse ones
+    assert unbounded.sparse_block_size == 4  # measured better than 8 at equal bytes on lego
+    learned = resolve_grid_spec(VQADModelConfig(index_mode="learned"), ndc=False)  # objects, learned asked for
+    assert learned == spec
+    smaller = resolve_grid_spec(VQADModelConfig(max_file_bytes=500_000), ndc=False)  # a byte limit: learned, sparse
+    assert smaller.index_mode == "learned" and smaller.sparse_from_level == 3 and smaller.max_file_bytes == 500_000
+    ndc = resolve_grid_spec(VQADModelConfig(index_mode="learned"), ndc=True)  # NDC: dense, 8-bit coarse codebooks
     assert ndc.sparse_from_level is None and ndc.num_levels == 4
     assert ndc.level_bits == (8, 8, 8, 4) and ndc.resolutions[-1] == (184, 138, 54)
-    for given in ({"bits": 6}, {"index_mode": "hashed"}, {"finest_resolution": (64, 48, 16)}):
+    for given in ({"bits": 6, "index_mode": "learned"}, {"index_mode": "hashed"}, {"finest_resolution": (64, 48, 16)}):
         plain = resolve_grid_spec(VQADModelConfig(**given), ndc=True)  # a bit option, ablation or grid option
         assert len(set(plain.level_bits)) == 1
     explicit = resolve_grid_spec(VQADModelConfig(finest_resolution=(64, 64, 64)), ndc=False)
+    assert explicit.index_mode == "learned"  # a grid option: the paper's indices, no preset
     assert explicit.sparse_from_level is None and explicit.max_file_bytes is None and explicit.num_levels == 4
+    assert resolve_grid_spec(VQADModelConfig(logit_rank=4), ndc=True).index_mode == "learned"
+    for ndc in (True, False):  # forward-facing and object scenes: the probed preset
+        assert resolve_grid_spec(VQADModelConfig(), ndc=ndc) == resolve_grid_spec(
+            VQADModelConfig(index_mode="probed"), ndc=ndc
+        )
     for ndc, finest in ((True, (1024, 768, 256)), (False, (1024, 1024, 1024))):  # probed: 16 hashed levels
         probed = resolve_grid_spec(VQADModelConfig(index_mode="probed"), ndc=ndc)
         assert probed.num_levels == 16 and probed.resolutions[-1] == finest and probed.sparse_from_level is None
@@ -207,6 +216,7 @@ def test_scenes_without_grid_options_get_their_preset_and_the_config_is_never_re
     small = resolve_grid_spec(VQADModelConfig(index_mode="probed", num_levels=3), ndc=False)  # a grid option
     assert small.num_levels == 3 and small.level_bits == (14,) * 3
     assert (small.feature_dim, small.concat_levels) == (spec.feature_dim, spec.concat_levels) == (8, 0)
+    assert (small.index_mode, resolve_grid_spec(VQADModelConfig(), ndc=True).index_mode) == ("probed", "probed")
     for bad in ({"feature_dim": 0}, {"concat_levels": -1}):  # one line, not a silent default
         with pytest.raises(UserInputError, match=next(iter(bad))):
             resolve_grid_spec(VQADModelConfig(index_mode="probed", **bad), ndc=False)
