@@ -262,7 +262,9 @@ class VQADModel(CompressibleModel):
         self.setup_scene_space()
         cfg = self.config
         frozen = bool(self.kwargs.get("inference_only", False))
-        self.grid_spec = spec = resolve_grid_spec(cfg, ndc=self.ndc is not None, unbounded=self.scene_type == "unbounded")
+        self.grid_spec = spec = resolve_grid_spec(
+            cfg, ndc=self.ndc is not None, unbounded=self.scene_type == "unbounded"
+        )
         aabb = NDC_BOX if self.ndc is not None else self.scene_box.aabb
         contract = self.ndc is None and self.scene_type == "unbounded"
         if contract:  # the contracted grid reaches far beyond the box: so do the samples
