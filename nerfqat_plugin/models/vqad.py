@@ -189,8 +189,8 @@ class VQADModelConfig(CompressibleModelConfig):
     proposal_hidden_dim: int = 16
     """Width of the proposal density decoder."""
     sampler: Literal["proposal", "occupancy"] = "occupancy"
-    """Bounded scenes: proposal networks (nerfacto's), or even steps through the occupied cells of a
-    grid the field keeps up to date (instant-NGP's). Other scenes: proposal networks."""
+    """Bounded scenes: even steps through the occupied cells of a grid the field keeps up to date
+    (instant-NGP's), or proposal networks (nerfacto's). Other scenes: proposal networks."""
     occupancy_resolution: int = 128
     """Cells per axis of the occupancy grid kept while training (sampler occupancy)."""
     occupancy_update_every: int = 16
