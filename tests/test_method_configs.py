@@ -13,10 +13,11 @@ from method_configs.vqad import vqad_method
 
 def test_adam_betas_are_an_option_that_reaches_torch() -> None:
     default = vqad_method.config
-    config = tyro.cli(type(default), args=shlex.split("--optimizers.fields.optimizer.betas 0.9 0.99"), default=default)
+    config = tyro.cli(type(default), args=shlex.split("--optimizers.fields.optimizer.betas 0.9 0.999"), default=default)
     param = torch.nn.Parameter(torch.zeros(2))
-    assert config.optimizers["fields"]["optimizer"].setup([param]).defaults["betas"] == (0.9, 0.99)
-    assert config.optimizers["index_logits"]["optimizer"].setup([param]).defaults["betas"] == (0.9, 0.999)
+    assert config.optimizers["fields"]["optimizer"].setup([param]).defaults["betas"] == (0.9, 0.999)
+    assert config.optimizers["index_logits"]["optimizer"].setup([param]).defaults["betas"] == (0.9, 0.99)  # default
+    assert config.optimizers["proposal_networks"]["optimizer"].setup([param]).defaults["betas"] == (0.9, 0.999)
 
 
 def test_adam_betas_outside_0_to_1_are_refused_with_a_message_not_a_traceback(capsys: pytest.CaptureFixture) -> None:

@@ -123,8 +123,8 @@ class VQADModelConfig(CompressibleModelConfig):
     grid_resolutions: Optional[Tuple[Tuple[int, int, int], ...]] = None
     """Every level's resolution explicitly (overrides num_levels and finest_resolution)."""
     bits: Optional[int] = None
-    """Index bits b of every level: each level's codebook has 2**b entries (1 to 8). None: 4, or for
-    an NDC scene with no grid option given, the NDC preset (8 bits on the coarse levels, 4 on the finest)."""
+    """Index bits b of every level: each level's codebook has 2**b entries (learned: 1 to 8). None: 4 (learned),
+    14 (probed), or with no grid option the scene's preset (probed 13; learned in NDC 8 on coarse levels, 4)."""
     level_bits: Optional[Tuple[int, ...]] = None
     """Index bits of every level, coarse to fine (overrides bits; one per level). Coarse levels hold
     few vertices, so larger codebooks there cost few bytes, e.g. 8 8 4 4 for four levels."""
@@ -134,10 +134,8 @@ class VQADModelConfig(CompressibleModelConfig):
     """Standard deviation of the initial codebook entries (instant-NGP starts its free features
     near 1e-4)."""
     index_mode: Optional[IndexMode] = None
-    """learned (the paper's per-vertex indices); probed: Compact NGP's learned hash probing (no grid option:
-    16 levels to 1024^3 of 2**13 entries; else bits default 14); ablations random (seeded) or hashed
-    (instant-NGP). None: probed (its preset) on forward-facing and object scenes with no grid option given,
-    else learned."""
+    """learned (per-vertex indices, the paper), probed (Compact NGP's learned hash probing), or ablations random,
+    hashed. None: probed (16 levels to 1024^3) on forward-facing and object scenes with no grid option, else learned."""
     probe_bits: int = 2
     """probed: log2 of a bucket's entries (the width of each stored index)."""
     probe_table_bits: int = 16
