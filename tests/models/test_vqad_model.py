@@ -339,3 +339,42 @@ def test_coarsest_resolution_spaces_levels_geometrically_and_refuses_a_bad_value
     with pytest.raises(UserInputError, match="coarsest-resolution"):
         too_coarse = VQADModelConfig(num_levels=4, finest_resolution=(64,) * 3, coarsest_resolution=128)
         resolve_grid_spec(too_coarse, ndc=False)
+
+
+@pytest.mark.parametrize(
+    ("options", "random_share"),
+    [
+        ({}, (0.15, 0.35)),
+        ({"concat_levels": 3}, (0.0, 0.0)),
+        ({"concat_levels": 3, "random_levels_fraction": 0.5}, (0.4, 0.6)),
+    ],
+)
+def test_random_operating_points_train_where_levels_are_summed_unless_given(options: dict, random_share: tuple) -> None:
+    """None: a quarter of the rays at a random operating point with summed levels, none with
+    concatenated ones (their prefixes decode without it); a given fraction always holds."""
+    torch.manual_seed(0)
+    levels = _model(**options)._random_levels(4000, torch.device("cpu"))
+    share = float((levels < 3).float().mean())
+    assert random_share[0] <= share <= random_share[1]
+
+
+def test_bad_random_levels_fraction_is_one_line() -> None:
+    with pytest.raises(UserInputError, match="random_levels_fraction must be in"):
+        _model(random_levels_fraction=1.5)
+
+
+def test_defaults_by_scene_kind_build_their_grids_and_samplers() -> None:
+    """No grid option: objects get the probed preset and march an occupancy grid, captures learned
+    indices on the sparse preset with proposals (docs/methods/vqad.md)."""
+    from nerfstudio.data.scene_box import SceneBox
+
+    from nerfqat_plugin.models.vqad import VQADModel, VQADModelConfig
+
+    box = SceneBox(aabb=torch.tensor([[-1.5] * 3, [1.5] * 3]))
+    built = {}
+    for kind in ("bounded", "unbounded"):
+        config = VQADModelConfig(num_nerf_samples=8, num_proposal_samples=(16, 8), compile=False)
+        model = VQADModel(config=config, scene_box=box, num_train_data=4, metadata=SCENE_METADATA[kind])
+        built[kind] = (model.field.grid.index_mode, model.field.grid.num_levels, model.marches_occupancy())
+        assert config.index_mode is None  # resolved, not rewritten
+    assert built == {"bounded": ("probed", 16, True), "unbounded": ("learned", 5, False)}
