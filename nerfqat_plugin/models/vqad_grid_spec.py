@@ -155,7 +155,7 @@ def scene_preset(cfg: VQADModelConfig, ndc: bool, mode: IndexMode) -> dict:
     if ndc:
         plain_bits = mode == "learned" and cfg.bits is None and cfg.level_bits is None
         return dict(NDC_LEVEL_BITS_PRESET) if plain_bits else {}
-    return {**BOUNDED_SPARSE_PRESET, "max_file_bytes": cfg.max_file_bytes or BOUNDED_SPARSE_MAX_FILE_BYTES}
+    return {**BOUNDED_SPARSE_PRESET, "max_file_bytes": BOUNDED_SPARSE_MAX_FILE_BYTES}
 
 
 def resolve_grid_spec(cfg: VQADModelConfig, ndc: bool, unbounded: bool = False) -> GridSpec:
@@ -166,7 +166,8 @@ def resolve_grid_spec(cfg: VQADModelConfig, ndc: bool, unbounded: bool = False) 
     preset = scene_preset(cfg, ndc, mode)
 
     def option(name: str):  # the user's value, else the preset's
-        return preset.get(name, getattr(cfg, name))
+        given = getattr(cfg, name)
+        return preset.get(name) if given is None else given
 
     finest = option("finest_resolution") or (DEFAULT_FINEST_NDC if ndc else DEFAULT_FINEST_BOUNDED)
     coarsest = option("coarsest_resolution")

@@ -192,6 +192,8 @@ def test_scenes_without_grid_options_get_their_preset_and_the_config_is_never_re
     assert learned == spec
     smaller = resolve_grid_spec(VQADModelConfig(max_file_bytes=500_000), ndc=False)  # a byte limit: learned, sparse
     assert smaller.index_mode == "learned" and smaller.sparse_from_level == 3 and smaller.max_file_bytes == 500_000
+    with pytest.raises(UserInputError, match="positive byte count"):  # the user's 0 is refused, not replaced
+        resolve_grid_spec(VQADModelConfig(max_file_bytes=0), ndc=False)
     ndc = resolve_grid_spec(VQADModelConfig(index_mode="learned"), ndc=True)  # NDC: dense, 8-bit coarse codebooks
     assert ndc.sparse_from_level is None and ndc.num_levels == 4
     assert ndc.level_bits == (8, 8, 8, 4) and ndc.resolutions[-1] == (184, 138, 54)
