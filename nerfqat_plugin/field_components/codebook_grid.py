@@ -56,6 +56,9 @@ _HASH_PRIMES = (1, 2654435761, 805459861)
 _PROBE_HASH_PRIMES = (2246822519, 3266489917, 668265263)
 MAX_DECODED_LEVEL_BYTES = 2 << 30
 """Largest float32 feature volume a level decodes into for rendering; larger levels gather corners."""
+MAX_DECODED_PROBED_LEVEL_BYTES = 256 << 20
+"""The same for probed levels: their fine levels hold far more vertices than their small tables have
+entries, and gathers from tables that stay in cache beat interpolating a volume that does not."""
 
 
 def _as_resolution(resolution: Union[int, Sequence[int]]) -> Resolution:
@@ -383,9 +386,11 @@ class LearnedIndexCodebookGrid(nn.Module):
     def decoded_volume(self, level: int) -> Optional[Tensor]:
         """Every vertex's feature on one level as a volume [1, F, X, Y, Z] (float32, the fp16-rounded
         codebook entry of its hard index; zeros in dropped blocks), computed again only when the
-        indices, codebook or block mask change. None where the level does not decode (probed
-        indices, or a volume above :data:`MAX_DECODED_LEVEL_BYTES`)."""
-        if self.index_mode == "probed" or self.num_vertices(level) * self.feature_dim * 4 > MAX_DECODED_LEVEL_BYTES:
+        indices, codebook or block mask change. None where the volume would exceed
+        :data:`MAX_DECODED_LEVEL_BYTES` (probed: :data:`MAX_DECODED_PROBED_LEVEL_BYTES`; the level
+        gathers its corners)."""
+        limit = MAX_DECODED_PROBED_LEVEL_BYTES if self.index_mode == "probed" else MAX_DECODED_LEVEL_BYTES
+        if self.num_vertices(level) * self.feature_dim * 4 > limit:
             return None
         mask = self.block_mask(level)
         versions = _versions([self.codebooks[level], *self._index_parameters(level), *([] if mask is None else [mask])])
@@ -393,7 +398,10 @@ class LearnedIndexCodebookGrid(nn.Module):
         if cached is None or cached[0] != versions:
             with torch.no_grad():
                 learning = self.index_mode == "learned" and not self.frozen
-                indices = (self.cached_hard_indices(level) if learning else self.hard_indices(level)).long()
+                if self.index_mode == "probed":
+                    indices = self._probed_vertex_entries(level)
+                else:
+                    indices = (self.cached_hard_indices(level) if learning else self.hard_indices(level)).long()
                 features = F.embedding(indices, round_to_half(self.codebooks[level]).float())
                 if mask is not None:
                     features = features * self.vertex_keep_flags(level).to(features)[:, None]
@@ -403,6 +411,23 @@ class LearnedIndexCodebookGrid(nn.Module):
             cached = (versions, volume)
             self._volume_cache[level] = cached
         return cached[1]
+
+    def _probed_vertex_entries(self, level: int) -> Tensor:
+        """Every vertex's codebook entry on a probed level [vertices] (int64, flat ids): its bucket plus
+        the hard probe its index-table slot holds, computed a slab of x at a time."""
+        x, y, z = self.resolutions[level]
+        device = self.codebooks[level].device
+        table = getattr(self, f"indices_{level}") if self.frozen else self.vertex_logits(level).argmax(dim=-1)
+        yz = torch.stack(torch.meshgrid(*(torch.arange(n, device=device) for n in (y, z)), indexing="ij"), -1)
+        yz = yz.reshape(-1, 2)
+        slab = max(1, (1 << 22) // (y * z))
+        entries = []
+        for start in range(0, x, slab):
+            xs = torch.arange(start, min(x, start + slab), device=device)
+            vertices = torch.cat([xs.repeat_interleave(len(yz))[:, None], yz.repeat(len(xs), 1)], dim=-1)
+            bucket = hashed_indices(vertices, self.level_bits[level] - self.probe_bits) << self.probe_bits
+            entries.append(bucket + table[hashed_indices(vertices, self.probe_table_bits, _PROBE_HASH_PRIMES)].long())
+        return torch.cat(entries)
 
     def vertex_keep_flags(self, level: int) -> Tensor:
         """Whether each vertex of a sparse level lies in a kept block [vertices] (bool, flat ids)."""

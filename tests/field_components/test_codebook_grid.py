@@ -321,14 +321,17 @@ def _edge_and_outside_positions(n: int) -> torch.Tensor:
         {"logit_rank": 3},
         {"sparse_from_level": 1, "block_size": 2},
         {"concat_levels": 3},
+        {"index_mode": "probed", "probe_bits": 2, "probe_table_bits": 5},
+        {"index_mode": "probed", "probe_bits": 2, "probe_table_bits": 5, "frozen": True},
     ],
-    ids=["learned", "frozen", "hashed", "random", "factorised", "sparse", "concatenated"],
+    ids=["learned", "frozen", "hashed", "random", "factorised", "sparse", "concatenated", "probed", "probed-file"],
 )
 def test_rendering_interpolates_decoded_levels_with_the_values_of_the_corner_gathers(options: dict) -> None:
     grid = _grid(**options).eval()
-    if grid.frozen and grid.index_mode == "learned":  # stored indices, as a loaded file holds
+    if grid.frozen and grid.learns_indices:  # stored indices as a file holds: per vertex, or a probed index table
         for level in grid.levels:
-            grid.set_hard_indices(level, torch.randint(0, 16, (grid.num_vertices(level),)))
+            stored = grid.index_entries(level), 1 << grid.index_bits(level)
+            grid.set_hard_indices(level, torch.randint(0, stored[1], (stored[0],)))
     if grid.sparse_levels:  # drop some blocks: their vertices contribute nothing
         grid.set_block_mask(1, (torch.arange(18) % 3 != 1).to(torch.uint8))  # 3 x 2 x 3 blocks
     positions = _edge_and_outside_positions(300)
