@@ -1,14 +1,16 @@
 """The vqad model: Variable Bitrate Neural Fields (Takikawa et al. 2022) on nerfstudio.
 
-A :class:`VQADField` (learned-index codebook grid + small decoder MLPs) is sampled with nerfstudio's
-proposal sampler, whose proposal density field is a small codebook grid of its own. Forward-facing
-scenes are sampled in NDC (the grid spans the NDC cube), bounded ones in the scene box, unbounded ones
-in the scene box and a contracted shell around it that reaches to ``unbounded_far_plane``.
+A :class:`VQADField` (codebook grid of learned indices, per vertex or hash probes, + small decoder MLPs)
+is sampled with nerfstudio's proposal sampler, whose proposal density field is a small codebook grid of
+its own, or in bounded scenes by marching an occupancy grid. Forward-facing scenes are sampled in NDC
+(the grid spans the NDC cube), bounded ones in the scene box, unbounded ones in the scene box and a
+contracted shell around it that reaches to ``unbounded_far_plane``. Which grid each scene kind gets
+by default: :mod:`nerfqat_plugin.models.vqad_grid_spec`.
 
-Variable bitrate: the grid's levels are summed, so its first ``k`` levels form a coarser field with a
-smaller file. Training renders a fraction of the rays with a random number of levels, so every
-operating point stays usable; the viewer switches between them, ``ns-eval`` reports each, and
-``ns-export-compressed --operating-point levels=k`` writes one.
+Variable bitrate: the grid's first ``k`` levels (summed, or concatenated with the rest zero) form a
+coarser field with a smaller file. With summed levels, training renders a fraction of the rays with a
+random number of levels, so every operating point stays usable; the viewer switches between them,
+``ns-eval`` reports each, and ``ns-export-compressed --operating-point levels=k`` writes one.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ PRUNE_DEADLINE_FRACTION = 0.5
 
 @dataclass
 class VQADModelConfig(CompressibleModelConfig):
-    """vqad: a learned-index codebook grid (Variable Bitrate Neural Fields) with proposal sampling."""
+    """vqad: a codebook grid of learned indices (Variable Bitrate Neural Fields) and its sampling."""
 
     payload_keys: ClassVar[Tuple[str, ...]] = CompressibleModelConfig.payload_keys + (
         "grid_resolutions",
