@@ -10,6 +10,9 @@ is skipped, and nothing starts that cannot end before ``--deadline-s``, so call 
 reports nothing left. ``--report-only`` (also run at the end) regenerates ``docs/results.md``.
 nerfacto runs with the torch implementation and the camera optimizer off, on the same split.
 
+When a configuration's defaults change, its entry in ``DEFAULTS_SINCE`` takes the change's commit date:
+its older rows are marked in the README (†) and results.md, and the suite runs them again.
+
 A default changes only with rows on every scene. ``--candidate NAME --base nerf-qat-int4 -- OPTIONS``
 runs the base configuration as it is and with the ns-train OPTIONS added (label NAME) side by side on
 every scene (``--beside nerf-qat-int8``: others unchanged in the same run), as rows of kind
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
 import json
 import os
 import shlex
@@ -43,11 +47,20 @@ PEER = "nerfacto"
 CONSTANT_IMAGES = RESULTS / "constant_images.json"
 """PSNR of constant images per scene (``--constant-images``): the floor a collapsed run sits at."""
 COLLAPSE_MARGIN_DB = 8.0
+DEFAULTS_SINCE = {"vqad": "2026-12-06T22:11:40+00:00"}
+"""When each configuration's defaults last changed (the commit's date): older rows measured the previous
+defaults, so the README marks them and the suite runs them again."""
 
 
 def suite_rows(scene: str, results: Path = RESULTS, budget_s: Optional[float] = None) -> Dict[str, Dict[str, Any]]:
     """The latest suite row of every configuration of ``scene``."""
     return load_rows(scene, budget_s, scene_path(scene, results), kind="suite")
+
+
+def previous_defaults(row: Dict[str, Any]) -> bool:
+    """Whether a suite row was measured before its configuration's defaults last changed."""
+    since = DEFAULTS_SINCE.get(row.get("label", ""))
+    return since is not None and dt.datetime.fromisoformat(row["date"]) < dt.datetime.fromisoformat(since)
 
 
 def render_speed_command(
@@ -223,6 +236,8 @@ def _row_line(
         notes.append(f"{row['num_test_views']} of {FULL_TEST_VIEWS[scene]} test views")
     if row.get("evaluation_error"):
         notes.append("evaluation failed: " + row["evaluation_error"].split(":")[0])
+    if previous_defaults(row):
+        notes.append("previous defaults")
     return (
         f"| {label} | {_fmt(row.get('psnr'), 2)} | {_fmt(row.get('ssim'), 3)} | {_fmt(row.get('lpips'), 3)} "
         f"| {_fmt(None if size is None else size / 1e6, 3)} | {_fmt(row.get('train_seconds'), 0)} "
@@ -343,10 +358,18 @@ README_MARKERS = ("<!-- results:begin -->", "<!-- results:end -->")
 def readme_table(results: Path = RESULTS) -> str:
     """The README's summary: PSNR and size of each suite configuration per scene (the latest rows)."""
     lines = ["| scene | " + " | ".join(SUITE) + " |", "|---" * (len(SUITE) + 1) + "|"]
+    marked = False
     for scene in SCENES:
         rows = suite_rows(scene, results)
-        cells = [psnr_and_size(rows.get(label) or {}) for label in SUITE]
+        cells = []
+        for label in SUITE:
+            row = rows.get(label) or {}
+            old = bool(row) and previous_defaults(row)
+            marked |= old
+            cells.append(psnr_and_size(row) + (" †" if old else ""))
         lines.append(f"| {scene} | " + " | ".join(cells) + " |")
+    if marked:
+        lines += ["", "† measured with that method's previous defaults (docs/CHANGELOG.md)."]
     return "\n".join(lines) + "\n"
 
 
@@ -417,6 +440,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f"[suite] {scene}: not in {args.data_root}, skipped", flush=True)
                 continue
             done = load_rows(scene, args.budget_s, scene_path(scene, args.results_dir), kind=kind)
+            if not args.candidate:  # rows of previous defaults are run again
+                done = {label: row for label, row in done.items() if not previous_defaults(row)}
             if args.candidate:
                 jobs = candidate_jobs(scene, data, args.candidate, args.base, args.options, args.results_dir, beside)
             else:

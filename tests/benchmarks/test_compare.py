@@ -396,6 +396,32 @@ def test_a_candidate_default_runs_beside_its_base_on_every_scene_and_is_reported
     assert "| nerf-qat-int4 | 30.00 |" in results and "26.50" not in results and "19.00" not in results
 
 
+def test_rows_older_than_their_defaults_are_marked_and_run_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conftest import make_blender_scene
+
+    monkeypatch.setattr(scene_suite, "DEFAULTS_SINCE", {"vqad": "2026-11-22T00:00:00+00:00"})
+    rows = [
+        _row("vqad", "vqad", 22.0, budget=300.0, kind="suite", scene="chair"),  # 2026-11-21: before
+        _row("nerf-qat-int8", "nerf-qat", 25.0, budget=300.0, kind="suite", scene="chair"),
+    ]
+    (tmp_path / "chair.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = scene_suite.readme_table(tmp_path)
+    chair = next(line for line in table.splitlines() if line.startswith("| chair")).split(" | ")
+    assert chair[1].startswith("25.00 dB") and not chair[1].endswith("†")  # no default change for int8
+    assert chair[3].startswith("22.00 dB") and chair[3].endswith("†") and "previous defaults" in table
+    assert "previous defaults" in scene_suite.results_markdown(tmp_path)
+    make_blender_scene(tmp_path / "data" / "chair")
+    argv = ["--data-root", str(tmp_path / "data"), "--results-dir", str(tmp_path), "--dry-run", "--budget-s", "300"]
+    assert scene_suite.main([*argv, "--only", "vqad,nerf-qat-int8"]) == 0
+    planned = [line for line in capsys.readouterr().out.splitlines() if "would run" in line]
+    assert [line.split(":")[0] for line in planned] == ["[suite] would run chair vqad"]  # int8's row stands
+    rows[0]["date"] = "2026-11-23T00:00:00+00:00"  # measured with today's defaults: neither marked nor rerun
+    (tmp_path / "chair.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert "†" not in scene_suite.readme_table(tmp_path)
+
+
 def test_results_doc_is_generated_per_scene_with_the_gap_to_nerfacto(tmp_path: Path) -> None:
     rows = [
         _row("nerf-qat-int8", "nerf-qat", 25.0, kind="suite", file_bytes=1_100_000, jobs_per_gpu=1),
@@ -467,7 +493,7 @@ def test_committed_results_doc_and_readme_table_are_up_to_date() -> None:
 
 
 def test_readme_table_lists_every_scene_and_configuration(tmp_path: Path) -> None:
-    row = _row("vqad", "vqad", 23.456, kind="suite", file_bytes=987_654)
+    row = _row("vqad", "vqad", 23.456, kind="suite", file_bytes=987_654, date="2027-01-01T00:00:00+00:00")
     (tmp_path / "fruit.jsonl").write_text(json.dumps(row) + "\n")
     readme = "intro\n<!-- results:begin -->\nold\n<!-- results:end -->\nrest\n"
     text = scene_suite.readme_with_table(readme, tmp_path)
