@@ -137,7 +137,8 @@ class VQADModelConfig(CompressibleModelConfig):
     near 1e-4)."""
     index_mode: Optional[IndexMode] = None
     """learned (per-vertex indices, the paper), probed (Compact NGP's learned hash probing), or ablations random,
-    hashed. None: probed (16 levels to 1024^3) on forward-facing and object scenes with no grid option, else learned."""
+    hashed. None: probed (16 levels to 1024^3) on forward-facing and object scenes with no grid or bit option,
+    else learned."""
     probe_bits: int = 2
     """probed: log2 of a bucket's entries (the width of each stored index)."""
     probe_table_bits: int = 16

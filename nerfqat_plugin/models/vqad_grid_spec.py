@@ -130,11 +130,12 @@ def _grid_option_given(cfg: VQADModelConfig) -> bool:
 
 def index_mode(cfg: VQADModelConfig, unbounded: bool) -> IndexMode:
     """The index mode ``cfg`` gives, else probed (with its preset) on a scene that is not ``unbounded``
-    where no grid option and no option of learned indices only (factorised logits, a byte limit for
-    sparse levels) is given, else learned."""
+    where no grid option and no option of learned indices (index bits, factorised logits, a byte limit
+    for sparse levels) is given, else learned."""
     if cfg.index_mode is not None:
         return cfg.index_mode
-    learned_only = cfg.logit_rank > 0 or cfg.max_file_bytes is not None
+    bits_given = cfg.bits is not None or cfg.level_bits is not None  # 1-8 index bits: learned's meaning
+    learned_only = bits_given or cfg.logit_rank > 0 or cfg.max_file_bytes is not None
     if unbounded or learned_only or _grid_option_given(cfg):
         return DEFAULT_INDEX_MODE_OTHERWISE
     return DEFAULT_INDEX_MODE

@@ -204,6 +204,8 @@ def test_scenes_without_grid_options_get_their_preset_and_the_config_is_never_re
     assert explicit.index_mode == "learned"  # a grid option: the paper's indices, no preset
     assert explicit.sparse_from_level is None and explicit.max_file_bytes is None and explicit.num_levels == 4
     assert resolve_grid_spec(VQADModelConfig(logit_rank=4), ndc=True).index_mode == "learned"
+    bits6 = resolve_grid_spec(VQADModelConfig(bits=6), ndc=False)  # index bits mean learned indices
+    assert bits6.index_mode == "learned" and bits6.level_bits == (6,) * 5 and bits6.sparse_from_level == 3
     for ndc in (True, False):  # forward-facing and object scenes: the probed preset
         assert resolve_grid_spec(VQADModelConfig(), ndc=ndc) == resolve_grid_spec(
             VQADModelConfig(index_mode="probed"), ndc=ndc
