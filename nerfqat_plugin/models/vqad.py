@@ -136,9 +136,8 @@ class VQADModelConfig(CompressibleModelConfig):
     """Standard deviation of the initial codebook entries (instant-NGP starts its free features
     near 1e-4)."""
     index_mode: Optional[IndexMode] = None
-    """learned (per-vertex indices, the paper), probed (Compact NGP's learned hash probing), or ablations random,
-    hashed. None: probed (16 levels to 1024^3) on forward-facing and object scenes with no grid or bit option,
-    else learned."""
+    """learned (per-vertex, the paper), probed (Compact NGP's hash probing), ablations random, hashed. None:
+    probed (16 levels to 1024^3) on forward-facing and object scenes with no grid or bit option, else learned."""
     probe_bits: int = 2
     """probed: log2 of a bucket's entries (the width of each stored index)."""
     probe_table_bits: int = 16
