@@ -32,7 +32,7 @@ indices resolve the hash's collisions while the stored indices stay few.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Literal, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -340,12 +340,7 @@ class LearnedIndexCodebookGrid(nn.Module):
         """Every vertex's codebook index on one level (the argmax of its logits when learned), int64;
         for probed grids, the index table (each entry's probe within a bucket)."""
         if self.index_mode == "hashed":
-            x, y, z = self.resolutions[level]
-            device = self.codebooks[level].device
-            grid = torch.stack(
-                torch.meshgrid(*(torch.arange(n, device=device) for n in (x, y, z)), indexing="ij"), dim=-1
-            )
-            return hashed_indices(grid.reshape(-1, 3), self.level_bits[level])
+            return torch.cat([hashed_indices(v, self.level_bits[level]) for v in self._vertex_slabs(level)])
         if self.frozen:
             return getattr(self, f"indices_{level}").long()
         if self.logit_rank == 0:
@@ -412,19 +407,24 @@ class LearnedIndexCodebookGrid(nn.Module):
             self._volume_cache[level] = cached
         return cached[1]
 
-    def _probed_vertex_entries(self, level: int) -> Tensor:
-        """Every vertex's codebook entry on a probed level [vertices] (int64, flat ids): its bucket plus
-        the hard probe its index-table slot holds, computed a slab of x at a time."""
+    def _vertex_slabs(self, level: int) -> Iterator[Tensor]:
+        """Every vertex's integer coordinates on one level [n, 3], in flat-id order, a slab of x at a
+        time (about 2**22 vertices each), so that whole-level hashing stays within bounded memory."""
         x, y, z = self.resolutions[level]
         device = self.codebooks[level].device
-        table = getattr(self, f"indices_{level}") if self.frozen else self.vertex_logits(level).argmax(dim=-1)
         yz = torch.stack(torch.meshgrid(*(torch.arange(n, device=device) for n in (y, z)), indexing="ij"), -1)
         yz = yz.reshape(-1, 2)
         slab = max(1, (1 << 22) // (y * z))
-        entries = []
         for start in range(0, x, slab):
             xs = torch.arange(start, min(x, start + slab), device=device)
-            vertices = torch.cat([xs.repeat_interleave(len(yz))[:, None], yz.repeat(len(xs), 1)], dim=-1)
+            yield torch.cat([xs.repeat_interleave(len(yz))[:, None], yz.repeat(len(xs), 1)], dim=-1)
+
+    def _probed_vertex_entries(self, level: int) -> Tensor:
+        """Every vertex's codebook entry on a probed level [vertices] (int64, flat ids): its bucket plus
+        the hard probe its index-table slot holds."""
+        table = getattr(self, f"indices_{level}") if self.frozen else self.vertex_logits(level).argmax(dim=-1)
+        entries = []
+        for vertices in self._vertex_slabs(level):
             bucket = hashed_indices(vertices, self.level_bits[level] - self.probe_bits) << self.probe_bits
             entries.append(bucket + table[hashed_indices(vertices, self.probe_table_bits, _PROBE_HASH_PRIMES)].long())
         return torch.cat(entries)
