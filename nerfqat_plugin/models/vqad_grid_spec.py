@@ -152,7 +152,7 @@ def scene_preset(cfg: VQADModelConfig, ndc: bool, mode: IndexMode) -> dict:
         preset = {**PROBED_PRESET, "finest_resolution": PROBED_PRESET_FINEST_NDC if ndc else PROBED_PRESET_FINEST}
         if cfg.bits is None and cfg.level_bits is None:
             preset["level_bits"] = (PROBED_PRESET_BITS,) * PROBED_PRESET["num_levels"]
-        return {**preset, **{k: v for k, v in PROBED_PRESET_FEATURES.items() if getattr(cfg, k) is None}}
+        return {**preset, **PROBED_PRESET_FEATURES}
     if ndc:
         plain_bits = mode == "learned" and cfg.bits is None and cfg.level_bits is None
         return dict(NDC_LEVEL_BITS_PRESET) if plain_bits else {}
