@@ -364,7 +364,7 @@ def readme_table(results: Path = RESULTS) -> str:
         cells = []
         for label in SUITE:
             row = rows.get(label) or {}
-            old = bool(row) and previous_defaults(row)
+            old = previous_defaults(row)
             marked |= old
             cells.append(psnr_and_size(row) + (" †" if old else ""))
         lines.append(f"| {scene} | " + " | ".join(cells) + " |")
@@ -440,12 +440,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f"[suite] {scene}: not in {args.data_root}, skipped", flush=True)
                 continue
             done = load_rows(scene, args.budget_s, scene_path(scene, args.results_dir), kind=kind)
-            if not args.candidate:  # rows of previous defaults are run again
-                done = {label: row for label, row in done.items() if not previous_defaults(row)}
             if args.candidate:
                 jobs = candidate_jobs(scene, data, args.candidate, args.base, args.options, args.results_dir, beside)
             else:
                 jobs = suite_jobs(scene, data, args.results_dir)
+                done = {label: row for label, row in done.items() if not previous_defaults(row)}  # run again
             todo += [j for j in jobs if j.label not in done and (not wanted or j.label in wanted)]
             print(f"[suite] {scene}: {sum(j.label in done for j in jobs)} of {len(jobs)} done", flush=True)
         if args.dry_run:
