@@ -16,7 +16,9 @@ the integer indices.
 Rendering (no gradient, hard indices) instead decodes each level once into a volume of vertex
 features, ``codebook[index]`` and zeros in dropped blocks, and interpolates it with ``grid_sample``:
 one fused kernel per level instead of corner arithmetic, an index gather and a codebook gather per
-corner. The values are the same trilinear sum up to float rounding.
+corner. The values are the same trilinear sum up to float rounding. Probed levels too large to decode
+read each corner's stored probe and codebook entry in one Triton kernel
+(:func:`.fused_codebook_lookup.stored_probed_level_lookup`).
 
 For the paper's ablation the indices can instead be fixed: ``random`` (drawn once from a seed) or
 ``hashed`` (instant-NGP's spatial hash of the vertex). Neither needs storing, so at equal bytes
@@ -43,6 +45,7 @@ from nerfqat_plugin.field_components.fused_codebook_lookup import (
     fused_level_lookup,
     fused_lookup_available,
     fused_probed_level_lookup,
+    stored_probed_level_lookup,
 )
 from nerfqat_plugin.field_components.half_precision import round_to_half
 
@@ -247,7 +250,8 @@ class LearnedIndexCodebookGrid(nn.Module):
         # Evaluation's hard indices per level, with the versions of the logits they came from.
         self._hard_index_cache: Dict[int, Tuple[Tuple[Tuple[int, int], ...], Tensor]] = {}
         self.decoded_lookup = True
-        """Renders interpolate each level's decoded feature volume (see the module docstring)."""
+        """Renders interpolate each level's decoded feature volume, and look probed levels too large to
+        decode up in one kernel where Triton runs (see the module docstring)."""
         self.fused_lookup = False
         """Training looks levels of free logits with more rows than the points have corners, and probed
         levels, up with one Triton kernel each where it runs (:mod:`.fused_codebook_lookup`)."""
@@ -548,8 +552,13 @@ class LearnedIndexCodebookGrid(nn.Module):
         rows = self._trained_rows(level)
         if not hard and self._fusable(rows, positions):
             return self._fused_level_features(positions, level)
-        if not hard and self._fusable_probed(positions):
+        if self._fusable_probed(positions, hard):
             codebook = round_to_half(self.codebooks[level])
+            if self.frozen:  # a file's stored probes, straight from the table
+                return stored_probed_level_lookup(
+                    positions, getattr(self, f"indices_{level}"), codebook, self.resolutions[level],
+                    self.probe_bits, _HASH_PRIMES, _PROBE_HASH_PRIMES,
+                )  # fmt: skip
             return fused_probed_level_lookup(
                 positions, self.logits[level], codebook, self.resolutions[level], self.probe_table_bits,
                 _HASH_PRIMES, _PROBE_HASH_PRIMES,
@@ -600,11 +609,15 @@ class LearnedIndexCodebookGrid(nn.Module):
         large_free_logits = self.logit_rank == 0 and rows > 0 and rows >= 8 * positions.shape[0]
         return self.fused_lookup and large_free_logits and fused_lookup_available(positions.device)
 
-    def _fusable_probed(self, positions: Tensor) -> bool:
-        """Whether a training lookup of a probed level takes its fused kernel: the option on, free
-        logits of an index table being trained, Triton there."""
-        trained = self.index_mode == "probed" and not self.frozen and self.logit_rank == 0
-        return self.fused_lookup and trained and fused_lookup_available(positions.device)
+    def _fusable_probed(self, positions: Tensor, hard: bool) -> bool:
+        """Whether a lookup of a probed level takes a fused kernel (Triton there): training free logits
+        of an index table (option ``fused_lookup``), or rendering (``decoded_lookup``: hard indices, no
+        gradients) a level too large to decode, from the stored probes or the logits' argmax."""
+        if self.index_mode != "probed" or not fused_lookup_available(positions.device):
+            return False
+        if hard:
+            return self._reads_decoded_volumes(hard) and (self.frozen or self.logit_rank == 0)
+        return self.fused_lookup and not self.frozen and self.logit_rank == 0
 
     def _fused_level_features(self, positions: Tensor, level: int) -> Tensor:
         rows = self._buffers[f"vertex_rows_{level}"] if self.is_compacted(level) else None

@@ -162,8 +162,9 @@ if triton is not None:
     def _probed_forward_kernel(
         pos_ptr, logits_ptr, codebook_ptr, out_ptr,
         n, rx, ry, rz, b0, b1, b2, bucket_mask, s0, s1, s2, slot_mask,
-        P: tl.constexpr, F: tl.constexpr, F_PAD: tl.constexpr, BLOCK: tl.constexpr,
+        P: tl.constexpr, F: tl.constexpr, F_PAD: tl.constexpr, BLOCK: tl.constexpr, STORED: tl.constexpr,
     ):  # fmt: skip
+        """``STORED``: ``logits_ptr`` holds each slot's stored probe (integers) instead of its logits."""
         points, valid, px, py, pz = _block_points(pos_ptr, n, BLOCK)
         probes = tl.arange(0, P)
         features = tl.arange(0, F_PAD)
@@ -173,8 +174,11 @@ if triton is not None:
             bucket, slot, weight = _probed_corner(
                 px, py, pz, rx, ry, rz, b0, b1, b2, bucket_mask, s0, s1, s2, slot_mask, corner, P
             )
-            logits = tl.load(logits_ptr + slot[:, None] * P + probes[None, :], mask=valid[:, None], other=0.0)
-            entry = bucket + tl.argmax(logits, axis=1)
+            if STORED:
+                entry = bucket + tl.load(logits_ptr + slot, mask=valid, other=0).to(tl.int64)
+            else:
+                logits = tl.load(logits_ptr + slot[:, None] * P + probes[None, :], mask=valid[:, None], other=0.0)
+                entry = bucket + tl.argmax(logits, axis=1)
             acc += weight[:, None] * tl.load(codebook_ptr + entry[:, None] * F + features[None, :], mask=both)
         tl.store(out_ptr + points[:, None] * F + features[None, :], acc, mask=both)
 
@@ -334,6 +338,7 @@ def _probed_forward(
     _probed_forward_kernel[(triton.cdiv(n, BLOCK_POINTS),)](
         positions.contiguous(), logits.contiguous(), codebook.contiguous(), out, n, *resolution, *hashing,
         P=logits.shape[1], F=num_features, F_PAD=triton.next_power_of_2(num_features), BLOCK=BLOCK_POINTS,
+        STORED=False,
     )  # fmt: skip
     return out
 
@@ -405,3 +410,32 @@ def fused_probed_level_lookup(
         entries.bit_length() - 1, probes.bit_length() - 1, probe_table_bits, bucket_primes, slot_primes
     )
     return _probed_forward(positions, logits, codebook, list(resolution), list(hashing))
+
+
+def stored_probed_level_lookup(
+    positions: Tensor,
+    probes: Tensor,
+    codebook: Tensor,
+    resolution: Tuple[int, int, int],
+    probe_bits: int,
+    bucket_primes: Primes,
+    slot_primes: Primes,
+) -> Tensor:
+    """Features [N, F] at ``positions`` of a probed level whose index table holds stored probes
+    (``probes`` [2**table_bits], integers, as a file holds them): each corner's ``codebook[bucket +
+    probes[slot]]`` with trilinear weights, in one kernel; no gradients (rendering a file)."""
+    _ensure_triton()
+    entries, slots = codebook.shape[0], probes.numel()
+    if entries & (entries - 1) or slots & (slots - 1) or not 1 <= probe_bits <= entries.bit_length() - 1:
+        raise ValueError(f"probes {tuple(probes.shape)} and codebook {tuple(codebook.shape)}: powers of 2")
+    hashing = _probed_hash_args(
+        entries.bit_length() - 1, probe_bits, slots.bit_length() - 1, bucket_primes, slot_primes
+    )
+    n, num_features = positions.shape[0], codebook.shape[1]
+    out = positions.new_empty(n, num_features)
+    _probed_forward_kernel[(triton.cdiv(n, BLOCK_POINTS),)](
+        positions.contiguous(), probes.contiguous(), codebook.contiguous(), out, n, *resolution, *hashing,
+        P=1 << probe_bits, F=num_features, F_PAD=triton.next_power_of_2(num_features), BLOCK=BLOCK_POINTS,
+        STORED=True,
+    )  # fmt: skip
+    return out

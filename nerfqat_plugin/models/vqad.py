@@ -230,8 +230,8 @@ class VQADModelConfig(CompressibleModelConfig):
     """Checkpoints hold the field's free index logits in fp16 and not their Adam moments (a sixth of
     the bytes); a resumed run restarts those moments (False: it resumes exactly)."""
     decoded_grid_lookup: bool = True
-    """Rendering: interpolate each grid level's decoded vertex features (one float32 volume per level,
-    at most 2 GiB) instead of gathering every corner's index and codebook entry; same values."""
+    """Rendering: interpolate each level's decoded vertex features (a float32 volume of at most 2 GiB)
+    or, on CUDA, look larger probed levels up in one kernel, instead of corner by corner; same values."""
     fused_codebook_lookup: bool = False
     """Training: look up each level of free index logits (learned or probed) with one Triton kernel (CUDA
     with Triton; elsewhere the torch path); the same values and gradients, touched logits only."""
