@@ -651,11 +651,7 @@ class LearnedIndexCodebookGrid(nn.Module):
             raise ValueError(f"num_levels must be in [1, {self.num_levels}], got {levels}")
         hard = not self.training
         if level_mask is None and self._reads_decoded_volumes(hard):
-            volumes = [self.decoded_volume(lvl) for lvl in range(levels)]
-            if all(volume is not None for volume in volumes):
-                features = interpolate_volumes(volumes, positions, concat=bool(self.concat_levels))
-                missing = (self.concat_levels - levels) * self.feature_dim if self.concat_levels else 0
-                return F.pad(features, (0, missing)) if missing else features
+            return self._rendered_features(positions, levels)
         features = [self.level_features(positions, 0, hard)]
         for lvl in range(1, levels):
             level = self.level_features(positions, lvl, hard)
@@ -665,6 +661,26 @@ class LearnedIndexCodebookGrid(nn.Module):
         missing = self.concat_levels - len(features)
         features += [torch.zeros_like(features[0])] * missing
         return torch.cat(features, dim=-1)
+
+    def _rendered_features(self, positions: Tensor, levels: int) -> Tensor:
+        """:meth:`forward` for rendering (hard indices, no gradients, every point at ``levels``): the
+        levels that decode (the coarse ones: volumes grow with the level) are interpolated together
+        from one sampling grid, the others looked up level by level, and the results combined once."""
+        decoded: List[Tensor] = []
+        for lvl in range(levels):
+            volume = self.decoded_volume(lvl)
+            if volume is None:
+                break
+            decoded.append(volume)
+        concat = bool(self.concat_levels)
+        features = [interpolate_volumes(decoded, positions, concat)] if decoded else []
+        features += [self.level_features(positions, lvl, hard=True) for lvl in range(len(decoded), levels)]
+        if not concat:
+            return features[0] if len(features) == 1 else torch.stack(features).sum(dim=0)
+        missing = (self.concat_levels - levels) * self.feature_dim
+        if missing:
+            features.append(positions.new_zeros(positions.shape[0], missing))
+        return features[0] if len(features) == 1 else torch.cat(features, dim=-1)
 
 
 def _versions(tensors: Sequence[Tensor]) -> Tuple[Tuple[int, int], ...]:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from nerfqat_plugin.compression.bitpack import pack_unsigned, unpack_unsigned
+from nerfqat_plugin.field_components import codebook_grid
 from nerfqat_plugin.field_components.codebook_grid import LearnedIndexCodebookGrid, corner_lookup, hashed_indices
 from nerfqat_plugin.field_components.half_precision import round_to_half
 
@@ -345,6 +346,35 @@ def test_rendering_interpolates_decoded_levels_with_the_values_of_the_corner_gat
         decoded_first_level = grid(positions, num_levels=1)
     assert sorted(grid._volume_cache) == [0, 1]  # both levels went through their volumes
     assert float(gathered.abs().max()) > 1e-2  # the comparison says something
+    assert decoded.shape == gathered.shape and decoded_first_level.shape == first_level.shape
+    assert torch.allclose(decoded, gathered, atol=2e-6, rtol=0)
+    assert torch.allclose(decoded_first_level, first_level, atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"concat_levels": 3}, {"index_mode": "probed", "probe_bits": 2, "probe_table_bits": 5, "frozen": True}],
+    ids=["summed", "concatenated", "probed-file"],
+)
+def test_renders_combine_decoded_coarse_levels_with_finer_ones_too_large_to_decode(
+    options: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Level 0 (27 vertices x 6 features x 4 bytes) decodes, level 1 (120 vertices) is too large.
+    for name in ("MAX_DECODED_LEVEL_BYTES", "MAX_DECODED_PROBED_LEVEL_BYTES"):
+        monkeypatch.setattr(codebook_grid, name, 1000)
+    grid = _grid(**options).eval()
+    if grid.frozen:
+        for level in grid.levels:
+            stored = grid.index_entries(level), 1 << grid.index_bits(level)
+            grid.set_hard_indices(level, torch.randint(0, stored[1], (stored[0],)))
+    positions = _edge_and_outside_positions(300)
+    with torch.no_grad():
+        grid.decoded_lookup = False
+        gathered, first_level = grid(positions), grid(positions, num_levels=1)
+        grid.decoded_lookup = True
+        decoded, decoded_first_level = grid(positions), grid(positions, num_levels=1)
+    assert sorted(grid._volume_cache) == [0]  # the coarse level went through its volume, the fine one not
+    assert float(gathered.abs().max()) > 1e-2
     assert decoded.shape == gathered.shape and decoded_first_level.shape == first_level.shape
     assert torch.allclose(decoded, gathered, atol=2e-6, rtol=0)
     assert torch.allclose(decoded_first_level, first_level, atol=2e-6, rtol=0)
