@@ -284,6 +284,11 @@ def scene_table(
 FULL_TEST_VIEWS = {"fern": 3, "horns": 8, "lego": 25, "chair": 25, "fruit": 11}
 
 
+def _gpu_name(gpu: Optional[str]) -> str:
+    """The card's short name (``NVIDIA H100 80GB HBM3`` -> ``H100``)."""
+    return next((word for word in (gpu or "").split() if word[:1] in "ABHL" and word[1:2].isdigit()), gpu or "")
+
+
 def render_speed_table(scene_rows: List[Dict[str, Any]]) -> List[str]:
     """Markdown of a scene's render-speed rows (the latest of each file or checkpoint, chunk size and
     set of model options): frame rate as files render by default and as trained, PSNR, its change,
@@ -300,8 +305,8 @@ def render_speed_table(scene_rows: List[Dict[str, Any]]) -> List[str]:
         "sampler at every sample, fake quantization):",
         "",
         "| file or checkpoint | options | resolution | views | fps | fps as trained | PSNR | PSNR change "
-        "| GPU GiB | code |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| GPU GiB | GPU | code |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (label, chunk, options), row in latest.items():
         settings = ", ".join(filter(None, [options, f"{chunk} rays per chunk" if chunk else ""]))
@@ -312,7 +317,7 @@ def render_speed_table(scene_rows: List[Dict[str, Any]]) -> List[str]:
             f"| {_fmt(row.get('render_fps'), 2)} "
             f"| {_fmt(row.get('render_fps_plain'), 2)} | {_fmt(row.get('psnr'), 2)} "
             f"| {'' if change is None else f'{change:+.3f} dB'} | {_fmt(row.get('render_peak_gpu_memory_gib'), 2)} "
-            f"| {row.get('code_commit', '')} |"
+            f"| {_gpu_name(row.get('gpu'))} | {row.get('code_commit', '')} |"
         )
     return lines + [""]
 

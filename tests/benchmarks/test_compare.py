@@ -349,7 +349,7 @@ def test_render_speed_table_shows_the_latest_row_of_each_file_chunk_and_options(
 
     rows = [
         speed("render-vqad", 1.0, psnr=30.0, psnr_change_db=-0.01, render_fps_plain=0.5),
-        speed("render-vqad", 2.0, psnr=30.0, psnr_change_db=-0.02, render_fps_plain=0.5),  # later: shown
+        speed("render-vqad", 2.0, psnr=30.0, psnr_change_db=-0.02, render_fps_plain=0.5, gpu="NVIDIA H100 80GB HBM3"),
         speed("render-vqad", 9.0, psnr=29.5, model_options="march_occupied_space=True"),
         speed("render-nerfacto", 0.7, psnr=31.0),
         {"kind": "suite", "label": "vqad", "render_fps": 5.0},
@@ -358,7 +358,8 @@ def test_render_speed_table_shows_the_latest_row_of_each_file_chunk_and_options(
     lines = scene_suite.render_speed_table(rows)
     body = [line for line in lines if line.startswith("| vqad") or line.startswith("| nerfacto")]
     assert len(body) == 3
-    assert body[0].startswith("| vqad |  | 800×800 | 3 | 2.00 | 0.50 | 30.00 | -0.020 dB |")
+    assert body[0].startswith("| vqad |  | 800×800 | 3 | 2.00 | 0.50 | 30.00 | -0.020 dB |")  # the later row
+    assert body[0].endswith("| H100 | abc1234 |")  # frame rates name their card
     assert body[1].startswith("| vqad | march_occupied_space=True | 800×800 | 3 | 9.00 | — | 29.50 |")
     assert body[2].startswith("| nerfacto |  | 800×800 | 3 | 0.70 | — | 31.00 |  |")
     assert scene_suite.render_speed_table(rows[-1:]) == []
