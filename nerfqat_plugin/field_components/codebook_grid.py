@@ -616,8 +616,8 @@ class LearnedIndexCodebookGrid(nn.Module):
         if self.index_mode != "probed" or not fused_lookup_available(positions.device):
             return False
         if hard:
-            return self._reads_decoded_volumes(hard) and (self.frozen or self.logit_rank == 0)
-        return self.fused_lookup and not self.frozen and self.logit_rank == 0
+            return self._reads_decoded_volumes(hard)
+        return self.fused_lookup and not self.frozen  # probed grids have free logits (no logit rank)
 
     def _fused_level_features(self, positions: Tensor, level: int) -> Tensor:
         rows = self._buffers[f"vertex_rows_{level}"] if self.is_compacted(level) else None
