@@ -332,13 +332,21 @@ def _probed_forward(
     positions: Tensor, logits: Tensor, codebook: Tensor, resolution: List[int], hashing: List[int]
 ) -> Tensor:
     """Features [N, F] of a probed level (``hashing``: :func:`_probed_hash_args`)."""
+    return _run_probed_forward(positions, logits, codebook, resolution, hashing, logits.shape[1], stored=False)
+
+
+def _run_probed_forward(
+    positions: Tensor, table: Tensor, codebook: Tensor, resolution: List[int], hashing: List[int], probes: int,
+    stored: bool,
+) -> Tensor:  # fmt: skip
+    """The probed forward kernel over ``positions``: ``table`` holds each slot's ``probes`` logits
+    [slots, probes], or (``stored``) its probe [slots]."""
     _ensure_triton()
     n, num_features = positions.shape[0], codebook.shape[1]
     out = positions.new_empty(n, num_features)
     _probed_forward_kernel[(triton.cdiv(n, BLOCK_POINTS),)](
-        positions.contiguous(), logits.contiguous(), codebook.contiguous(), out, n, *resolution, *hashing,
-        P=logits.shape[1], F=num_features, F_PAD=triton.next_power_of_2(num_features), BLOCK=BLOCK_POINTS,
-        STORED=False,
+        positions.contiguous(), table.contiguous(), codebook.contiguous(), out, n, *resolution, *hashing,
+        P=probes, F=num_features, F_PAD=triton.next_power_of_2(num_features), BLOCK=BLOCK_POINTS, STORED=stored,
     )  # fmt: skip
     return out
 
@@ -431,11 +439,4 @@ def stored_probed_level_lookup(
     hashing = _probed_hash_args(
         entries.bit_length() - 1, probe_bits, slots.bit_length() - 1, bucket_primes, slot_primes
     )
-    n, num_features = positions.shape[0], codebook.shape[1]
-    out = positions.new_empty(n, num_features)
-    _probed_forward_kernel[(triton.cdiv(n, BLOCK_POINTS),)](
-        positions.contiguous(), probes.contiguous(), codebook.contiguous(), out, n, *resolution, *hashing,
-        P=1 << probe_bits, F=num_features, F_PAD=triton.next_power_of_2(num_features), BLOCK=BLOCK_POINTS,
-        STORED=True,
-    )  # fmt: skip
-    return out
+    return _run_probed_forward(positions, probes, codebook, list(resolution), list(hashing), 1 << probe_bits, True)
