@@ -110,34 +110,79 @@ def instrument(trainer, timer: PhaseTimer, samples: List[int]) -> None:
 
 
 def profiled_kernels(
-    run: Callable[[], Any], calls: int, count: int, busy: Optional[Dict[str, float]] = None
+    run: Callable[[], Any],
+    calls: int,
+    count: int,
+    busy: Optional[Dict[str, float]] = None,
+    stacks: int = 0,
 ) -> List[Dict[str, Any]]:
     """The ``count`` CUDA kernels (or CPU ops without a GPU) with the most time over ``calls`` calls of
     ``run``: name and milliseconds per call. With a ``busy`` dict, its ``"ms_per_call"`` is set to the
-    GPU's time in all kernels per call (None without a GPU): the rest of a call is the host's."""
+    GPU's time in all kernels per call (None without a GPU): the rest of a call is the host's. With
+    ``stacks`` > 0, each torch op among them also gets ``"called_from"``: the Python frames (that many,
+    innermost first) of the three call sites taking the most time, with their milliseconds per call."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = torch.cuda.is_available()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, with_stack=stacks > 0) as prof:
         for _ in range(calls):
             run()
+
+    def own_time(event: Any) -> float:
+        return event.self_device_time_total if cuda else event.self_cpu_time_total
+
     events = [e for e in prof.key_averages() if not e.key.startswith("ProfilerStep")]
-    if cuda:
-        timed = [(e.key, e.self_device_time_total) for e in events if e.self_device_time_total > 0]
-    else:
-        timed = [(e.key, e.self_cpu_time_total) for e in events]
+    timed = [(e.key, own_time(e)) for e in events if own_time(e) > 0 or not cuda]
     if busy is not None:
         kernels = [e.self_device_time_total for e in prof.events() if e.device_type == DeviceType.CUDA]
         busy["ms_per_call"] = round(sum(kernels) / 1e3 / calls, 3) if cuda else None
     timed.sort(key=lambda item: -item[1])
-    return [{"name": name[:120], "ms_per_call": round(us / 1e3 / calls, 3)} for name, us in timed[:count]]
+    top = [{"name": name[:120], "ms_per_call": round(us / 1e3 / calls, 3)} for name, us in timed[:count]]
+    if stacks > 0:
+        for entry in top:
+            sites: Dict[tuple, float] = collections.defaultdict(float)
+            for event in prof.events():
+                if event.device_type == DeviceType.CPU and event.name[:120] == entry["name"]:
+                    sites[python_frames(event, stacks)] += own_time(event)
+            busiest = sorted(((us, frames) for frames, us in sites.items() if frames), reverse=True)[:3]
+            if busiest:
+                entry["called_from"] = [
+                    {"frames": list(frames), "ms_per_call": round(us / 1e3 / calls, 3)} for us, frames in busiest
+                ]
+    return top
 
 
-def top_kernels(trainer, first: int, steps: int, count: int) -> List[Dict[str, Any]]:
-    """:func:`profiled_kernels` of ``steps`` training steps from ``first``, ms per step."""
-    kernels = profiled_kernels(lambda: train_steps(trainer, first, steps), 1, count)
-    return [{"name": k["name"], "ms_per_step": round(k["ms_per_call"] / steps, 3)} for k in kernels]
+def python_frames(event: Any, count: int) -> tuple:
+    """The ``count`` innermost Python frames (``file.py(line): function``, the file without its folder)
+    around a profiled op: its parents in the profiler's event tree (recorded with ``with_stack``)."""
+    frames = []
+    parent = event.cpu_parent
+    while parent is not None and len(frames) < count:
+        if ".py(" in parent.name:
+            frames.append(parent.name.rsplit("/", 1)[-1])
+        parent = parent.cpu_parent
+    return tuple(frames)
+
+
+def top_kernels(
+    trainer, first: int, steps: int, count: int, stacks: int = 0, busy: Optional[Dict[str, float]] = None
+) -> List[Dict[str, Any]]:
+    """:func:`profiled_kernels` of ``steps`` training steps from ``first``, ms per step (``busy``:
+    the GPU's time per step)."""
+    kernels = profiled_kernels(lambda: train_steps(trainer, first, steps), 1, count, busy, stacks)
+    rows = []
+    for kernel in kernels:
+        row = {"name": kernel["name"], "ms_per_step": round(kernel["ms_per_call"] / steps, 3)}
+        if "called_from" in kernel:
+            row["called_from"] = [
+                {"frames": site["frames"], "ms_per_step": round(site["ms_per_call"] / steps, 3)}
+                for site in kernel["called_from"]
+            ]
+        rows.append(row)
+    if busy is not None and busy.get("ms_per_call") is not None:
+        busy["ms_per_call"] = round(busy["ms_per_call"] / steps, 3)
+    return rows
 
 
 def host_syncs(trainer, step: int) -> Dict[str, Any]:
@@ -171,6 +216,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--steps", type=int, default=100, help="timed steps, plain and phase by phase")
     parser.add_argument("--kernel-steps", type=int, default=5, help="profiled steps for the kernel table")
     parser.add_argument("--kernels", type=int, default=15, help="rows of the kernel table")
+    parser.add_argument(
+        "--kernel-stacks", type=int, default=0, help="Python frames recorded for each torch op in the table"
+    )
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/profile"))
     parser.add_argument("--results", type=Path, default=None, help="rows file (default: the scene's)")
     args = parser.parse_args(argv)
@@ -202,7 +250,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     iteration = timer.seconds.pop("step", 0.0) / args.steps
     inside = sum(phases[name] for name in ("ray batch", "sampler", "radiance field", "losses", "optimizer"))
     phases["backward"] = max(0.0, iteration - inside)  # the rest of an iteration: backward, grad scaling
-    kernels = top_kernels(trainer, step, args.kernel_steps, args.kernels)
+    busy: Dict[str, float] = {}
+    kernels = top_kernels(trainer, step, args.kernel_steps, args.kernels, args.kernel_stacks, busy)
     step += args.kernel_steps
     syncs = host_syncs(trainer, step)
     rays = (  # the timed steps' mean: a model may size its batches by samples
@@ -225,6 +274,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "synchronised_step_ms": round(timed_s * 1e3, 3),
         "phase_ms": {name: round(phases[name] * 1e3, 3) for name in PHASES},
         "top_kernels": kernels,
+        "gpu_busy_ms_per_step": busy.get("ms_per_call"),
         "host_syncs_per_step": syncs["count"],
         "host_sync_sites": syncs["where"],
         "compiled": bool(getattr(trainer.pipeline.model.config, "compile", False)) and torch.cuda.is_available(),
@@ -243,8 +293,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     for name in PHASES:
         print(f"[profile]   {name:15s} {row['phase_ms'][name]:9.3f} ms", flush=True)
+    print(f"[profile]   GPU busy {row['gpu_busy_ms_per_step']} ms per step", flush=True)
     for kernel in kernels:
         print(f"[profile]   {kernel['ms_per_step']:9.3f} ms  {kernel['name']}", flush=True)
+        for site in kernel.get("called_from", []):
+            print(f"[profile]       {site['ms_per_step']:9.3f} ms from {' < '.join(site['frames'])}", flush=True)
     print(f"[profile]   host syncs per step: {syncs['count']} {syncs['where']}", flush=True)
     return 0
 

@@ -593,8 +593,9 @@ class LearnedIndexCodebookGrid(nn.Module):
         return (weights[..., None] * vertex).sum(dim=1)
 
     def _reads_decoded_volumes(self, hard: bool) -> bool:
-        """Whether a lookup interpolates decoded volumes: hard indices, no gradients, option on."""
-        return hard and self.decoded_lookup and not torch.is_grad_enabled()
+        """Whether a lookup interpolates decoded volumes: evaluation (volumes would be decoded again
+        after every training step), hard indices, no gradients, option on."""
+        return hard and self.decoded_lookup and not self.training and not torch.is_grad_enabled()
 
     def _trained_rows(self, level: int) -> int:
         """Rows of a level's per-vertex training parameters (0 where indices are not trained)."""
@@ -611,12 +612,13 @@ class LearnedIndexCodebookGrid(nn.Module):
 
     def _fusable_probed(self, positions: Tensor, hard: bool) -> bool:
         """Whether a lookup of a probed level takes a fused kernel (Triton there): training free logits
-        of an index table (option ``fused_lookup``), or rendering (``decoded_lookup``: hard indices, no
-        gradients) a level too large to decode, from the stored probes or the logits' argmax."""
+        of an index table (option ``fused_lookup``); or, without gradients, a training model's lookup
+        or a render (``decoded_lookup``) of a level too large to decode, from the stored probes or the
+        logits' argmax."""
         if self.index_mode != "probed" or not fused_lookup_available(positions.device):
             return False
         if hard:
-            return self._reads_decoded_volumes(hard)
+            return self._reads_decoded_volumes(hard) or (self.training and not torch.is_grad_enabled())
         return self.fused_lookup and not self.frozen  # probed grids have free logits (no logit rank)
 
     def _fused_level_features(self, positions: Tensor, level: int) -> Tensor:
@@ -649,7 +651,9 @@ class LearnedIndexCodebookGrid(nn.Module):
         levels = self.num_levels if num_levels is None else num_levels
         if not 1 <= levels <= self.num_levels:
             raise ValueError(f"num_levels must be in [1, {self.num_levels}], got {levels}")
-        hard = not self.training
+        # Without gradients (a training model's occupancy and pruning densities) the soft lookup has
+        # nothing to pass straight through; its value is the hard lookup's, at a fraction of the cost.
+        hard = not (self.training and torch.is_grad_enabled())
         if level_mask is None and self._reads_decoded_volumes(hard):
             return self._rendered_features(positions, levels)
         features = [self.level_features(positions, 0, hard)]

@@ -125,6 +125,7 @@ def test_step_profile_row_splits_a_step_into_phases_and_counts_field_samples(tmp
     rows = tmp_path / "rows.jsonl"
     args = ["--data", str(scene), "--method", "vqad", "--label", "tiny-profile", "--warmup", "2", "--steps", "3"]
     args += ["--kernel-steps", "1", "--kernels", "4", "--output-dir", str(tmp_path / "out"), "--results", str(rows)]
+    args += ["--kernel-stacks", "3"]
     args += ["--", *TINY_VQAD, "--machine.device-type", "cpu", "--pipeline.datamanager.train-num-rays-per-batch", "32"]
     proc = _script("profile_step.py", args, tmp_path)
     (row,) = [json.loads(line) for line in rows.read_text().splitlines()]
@@ -142,6 +143,11 @@ def test_step_profile_row_splits_a_step_into_phases_and_counts_field_samples(tmp
     }
     assert all(value >= 0 for value in row["phase_ms"].values()) and row["phase_ms"]["radiance field"] > 0
     assert len(row["top_kernels"]) == 4 and row["host_syncs_per_step"] is None  # CPU: no syncs to count
+    assert row["gpu_busy_ms_per_step"] is None  # no GPU
+    # Each torch op of the table says where it was called from: Python frames, innermost first.
+    sites = [site for kernel in row["top_kernels"] for site in kernel.get("called_from", [])]
+    assert sites and all(len(site["frames"]) <= 3 and site["ms_per_step"] >= 0 for site in sites)
+    assert any(".py(" in frame for site in sites for frame in site["frames"])
     assert "field samples/s" in proc.stdout
 
 

@@ -98,6 +98,26 @@ def test_training_forward_equals_hard_lookup_and_hard_equals_argmax_table() -> N
     assert torch.allclose(hard_forward, _reference(grid, positions, 2), atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "options", [{}, {"logit_rank": 3}, {"index_mode": "probed", "probe_bits": 2, "probe_table_bits": 5}]
+)
+def test_training_lookups_without_gradients_take_the_hard_indices(options: dict, monkeypatch) -> None:
+    grid = _grid(**options).train()
+    positions = torch.rand(64, 3)
+    soft = grid(positions)
+
+    def soft_lookup(_logits: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("a straight-through lookup without gradients to pass")
+
+    monkeypatch.setattr(codebook_grid, "_straight_through", soft_lookup)
+    with torch.no_grad():  # the occupancy grid's and pruning's densities while training
+        hard = grid(positions)
+    assert torch.allclose(hard, soft, atol=1e-6)
+    assert not grid._volume_cache  # volumes would be decoded again after every step
+    with pytest.raises(AssertionError, match="without gradients"):
+        grid(positions)  # gradients on: the straight-through lookup
+
+
 @pytest.mark.parametrize("logit_rank", [0, 3])
 def test_evaluation_reuses_the_hard_indices_until_the_logits_change(logit_rank: int) -> None:
     grid = _grid(bits=3, logit_rank=logit_rank).eval()
