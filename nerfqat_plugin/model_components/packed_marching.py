@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from nerfstudio.model_components.renderers import RGBRenderer
@@ -212,7 +212,9 @@ def render_packed(
     total = len(samples)
     middles = 0.5 * (samples.t_starts + samples.t_ends)
     density = torch.zeros(total, device=device)
-    features: Optional[Tensor] = None
+    # Features stay packed as evaluated (sample index, features per window): a buffer for every
+    # marched sample would be written once with zeros and mostly never read.
+    evaluated: List[Tuple[Tensor, Tensor]] = []
     optical_depth = torch.zeros(num_rays, device=device)
     limit = -math.log(min_transmittance) if min_transmittance > 0 else math.inf
     ranks = samples.ranks()
@@ -229,16 +231,16 @@ def render_packed(
         sigma, feat = density_fn(origins[rays] + directions[rays] * middles[chosen, None])
         sigma = sigma.view(-1).float()
         density[chosen] = sigma
-        if features is None:
-            features = feat.new_zeros(total, feat.shape[-1])
-        features[chosen] = feat
+        evaluated.append((chosen, feat))
         optical_depth.index_add_(0, rays, sigma * (samples.t_ends[chosen] - samples.t_starts[chosen]))
     weights = packed_weights(samples, density)
     rgb = torch.zeros(total, 3, device=device)
-    needed = (weights >= min_weight).nonzero().view(-1)
-    if needed.numel() and features is not None:
-        rays = samples.ray_indices[needed]
-        rgb[needed] = color_fn(features[needed], directions[rays]).float()
+    if evaluated:
+        indices, features = (torch.cat(parts) for parts in zip(*evaluated, strict=True))
+        keep = (weights[indices] >= min_weight).nonzero().view(-1)
+        if keep.numel():
+            needed = indices[keep]
+            rgb[needed] = color_fn(features[keep], directions[samples.ray_indices[needed]]).float()
     return composite_packed(samples, weights, rgb, renderer_rgb)
 
 
