@@ -97,6 +97,7 @@ def file_row(
     rays_per_chunk: Optional[int] = None,
     model_options: str = "",
     plain_renders: Optional[Dict[Any, Dict[str, Any]]] = None,
+    kernel_stacks: int = 0,
 ) -> Optional[Dict[str, Any]]:
     """A file's row, or None when its method has one of ``model_options`` not (one method's option).
     ``plain_renders`` keeps each file's measurement as trained, which options that only change the
@@ -122,7 +123,7 @@ def file_row(
         busy: Dict[str, Any] = {}
         with torch.no_grad():
             frame = lambda: render(cameras[0:1].to(device))  # noqa: E731
-            fast["top_kernels"] = profiled_kernels(frame, 1, top_kernels, busy)
+            fast["top_kernels"] = profiled_kernels(frame, 1, top_kernels, busy, kernel_stacks)
             syncs = host_syncs_of(frame)
         fast["gpu_busy_ms_per_frame"] = busy["ms_per_call"]
         fast["host_syncs_per_frame"], fast["host_sync_sites"] = syncs["count"], syncs["where"]
@@ -176,6 +177,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--results", type=Path, default=None, help="rows file (default: the scene's)")
     parser.add_argument("--top-kernels", type=int, default=0, help="record the N kernels taking most of a frame")
     parser.add_argument(
+        "--kernel-stacks", type=int, default=0, help="Python frames recorded for each torch op of --top-kernels"
+    )
+    parser.add_argument(
         "--rays-per-chunk",
         type=int,
         nargs="+",
@@ -201,7 +205,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         (
             f"{path} (rays per chunk {chunk or 'default'}, options {options!r})",
             lambda path=path, chunk=chunk, options=options: file_row(
-                path, cameras, images, args.repeats, args.top_kernels, chunk, options, plain_renders
+                path, cameras, images, args.repeats, args.top_kernels, chunk, options, plain_renders, args.kernel_stacks
             ),
         )
         for path in args.files

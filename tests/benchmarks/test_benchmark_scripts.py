@@ -73,7 +73,7 @@ def test_render_speed_rows_compare_the_fast_and_plain_paths_of_each_file(tmp_pat
     tiny_vqad_model().export_compressed(tmp_path / "vqad.nqz")
     rows = tmp_path / "rows.jsonl"
     args = ["--data", str(scene), "--files", str(tmp_path / "int8.nqz"), str(tmp_path / "vqad.nqz")]
-    args += ["--views", "2", "--repeats", "1", "--results", str(rows), "--top-kernels", "3"]
+    args += ["--views", "2", "--repeats", "1", "--results", str(rows), "--top-kernels", "3", "--kernel-stacks", "2"]
     args += ["--rays-per-chunk", "256", "65536", "--model-options", "", "skip_hidden_samples=False"]
     proc = _script("render_speed.py", args, tmp_path)
     written = [json.loads(line) for line in rows.read_text().splitlines()]
@@ -88,6 +88,8 @@ def test_render_speed_rows_compare_the_fast_and_plain_paths_of_each_file(tmp_pat
         assert row["kind"] == "render-speed" and row["num_test_views"] == 2 and row["render_fps"] > 0
         assert abs(row["psnr_change_db"]) < 0.05  # integer products and skipping keep the images
         assert len(row["top_kernels"]) == 3 and all(k["ms_per_call"] > 0 for k in row["top_kernels"])
+        sites = [site for kernel in row["top_kernels"] for site in kernel.get("called_from", [])]
+        assert sites and all(0 < len(site["frames"]) <= 2 for site in sites)  # where each op was called
         assert row["gpu_busy_ms_per_frame"] is None and row["host_syncs_per_frame"] is None  # CPU: no GPU
         assert row["field_rows_per_ray"] and all(rows > 0 for rows in row["field_rows_per_ray"].values())
     # Evaluating every sample, the counts are the samplers' (tiny vqad: proposals 16 + 8, then 8);
