@@ -40,6 +40,8 @@ class OccupancyGrid(nn.Module):
         # copied to the GPU each time, and the host would wait for that copy.
         self.register_buffer("cells", torch.tensor(occupied.shape, device=occupied.device), persistent=False)
         self.outside_occupied = outside_occupied
+        self.diagonal = box_diagonal(aabb)
+        """The box's diagonal (world units), kept on the host: marching reads it every batch."""
 
     @property
     def resolution(self) -> Tuple[int, int, int]:
@@ -52,6 +54,11 @@ class OccupancyGrid(nn.Module):
         cell = torch.minimum((unit.clamp(0, 1) * self.cells).long(), self.cells - 1)
         in_occupied_cell = inside & self.occupied[cell[:, 0], cell[:, 1], cell[:, 2]]
         return in_occupied_cell | ~inside if self.outside_occupied else in_occupied_cell
+
+
+def box_diagonal(aabb: Tensor) -> float:
+    """The length of the diagonal of box ``aabb`` [2, 3] (world units)."""
+    return float((aabb[1] - aabb[0]).norm())
 
 
 def cell_threshold_density(aabb: Tensor, resolution: int, max_ray_loss: float) -> float:

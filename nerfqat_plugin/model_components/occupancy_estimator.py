@@ -14,7 +14,7 @@ occupied instead, with one log line (a field that has learned no density yet).
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 from nerfstudio.utils.rich_utils import CONSOLE
@@ -53,6 +53,7 @@ class OccupancyEstimator(nn.Module):
         self.register_buffer("density", torch.zeros(resolution**3))
         self.register_buffer("occupied", torch.ones(resolution**3, dtype=torch.bool))
         self._warned_empty = False
+        self._grid: Optional[Tuple[Tuple[int, int], OccupancyGrid]] = None  # (occupied's version, grid)
 
     @property
     def cell_edge(self) -> float:
@@ -65,9 +66,14 @@ class OccupancyEstimator(nn.Module):
         return self.step if self.step is not None else self.cell_edge
 
     def grid(self) -> OccupancyGrid:
-        """The occupied cells as an :class:`OccupancyGrid` (outside the box: empty)."""
-        r = self.resolution
-        return OccupancyGrid(self.aabb, self.occupied.view(r, r, r), outside_occupied=False)
+        """The occupied cells as an :class:`OccupancyGrid` (outside the box: empty), made again only
+        after the cells change: every batch marches it, and making one copies the cells and waits for
+        the GPU."""
+        version = (self.occupied._version, self.occupied.data_ptr())
+        if self._grid is None or self._grid[0] != version:
+            r = self.resolution
+            self._grid = (version, OccupancyGrid(self.aabb, self.occupied.view(r, r, r), outside_occupied=False))
+        return self._grid[1]
 
     @torch.no_grad()
     def update(self, density_at: DensityAt, step: int, chunk: int = 1 << 18) -> None:

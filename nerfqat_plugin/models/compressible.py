@@ -443,11 +443,12 @@ class CompressibleModel(Model):
         """The steps of ``bundle``'s rays (flat, unit directions, world space) in ``grid``'s occupied
         cells: steps of the grid box's diagonal over ``march_steps``, from each ray's near bound (or the
         box's entry), shifted by one random fraction of a step per ray with ``jitter``."""
-        return march_occupied(*flat_rays(bundle), grid, self.march_step(grid.aabb), jitter=jitter)
+        return march_occupied(*flat_rays(bundle), grid, self.march_step(grid.diagonal), jitter=jitter)
 
-    def march_step(self, aabb: Tensor) -> float:
-        """The marching step through box ``aabb`` [2, 3]: its diagonal over ``march_steps`` (world units)."""
-        return float((aabb[1] - aabb[0]).norm()) / self.config.march_steps
+    def march_step(self, diagonal: float) -> float:
+        """The marching step through a box of that ``diagonal``: the diagonal over ``march_steps`` (world
+        units)."""
+        return diagonal / self.config.march_steps
 
     def render_marching(
         self, bundle: RayBundle, grid: OccupancyGrid, density_fn: DensityFn, color_fn: ColorFn

@@ -43,7 +43,7 @@ from nerfqat_plugin.field_components.codebook_grid import (
     compact_rows,
     expand_rows,
 )
-from nerfqat_plugin.field_components.occupancy_grid import OccupancyGrid
+from nerfqat_plugin.field_components.occupancy_grid import OccupancyGrid, box_diagonal
 from nerfqat_plugin.fields.compiled_field import TrainingCompiledField
 from nerfqat_plugin.fields.vqad_field import ACTIVE_LEVELS_KEY, VQADField, VQADProposalField
 from nerfqat_plugin.model_components.ndc import NDC_BOX
@@ -302,7 +302,8 @@ class VQADModel(CompressibleModel):
         self.occupancy_estimator: Optional[OccupancyEstimator] = None
         if self.marches_occupancy() and not frozen:
             aabb = self.scene_box.aabb
-            self.occupancy_estimator = OccupancyEstimator(aabb, cfg.occupancy_resolution, step=self.march_step(aabb))
+            step = self.march_step(box_diagonal(aabb))
+            self.occupancy_estimator = OccupancyEstimator(aabb, cfg.occupancy_resolution, step=step)
         self._last_batch_samples: Optional[int] = None  # samples the last marched batch evaluated
 
         def update_schedule(step: int) -> float:

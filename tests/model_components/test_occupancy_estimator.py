@@ -28,6 +28,21 @@ def test_the_grid_follows_the_fields_density() -> None:
     assert 0.5 * ball_share < occupied < 3 * ball_share
 
 
+def test_the_grid_is_made_again_only_after_its_cells_change() -> None:
+    estimator = OccupancyEstimator(BOX, resolution=8, warmup_steps=10)
+    first = estimator.grid()
+    assert estimator.grid() is first  # every batch marches it: made once
+    assert first.diagonal == pytest.approx(2.0 * 3**0.5)  # kept on the host for the march step
+    estimator.update(_ball, step=0)
+    updated = estimator.grid()
+    assert updated is not first and torch.equal(updated.occupied.view(-1), estimator.occupied)
+    assert not bool(updated(torch.full((1, 3), 0.9)).any())
+    resumed = OccupancyEstimator(BOX, resolution=8)
+    resumed.grid()
+    resumed.load_state_dict(estimator.state_dict())  # a resumed run: the checkpoint's cells
+    assert torch.equal(resumed.grid().occupied, updated.occupied)
+
+
 def test_the_grid_never_erases_the_scene(capsys: pytest.CaptureFixture) -> None:
     estimator = OccupancyEstimator(BOX, resolution=8)
     for step in range(3):  # a field that has learned no density yet
