@@ -11,9 +11,12 @@ colour the dataset's convention uses.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
+import torch
+from nerfstudio.model_components import renderers
 from nerfstudio.model_components.renderers import BackgroundColor, RGBRenderer
+from nerfstudio.utils import colors
 from torch import Tensor
 
 
@@ -33,6 +36,20 @@ class RandomTrainingBackgroundRenderer(RGBRenderer):
         if background_color is None and not self.training:
             background_color = self.eval_background
         return super().forward(rgb, weights, *args, background_color=background_color, **kw)
+
+    _named_colours: Dict[Tuple[str, torch.device], Tensor] = {}
+    """Named background colours already on a device: nerfstudio copies one from the host at every
+    call, and the host waits for each copy (every training step's metrics blend one)."""
+
+    @classmethod
+    def get_background_color(cls, background_color: BackgroundColor, shape: Tuple[int, ...], device: torch.device):
+        named = renderers.BACKGROUND_COLOR_OVERRIDE is None and isinstance(background_color, str)
+        if not named or background_color not in colors.COLORS_DICT or shape[-1] != 3:
+            return super().get_background_color(background_color, shape, device)
+        key = (background_color, torch.device(device))
+        if key not in cls._named_colours:
+            cls._named_colours[key] = colors.COLORS_DICT[background_color].to(device)
+        return cls._named_colours[key].expand(shape)
 
     def blend_background(self, image: Tensor, background_color: Optional[BackgroundColor] = None) -> Tensor:
         """RGBA ``image`` on black while training (as training renders), else on ``eval_background``."""

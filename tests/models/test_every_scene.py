@@ -84,6 +84,16 @@ def test_evaluation_renders_and_blends_on_white() -> None:
     assert torch.equal(renderer.blend_background(rgba), torch.zeros(1, 3))
 
 
+def test_named_backgrounds_are_copied_to_a_device_once() -> None:
+    meta = torch.device("meta")  # a device every copy to makes a new tensor
+    first = RandomTrainingBackgroundRenderer.get_background_color("black", (5, 3), meta)
+    again = RandomTrainingBackgroundRenderer.get_background_color("black", (7, 3), meta)
+    assert first.shape == (5, 3) and again.shape == (7, 3) and first.device == meta
+    assert first._base is not None and again._base is first._base  # views of one copy on the device
+    white = RandomTrainingBackgroundRenderer.get_background_color("white", (2, 3), torch.device("cpu"))
+    assert torch.equal(white, torch.ones(2, 3))
+
+
 def test_object_scenes_get_the_random_background_and_forward_facing_ones_keep_theirs() -> None:
     assert isinstance(_tiny_nerf_qat().renderer_rgb, RandomTrainingBackgroundRenderer)
     ndc = {"ndc": {"focal": 30.0, "width": 32.0, "height": 24.0, "near": 1.0}}
