@@ -617,7 +617,7 @@ class LearnedIndexCodebookGrid(nn.Module):
         logits' argmax."""
         if self.index_mode != "probed" or not fused_lookup_available(positions.device):
             return False
-        if hard:
+        if hard:  # (a training model's lookup without gradients is hard only outside compiled code)
             return self._reads_decoded_volumes(hard) or (self.training and not torch.is_grad_enabled())
         return self.fused_lookup and not self.frozen  # probed grids have free logits (no logit rank)
 
@@ -651,9 +651,12 @@ class LearnedIndexCodebookGrid(nn.Module):
         levels = self.num_levels if num_levels is None else num_levels
         if not 1 <= levels <= self.num_levels:
             raise ValueError(f"num_levels must be in [1, {self.num_levels}], got {levels}")
-        # Without gradients (a training model's occupancy and pruning densities) the soft lookup has
-        # nothing to pass straight through; its value is the hard lookup's, at a fraction of the cost.
-        hard = not (self.training and torch.is_grad_enabled())
+        # Without gradients (a training model's occupancy and pruning densities, run eagerly) the soft
+        # lookup has nothing to pass straight through; its value is the hard lookup's, at a fraction
+        # of the cost. Compiled code (the proposals' densities) keeps the traced soft lookup: the hard
+        # path's caches do not trace.
+        soft = self.training and (torch.is_grad_enabled() or torch.compiler.is_compiling())
+        hard = not soft
         if level_mask is None and self._reads_decoded_volumes(hard):
             return self._rendered_features(positions, levels)
         features = [self.level_features(positions, 0, hard)]

@@ -118,6 +118,20 @@ def test_training_lookups_without_gradients_take_the_hard_indices(options: dict,
         grid(positions)  # gradients on: the straight-through lookup
 
 
+@pytest.mark.parametrize(
+    "options", [{}, {"sparse_from_level": 1, "block_size": 2}, {"index_mode": "probed", "probe_bits": 2}]
+)
+def test_compiled_training_lookups_without_gradients_trace(options: dict) -> None:
+    """The proposal sampler reads its compiled densities without gradients while training: they must
+    trace (Dynamo only here; the GPU compiles the same graph) and equal the eager lookup."""
+    grid = _grid(**options).train()
+    compiled = torch.compile(lambda positions: grid(positions), backend="eager", dynamic=True, fullgraph=True)
+    for rows in (50, 70):  # a second size: the dynamic graph
+        positions = torch.rand(rows, 3)
+        with torch.no_grad():
+            assert torch.allclose(compiled(positions), grid(positions), atol=1e-6)
+
+
 @pytest.mark.parametrize("logit_rank", [0, 3])
 def test_evaluation_reuses_the_hard_indices_until_the_logits_change(logit_rank: int) -> None:
     grid = _grid(bits=3, logit_rank=logit_rank).eval()
