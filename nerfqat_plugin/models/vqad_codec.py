@@ -5,7 +5,6 @@ One trained model is written at any operating point: ``levels=k`` keeps the grid
 
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, Optional
 
 from torch import Tensor
@@ -15,7 +14,7 @@ from nerfqat_plugin.compression.codec import CompressedCodec, TensorsAndPayload,
 from nerfqat_plugin.model_components.scene_space import SceneSpace
 from nerfqat_plugin.models.compressible import OCCUPANCY_KEY, scene_box_from_payload
 from nerfqat_plugin.models.vqad import VQADModel, VQADModelConfig
-from nerfqat_plugin.models.vqad_grid_spec import operating_point_levels
+from nerfqat_plugin.models.vqad_grid_spec import model_values, operating_point_levels
 
 
 class VQADCodec(CompressedCodec):
@@ -31,20 +30,12 @@ class VQADCodec(CompressedCodec):
 
     def decoded_values(self, payload: Dict[str, Any]) -> int:
         options = payload["model"]
-        vertices = [math.prod(int(r) for r in resolution) for resolution in options["grid_resolutions"]]
-        # A level holds an index per vertex, except hashed levels (a function of the vertex) and
-        # probed ones (a hashed table), and its codebook's entries.
-        mode = options.get("index_mode", "learned")
-        bits = [int(b) for b in options.get("level_bits") or [options.get("bits") or 8] * len(vertices)]
-        if mode == "hashed":
-            indices = [0] * len(vertices)
-        elif mode == "probed":
-            indices = [1 << int(options.get("probe_table_bits", 16))] * len(vertices)
-        else:
-            indices = vertices
-        codebooks = [(1 << min(b, 30)) * int(options.get("feature_dim", 8)) for b in bits]
-        proposal = sum(math.prod(int(r) for r in resolution) for resolution in options["proposal_resolutions"])
-        return sum(indices) + sum(codebooks) + proposal
+        resolutions = options["grid_resolutions"]
+        bits = options.get("level_bits") or [options.get("bits") or 8] * len(resolutions)
+        return model_values(
+            resolutions, bits, options.get("index_mode", "learned"), options.get("probe_table_bits", 16),
+            options.get("feature_dim", 8), options["proposal_resolutions"],
+        )  # fmt: skip
 
     def encode_modules(self, model: VQADModel, operating_point: Optional[str]) -> TensorsAndPayload:
         levels = model.active_levels if operating_point is None else operating_point_levels(operating_point)

@@ -8,9 +8,11 @@ operating points' names (``levels=k``) are built and parsed here too.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
+from nerfqat_plugin.compression.codec import MAX_DECODED_VALUES
 from nerfqat_plugin.errors import UserInputError
 from nerfqat_plugin.field_components.codebook_grid import IndexMode
 
@@ -199,6 +201,28 @@ def resolve_grid_spec(cfg: VQADModelConfig, ndc: bool, unbounded: bool = False) 
     return spec
 
 
+def model_values(
+    resolutions: Sequence[Sequence[int]],
+    level_bits: Sequence[int],
+    index_mode: str,
+    probe_table_bits: int,
+    feature_dim: int,
+    proposal_resolutions: Sequence[Sequence[int]],
+) -> int:
+    """An upper estimate of the values a model of these grids holds when rebuilt from a file: an index
+    per vertex (none on hashed levels, a table on probed ones), the codebooks' entries, and the
+    proposal grid's vertices."""
+    vertices = [math.prod(int(r) for r in resolution) for resolution in resolutions]
+    if index_mode == "hashed":
+        indices = 0
+    elif index_mode == "probed":
+        indices = (1 << int(probe_table_bits)) * len(vertices)
+    else:
+        indices = sum(vertices)
+    codebooks = sum((1 << min(int(b), 30)) * int(feature_dim) for b in level_bits)
+    return indices + codebooks + sum(math.prod(int(r) for r in resolution) for resolution in proposal_resolutions)
+
+
 def _check(spec: GridSpec, cfg: VQADModelConfig) -> None:
     levels = spec.num_levels
     if len(spec.level_bits) != levels:
@@ -230,6 +254,17 @@ def _check(spec: GridSpec, cfg: VQADModelConfig) -> None:
         raise UserInputError(f"vqad: prune_at_fraction must be in [0, 1), got {cfg.prune_at_fraction}")
     if cfg.eval_levels is not None and not 1 <= cfg.eval_levels <= levels:
         raise UserInputError(f"vqad: eval_levels must be in [1, {levels}], got {cfg.eval_levels}")
+    values = model_values(
+        spec.resolutions, spec.level_bits, spec.index_mode, cfg.probe_table_bits, spec.feature_dim,
+        spec.proposal_resolutions,
+    )  # fmt: skip
+    if values > MAX_DECODED_VALUES:
+        raise UserInputError(
+            f"vqad: these grids make a model of {values:,} values, more than a file may hold "
+            f"({MAX_DECODED_VALUES:,}); {spec.index_mode} indices take "
+            f"{'one per vertex' if spec.index_mode in ('learned', 'random') else 'a table per level'}: "
+            "use coarser levels (--pipeline.model.finest-resolution) or --pipeline.model.index-mode hashed"
+        )
 
 
 def operating_point_name(levels: int) -> str:

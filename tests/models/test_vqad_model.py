@@ -201,6 +201,11 @@ def test_logit_memory_and_operating_point_are_checked_before_allocating() -> Non
         _model(grid_resolutions=((512, 512, 512),), bits=8)
     with pytest.raises(UserInputError, match="eval_levels"):
         _model(eval_levels=4)
+    # Random indices are one per vertex: a grid whose file could not be loaded is refused at once.
+    with pytest.raises(UserInputError, match="more than a file may hold.*one per vertex.*index-mode hashed"):
+        _model(index_mode="random", grid_resolutions=((1100, 1000, 1000),), bits=4)
+    hashed = _model(index_mode="hashed", grid_resolutions=((1100, 1000, 1000),), bits=4)  # no indices
+    assert hashed.field.grid.num_vertices(0) == 1_100_000_000
     assert _model(eval_levels=2).current_operating_point() == "levels=2"
 
 
