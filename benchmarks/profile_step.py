@@ -155,14 +155,15 @@ def profiled_kernels(
 
 def python_frames(event: Any, count: int) -> tuple:
     """The ``count`` innermost Python frames (``file.py(line): function``, the file without its folder)
-    around a profiled op: its parents in the profiler's event tree (recorded with ``with_stack``)."""
-    frames = []
+    around a profiled op, recorded with ``with_stack``: the op's own stack where the profiler keeps one,
+    else its parents in the profiler's event tree (torch versions differ in which they fill)."""
+    names = [frame for frame in (event.stack or []) if ".py(" in frame]
     parent = event.cpu_parent
-    while parent is not None and len(frames) < count:
+    while not event.stack and parent is not None and len(names) < count:
         if ".py(" in parent.name:
-            frames.append(parent.name.rsplit("/", 1)[-1])
+            names.append(parent.name)
         parent = parent.cpu_parent
-    return tuple(frames)
+    return tuple(name.rsplit("/", 1)[-1] for name in names[:count])
 
 
 def top_kernels(

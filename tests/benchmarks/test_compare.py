@@ -629,3 +629,19 @@ def test_a_row_without_its_command_or_commit_is_refused(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match=key if key != "kind" else "unknown kind"):
             rows_module.append_row(tmp_path / "fern.jsonl", {**row, key: value})
     assert len(rows_module.read_rows(tmp_path / "fern.jsonl")) == 1  # nothing half-written
+
+
+def test_profiled_ops_name_their_python_frames_from_the_stack_or_the_event_tree() -> None:
+    from types import SimpleNamespace
+
+    python_frames = _load_benchmark_script("profile_step").python_frames
+    # A profiler that keeps each op's stack (innermost first): torch's own frames are skipped.
+    kept = SimpleNamespace(stack=["<built-in>", "/x/nerfqat_plugin/a.py(3): f", "/y/b.py(9): g"], cpu_parent=None)
+    assert python_frames(kept, 5) == ("a.py(3): f", "b.py(9): g")
+    assert python_frames(kept, 1) == ("a.py(3): f",)
+    # One that records Python calls as the op's parents instead.
+    outer = SimpleNamespace(name="/y/b.py(9): g", cpu_parent=None)
+    middle = SimpleNamespace(name="aten::matmul", cpu_parent=outer)
+    inner = SimpleNamespace(name="/x/a.py(3): f", cpu_parent=middle)
+    op = SimpleNamespace(stack=[], cpu_parent=inner)
+    assert python_frames(op, 5) == ("a.py(3): f", "b.py(9): g") and python_frames(op, 1) == ("a.py(3): f",)
