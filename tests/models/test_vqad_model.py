@@ -331,15 +331,16 @@ def test_coarsest_resolution_spaces_levels_geometrically_and_refuses_a_bad_value
     from nerfqat_plugin.models.vqad import VQADModelConfig
     from nerfqat_plugin.models.vqad_grid_spec import resolve_grid_spec
 
+    grid = {"num_levels": 16, "index_mode": "hashed"}  # (learned indices: one per vertex, too many here)
     geometric = resolve_grid_spec(
-        VQADModelConfig(num_levels=16, finest_resolution=(2048, 2048, 1024), coarsest_resolution=16), ndc=False
+        VQADModelConfig(**grid, finest_resolution=(2048, 2048, 1024), coarsest_resolution=16), ndc=False
     ).resolutions
     x = [r[0] for r in geometric]
     assert x[0] == 16 and x[-1] == 2048 and len(set(x)) == 16
     factors = [b / a for a, b in zip(x[:-1], x[1:], strict=True)]
     assert all(abs(f - 128 ** (1 / 15)) < 0.05 for f in factors)  # 1.38, up to rounding to whole vertices
     assert geometric[0][2] == 8 and geometric[-1][2] == 1024  # shorter axes in proportion
-    halving = resolve_grid_spec(VQADModelConfig(num_levels=16, finest_resolution=(2048,) * 3), ndc=False).resolutions
+    halving = resolve_grid_spec(VQADModelConfig(**grid, finest_resolution=(2048,) * 3), ndc=False).resolutions
     assert [r[0] for r in halving][:7] == [2, 2, 2, 2, 2, 2, 4]
     with pytest.raises(UserInputError, match="coarsest-resolution"):
         too_coarse = VQADModelConfig(num_levels=4, finest_resolution=(64,) * 3, coarsest_resolution=128)
