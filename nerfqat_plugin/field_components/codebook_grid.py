@@ -48,6 +48,7 @@ from nerfqat_plugin.field_components.fused_codebook_lookup import (
     stored_probed_level_lookup,
 )
 from nerfqat_plugin.field_components.half_precision import round_to_half
+from nerfqat_plugin.field_components.weights_version import tensors_version
 
 IndexMode = Literal["learned", "random", "hashed", "probed"]
 Resolution = Tuple[int, int, int]
@@ -357,7 +358,7 @@ class LearnedIndexCodebookGrid(nn.Module):
         """:meth:`hard_indices` of a learned level as int32, computed again only when its logits
         change: evaluation looks up millions of corners (renders, the file's occupancy grid), and an
         argmax per corner reads ``2**bits`` logits each. Equal to what an exported file stores."""
-        versions = _versions(self._index_parameters(level))
+        versions = tensors_version(*self._index_parameters(level))
         cached = self._hard_index_cache.get(level)
         if cached is None or cached[0] != versions:
             with torch.no_grad():
@@ -392,7 +393,8 @@ class LearnedIndexCodebookGrid(nn.Module):
         if self.num_vertices(level) * self.feature_dim * 4 > limit:
             return None
         mask = self.block_mask(level)
-        versions = _versions([self.codebooks[level], *self._index_parameters(level), *([] if mask is None else [mask])])
+        masks = [] if mask is None else [mask]
+        versions = tensors_version(self.codebooks[level], *self._index_parameters(level), *masks)
         cached = self._volume_cache.get(level)
         if cached is None or cached[0] != versions:
             with torch.no_grad():
@@ -688,12 +690,6 @@ class LearnedIndexCodebookGrid(nn.Module):
         if missing:
             features.append(positions.new_zeros(positions.shape[0], missing))
         return features[0] if len(features) == 1 else torch.cat(features, dim=-1)
-
-
-def _versions(tensors: Sequence[Tensor]) -> Tuple[Tuple[int, int], ...]:
-    """What identifies the contents of ``tensors`` for a cache: each one's storage and in-place
-    version."""
-    return tuple((t._version, t.data_ptr()) for t in tensors)
 
 
 def compact_rows(full: Tensor, kept: Tensor) -> Tensor:

@@ -21,6 +21,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor, nn
 
 from nerfqat_plugin.field_components.occupancy_grid import OccupancyGrid
+from nerfqat_plugin.field_components.weights_version import tensors_version
 
 DensityAt = Callable[[Tensor], Tensor]
 """Flat positions [M, 3] -> density [M, 1]."""
@@ -53,7 +54,7 @@ class OccupancyEstimator(nn.Module):
         self.register_buffer("density", torch.zeros(resolution**3))
         self.register_buffer("occupied", torch.ones(resolution**3, dtype=torch.bool))
         self._warned_empty = False
-        self._grid: Optional[Tuple[Tuple[int, int], OccupancyGrid]] = None  # (occupied's version, grid)
+        self._grid: Optional[Tuple[Tuple[Tuple[int, int], ...], OccupancyGrid]] = None  # (occupied's version, grid)
 
     @property
     def cell_edge(self) -> float:
@@ -69,7 +70,7 @@ class OccupancyEstimator(nn.Module):
         """The occupied cells as an :class:`OccupancyGrid` (outside the box: empty), made again only
         after the cells change: every batch marches it, and making one copies the cells and waits for
         the GPU."""
-        version = (self.occupied._version, self.occupied.data_ptr())
+        version = tensors_version(self.occupied)
         if self._grid is None or self._grid[0] != version:
             r = self.resolution
             self._grid = (version, OccupancyGrid(self.aabb, self.occupied.view(r, r, r), outside_occupied=False))
