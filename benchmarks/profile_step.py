@@ -139,13 +139,14 @@ def profiled_kernels(
         busy["ms_per_call"] = round(sum(kernels) / 1e3 / calls, 3) if cuda else None
     timed.sort(key=lambda item: -item[1])
     top = [{"name": name[:120], "ms_per_call": round(us / 1e3 / calls, 3)} for name, us in timed[:count]]
-    if stacks > 0:
+    if stacks > 0:  # one pass over the events: each top op's time per call site
+        sites: Dict[str, Dict[tuple, float]] = {entry["name"]: collections.defaultdict(float) for entry in top}
+        for event in prof.events():
+            if event.device_type == DeviceType.CPU and event.name[:120] in sites:
+                sites[event.name[:120]][python_frames(event, stacks)] += own_time(event)
         for entry in top:
-            sites: Dict[tuple, float] = collections.defaultdict(float)
-            for event in prof.events():
-                if event.device_type == DeviceType.CPU and event.name[:120] == entry["name"]:
-                    sites[python_frames(event, stacks)] += own_time(event)
-            busiest = sorted(((us, frames) for frames, us in sites.items() if frames), reverse=True)[:3]
+            found = sites[entry["name"]]
+            busiest = sorted(((us, frames) for frames, us in found.items() if frames), reverse=True)[:3]
             if busiest:
                 entry["called_from"] = [
                     {"frames": list(frames), "ms_per_call": round(us / 1e3 / calls, 3)} for us, frames in busiest
@@ -157,12 +158,14 @@ def python_frames(event: Any, count: int) -> tuple:
     """The ``count`` innermost Python frames (``file.py(line): function``, the file without its folder)
     around a profiled op, recorded with ``with_stack``: the op's own stack where the profiler keeps one,
     else its parents in the profiler's event tree (torch versions differ in which they fill)."""
-    names = [frame for frame in (event.stack or []) if ".py(" in frame]
-    parent = event.cpu_parent
-    while not event.stack and parent is not None and len(names) < count:
-        if ".py(" in parent.name:
-            names.append(parent.name)
-        parent = parent.cpu_parent
+    if event.stack:
+        names = [frame for frame in event.stack if ".py(" in frame]
+    else:
+        names, parent = [], event.cpu_parent
+        while parent is not None and len(names) < count:
+            if ".py(" in parent.name:
+                names.append(parent.name)
+            parent = parent.cpu_parent
     return tuple(name.rsplit("/", 1)[-1] for name in names[:count])
 
 
