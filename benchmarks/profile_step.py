@@ -8,7 +8,8 @@ Everything after ``--`` goes to ``ns-train METHOD``. The run takes ``--warmup`` 
 the first pruning), then times ``--steps`` steps as nerfstudio's trainer runs them (throughput:
 rays/s and radiance-field samples/s), then ``--steps`` more with the GPU synchronised around each
 phase (ray batch, sampler, radiance field, losses, backward, optimizer, callbacks), then profiles a
-few steps for the CUDA kernels that take the most time, and counts the host syncs of one step
+few steps for the ops whose kernels take the most GPU time (and the GPU's busy time and kernel
+count per step), and counts the host syncs of one step
 (``torch.cuda.set_sync_debug_mode``). One row of kind ``step-profile`` goes to the scene's rows file.
 Synchronising splits the time honestly but removes overlap, so the phases add up to more than the
 plain step; compiled fields are timed as a whole.
@@ -109,6 +110,31 @@ def instrument(trainer, timer: PhaseTimer, samples: List[int]) -> None:
     timer.wrap(trainer, "train_iteration", "step")
 
 
+def is_device_event(event: Any) -> bool:
+    return event.device_type == DeviceType.CUDA
+
+
+def launching_ops(averages: Any, cuda: bool) -> List[tuple]:
+    """(name, microseconds) of the host-side ops, most first: on a GPU each op's own kernels' time
+    (the kernels it launched, not its children's), else its own CPU time. Device-side entries are left
+    out: each kernel is counted once, under the op that launched it."""
+    timed = []
+    for event in averages:
+        if is_device_event(event) or event.key.startswith("ProfilerStep"):
+            continue
+        us = event.self_device_time_total if cuda else event.self_cpu_time_total
+        if us > 0:
+            timed.append((event.key, us))
+    return sorted(timed, key=lambda item: -item[1])
+
+
+def device_work(events: Any) -> Dict[str, float]:
+    """The GPU's kernel time (us) and kernel count among profiled ``events``; ranges annotated on the
+    device (record_function spans, Triton launches' names) overlap their kernels and are left out."""
+    kernels = [e for e in events if is_device_event(e) and not getattr(e, "is_user_annotation", False)]
+    return {"us": sum(e.self_device_time_total for e in kernels), "kernels": len(kernels)}
+
+
 def profiled_kernels(
     run: Callable[[], Any],
     calls: int,
@@ -116,9 +142,10 @@ def profiled_kernels(
     busy: Optional[Dict[str, float]] = None,
     stacks: int = 0,
 ) -> List[Dict[str, Any]]:
-    """The ``count`` CUDA kernels (or CPU ops without a GPU) with the most time over ``calls`` calls of
-    ``run``: name and milliseconds per call. With a ``busy`` dict, its ``"ms_per_call"`` is set to the
-    GPU's time in all kernels per call (None without a GPU): the rest of a call is the host's. With
+    """The ``count`` ops with the most GPU time (their own kernels'; CPU time without a GPU) over
+    ``calls`` calls of ``run``: name and milliseconds per call. With a ``busy`` dict, its
+    ``"ms_per_call"`` and ``"kernels_per_call"`` are set to the GPU's time in all kernels and their
+    count per call (None without a GPU): the rest of a call is the host's. With
     ``stacks`` > 0, each torch op among them also gets ``"called_from"``: the Python frames (that many,
     innermost first) of the three call sites taking the most time, with their milliseconds per call."""
     from torch.profiler import ProfilerActivity, profile
@@ -132,12 +159,11 @@ def profiled_kernels(
     def own_time(event: Any) -> float:
         return event.self_device_time_total if cuda else event.self_cpu_time_total
 
-    events = [e for e in prof.key_averages() if not e.key.startswith("ProfilerStep")]
-    timed = [(e.key, own_time(e)) for e in events if own_time(e) > 0 or not cuda]
+    timed = launching_ops(prof.key_averages(), cuda)
     if busy is not None:
-        kernels = [e.self_device_time_total for e in prof.events() if e.device_type == DeviceType.CUDA]
-        busy["ms_per_call"] = round(sum(kernels) / 1e3 / calls, 3) if cuda else None
-    timed.sort(key=lambda item: -item[1])
+        work = device_work(prof.events()) if cuda else None
+        busy["ms_per_call"] = round(work["us"] / 1e3 / calls, 3) if work else None
+        busy["kernels_per_call"] = round(work["kernels"] / calls, 1) if work else None
     top = [{"name": name[:120], "ms_per_call": round(us / 1e3 / calls, 3)} for name, us in timed[:count]]
     if stacks > 0:  # one pass over the events: each top op's time per call site
         sites: Dict[str, Dict[tuple, float]] = {entry["name"]: collections.defaultdict(float) for entry in top}
@@ -186,6 +212,7 @@ def top_kernels(
         rows.append(row)
     if busy is not None and busy.get("ms_per_call") is not None:
         busy["ms_per_call"] = round(busy["ms_per_call"] / steps, 3)
+        busy["kernels_per_call"] = round(busy["kernels_per_call"] / steps, 1)
     return rows
 
 
@@ -279,6 +306,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "phase_ms": {name: round(phases[name] * 1e3, 3) for name in PHASES},
         "top_kernels": kernels,
         "gpu_busy_ms_per_step": busy.get("ms_per_call"),
+        "kernels_per_step": busy.get("kernels_per_call"),
         "host_syncs_per_step": syncs["count"],
         "host_sync_sites": syncs["where"],
         "compiled": bool(getattr(trainer.pipeline.model.config, "compile", False)) and torch.cuda.is_available(),
@@ -297,7 +325,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     for name in PHASES:
         print(f"[profile]   {name:15s} {row['phase_ms'][name]:9.3f} ms", flush=True)
-    print(f"[profile]   GPU busy {row['gpu_busy_ms_per_step']} ms per step", flush=True)
+    print(
+        f"[profile]   GPU busy {row['gpu_busy_ms_per_step']} ms per step, {row['kernels_per_step']} kernels",
+        flush=True,
+    )
     for kernel in kernels:
         print(f"[profile]   {kernel['ms_per_step']:9.3f} ms  {kernel['name']}", flush=True)
         for site in kernel.get("called_from", []):

@@ -8,9 +8,9 @@ integer products, rays that stop behind surfaces, a bounded file's occupancy gri
 renders without them (fake quantization, every sample). Each row (kind ``render-speed``) holds both
 frame rates, both PSNRs over the first ``--views`` test views and their difference, and the GPU
 memory of one frame; the peer's row its frame rate and PSNR. Rows go to the scene's rows file, each
-as soon as it is measured. ``--top-kernels N`` adds the N GPU kernels that take most of a default
-frame's time (``top_kernels``: name, ms per frame), the time the GPU is busy in a frame
-(``gpu_busy_ms_per_frame``: the rest of the frame is the host's) and the frame's host syncs by
+as soon as it is measured. ``--top-kernels N`` adds the N ops whose kernels take most of a default
+frame's GPU time (``top_kernels``: name, ms per frame), the time the GPU is busy in a frame
+(``gpu_busy_ms_per_frame``: the rest of the frame is the host's), its kernel count and host syncs by
 line. ``field_rows_per_ray`` counts the samples each field method evaluates in a default frame, per
 ray. Files render in chunks of rays sized to the GPU's free memory (``rays_per_chunk_rendered``);
 ``--rays-per-chunk A B ...`` measures each file once per fixed chunk size instead;
@@ -125,7 +125,7 @@ def file_row(
             frame = lambda: render(cameras[0:1].to(device))  # noqa: E731
             fast["top_kernels"] = profiled_kernels(frame, 1, top_kernels, busy, kernel_stacks)
             syncs = host_syncs_of(frame)
-        fast["gpu_busy_ms_per_frame"] = busy["ms_per_call"]
+        fast["gpu_busy_ms_per_frame"], fast["kernels_per_frame"] = busy["ms_per_call"], busy["kernels_per_call"]
         fast["host_syncs_per_frame"], fast["host_sync_sites"] = syncs["count"], syncs["where"]
     sized = getattr(model, "_render_chunks", None)  # the chunk the fast renders settled on (GPU only)
     if sized is not None:

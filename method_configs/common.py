@@ -24,6 +24,8 @@ class AdamWithBetasOptimizerConfig(AdamOptimizerConfig):
 
     betas: Tuple[float, float] = (0.9, 0.999)
     """Decay rates of Adam's first and second moment estimates, each in [0, 1)."""
+    fused: bool = True
+    """Update all parameters in a few fused kernels (torch's fused Adam) instead of a kernel per operation."""
 
     def __post_init__(self) -> None:
         if not all(0.0 <= beta < 1.0 for beta in self.betas):

@@ -645,3 +645,35 @@ def test_profiled_ops_name_their_python_frames_from_the_stack_or_the_event_tree(
     inner = SimpleNamespace(name="/x/a.py(3): f", cpu_parent=middle)
     op = SimpleNamespace(stack=[], cpu_parent=inner)
     assert python_frames(op, 5) == ("a.py(3): f", "b.py(9): g") and python_frames(op, 1) == ("a.py(3): f",)
+
+
+def test_gpu_time_counts_each_kernel_once() -> None:
+    """A Triton launch and a record_function range show up on the device as annotations spanning
+    their kernels, and every kernel also under the op that launched it: each is counted once."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    profile_step = _load_benchmark_script("profile_step")
+
+    def event(key: str, device: bool, us: float, annotation: bool = False) -> SimpleNamespace:
+        kind = DeviceType.CUDA if device else DeviceType.CPU
+        return SimpleNamespace(
+            key=key, device_type=kind, self_device_time_total=us, self_cpu_time_total=3.0, is_user_annotation=annotation
+        )
+
+    events = [
+        event("Optimizer.step#Adam.step", False, 0.0, annotation=True),
+        event("Optimizer.step#Adam.step", True, 1900.0, annotation=True),  # the span, not work
+        event("aten::_fused_adam_", False, 40.0),
+        event("fused_adam_kernel", True, 40.0),
+        event("triton_poi_fused_add_0", False, 700.0, annotation=True),  # the launch, its kernel's time
+        event("triton_poi_fused_add_0", True, 700.0, annotation=True),
+        event("triton_poi_fused_add_0", True, 700.0),
+        event("aten::mm", False, 500.0),
+        event("sm90_gemm", True, 500.0),
+    ]
+    assert profile_step.device_work(events) == {"us": 1240.0, "kernels": 3}
+    ranked = profile_step.launching_ops(events, cuda=True)
+    assert ranked == [("triton_poi_fused_add_0", 700.0), ("aten::mm", 500.0), ("aten::_fused_adam_", 40.0)]
+    assert [name for name, _ in profile_step.launching_ops(events, cuda=False)][:1] == ["Optimizer.step#Adam.step"]
