@@ -7,6 +7,7 @@ import shlex
 import pytest
 import torch
 import tyro
+from tyro.conf import FlagConversionOff
 
 from method_configs.vqad import vqad_method
 
@@ -27,3 +28,28 @@ def test_adam_betas_outside_0_to_1_are_refused_with_a_message_not_a_traceback(ca
     message = " ".join(capsys.readouterr().err.split())
     assert "betas must each be in [0, 1), got [0.9, 1.0]" in message.replace("│", "").replace("  ", " ")
     assert "Traceback" not in message
+
+
+def test_adam_is_fused_by_default_and_updates_as_the_per_operation_loop_does() -> None:
+    from method_configs.nerf_qat import nerf_qat_method
+
+    default = vqad_method.config
+    off = tyro.cli(
+        type(default), args=["--optimizers.fields.optimizer.fused", "False"], default=default, config=(FlagConversionOff,)
+    )
+    torch.manual_seed(0)
+    start, grads = torch.randn(3, 5), [torch.randn(3, 5) for _ in range(3)]
+    updated = []
+    for config in (default, off):
+        param = torch.nn.Parameter(start.clone())
+        optimizer = config.optimizers["fields"]["optimizer"].setup([param])
+        for grad in grads:
+            param.grad = grad.clone()
+            optimizer.step()
+        updated.append((optimizer.defaults["fused"], param.detach()))
+    (fused, with_fused), (loop, with_loop) = updated
+    assert fused is True and not loop
+    torch.testing.assert_close(with_fused, with_loop)
+    assert not torch.equal(with_fused, start)
+    for name, group in {**default.optimizers, **nerf_qat_method.config.optimizers}.items():
+        assert group["optimizer"].setup([torch.nn.Parameter(start.clone())]).defaults["fused"], name
