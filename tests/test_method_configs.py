@@ -34,9 +34,8 @@ def test_adam_is_fused_by_default_and_updates_as_the_per_operation_loop_does() -
     from method_configs.nerf_qat import nerf_qat_method
 
     default = vqad_method.config
-    off = tyro.cli(
-        type(default), args=["--optimizers.fields.optimizer.fused", "False"], default=default, config=(FlagConversionOff,)
-    )
+    args = ["--optimizers.fields.optimizer.fused", "False"]
+    off = tyro.cli(type(default), args=args, default=default, config=(FlagConversionOff,))
     torch.manual_seed(0)
     start, grads = torch.randn(3, 5), [torch.randn(3, 5) for _ in range(3)]
     updated = []
