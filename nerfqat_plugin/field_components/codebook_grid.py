@@ -218,6 +218,8 @@ class LearnedIndexCodebookGrid(nn.Module):
         self.probe_table_bits = probe_table_bits
         self.frozen = frozen or not self.learns_indices
         self.register_buffer("corner_offsets", _CORNERS.clone(), persistent=False)
+        levels_float = torch.tensor(self.resolutions, dtype=torch.float32).reshape(-1, 3)
+        self.register_buffer("level_resolutions", levels_float, persistent=False)
         self.codebooks = nn.ParameterList(
             [nn.Parameter(init_std * torch.randn(self.codebook_size(lvl), feature_dim)) for lvl in self.levels]
         )
@@ -661,6 +663,8 @@ class LearnedIndexCodebookGrid(nn.Module):
         hard = not soft
         if level_mask is None and self._reads_decoded_volumes(hard):
             return self._rendered_features(positions, levels)
+        if soft and self._probes_levels_together(positions):
+            return self._probed_levels_together(positions, levels, level_mask)
         features = [self.level_features(positions, 0, hard)]
         for lvl in range(1, levels):
             level = self.level_features(positions, lvl, hard)
@@ -670,6 +674,44 @@ class LearnedIndexCodebookGrid(nn.Module):
         missing = self.concat_levels - len(features)
         features += [torch.zeros_like(features[0])] * missing
         return torch.cat(features, dim=-1)
+
+    def _probes_levels_together(self, positions: Tensor) -> bool:
+        """Whether a training (soft) lookup of a probed grid takes all levels in one set of tensor
+        operations: its levels share one codebook size (the presets' do), and the per-level Triton
+        kernel (``fused_lookup``) is not chosen instead."""
+        if self.index_mode != "probed" or self.frozen or len(set(self.level_bits)) != 1:
+            return False
+        return not self._fusable_probed(positions, hard=False)
+
+    def _probed_levels_together(self, positions: Tensor, levels: int, level_mask: Optional[Tensor]) -> Tensor:
+        """:meth:`forward`'s training lookup of a probed grid with a level axis instead of a loop over
+        levels: the same values and gradients as :meth:`level_features` level by level, in a handful
+        of kernels instead of a handful per level (a training step is bound by its kernel launches).
+        Level ``l``'s rows of the stacked logits and codebooks start at ``l`` times a level's rows."""
+        n, probes, f = positions.shape[0], 1 << self.probe_bits, self.feature_dim
+        resolution = self.level_resolutions[:levels]  # [L, 3] float, vertices per axis
+        scaled = positions.clamp(0.0, 1.0)[:, None, :] * (resolution - 1.0)  # [N, L, 3]
+        base = torch.minimum(scaled.floor(), resolution - 2.0)
+        frac = scaled - base
+        offsets = self.corner_offsets
+        corners = base.long()[:, :, None, :] + offsets  # [N, L, 8, 3]
+        weights = torch.where(offsets.bool(), frac[:, :, None, :], 1.0 - frac[:, :, None, :]).prod(dim=-1)
+        level = torch.arange(levels, device=positions.device)[:, None]  # [L, 1]
+        table_rows, codebook_rows = 1 << self.probe_table_bits, 1 << self.level_bits[0]
+        slot = hashed_indices(corners, self.probe_table_bits, _PROBE_HASH_PRIMES) + level * table_rows
+        bucket = hashed_indices(corners, self.level_bits[0] - self.probe_bits) * probes + level * codebook_rows
+        logits = F.embedding(slot, torch.cat(list(self.logits[:levels])))  # [N, L, 8, P]
+        codebook = round_to_half(torch.cat(list(self.codebooks[:levels])))
+        candidates = F.embedding(bucket[..., None] + torch.arange(probes, device=positions.device), codebook)
+        vertex = (_straight_through(logits)[..., None] * candidates).sum(dim=-2)  # [N, L, 8, F]
+        features = (weights[..., None] * vertex).sum(dim=2)  # [N, L, F]
+        if level_mask is not None:  # level 0 is every point's
+            features = torch.cat([features[:, :1], features[:, 1:] * level_mask[:, 1:levels, None]], dim=1)
+        if not self.concat_levels:
+            return features.sum(dim=1)
+        features = features.reshape(n, levels * f)
+        missing = (self.concat_levels - levels) * f
+        return torch.cat([features, features.new_zeros(n, missing)], dim=-1) if missing else features
 
     def _rendered_features(self, positions: Tensor, levels: int) -> Tensor:
         """:meth:`forward` for rendering (hard indices, no gradients, every point at ``levels``): the

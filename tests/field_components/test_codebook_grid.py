@@ -330,6 +330,59 @@ def test_probed_grid_learns_probes_into_hashed_buckets() -> None:
     assert len(frozen.logits) == 0 and torch.equal(frozen(positions), hard)
 
 
+@pytest.mark.parametrize("concat_levels", [0, 4], ids=["summed", "concatenated"])
+def test_probed_training_lookup_of_all_levels_at_once_equals_the_loop_over_levels(
+    concat_levels: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(0)
+    grid = LearnedIndexCodebookGrid(
+        (3, (5, 4, 6), 9), 6, 3, index_mode="probed", probe_bits=2, probe_table_bits=5, concat_levels=concat_levels
+    )
+    grid.train()
+    positions = torch.rand(64, 3) * 1.2 - 0.1  # some outside the box: clamped as level by level
+    level_mask = (torch.rand(64, 3) > 0.5).float()
+    upstream = torch.randn(64, grid.output_dim)
+    calls = []
+    together = grid._probed_levels_together
+    monkeypatch.setattr(grid, "_probed_levels_together", lambda *a: calls.append(1) or together(*a))
+    results = []
+    for at_once in (True, False):
+        monkeypatch.setattr(grid, "_probes_levels_together", lambda _positions, on=at_once: on)
+        for levels, mask in ((3, None), (2, None), (3, level_mask)):
+            grid.zero_grad()
+            features = grid(positions, num_levels=levels, level_mask=mask)
+            (features * upstream[:, : features.shape[1]]).sum().backward()
+            grads = [p.grad.clone() if p.grad is not None else None for p in (*grid.logits, *grid.codebooks)]
+            results.append((features.detach(), grads))
+    assert len(calls) == 3  # the first three lookups went through the level axis, the others not
+    for (features, grads), (expected, expected_grads) in zip(results[:3], results[3:], strict=True):
+        torch.testing.assert_close(features, expected)
+        for grad, expected_grad in zip(grads, expected_grads, strict=True):
+            assert (grad is None) == (expected_grad is None)
+            if grad is not None:
+                torch.testing.assert_close(grad, expected_grad)
+    assert all(g is not None and g.abs().sum() > 0 for g in results[0][1])  # every level trained
+    assert results[1][1][2] is None or results[1][1][2].abs().sum() == 0  # two levels: the third untouched
+
+
+def test_probed_training_lookup_of_all_levels_traces_with_its_backward() -> None:
+    """The GPU compiles the training lookup, forward and backward: the level-axis lookup must trace
+    whole with dynamic sizes (AOT autograd here, on the CPU) and give the eager values and gradients."""
+    torch.manual_seed(0)
+    grid = LearnedIndexCodebookGrid((3, (5, 4, 6)), 6, 2, index_mode="probed", probe_table_bits=5, concat_levels=2)
+    grid.train()
+    compiled = torch.compile(lambda positions: grid(positions), backend="aot_eager", dynamic=True, fullgraph=True)
+    for rows in (50, 70):
+        positions = torch.rand(rows, 3)
+        results = []
+        for lookup in (compiled, grid):
+            grid.zero_grad()
+            lookup(positions).square().sum().backward()
+            results.append([lookup(positions).detach()] + [p.grad.clone() for p in (*grid.logits, *grid.codebooks)])
+        for value, expected in zip(*results, strict=True):
+            torch.testing.assert_close(value, expected)
+
+
 def test_bad_probed_configuration_is_rejected() -> None:
     with pytest.raises(ValueError, match="probe_bits"):
         LearnedIndexCodebookGrid((4,), 2, 2, index_mode="probed", probe_bits=3)
