@@ -677,9 +677,12 @@ class LearnedIndexCodebookGrid(nn.Module):
 
     def _probes_levels_together(self, positions: Tensor) -> bool:
         """Whether a training (soft) lookup of a probed grid takes all levels in one set of tensor
-        operations: its levels share one codebook size (the presets' do), and the per-level Triton
-        kernel (``fused_lookup``) is not chosen instead."""
+        operations: compiled code (which fuses the level axis's temporaries; run eagerly, every level's
+        would be alive at once), levels of one codebook size (the presets'), and the per-level Triton
+        kernel (``fused_lookup``) not chosen instead."""
         if self.index_mode != "probed" or self.frozen or len(set(self.level_bits)) != 1:
+            return False
+        if not torch.compiler.is_compiling():
             return False
         return not self._fusable_probed(positions, hard=False)
 

@@ -365,12 +365,18 @@ def test_probed_training_lookup_of_all_levels_at_once_equals_the_loop_over_level
     assert results[1][1][2] is None or results[1][1][2].abs().sum() == 0  # two levels: the third untouched
 
 
-def test_probed_training_lookup_of_all_levels_traces_with_its_backward() -> None:
-    """The GPU compiles the training lookup, forward and backward: the level-axis lookup must trace
-    whole with dynamic sizes (AOT autograd here, on the CPU) and give the eager values and gradients."""
+def test_probed_training_lookup_of_all_levels_traces_with_its_backward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU compiles the training lookup, forward and backward: there it takes the level axis, which
+    must trace whole with dynamic sizes (AOT autograd here, on the CPU) and give the eager loop's values
+    and gradients. Eager code keeps the loop (its peak memory is one level's temporaries)."""
     torch.manual_seed(0)
     grid = LearnedIndexCodebookGrid((3, (5, 4, 6)), 6, 2, index_mode="probed", probe_table_bits=5, concat_levels=2)
     grid.train()
+    calls = []
+    together = grid._probed_levels_together
+    monkeypatch.setattr(grid, "_probed_levels_together", lambda *a: calls.append(1) or together(*a))
+    grid(torch.rand(10, 3))
+    assert not calls  # eager: level by level
     compiled = torch.compile(lambda positions: grid(positions), backend="aot_eager", dynamic=True, fullgraph=True)
     for rows in (50, 70):
         positions = torch.rand(rows, 3)
@@ -381,6 +387,7 @@ def test_probed_training_lookup_of_all_levels_traces_with_its_backward() -> None
             results.append([lookup(positions).detach()] + [p.grad.clone() for p in (*grid.logits, *grid.codebooks)])
         for value, expected in zip(*results, strict=True):
             torch.testing.assert_close(value, expected)
+    assert calls  # compiled: the level axis
 
 
 def test_bad_probed_configuration_is_rejected() -> None:
