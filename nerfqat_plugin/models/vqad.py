@@ -198,6 +198,9 @@ class VQADModelConfig(CompressibleModelConfig):
     target_samples_per_batch: int = 1 << 18
     """sampler occupancy: training batches hold as many rays as make about this many evaluated
     samples (the ray count adapts each step); 0: the datamanager's fixed ray count."""
+    cpu_samples_per_batch: int = 1 << 15
+    """sampler occupancy, training on a CPU: at most this many samples per batch, and the first batch
+    at most this many candidates (eager steps hold about 80 kB per sample until the backward)."""
     num_proposal_samples: Tuple[int, ...] = (128, 64)
     """Samples per ray of each proposal round (one proposal field serves every round)."""
     num_nerf_samples: int = 48
@@ -333,16 +336,31 @@ class VQADModel(CompressibleModel):
 
     def rays_for_next_batch(self, rays: int) -> Optional[int]:
         """sampler occupancy: scale the ray count towards ``target_samples_per_batch`` evaluated samples
-        (at least 256 rays, at most one ray per target sample and ``MAX_MARCHED_CANDIDATES`` candidate
-        samples); otherwise the datamanager's count."""
+        (at least 256 rays on a GPU, at most one ray per target sample and ``MAX_MARCHED_CANDIDATES``
+        candidate samples; on a CPU towards ``cpu_samples_per_batch``, from a first batch whose
+        candidates fit it); otherwise the datamanager's count."""
         target, evaluated = self.config.target_samples_per_batch, self._last_batch_samples
-        if target <= 0 or evaluated is None or self.occupancy_estimator is None:
+        if target <= 0 or self.occupancy_estimator is None:
             return None
+        on_cpu = self.device.type == "cpu"
+        if on_cpu:
+            target = min(target, self.config.cpu_samples_per_batch)
+        if evaluated is None:
+            if not on_cpu:
+                return None
+            CONSOLE.print(
+                f"vqad on a CPU: batches of at most {target} samples (--pipeline.model.cpu-samples-per-batch); "
+                "expect seconds per step, where a CUDA GPU takes milliseconds."
+            )
+            # Before the first step every cell counts as occupied, so a ray may take all its march
+            # steps: start from as many rays as the sample cap allows even then.
+            return max(1, min(rays, target // self.config.march_steps))
         samples = max(1, int(evaluated))  # the step's one wait for the GPU
         # Without nerfacc, torch lists march_steps candidate steps per ray: cap the candidates (2**25
         # is about 0.4 GB of positions) however few of them turn out occupied.
         most = min(target, MAX_MARCHED_CANDIDATES // self.config.march_steps)
-        return int(min(most, max(256, round(rays * target / samples))))
+        least = 1 if on_cpu else 256
+        return int(min(most, max(least, round(rays * target / samples))))
 
     def marches_occupancy(self) -> bool:
         """Whether this model samples by marching an occupancy grid (sampler occupancy, bounded scene)."""

@@ -69,18 +69,23 @@ class CompressionPipeline(VanillaPipeline):
 
     def get_train_loss_dict(self, step: int):
         """nerfstudio's training step, then the next batch's ray count where the model sizes batches
-        by samples (:meth:`CompressibleModel.rays_for_next_batch`)."""
+        by samples (:meth:`CompressibleModel.rays_for_next_batch`; asked before the first step too)."""
+        if self.train_batches == 0:
+            self._resize_next_batch()
         outputs, losses, metrics = super().get_train_loss_dict(step)
-        rays = self.datamanager.get_train_rays_per_batch()
-        self.train_rays += rays
+        self.train_rays += self.datamanager.get_train_rays_per_batch()
         self.train_batches += 1
+        self._resize_next_batch()
+        return outputs, losses, metrics
+
+    def _resize_next_batch(self) -> None:
         model = self.model
         sampler = getattr(self.datamanager, "train_pixel_sampler", None)
         if isinstance(model, CompressibleModel) and sampler is not None:
+            rays = self.datamanager.get_train_rays_per_batch()
             following = model.rays_for_next_batch(rays)
             if following is not None and following != rays:
                 sampler.set_num_rays_per_batch(following)
-        return outputs, losses, metrics
 
     def mean_train_rays_per_batch(self) -> Optional[float]:
         """Rays per training batch, averaged over the steps so far (None before the first)."""

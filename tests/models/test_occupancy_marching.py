@@ -185,17 +185,32 @@ def test_occupancy_batches_hold_as_many_rays_as_make_the_target_samples() -> Non
     pipeline.train_rays = pipeline.train_batches = 0
     counts = []
     for step in range(3):
-        counts.append(pipeline.datamanager.num_rays_per_batch)
         pipeline.get_train_loss_dict(step)
+        counts.append(int(pipeline.train_rays) - sum(counts))
         evaluated = int(model._last_batch_samples)
-        assert pipeline.datamanager.num_rays_per_batch == min(target, max(256, round(counts[-1] * target / evaluated)))
-    assert counts[0] == 32 and counts[1] != 32  # the ray count followed the samples
+        # a CPU: no floor of 256 rays
+        assert pipeline.datamanager.num_rays_per_batch == min(target, max(1, round(counts[-1] * target / evaluated)))
+    # Before the first step every cell is occupied: on a CPU the first batch's candidates fit the target.
+    assert counts[0] == target // STEPS and counts[1] != counts[0]  # then the ray count followed the samples
     assert pipeline.mean_train_rays_per_batch() == pytest.approx(sum(counts) / 3)
     model._last_batch_samples = torch.tensor(1)  # almost nothing occupied: candidates stay capped
-    model.config.target_samples_per_batch = 1 << 30
+    model.config.target_samples_per_batch = model.config.cpu_samples_per_batch = 1 << 30
     assert model.rays_for_next_batch(4096) == vqad_module.MAX_MARCHED_CANDIDATES // STEPS
     model.config.target_samples_per_batch = 0  # off: the datamanager's count stays
     assert model.rays_for_next_batch(32) is None
+
+
+def test_on_a_cpu_batches_stay_under_the_cpu_sample_cap_and_a_gpu_keeps_the_target(monkeypatch) -> None:
+    model = tiny_vqad_model({"near_far": (2.0, 6.0), "scene_type": "bounded"}, sampler="occupancy", march_steps=STEPS)
+    model.config.target_samples_per_batch, model.config.cpu_samples_per_batch = 1 << 18, 1 << 12
+    assert model.device.type == "cpu"
+    assert model.rays_for_next_batch(4096) == (1 << 12) // STEPS  # first batch: every step of every ray
+    model._last_batch_samples = torch.tensor(4096 * 8)  # 8 samples per ray
+    assert model.rays_for_next_batch(4096) == 512  # 2**12 samples, not 2**18
+    monkeypatch.setattr(type(model), "device", property(lambda self: torch.device("cuda")))
+    assert model.rays_for_next_batch(4096) == 1 << 15  # 2**18 samples at 8 per ray
+    model._last_batch_samples = None
+    assert model.rays_for_next_batch(4096) is None  # the datamanager's count starts on a GPU
 
 
 def test_occupancy_sampler_fields_compile_once_for_any_sample_count(monkeypatch: pytest.MonkeyPatch) -> None:
