@@ -37,6 +37,24 @@ def in_row_slabs(fn: Callable[..., Any], *args: Any, rows: Optional[int] = None)
     return tuple(torch.cat(column) for column in zip(*parts, strict=True))
 
 
+def in_padded_rows(fn: Callable[..., Any], *args: Any, multiple: int) -> Any:
+    """``fn(*args)`` for a function of flat tensors whose rows are independent, with the row-aligned
+    tensor arguments (those with the first argument's row count) zero-padded to a multiple of
+    ``multiple`` rows and the outputs cut back: the same values and gradients, from few shapes."""
+    n = args[0].shape[0]
+    padded = -(-n // multiple) * multiple
+    if padded == n:
+        return fn(*args)
+    grown = (
+        torch.cat([a, a.new_zeros(padded - n, *a.shape[1:])])
+        if isinstance(a, Tensor) and a.dim() and a.shape[0] == n
+        else a
+        for a in args
+    )
+    out = fn(*grown)
+    return out[:n] if isinstance(out, Tensor) else tuple(o[:n] for o in out)
+
+
 class TrainingCompiledField(Field):
     """Field with ``compiled_methods``: methods on flat tensors that :meth:`compile_for_training`
     compiles and :meth:`run` calls (compiled while training, eager otherwise)."""
@@ -46,19 +64,24 @@ class TrainingCompiledField(Field):
     def __init__(self) -> None:
         super().__init__()
         self._compiled: Dict[str, Callable[..., Any]] = {}
+        self._pad_rows = 0
 
-    def compile_for_training(self, dynamic: Optional[bool] = None, mode: str = "default") -> None:
+    def compile_for_training(self, dynamic: Optional[bool] = None, mode: str = "default", pad_rows: int = 0) -> None:
         """Use ``torch.compile``d versions of ``compiled_methods`` while training; ``dynamic`` True
         compiles for any row count at once (batches whose sample count changes every step), None
-        lets torch recompile for a second shape; ``mode`` is torch.compile's."""
+        lets torch recompile for a second shape; ``mode`` is torch.compile's; ``pad_rows`` > 1 pads
+        their rows to a multiple of it (:func:`in_padded_rows`)."""
         self._compiled = {
             name: torch.compile(getattr(self, name), dynamic=dynamic, mode=mode) for name in self.compiled_methods
         }
+        self._pad_rows = pad_rows
 
     def run(self, name: str, *args: Any) -> Any:
-        """Call method ``name``: compiled while training (once compiled), eager otherwise (in row slabs
-        on a CPU)."""
+        """Call method ``name``: compiled while training (once compiled; rows padded if asked), eager
+        otherwise (in row slabs on a CPU)."""
         if self.training and name in self._compiled:
+            if self._pad_rows > 1:
+                return in_padded_rows(self._compiled[name], *args, multiple=self._pad_rows)
             return self._compiled[name](*args)
         return self.eager(name, *args)
 

@@ -95,7 +95,10 @@ class CompressibleModelConfig(ModelConfig):
     occupied cells only, instead of the trained sampler (docs/methods/rendering.md)."""
     compile_mode: Literal["default", "reduce-overhead"] = "default"
     """torch.compile mode of the fields' training paths (with compile on): reduce-overhead replays
-    CUDA graphs, for batches of a fixed shape (the proposal samplers')."""
+    CUDA graphs, recorded once per batch shape (the proposal samplers' is fixed)."""
+    compile_pad_rows: int = 0
+    """Compiled training paths: pad their sample rows to a multiple of this (0: no padding), so that
+    batches whose sample count varies (the occupancy sampler's) take few shapes; same values."""
     render_chunk_memory_fraction: float = 0.25
     """Rendering on a GPU: share of its free memory one chunk of rays may take, by the first chunk's
     memory per ray; in [0, 1] (0: chunks of eval-num-rays-per-chunk rays)."""
@@ -490,7 +493,9 @@ class CompressibleModel(Model):
             return
         for fld in self.fields_to_compile():
             varying = self.batch_sample_counts_vary()
-            fld.compile_for_training(dynamic=True if varying else None, mode=self.config.compile_mode)
+            fld.compile_for_training(
+                dynamic=True if varying else None, mode=self.config.compile_mode, pad_rows=self.config.compile_pad_rows
+            )
         self._fields_compiled = True
 
     # -- losses and metrics shared by both methods --------------------------------------------

@@ -94,3 +94,32 @@ def test_cpu_renders_evaluate_the_fields_in_slabs_and_render_the_same(monkeypatc
         slabbed = model(_rays())["rgb"]
     assert calls and max(calls) > 7  # the fields were handed more rows than one slab
     torch.testing.assert_close(slabbed, whole, rtol=0, atol=1e-5)
+
+
+def test_padded_rows_give_the_unpadded_outputs_and_gradients_from_few_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows_seen: List[int] = []
+
+    def fake_compile(fn, dynamic=None, mode="default"):
+        return lambda *args: rows_seen.append(args[0].shape[0]) or fn(*args)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    results = []
+    for pad in (0, 64):
+        torch.manual_seed(0)
+        options = {"sampler": "occupancy", "compile": True, "compile_pad_rows": pad, "march_steps": 48}
+        model = vqad_model({"near_far": (2.0, 6.0), "scene_type": "bounded"}, **options)
+        model.train()
+        model.compile_fields_once(torch.device("cuda"), True)
+        rows_seen.clear()
+        torch.manual_seed(1)
+        outputs = model(_rays())
+        outputs["rgb"].square().sum().backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        results.append((outputs["rgb"].detach(), grads, list(rows_seen)))
+    (rgb, grads, rows), (padded_rgb, padded_grads, padded_rows) = results
+    assert rows and any(n % 64 for n in rows)  # unpadded, the sample counts are arbitrary
+    assert all(n % 64 == 0 for n in padded_rows) and len(padded_rows) == len(rows)
+    torch.testing.assert_close(padded_rgb, rgb, rtol=0, atol=1e-6)
+    assert len(padded_grads) == len(grads) and grads
+    for g, padded_g in zip(grads, padded_grads, strict=True):
+        torch.testing.assert_close(padded_g, g, rtol=1e-5, atol=1e-7)
