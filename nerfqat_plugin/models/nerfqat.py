@@ -407,10 +407,13 @@ class NeRFQATModel(CompressibleModel):
             fine = self.field_fine
             density, colour = fine.evaluator("density_and_features"), fine.evaluator("color")
             return self.render_marching(rays.bundle, grid, density, colour)
-        samples_coarse = self.sampler_uniform(rays.bundle)
+        # Counts from the config, not the samplers' own: a loaded file can render with other counts.
+        samples_coarse = self.sampler_uniform(rays.bundle, num_samples=self.config.num_coarse_samples)
         out_coarse = self._evaluate_field(self.field_coarse, samples_coarse)
         weights_coarse = samples_coarse.get_weights(out_coarse[FieldHeadNames.DENSITY])
-        samples_fine = self.sampler_pdf(rays.bundle, samples_coarse, weights_coarse)
+        samples_fine = self.sampler_pdf(
+            rays.bundle, samples_coarse, weights_coarse, num_samples=self.config.num_importance_samples
+        )
         out_fine = self._evaluate_field(self.field_fine, samples_fine)
         return {
             **self._fine_outputs(rays, ray_bundle, samples_fine, out_fine),

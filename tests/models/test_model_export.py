@@ -347,3 +347,25 @@ def test_ema_weights_render_evaluate_and_export_and_training_keeps_its_own(tmp_p
     reloaded.load_state_dict(model.state_dict())
     assert reloaded.weight_average.num_updates == 8
     assert torch.max(torch.abs(_render(reloaded)["rgb"] - expected["rgb"])) <= 1e-5
+
+
+def test_a_loaded_file_renders_with_the_sample_counts_its_config_is_given(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _model(metadata={"near_far": (0.5, 3.0)})
+    _train(model, 8)
+    model.export_compressed(tmp_path / "counts.nqz")
+    loaded = load_compressed_model(tmp_path / "counts.nqz")
+    rows = {}
+    evaluate = loaded._evaluate_field
+
+    def counting(fld, samples):
+        rows[fld is loaded.field_fine] = samples.frustums.starts.shape[-2]
+        return evaluate(fld, samples)
+
+    loaded._evaluate_field = counting
+    full = _render(loaded)["rgb"]
+    assert rows == {False: 8, True: 17}  # 8 coarse; the fine field's 8 + 8 + 1 (nerfstudio's PDF sampler)
+    loaded.config.num_coarse_samples, loaded.config.num_importance_samples = 4, 2
+    fewer = _render(loaded)["rgb"]
+    assert rows == {False: 4, True: 7}
+    assert not torch.equal(fewer, full)
