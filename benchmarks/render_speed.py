@@ -15,22 +15,25 @@ line. ``field_rows_per_ray`` counts the samples each field method evaluates in a
 ray. Files render in chunks of rays sized to the GPU's free memory (``rays_per_chunk_rendered``);
 ``--rays-per-chunk A B ...`` measures each file once per fixed chunk size instead;
 ``--model-options "" "march_occupied_space=True,march_steps=512"`` once per set of model options
-(row field ``model_options``; empty: the file's own).
+(row field ``model_options``; empty: the file's own). ``--scale 0.0625`` renders at a sixteenth of the
+test resolution (a CPU's study of image changes, not of speed).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import datetime as dt
 import shlex
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from profile_step import host_syncs_of, profiled_kernels
 from rows import append_row, scene_path
 from run_benchmark import code_commit, gpu_name, peer_lpips_disabled, scene_test_views, synchronize
@@ -58,6 +61,17 @@ def measure(render: Callable[[Any], torch.Tensor], cameras, images: List[torch.T
     seconds = (time.perf_counter() - start) / repeats
     memory = round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None
     return {"psnr": sum(psnrs) / len(psnrs), "render_fps": 1.0 / seconds, "render_peak_gpu_memory_gib": memory}
+
+
+def scaled_views(cameras, images: List[torch.Tensor], scale: float) -> Tuple[Any, List[torch.Tensor]]:
+    """The views at ``scale`` times their resolution: cameras rescaled, images area-averaged to match."""
+    cameras = copy.deepcopy(cameras)
+    cameras.rescale_output_resolution(scale)
+    size = (int(cameras.height[0]), int(cameras.width[0]))
+    resized = [
+        F.interpolate(image.permute(2, 0, 1)[None], size=size, mode="area")[0].permute(1, 2, 0) for image in images
+    ]
+    return cameras, resized
 
 
 def field_rows_per_ray(render: Callable[[Any], torch.Tensor], camera, num_rays: int) -> Dict[str, float]:
@@ -174,6 +188,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--peer-config", type=Path, default=None, help="a nerfstudio run's config.yml to compare")
     parser.add_argument("--views", type=int, default=5, help="test views for the PSNRs")
     parser.add_argument("--repeats", type=int, default=3, help="timed renders of view 0")
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="render at this fraction of the test resolution (images area-averaged)"
+    )
     parser.add_argument("--results", type=Path, default=None, help="rows file (default: the scene's)")
     parser.add_argument("--top-kernels", type=int, default=0, help="record the N kernels taking most of a frame")
     parser.add_argument(
@@ -191,6 +208,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     args = parser.parse_args(argv)
     cameras, images = scene_test_views(args.data, args.views)
+    if args.scale != 1.0:
+        cameras, images = scaled_views(cameras, images, args.scale)
     common = {
         "kind": "render-speed",
         "scene": args.data.name,

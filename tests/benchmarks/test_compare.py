@@ -677,3 +677,16 @@ def test_gpu_time_counts_each_kernel_once() -> None:
     ranked = profile_step.launching_ops(events, cuda=True)
     assert ranked == [("triton_poi_fused_add_0", 700.0), ("aten::mm", 500.0), ("aten::_fused_adam_", 40.0)]
     assert [name for name, _ in profile_step.launching_ops(events, cuda=False)][:1] == ["Optimizer.step#Adam.step"]
+
+
+def test_scaled_views_shrink_cameras_and_images_together() -> None:
+    import torch
+    from nerfstudio.cameras.cameras import Cameras
+
+    render_speed = _load_benchmark_script("render_speed")
+    cameras = Cameras(camera_to_worlds=torch.eye(4)[None, :3], fx=40.0, fy=40.0, cx=16.0, cy=12.0, width=32, height=24)
+    image = torch.rand(24, 32, 3)
+    scaled, (small,) = render_speed.scaled_views(cameras, [image], 0.25)
+    assert (int(scaled.width[0]), int(scaled.height[0])) == (8, 6) and small.shape == (6, 8, 3)
+    assert float(scaled.fx[0]) == pytest.approx(10.0) and int(cameras.width[0]) == 32  # the original stays
+    assert torch.allclose(small[0, 0], image[:4, :4].reshape(-1, 3).mean(0))  # each pixel: its block's mean
