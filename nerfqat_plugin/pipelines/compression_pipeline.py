@@ -79,6 +79,7 @@ class CompressionPipeline(VanillaPipeline):
         return outputs, losses, metrics
 
     def _resize_next_batch(self) -> None:
+        """Set the pixel sampler to the ray count the model asks of the next batch, if it asks one."""
         model = self.model
         sampler = getattr(self.datamanager, "train_pixel_sampler", None)
         if isinstance(model, CompressibleModel) and sampler is not None:
