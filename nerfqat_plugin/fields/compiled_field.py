@@ -20,6 +20,11 @@ operation; glibc maps every allocation above 32 MB afresh and faults each page i
 than the arithmetic. Slabs of a few MB reuse the heap and stay in the cache."""
 
 
+def _row_aligned(value: Any, rows: int) -> bool:
+    """Whether ``value`` is a tensor with a row per row of the call (not None, a constant or a table)."""
+    return isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == rows
+
+
 def in_row_slabs(fn: Callable[..., Any], *args: Any, rows: Optional[int] = None) -> Any:
     """``fn(*args)`` for a function of flat tensors whose rows are independent, computed over slabs of
     ``rows`` rows (default :data:`CPU_SLAB_ROWS`) and concatenated. Tensor arguments with the first
@@ -30,7 +35,7 @@ def in_row_slabs(fn: Callable[..., Any], *args: Any, rows: Optional[int] = None)
         return fn(*args)
     parts = []
     for start in range(0, n, rows):
-        sliced = (a[start : start + rows] if isinstance(a, Tensor) and a.dim() and a.shape[0] == n else a for a in args)
+        sliced = (a[start : start + rows] if _row_aligned(a, n) else a for a in args)
         parts.append(fn(*sliced))
     if isinstance(parts[0], Tensor):
         return torch.cat(parts)
@@ -45,12 +50,7 @@ def in_padded_rows(fn: Callable[..., Any], *args: Any, multiple: int) -> Any:
     padded = -(-n // multiple) * multiple
     if padded == n:
         return fn(*args)
-    grown = (
-        torch.cat([a, a.new_zeros(padded - n, *a.shape[1:])])
-        if isinstance(a, Tensor) and a.dim() and a.shape[0] == n
-        else a
-        for a in args
-    )
+    grown = (torch.cat([a, a.new_zeros(padded - n, *a.shape[1:])]) if _row_aligned(a, n) else a for a in args)
     out = fn(*grown)
     return out[:n] if isinstance(out, Tensor) else tuple(o[:n] for o in out)
 
