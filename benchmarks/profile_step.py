@@ -6,10 +6,10 @@
 
 Everything after ``--`` goes to ``ns-train METHOD``. The run takes ``--warmup`` steps (compilation,
 the first pruning), then times ``--steps`` steps as nerfstudio's trainer runs them (throughput:
-rays/s and radiance-field samples/s), then ``--steps`` more with the GPU synchronised around each
-phase (ray batch, sampler, radiance field, losses, backward, optimizer, callbacks), then profiles a
-few steps for the ops whose kernels take the most GPU time (and the GPU's busy time and kernel
-count per step), and counts the host syncs of one step
+rays/s, radiance-field samples/s and, with the occupancy sampler, marched samples/s), then
+``--steps`` more with the GPU synchronised around each phase (ray batch, sampler, radiance field,
+losses, backward, optimizer, callbacks), then profiles a few steps for the ops whose kernels take the
+most GPU time (and the GPU's busy time and kernel count per step), and counts the host syncs of one step
 (``torch.cuda.set_sync_debug_mode``). One row of kind ``step-profile`` goes to the scene's rows file.
 Synchronising splits the time honestly but removes overlap, so the phases add up to more than the
 plain step; compiled fields are timed as a whole.
@@ -86,8 +86,9 @@ def train_steps(trainer, first: int, count: int, timer: Optional[PhaseTimer] = N
     return time.perf_counter() - start
 
 
-def instrument(trainer, timer: PhaseTimer, samples: List[int]) -> None:
-    """Wrap the phases of a step; the radiance field's calls count its samples into ``samples``."""
+def instrument(trainer, timer: PhaseTimer, samples: List[int], marched: List[int]) -> None:
+    """Wrap the phases of a step; the radiance field's calls count its samples into ``samples``, the
+    occupancy sampler's marched samples (before those light does not reach are dropped) ``marched``."""
     pipeline, model = trainer.pipeline, trainer.pipeline.model
     timer.wrap(pipeline.datamanager, "next_train", "ray batch")
     sampler = getattr(model, "proposal_sampler", None) or getattr(model, "sampler_pdf", None)
@@ -95,6 +96,13 @@ def instrument(trainer, timer: PhaseTimer, samples: List[int]) -> None:
         timer.wrap(sampler, "forward", "sampler")
     if hasattr(model, "march"):  # occupancy-grid sampling: marching the occupied cells
         timer.wrap(model, "march", "sampler")
+
+    def count_marched(_bundle: Any, packed: Any) -> None:
+        if timer.on:
+            marched.append(len(packed))
+
+    if hasattr(model, "visible_samples"):  # the density pass without gradients that drops hidden samples
+        timer.wrap(model, "visible_samples", "sampler", observe=count_marched)
 
     def count(ray_samples: Any, *_: Any) -> None:
         if timer.on and hasattr(ray_samples, "frustums"):
@@ -264,8 +272,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     config = make_config(args.method, args.data, args.output_dir / args.label, total, extra, None)
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
-    timer, samples = PhaseTimer(), []
-    instrument(trainer, timer, samples)
+    timer, samples, marched = PhaseTimer(), [], []
+    instrument(trainer, timer, samples, marched)
     print(f"[profile] {args.label}: {args.warmup} warm-up steps", flush=True)
     train_steps(trainer, 0, args.warmup)
     step = args.warmup
@@ -302,6 +310,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "rays_per_s": round(rays / plain_s),
         "field_samples_per_step": round(field_samples),
         "field_samples_per_s": round(field_samples / plain_s),
+        "marched_samples_per_s": round(sum(marched) / args.steps / plain_s) if marched else None,
         "synchronised_step_ms": round(timed_s * 1e3, 3),
         "phase_ms": {name: round(phases[name] * 1e3, 3) for name in PHASES},
         "top_kernels": kernels,

@@ -11,8 +11,9 @@ extension is built on first use; where it does not build, torch is used). Elsewh
 every step of a slab of rays and keeps the occupied ones: the same steps, up to the rounding of
 nerfacc's running sum of step lengths.
 
-Training (vqad's occupancy sampler) evaluates every marched sample with gradients and composites
-them (:func:`packed_weights`, :func:`composite_packed`). Renders evaluate the field front to back in
+Training (vqad's occupancy sampler) finds, without gradients, the marched samples that light still
+reaches (:func:`packed_transmittance`), evaluates those with gradients and composites them
+(:func:`packed_weights`, :func:`composite_packed`). Renders evaluate the field front to back in
 windows of ``window`` samples per ray: after each window, rays whose transmittance has fallen below
 ``min_transmittance`` stop, so samples behind an opaque surface are never evaluated; colours only
 where a sample's weight reaches ``min_weight`` (the bounds of :mod:`sample_skipping`, far below one
@@ -62,6 +63,11 @@ class PackedSamples:
             rays = torch.arange(self.num_rays, device=self.ray_indices.device, dtype=self.ray_indices.dtype)
             self._starts = torch.searchsorted(self.ray_indices, rays)
         return self._starts
+
+    def subset(self, indices: Tensor) -> PackedSamples:
+        """The samples at ``indices`` [M] (increasing, so the packing stays ordered by ray), of the
+        same rays."""
+        return PackedSamples(self.ray_indices[indices], self.t_starts[indices], self.t_ends[indices], self.num_rays)
 
     def ranks(self) -> Tensor:
         """Each sample's position within its ray [N] (0: the nearest)."""
@@ -178,14 +184,28 @@ def _march_torch(
     return PackedSamples(ray_indices, t_starts, t_starts + step, num_rays)
 
 
+def _optical_depths(samples: PackedSamples, density: Tensor) -> Tuple[Tensor, Tensor]:
+    """Each packed sample's optical depth and that of the samples before it on its ray [N] (float64:
+    one running sum over every ray)."""
+    optical = density.double() * (samples.t_ends - samples.t_starts).double()
+    before = torch.cumsum(optical, dim=0) - optical
+    return optical, before - before[samples.ray_starts()[samples.ray_indices]]
+
+
+def packed_transmittance(samples: PackedSamples, density: Tensor) -> Tensor:
+    """Transmittance [N] that reaches each packed sample with ``density`` [N] from its ray's origin
+    (1 at a ray's first sample, non-increasing along the ray)."""
+    if len(samples) == 0:
+        return density.new_zeros(0)
+    return torch.exp(-_optical_depths(samples, density)[1]).to(density.dtype)
+
+
 def packed_weights(samples: PackedSamples, density: Tensor) -> Tensor:
     """Volume-rendering weights [N] of packed samples with ``density`` [N]: each sample's opacity
     times the transmittance of the samples before it on its ray."""
     if len(samples) == 0:
         return density.new_zeros(0)
-    optical = density.double() * (samples.t_ends - samples.t_starts).double()
-    before = torch.cumsum(optical, dim=0) - optical  # float64: one running sum over every ray
-    within_ray = before - before[samples.ray_starts()[samples.ray_indices]]
+    optical, within_ray = _optical_depths(samples, density)
     return (torch.exp(-within_ray) * -torch.expm1(-optical)).to(density.dtype)
 
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, ClassVar, Dict, Iterator, List, Literal, Optio
 
 import numpy as np
 import torch
-from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.model_components.losses import distortion_loss, interlevel_loss
@@ -48,7 +48,12 @@ from nerfqat_plugin.fields.compiled_field import TrainingCompiledField
 from nerfqat_plugin.fields.vqad_field import ACTIVE_LEVELS_KEY, VQADField, VQADProposalField
 from nerfqat_plugin.model_components.ndc import NDC_BOX
 from nerfqat_plugin.model_components.occupancy_estimator import OccupancyEstimator
-from nerfqat_plugin.model_components.packed_marching import composite_packed, packed_weights
+from nerfqat_plugin.model_components.packed_marching import (
+    PackedSamples,
+    composite_packed,
+    packed_transmittance,
+    packed_weights,
+)
 from nerfqat_plugin.model_components.sample_skipping import density_where_occupied
 from nerfqat_plugin.models.compressible import (
     CompressibleModel,
@@ -198,6 +203,9 @@ class VQADModelConfig(CompressibleModelConfig):
     target_samples_per_batch: int = 1 << 18
     """sampler occupancy: training batches hold as many rays as make about this many evaluated
     samples (the ray count adapts each step); 0: the datamanager's fixed ray count."""
+    train_min_transmittance: float = 1e-4
+    """sampler occupancy: training evaluates with gradients only the marched samples that more than this
+    fraction of light reaches (a density pass without gradients finds them); 0: every marched sample."""
     cpu_samples_per_batch: int = 1 << 15
     """sampler occupancy, training on a CPU: at most this many samples per batch, and the first batch
     at most this many candidates (eager steps hold about 80 kB per sample until the backward)."""
@@ -724,18 +732,35 @@ class VQADModel(CompressibleModel):
     def _marched_training_outputs(self, bundle: RayBundle, grid: OccupancyGrid) -> Dict[str, Any]:
         """Training by marching (sampler occupancy): every jittered step in an occupied cell, packed,
         evaluated with gradients; the step's sample count sizes the next batch."""
-        samples = self.march(bundle, grid, jitter=True)
+        samples = self.visible_samples(bundle, self.march(bundle, grid, jitter=True))
         self._last_batch_samples = len(samples)
-        ray_samples = bundle[samples.ray_indices].get_ray_samples(  # one sample per row, levels per ray
-            bin_starts=samples.t_starts[:, None, None], bin_ends=samples.t_ends[:, None, None]
-        )
-        field_outputs = self.field(ray_samples)
+        field_outputs = self.field(self._packed_ray_samples(bundle, samples))
         weights = packed_weights(samples, field_outputs[FieldHeadNames.DENSITY].view(-1))
         outputs: Dict[str, Any] = composite_packed(
             samples, weights, field_outputs[FieldHeadNames.RGB].view(-1, 3), self.renderer_rgb
         )
         outputs["weights_list"], outputs["ray_samples_list"] = [], []
         return outputs
+
+    @staticmethod
+    def _packed_ray_samples(bundle: RayBundle, samples: PackedSamples) -> RaySamples:
+        """One ray sample per packed sample, with its ray's metadata (the levels it trains)."""
+        return bundle[samples.ray_indices].get_ray_samples(
+            bin_starts=samples.t_starts[:, None, None], bin_ends=samples.t_ends[:, None, None]
+        )
+
+    @torch.no_grad()
+    def visible_samples(self, bundle: RayBundle, samples: PackedSamples) -> PackedSamples:
+        """Of a training batch's marched ``samples``, those that more than ``train_min_transmittance``
+        of light reaches, by the field's density at each ray's levels (instant-NGP's early stop).
+        Transmittance only falls along a ray, so every ray keeps a prefix of its samples, whose
+        weights stay as they were; the rest held less than that fraction of the pixel."""
+        threshold = self.config.train_min_transmittance
+        if threshold <= 0 or len(samples) == 0:
+            return samples
+        density, _ = self.field.get_density(self._packed_ray_samples(bundle, samples))
+        reached = packed_transmittance(samples, density.view(-1).float())
+        return samples.subset((reached > threshold).nonzero().view(-1))
 
     def density_for_occupancy(self, positions: Tensor) -> Tensor:
         return self.field.density_at(positions)[0]

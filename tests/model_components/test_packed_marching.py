@@ -17,6 +17,7 @@ from nerfqat_plugin.model_components import packed_marching
 from nerfqat_plugin.model_components.packed_marching import (
     PackedSamples,
     march_occupied,
+    packed_transmittance,
     packed_weights,
     ray_box_interval,
     rays_crossing_occupied,
@@ -170,6 +171,24 @@ def test_packed_weights_equal_nerfstudios_on_the_same_samples() -> None:
     (ours,) = torch.autograd.grad((weights * colour).sum(), density)
     (theirs,) = torch.autograd.grad((expected[real] * colour).sum(), density)
     assert torch.allclose(ours, theirs, atol=1e-5) and float(theirs.abs().max()) > 1e-3
+
+
+def test_packed_transmittance_is_what_the_weights_before_each_sample_leave() -> None:
+    origins, directions = _rays(50, seed=3)
+    samples = march_occupied(
+        origins, directions, torch.zeros(50), torch.full((50,), 9.0), _grid(seed=3), 0.05, use_nerfacc=False
+    )
+    density = torch.rand(len(samples)) * 20
+    weights = packed_weights(samples, density).double()
+    before = torch.cumsum(weights, 0) - weights
+    expected = 1 - (before - before[samples.ray_starts()[samples.ray_indices]])
+    reached = packed_transmittance(samples, density)
+    assert torch.allclose(reached.double(), expected, atol=1e-5)
+    assert float(reached.min()) < 1e-4 and torch.all(reached[samples.ranks() == 0] == 1)
+    lit = reached > 1e-4
+    kept = samples.subset(lit.nonzero().view(-1))  # a prefix of each ray, weights unchanged
+    assert torch.equal(kept.ranks(), torch.arange(len(samples))[lit] - samples.ray_starts()[kept.ray_indices])
+    assert torch.allclose(packed_weights(kept, density[lit]), packed_weights(samples, density)[lit])
 
 
 def _field_fns(opaque: float = 40.0):

@@ -153,6 +153,23 @@ def test_a_training_batch_that_misses_every_occupied_cell_is_background_and_stil
     sum(losses.values()).backward()  # the graph still reaches the field (with zero gradients)
 
 
+def test_training_evaluates_only_the_marched_samples_light_reaches_with_the_same_image() -> None:
+    torch.manual_seed(0)
+    model = tiny_vqad_model({"near_far": (2.0, 6.0), "scene_type": "bounded"}, sampler="occupancy", march_steps=STEPS)
+    with torch.no_grad():  # an opaque field: many of each ray's marched samples lie behind its surface
+        model.field.density_mlp.layers[-1].parametrizations.bias.original[0] = 3.0
+    model.train()
+    outputs, evaluated = {}, {}
+    for threshold in (0.0, 1e-4):
+        model.config.train_min_transmittance = threshold
+        torch.manual_seed(1)  # the same rays' jitter and levels
+        outputs[threshold] = model(vqad_rays(16, bounded=True))
+        evaluated[threshold] = int(model._last_batch_samples)
+    assert evaluated[1e-4] < 0.5 * evaluated[0.0]  # the hidden samples were dropped
+    for key in ("rgb", "accumulation"):
+        assert torch.allclose(outputs[1e-4][key], outputs[0.0][key], atol=1e-3), key
+
+
 class _RaySource:
     """A datamanager stand-in: batches of as many rays as its pixel sampler is set to."""
 
