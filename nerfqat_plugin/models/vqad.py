@@ -731,7 +731,8 @@ class VQADModel(CompressibleModel):
 
     def _marched_training_outputs(self, bundle: RayBundle, grid: OccupancyGrid) -> Dict[str, Any]:
         """Training by marching (sampler occupancy): every jittered step in an occupied cell, packed,
-        evaluated with gradients; the step's sample count sizes the next batch."""
+        less those light does not reach (:meth:`visible_samples`), evaluated with gradients; the
+        step's evaluated sample count sizes the next batch."""
         samples = self.visible_samples(bundle, self.march(bundle, grid, jitter=True))
         self._last_batch_samples = len(samples)
         field_outputs = self.field(self._packed_ray_samples(bundle, samples))
