@@ -107,11 +107,10 @@ def test_training_lookups_without_gradients_take_the_hard_indices(options: dict,
     positions = torch.rand(64, 3)
     soft = grid(positions)
 
-    def soft_lookup(*_tensors: torch.Tensor) -> torch.Tensor:
+    def soft_lookup(_logits: torch.Tensor) -> torch.Tensor:
         raise AssertionError("a straight-through lookup without gradients to pass")
 
     monkeypatch.setattr(codebook_grid, "_straight_through", soft_lookup)
-    monkeypatch.setattr(codebook_grid, "_straight_through_probes", soft_lookup)
     with torch.no_grad():  # the occupancy grid's and pruning's densities while training
         hard = grid(positions)
     assert torch.allclose(hard, soft, atol=1e-6)
