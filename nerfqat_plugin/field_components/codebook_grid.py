@@ -139,18 +139,6 @@ def _straight_through(logits: Tensor) -> Tensor:
     return one_hot + (soft - soft.detach())
 
 
-def _straight_through_probes(logits: Tensor, bucket: Tensor, codebook: Tensor) -> Tensor:
-    """``Σ_p straight_through(logits)_p · codebook[bucket + p]`` [..., F] for probe logits [..., P]: in
-    value the chosen probe's entry. Backward, the logits get the softmax's gradient and only the chosen
-    entry gets the output's (the others' share is zero), so the candidates are gathered without
-    gradient and the codebook's backward scatters one row per lookup, not one per probe."""
-    soft = F.softmax(logits, dim=-1)
-    chosen = F.embedding(bucket + soft.argmax(dim=-1), codebook)
-    probes = torch.arange(logits.shape[-1], device=bucket.device)
-    candidates = F.embedding(bucket[..., None] + probes, codebook.detach())
-    return chosen + ((soft - soft.detach())[..., None] * candidates).sum(dim=-2)
-
-
 class LearnedIndexCodebookGrid(nn.Module):
     """Levels of dense 3D grids; each vertex selects one of ``2**bits`` codebook entries per level.
 
@@ -653,7 +641,8 @@ class LearnedIndexCodebookGrid(nn.Module):
         logits = self.vertex_logits(level, slot)
         if hard:
             return F.embedding(bucket + logits.argmax(dim=-1), codebook)
-        return _straight_through_probes(logits, bucket, codebook)
+        candidates = F.embedding(bucket[..., None] + torch.arange(probes, device=bucket.device), codebook)
+        return (_straight_through(logits)[..., None] * candidates).sum(dim=-2)
 
     def forward(
         self, positions: Tensor, num_levels: Optional[int] = None, level_mask: Optional[Tensor] = None
@@ -716,7 +705,8 @@ class LearnedIndexCodebookGrid(nn.Module):
         bucket = hashed_indices(corners, self.level_bits[0] - self.probe_bits) * probes + level * codebook_rows
         logits = F.embedding(slot, torch.cat(list(self.logits[:levels])))  # [N, L, 8, P]
         codebook = round_to_half(torch.cat(list(self.codebooks[:levels])))
-        vertex = _straight_through_probes(logits, bucket, codebook)  # [N, L, 8, F]
+        candidates = F.embedding(bucket[..., None] + torch.arange(probes, device=positions.device), codebook)
+        vertex = (_straight_through(logits)[..., None] * candidates).sum(dim=-2)  # [N, L, 8, F]
         features = (weights[..., None] * vertex).sum(dim=2)  # [N, L, F]
         if level_mask is not None:  # level 0 is every point's
             features = torch.cat([features[:, :1], features[:, 1:] * level_mask[:, 1:levels, None]], dim=1)

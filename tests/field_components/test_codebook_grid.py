@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from nerfqat_plugin.compression.bitpack import pack_unsigned, unpack_unsigned
 from nerfqat_plugin.field_components import codebook_grid
@@ -389,43 +388,6 @@ def test_probed_training_lookup_of_all_levels_traces_with_its_backward(monkeypat
         for value, expected in zip(*results, strict=True):
             torch.testing.assert_close(value, expected)
     assert calls  # compiled: the level axis
-
-
-@pytest.mark.parametrize("at_once", [True, False], ids=["level-axis", "level-by-level"])
-def test_probed_training_lookup_scatters_one_codebook_row_per_corner_with_the_softmax_gradient(
-    at_once: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Only the chosen probe's entry gets a codebook gradient, so the backward scatters one row per
-    corner, not one per probe (a GPU step's costliest kernel was that scatter); the logits still get
-    the gradient of the softmax over every probe's entry, and both equal the written-out estimator."""
-    torch.manual_seed(0)
-    grid = LearnedIndexCodebookGrid((3, (5, 4, 6)), 6, 3, index_mode="probed", probe_bits=2, probe_table_bits=5)
-    grid.train()
-    monkeypatch.setattr(grid, "_probes_levels_together", lambda _positions: at_once)
-    positions, upstream = torch.rand(20, 3), torch.randn(20, 3)
-    scattered = []
-
-    class ScatterLog(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func is torch.ops.aten.embedding_dense_backward.default and args[2] == 64 * (2 if at_once else 1):
-                scattered.append(args[1].numel())
-            return func(*args, **(kwargs or {}))
-
-    features = grid(positions)
-    with ScatterLog():
-        (features * upstream).sum().backward()
-    assert sum(scattered) == 20 * 8 * grid.num_levels  # a row per corner and level, no probe axis of 4
-    for level in grid.levels:  # the written-out estimator: one_hot(argmax) + softmax - softmax.detach()
-        logits = grid.logits[level].detach().requires_grad_()
-        codebook = grid.codebooks[level].detach().requires_grad_()
-        corners, _, weights = corner_lookup(positions, grid.resolutions[level])
-        slot = hashed_indices(corners, grid.probe_table_bits, codebook_grid._PROBE_HASH_PRIMES)
-        bucket = hashed_indices(corners, grid.level_bits[level] - grid.probe_bits) * 4
-        candidates = round_to_half(codebook)[bucket[..., None] + torch.arange(4)]
-        vertex = (codebook_grid._straight_through(logits[slot])[..., None] * candidates).sum(dim=-2)
-        ((weights[..., None] * vertex).sum(dim=1) * upstream).sum().backward()
-        torch.testing.assert_close(grid.logits[level].grad, logits.grad)
-        torch.testing.assert_close(grid.codebooks[level].grad, codebook.grad)
 
 
 def test_bad_probed_configuration_is_rejected() -> None:
