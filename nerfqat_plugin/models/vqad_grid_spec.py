@@ -252,6 +252,10 @@ def _check(spec: GridSpec, cfg: VQADModelConfig) -> None:
         raise UserInputError(f"vqad: random_levels_fraction must be in [0, 1], got {cfg.random_levels_fraction}")
     if not 0.0 <= cfg.prune_at_fraction < 1.0:
         raise UserInputError(f"vqad: prune_at_fraction must be in [0, 1), got {cfg.prune_at_fraction}")
+    if not 0.0 <= cfg.train_min_transmittance < 1.0:  # 1 or more would drop every training sample
+        raise UserInputError(
+            f"vqad: train_min_transmittance must be in [0, 1) (0: off), got {cfg.train_min_transmittance}"
+        )
     if cfg.eval_levels is not None and not 1 <= cfg.eval_levels <= levels:
         raise UserInputError(f"vqad: eval_levels must be in [1, {levels}], got {cfg.eval_levels}")
     values = model_values(

@@ -369,6 +369,12 @@ def test_bad_random_levels_fraction_is_one_line() -> None:
         _model(random_levels_fraction=1.5)
 
 
+@pytest.mark.parametrize("value", [1.0, -0.1])
+def test_bad_train_min_transmittance_is_one_line(value: float) -> None:
+    with pytest.raises(UserInputError, match=r"train_min_transmittance must be in \[0, 1\)"):
+        _model(train_min_transmittance=value)
+
+
 def test_defaults_by_scene_kind_build_their_grids_and_samplers() -> None:
     """No grid option: objects get the probed preset and march an occupancy grid, captures learned
     indices on the sparse preset with proposals (docs/methods/vqad.md)."""
