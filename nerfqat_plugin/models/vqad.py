@@ -203,9 +203,9 @@ class VQADModelConfig(CompressibleModelConfig):
     target_samples_per_batch: int = 1 << 18
     """sampler occupancy: training batches hold as many rays as make about this many evaluated
     samples (the ray count adapts each step); 0: the datamanager's fixed ray count."""
-    train_min_transmittance: float = 0.0
+    train_min_transmittance: float = 1e-4
     """sampler occupancy: training evaluates with gradients only the marched samples that more than this
-    fraction of light reaches, e.g. 1e-4 (a density pass without gradients finds them); 0: every one."""
+    fraction of light reaches (a density pass without gradients finds them); range [0, 1), 0: every one."""
     cpu_samples_per_batch: int = 1 << 15
     """sampler occupancy, training on a CPU: at most this many samples per batch, and the first batch
     at most this many candidates (eager steps hold about 80 kB per sample until the backward)."""

@@ -423,6 +423,16 @@ def test_rows_older_than_their_defaults_are_marked_and_run_again(
     assert "†" not in scene_suite.readme_table(tmp_path)
 
 
+def test_a_default_change_dated_per_scene_marks_only_those_scenes_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A default of the occupancy sampler changes lego's runs, not fern's (proposals).
+    monkeypatch.setattr(scene_suite, "DEFAULTS_SINCE", {"vqad": {"lego": "2026-11-22T00:00:00+00:00"}})
+    before = "2026-11-21T00:00:00+00:00"
+    assert scene_suite.previous_defaults(_row("vqad", "vqad", 30.0, kind="suite", scene="lego", date=before))
+    assert not scene_suite.previous_defaults(_row("vqad", "vqad", 24.0, kind="suite", scene="fern", date=before))
+    after = "2026-11-23T00:00:00+00:00"
+    assert not scene_suite.previous_defaults(_row("vqad", "vqad", 30.0, kind="suite", scene="lego", date=after))
+
+
 def test_results_doc_is_generated_per_scene_with_the_gap_to_nerfacto(tmp_path: Path) -> None:
     rows = [
         _row("nerf-qat-int8", "nerf-qat", 25.0, kind="suite", file_bytes=1_100_000, jobs_per_gpu=1),
