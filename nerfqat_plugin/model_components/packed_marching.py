@@ -11,13 +11,13 @@ extension is built on first use; where it does not build, torch is used). Elsewh
 every step of a slab of rays and keeps the occupied ones: the same steps, up to the rounding of
 nerfacc's running sum of step lengths.
 
-Training (vqad's occupancy sampler) evaluates the marched samples with gradients (optionally only
-those that light still reaches, found without gradients: :func:`packed_transmittance`) and
-composites them (:func:`packed_weights`, :func:`composite_packed`). Renders evaluate the field front to back in
-windows of ``window`` samples per ray: after each window, rays whose transmittance has fallen below
-``min_transmittance`` stop, so samples behind an opaque surface are never evaluated; colours only
-where a sample's weight reaches ``min_weight`` (the bounds of :mod:`sample_skipping`, far below one
-8-bit level).
+Training (vqad's occupancy sampler) finds, without gradients, the marched samples that light still
+reaches (:func:`packed_transmittance`; every one where its threshold is 0), evaluates those with
+gradients and composites them (:func:`packed_weights`, :func:`composite_packed`). Renders evaluate the
+field front to back in windows of ``window`` samples per ray: after each window, rays whose
+transmittance has fallen below ``min_transmittance`` stop, so samples behind an opaque surface are
+never evaluated; colours only where a sample's weight reaches ``min_weight`` (the bounds of
+:mod:`sample_skipping`, far below one 8-bit level).
 """
 
 from __future__ import annotations
