@@ -20,6 +20,8 @@ from torchmetrics.functional.image import peak_signal_noise_ratio
 from nerfqat_plugin.metrics.lpips_weights import LPIPS_ALEXNET_ENV, find_alexnet_weights, pretrained_lpips
 
 _LPIPS_CACHE: Dict[str, torch.nn.Module] = {}
+LPIPS_MIN_SIDE = 31
+"""Pixels per side below which AlexNet's two poolings leave no feature map: LPIPS is None there."""
 _STATE: Dict[str, Optional[str]] = {}
 
 
@@ -55,13 +57,14 @@ def lpips_metric(device: torch.device) -> Optional[torch.nn.Module]:
 
 
 def image_metrics(gt: Tensor, pred: Tensor) -> Dict[str, Optional[float]]:
-    """PSNR, SSIM and LPIPS (or ``None``) of ``[H, W, 3]`` images in [0, 1]."""
+    """PSNR, SSIM and LPIPS (``None`` without weights, or under :data:`LPIPS_MIN_SIDE` pixels a side) of
+    ``[H, W, 3]`` images in [0, 1]."""
     gt_b = torch.moveaxis(gt, -1, 0)[None].float()
     pred_b = torch.moveaxis(pred, -1, 0)[None].float().clamp(0.0, 1.0)
     metrics: Dict[str, Optional[float]] = {
         "psnr": float(peak_signal_noise_ratio(pred_b, gt_b, data_range=1.0)),
         "ssim": float(structural_similarity_index_measure(pred_b, gt_b, data_range=1.0)),  # type: ignore[arg-type]
     }
-    lpips = lpips_metric(gt.device)
+    lpips = lpips_metric(gt.device) if min(gt.shape[0], gt.shape[1]) >= LPIPS_MIN_SIDE else None
     metrics["lpips"] = float(lpips(pred_b, gt_b, normalize=True).mean()) if lpips is not None else None
     return metrics

