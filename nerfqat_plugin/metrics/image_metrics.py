@@ -19,9 +19,9 @@ from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from nerfqat_plugin.metrics.lpips_weights import LPIPS_ALEXNET_ENV, find_alexnet_weights, pretrained_lpips
 
-_LPIPS_CACHE: Dict[str, torch.nn.Module] = {}
 LPIPS_MIN_SIDE = 31
 """Pixels per side below which AlexNet's two poolings leave no feature map: LPIPS is None there."""
+_LPIPS_CACHE: Dict[str, torch.nn.Module] = {}
 _STATE: Dict[str, Optional[str]] = {}
 
 
