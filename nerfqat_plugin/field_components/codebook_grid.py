@@ -18,7 +18,7 @@ features, ``codebook[index]`` and zeros in dropped blocks, and interpolates it w
 one fused kernel per level instead of corner arithmetic, an index gather and a codebook gather per
 corner. The values are the same trilinear sum up to float rounding. Probed levels too large to decode
 read each corner's stored probe and codebook entry in one Triton kernel
-(:func:`.fused_codebook_lookup.stored_probed_level_lookup`).
+(:func:`.fused_codebook_lookup.stored_probed_lookup`).
 
 For the paper's ablation the indices can instead be fixed: ``random`` (drawn once from a seed) or
 ``hashed`` (instant-NGP's spatial hash of the vertex). Neither needs storing, so at equal bytes
@@ -44,8 +44,8 @@ from nerfqat_plugin.field_components.block_occupancy import block_grid_shape
 from nerfqat_plugin.field_components.fused_codebook_lookup import (
     fused_level_lookup,
     fused_lookup_available,
-    fused_probed_level_lookup,
-    stored_probed_level_lookup,
+    fused_probed_lookup,
+    stored_probed_lookup,
 )
 from nerfqat_plugin.field_components.half_precision import round_to_half
 from nerfqat_plugin.field_components.weights_version import tensors_version
@@ -220,6 +220,7 @@ class LearnedIndexCodebookGrid(nn.Module):
         self.register_buffer("corner_offsets", _CORNERS.clone(), persistent=False)
         levels_float = torch.tensor(self.resolutions, dtype=torch.float32).reshape(-1, 3)
         self.register_buffer("level_resolutions", levels_float, persistent=False)
+        self.register_buffer("level_vertex_counts", levels_float.int(), persistent=False)  # the kernels' int32
         self.codebooks = nn.ParameterList(
             [nn.Parameter(init_std * torch.randn(self.codebook_size(lvl), feature_dim)) for lvl in self.levels]
         )
@@ -557,16 +558,15 @@ class LearnedIndexCodebookGrid(nn.Module):
         if not hard and self._fusable(rows, positions):
             return self._fused_level_features(positions, level)
         if self._fusable_probed(positions, hard):
-            codebook = round_to_half(self.codebooks[level])
+            codebook, vertices = round_to_half(self.codebooks[level]), self.level_vertex_counts[level : level + 1]
             if self.frozen:  # a file's stored probes, straight from the table
-                return stored_probed_level_lookup(
-                    positions, getattr(self, f"indices_{level}"), codebook, self.resolutions[level],
-                    self.probe_bits, _HASH_PRIMES, _PROBE_HASH_PRIMES,
-                )  # fmt: skip
-            return fused_probed_level_lookup(
-                positions, self.logits[level], codebook, self.resolutions[level], self.probe_table_bits,
-                _HASH_PRIMES, _PROBE_HASH_PRIMES,
-            )  # fmt: skip
+                table = getattr(self, f"indices_{level}")
+                return stored_probed_lookup(
+                    positions, [table], [codebook], vertices, self.probe_bits, _HASH_PRIMES, _PROBE_HASH_PRIMES
+                )[:, 0]
+            return fused_probed_lookup(
+                positions, [self.logits[level]], [codebook], vertices, _HASH_PRIMES, _PROBE_HASH_PRIMES
+            )[:, 0]
         corners, ids, weights = corner_lookup(positions, self.resolutions[level], self.corner_offsets)
         mask = self.block_mask(level)
         if mask is not None:  # corners in dropped blocks contribute nothing
@@ -663,6 +663,13 @@ class LearnedIndexCodebookGrid(nn.Module):
         hard = not soft
         if level_mask is None and self._reads_decoded_volumes(hard):
             return self._rendered_features(positions, levels)
+        if self._fuses_probed_levels(positions, soft):
+            codebooks = [round_to_half(codebook) for codebook in self.codebooks[:levels]]
+            features = fused_probed_lookup(
+                positions, list(self.logits[:levels]), codebooks, self.level_vertex_counts[:levels],
+                _HASH_PRIMES, _PROBE_HASH_PRIMES,
+            )  # fmt: skip
+            return self._combined_levels(features, level_mask)
         if soft and self._probes_levels_together(positions):
             return self._probed_levels_together(positions, levels, level_mask)
         features = [self.level_features(positions, 0, hard)]
@@ -675,23 +682,47 @@ class LearnedIndexCodebookGrid(nn.Module):
         features += [torch.zeros_like(features[0])] * missing
         return torch.cat(features, dim=-1)
 
+    def _fuses_probed_levels(self, positions: Tensor, soft: bool) -> bool:
+        """Whether a lookup takes every level of a probed grid in one Triton kernel: free logits (not a
+        file's probes) of levels of one codebook size (the presets'), Triton there, and either training
+        with option ``fused_lookup`` or a training model's lookup without gradients (the occupancy,
+        pruning and hidden-sample densities, from the logits' argmax)."""
+        if self.index_mode != "probed" or self.frozen or len(set(self.level_bits)) != 1:
+            return False
+        if not fused_lookup_available(positions.device):
+            return False
+        return self.fused_lookup if soft else self.training and not torch.is_grad_enabled()
+
     def _probes_levels_together(self, positions: Tensor) -> bool:
         """Whether a training (soft) lookup of a probed grid takes all levels in one set of tensor
         operations: compiled code (which fuses the level axis's temporaries; run eagerly, every level's
         would be alive at once), levels of one codebook size (the presets'), and the per-level Triton
-        kernel (``fused_lookup``) not chosen instead."""
+        kernel (``fused_lookup``, where the levels' codebook sizes differ) not chosen instead."""
         if self.index_mode != "probed" or self.frozen or len(set(self.level_bits)) != 1:
             return False
         if not torch.compiler.is_compiling():
             return False
         return not self._fusable_probed(positions, hard=False)
 
+    def _combined_levels(self, features: Tensor, level_mask: Optional[Tensor]) -> Tensor:
+        """The grid's output from features [N, levels, F] with a level axis: levels dropped per point by
+        ``level_mask`` (level 0 is every point's), then summed, or concatenated and zero-padded to
+        ``concat_levels``."""
+        n, levels, f = features.shape
+        if level_mask is not None:
+            features = torch.cat([features[:, :1], features[:, 1:] * level_mask[:, 1:levels, None]], dim=1)
+        if not self.concat_levels:
+            return features.sum(dim=1)
+        features = features.reshape(n, levels * f)
+        missing = (self.concat_levels - levels) * f
+        return torch.cat([features, features.new_zeros(n, missing)], dim=-1) if missing else features
+
     def _probed_levels_together(self, positions: Tensor, levels: int, level_mask: Optional[Tensor]) -> Tensor:
         """:meth:`forward`'s training lookup of a probed grid with a level axis instead of a loop over
         levels: the same values and gradients as :meth:`level_features` level by level, in a handful
         of kernels instead of a handful per level (a training step is bound by its kernel launches).
         Level ``l``'s rows of the stacked logits and codebooks start at ``l`` times a level's rows."""
-        n, probes, f = positions.shape[0], 1 << self.probe_bits, self.feature_dim
+        probes = 1 << self.probe_bits
         resolution = self.level_resolutions[:levels]  # [L, 3] float, vertices per axis
         scaled = positions.clamp(0.0, 1.0)[:, None, :] * (resolution - 1.0)  # [N, L, 3]
         base = torch.minimum(scaled.floor(), resolution - 2.0)
@@ -707,14 +738,7 @@ class LearnedIndexCodebookGrid(nn.Module):
         codebook = round_to_half(torch.cat(list(self.codebooks[:levels])))
         candidates = F.embedding(bucket[..., None] + torch.arange(probes, device=positions.device), codebook)
         vertex = (_straight_through(logits)[..., None] * candidates).sum(dim=-2)  # [N, L, 8, F]
-        features = (weights[..., None] * vertex).sum(dim=2)  # [N, L, F]
-        if level_mask is not None:  # level 0 is every point's
-            features = torch.cat([features[:, :1], features[:, 1:] * level_mask[:, 1:levels, None]], dim=1)
-        if not self.concat_levels:
-            return features.sum(dim=1)
-        features = features.reshape(n, levels * f)
-        missing = (self.concat_levels - levels) * f
-        return torch.cat([features, features.new_zeros(n, missing)], dim=-1) if missing else features
+        return self._combined_levels((weights[..., None] * vertex).sum(dim=2), level_mask)  # [N, L, F] first
 
     def _rendered_features(self, positions: Tensor, levels: int) -> Tensor:
         """:meth:`forward` for rendering (hard indices, no gradients, every point at ``levels``): the

@@ -15,18 +15,19 @@ through Triton's interpreter).
 Free logits only (the default ``logit_rank`` 0, dense or compacted levels, with or without a block
 mask); positions get no gradient (the fields' positions need none).
 
-Probed levels (:func:`fused_probed_level_lookup`) have their own kernel: per corner the two spatial
-hashes (the codebook bucket of ``2**probe_bits`` entries, the index-table slot), the slot's probe
-logits, their argmax and ``weight * codebook[bucket + argmax]``; the torch path writes [N, 8, probes,
-F] candidate rows and softmaxes. Backward recomputes the corners from the positions (nothing per
-corner is kept between the passes) and adds the straight-through gradient to the touched slots' logits
-and the chosen codebook rows.
+Probed levels (:func:`fused_probed_lookup`) have their own kernels, which take every level of a grid
+in one launch (a program per block of points and level; a training step is bound by its launches):
+per corner the two spatial hashes (the codebook bucket of ``2**probe_bits`` entries, the index-table
+slot), the slot's probe logits, their argmax and ``weight * codebook[bucket + argmax]``; the torch path
+writes [N, levels, 8, probes, F] candidate rows and softmaxes. Backward recomputes the corners from
+the positions (nothing per corner is kept between the passes) and adds the straight-through gradient
+to the touched slots' logits and the chosen codebook rows.
 """
 
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -159,13 +160,24 @@ if triton is not None:
         return bucket, slot, weight
 
     @triton.jit
+    def _probed_level(res_ptr):
+        """This program's level (the launch grid's second axis) and its vertices per axis."""
+        level = tl.program_id(1).to(tl.int64)
+        return level, tl.load(res_ptr + level * 3), tl.load(res_ptr + level * 3 + 1), tl.load(res_ptr + level * 3 + 2)
+
+    @triton.jit
     def _probed_forward_kernel(
-        pos_ptr, logits_ptr, codebook_ptr, out_ptr,
-        n, rx, ry, rz, b0, b1, b2, bucket_mask, s0, s1, s2, slot_mask,
+        pos_ptr, res_ptr, table_ptr, codebook_ptr, out_ptr,
+        n, table_stride, codebook_stride, b0, b1, b2, bucket_mask, s0, s1, s2, slot_mask,
         P: tl.constexpr, F: tl.constexpr, F_PAD: tl.constexpr, BLOCK: tl.constexpr, STORED: tl.constexpr,
     ):  # fmt: skip
-        """``STORED``: ``logits_ptr`` holds each slot's stored probe (integers) instead of its logits."""
+        """A block of points (axis 0) at one level (axis 1) into ``out`` [N, levels, F]; each level's
+        rows of the stacked table and codebook start at ``level * stride``. ``STORED``: the table
+        holds each slot's stored probe (integers) instead of its logits."""
         points, valid, px, py, pz = _block_points(pos_ptr, n, BLOCK)
+        level, rx, ry, rz = _probed_level(res_ptr)
+        table_ptr += level * table_stride
+        codebook_ptr += level * codebook_stride
         probes = tl.arange(0, P)
         features = tl.arange(0, F_PAD)
         both = valid[:, None] & (features < F)[None, :]
@@ -175,33 +187,40 @@ if triton is not None:
                 px, py, pz, rx, ry, rz, b0, b1, b2, bucket_mask, s0, s1, s2, slot_mask, corner, P
             )
             if STORED:
-                entry = bucket + tl.load(logits_ptr + slot, mask=valid, other=0).to(tl.int64)
+                entry = bucket + tl.load(table_ptr + slot, mask=valid, other=0).to(tl.int64)
             else:
-                logits = tl.load(logits_ptr + slot[:, None] * P + probes[None, :], mask=valid[:, None], other=0.0)
+                logits = tl.load(table_ptr + slot[:, None] * P + probes[None, :], mask=valid[:, None], other=0.0)
                 entry = bucket + tl.argmax(logits, axis=1)
             acc += weight[:, None] * tl.load(codebook_ptr + entry[:, None] * F + features[None, :], mask=both)
-        tl.store(out_ptr + points[:, None] * F + features[None, :], acc, mask=both)
+        rows = points.to(tl.int64) * tl.num_programs(1) + level
+        tl.store(out_ptr + rows[:, None] * F + features[None, :], acc, mask=both)
 
     @triton.jit
     def _probed_backward_kernel(
-        grad_out_ptr, pos_ptr, logits_ptr, codebook_ptr, grad_logits_ptr, grad_codebook_ptr,
-        n, rx, ry, rz, b0, b1, b2, bucket_mask, s0, s1, s2, slot_mask,
+        grad_out_ptr, pos_ptr, res_ptr, logits_ptr, codebook_ptr, grad_logits_ptr, grad_codebook_ptr,
+        n, table_stride, codebook_stride, b0, b1, b2, bucket_mask, s0, s1, s2, slot_mask,
         P: tl.constexpr, F: tl.constexpr, F_PAD: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
         points, valid, px, py, pz = _block_points(pos_ptr, n, BLOCK)
+        level, rx, ry, rz = _probed_level(res_ptr)
+        logits_ptr += level * table_stride
+        grad_logits_ptr += level * table_stride
+        codebook_ptr += level * codebook_stride
+        grad_codebook_ptr += level * codebook_stride
         probes = tl.arange(0, P)
         features = tl.arange(0, F_PAD)
         feature_ok = features < F
         both = valid[:, None] & feature_ok[None, :]
-        grad_out = tl.load(grad_out_ptr + points[:, None] * F + features[None, :], mask=both, other=0.0)
+        rows = points.to(tl.int64) * tl.num_programs(1) + level
+        grad_out = tl.load(grad_out_ptr + rows[:, None] * F + features[None, :], mask=both, other=0.0)
         for corner in tl.static_range(8):
             bucket, slot, weight = _probed_corner(
                 px, py, pz, rx, ry, rz, b0, b1, b2, bucket_mask, s0, s1, s2, slot_mask, corner, P
             )
             g = weight[:, None] * grad_out  # [BLOCK, F_PAD]
-            rows = bucket[:, None] + probes[None, :]  # the bucket's entries [BLOCK, P]
+            entries = bucket[:, None] + probes[None, :]  # the bucket's entries [BLOCK, P]
             candidates = tl.load(
-                codebook_ptr + rows[:, :, None] * F + features[None, None, :],
+                codebook_ptr + entries[:, :, None] * F + features[None, None, :],
                 mask=valid[:, None, None] & feature_ok[None, None, :],
                 other=0.0,
             )
@@ -327,116 +346,133 @@ def _probed_hash_args(codebook_bits: int, probe_bits: int, table_bits: int, buck
     return (*bucket_primes, (1 << (codebook_bits - probe_bits)) - 1, *slot_primes, (1 << table_bits) - 1)
 
 
+def _probed_launch(positions: Tensor, resolutions: Tensor) -> Tuple[int, Tuple[int, int]]:
+    """Points, and the launch grid: blocks of points by levels."""
+    n = positions.shape[0]
+    return n, (triton.cdiv(n, BLOCK_POINTS), resolutions.shape[0])
+
+
 @torch.library.custom_op("nerfqat::fused_probed_lookup_forward", mutates_args=())
 def _probed_forward(
-    positions: Tensor, logits: Tensor, codebook: Tensor, resolution: List[int], hashing: List[int]
+    positions: Tensor, logits: Tensor, codebook: Tensor, resolutions: Tensor, hashing: List[int]
 ) -> Tensor:
-    """Features [N, F] of a probed level (``hashing``: :func:`_probed_hash_args`)."""
-    return _run_probed_forward(positions, logits, codebook, resolution, hashing, logits.shape[1], stored=False)
+    """Features [N, levels, F] of probed levels whose index-table logits [levels * slots, probes] and
+    codebooks [levels * entries, F] are stacked; ``resolutions`` [levels, 3] (int32), ``hashing``:
+    :func:`_probed_hash_args`."""
+    return _run_probed_forward(positions, logits, codebook, resolutions, hashing, logits.shape[1], stored=False)
 
 
 def _run_probed_forward(
-    positions: Tensor, table: Tensor, codebook: Tensor, resolution: List[int], hashing: List[int], probes: int,
+    positions: Tensor, table: Tensor, codebook: Tensor, resolutions: Tensor, hashing: List[int], probes: int,
     stored: bool,
 ) -> Tensor:  # fmt: skip
     """The probed forward kernel over ``positions``: ``table`` holds each slot's ``probes`` logits
-    [slots, probes], or (``stored``) its probe [slots]."""
+    [levels * slots, probes], or (``stored``) its probe [levels * slots]."""
     _ensure_triton()
-    n, num_features = positions.shape[0], codebook.shape[1]
-    out = positions.new_empty(n, num_features)
-    _probed_forward_kernel[(triton.cdiv(n, BLOCK_POINTS),)](
-        positions.contiguous(), table.contiguous(), codebook.contiguous(), out, n, *resolution, *hashing,
-        P=probes, F=num_features, F_PAD=triton.next_power_of_2(num_features), BLOCK=BLOCK_POINTS, STORED=stored,
-    )  # fmt: skip
+    (n, launch), levels, num_features = _probed_launch(positions, resolutions), resolutions.shape[0], codebook.shape[1]
+    out = positions.new_empty(n, levels, num_features)
+    if n:
+        _probed_forward_kernel[launch](
+            positions.contiguous(), resolutions.contiguous(), table.contiguous(), codebook.contiguous(), out, n,
+            table.numel() // levels, codebook.numel() // levels, *hashing,
+            P=probes, F=num_features, F_PAD=triton.next_power_of_2(num_features), BLOCK=BLOCK_POINTS, STORED=stored,
+        )  # fmt: skip
     return out
 
 
 @_probed_forward.register_fake
-def _(positions, logits, codebook, resolution, hashing):
-    return positions.new_empty(positions.shape[0], codebook.shape[1])
+def _(positions, logits, codebook, resolutions, hashing):
+    return positions.new_empty(positions.shape[0], resolutions.shape[0], codebook.shape[1])
 
 
 @torch.library.custom_op("nerfqat::fused_probed_lookup_backward", mutates_args=())
 def _probed_backward(
-    grad_out: Tensor, positions: Tensor, logits: Tensor, codebook: Tensor, resolution: List[int], hashing: List[int]
+    grad_out: Tensor, positions: Tensor, logits: Tensor, codebook: Tensor, resolutions: Tensor, hashing: List[int]
 ) -> Tuple[Tensor, Tensor]:
-    """Gradients of the index-table logits (touched slots only) and of the codebook."""
+    """Gradients of the stacked index-table logits (touched slots only) and codebooks."""
     _ensure_triton()
     logits, codebook = logits.contiguous(), codebook.contiguous()
     grad_logits, grad_codebook = torch.zeros_like(logits), torch.zeros_like(codebook)
-    n, num_features = positions.shape[0], codebook.shape[1]
-    _probed_backward_kernel[(triton.cdiv(n, BLOCK_POINTS),)](
-        grad_out.contiguous(), positions.contiguous(), logits, codebook, grad_logits, grad_codebook,
-        n, *resolution, *hashing,
-        P=logits.shape[1], F=num_features, F_PAD=triton.next_power_of_2(num_features), BLOCK=BLOCK_POINTS,
-    )  # fmt: skip
+    (n, launch), levels, num_features = _probed_launch(positions, resolutions), resolutions.shape[0], codebook.shape[1]
+    if n:
+        _probed_backward_kernel[launch](
+            grad_out.contiguous(), positions.contiguous(), resolutions.contiguous(), logits, codebook, grad_logits,
+            grad_codebook, n, logits.numel() // levels, codebook.numel() // levels, *hashing,
+            P=logits.shape[1], F=num_features, F_PAD=triton.next_power_of_2(num_features), BLOCK=BLOCK_POINTS,
+        )  # fmt: skip
     return grad_logits, grad_codebook
 
 
 @_probed_backward.register_fake
-def _(grad_out, positions, logits, codebook, resolution, hashing):
+def _(grad_out, positions, logits, codebook, resolutions, hashing):
     return torch.empty_like(logits), torch.empty_like(codebook)
 
 
 def _probed_setup_context(ctx, inputs, output) -> None:
-    positions, logits, codebook, resolution, hashing = inputs
-    ctx.save_for_backward(positions, logits, codebook)
-    ctx.resolution, ctx.hashing = resolution, hashing
+    positions, logits, codebook, resolutions, hashing = inputs
+    ctx.save_for_backward(positions, logits, codebook, resolutions)
+    ctx.hashing = hashing
 
 
 def _probed_backward_autograd(ctx, grad_out):
-    positions, logits, codebook = ctx.saved_tensors
-    grad_logits, grad_codebook = _probed_backward(grad_out, positions, logits, codebook, ctx.resolution, ctx.hashing)
+    positions, logits, codebook, resolutions = ctx.saved_tensors
+    grad_logits, grad_codebook = _probed_backward(grad_out, positions, logits, codebook, resolutions, ctx.hashing)
     return None, grad_logits, grad_codebook, None, None
 
 
 _probed_forward.register_autograd(_probed_backward_autograd, setup_context=_probed_setup_context)
 
 
-def fused_probed_level_lookup(
+def _stacked(rows: Sequence[Tensor]) -> Tensor:
+    """Levels' tables of one shape as one (a single level as it is)."""
+    return rows[0] if len(rows) == 1 else torch.cat(list(rows))
+
+
+def fused_probed_lookup(
     positions: Tensor,
-    logits: Tensor,
-    codebook: Tensor,
-    resolution: Tuple[int, int, int],
-    probe_table_bits: int,
+    logits: Sequence[Tensor],
+    codebooks: Sequence[Tensor],
+    resolutions: Tensor,
     bucket_primes: Primes,
     slot_primes: Primes,
 ) -> Tensor:
-    """Features [N, F] at ``positions`` in [0, 1]^3 [N, 3] of a probed level of ``resolution`` vertices
-    per axis: each corner's ``codebook[bucket + argmax(logits[slot])]`` with trilinear weights,
-    straight-through gradients to the index-table ``logits`` [2**probe_table_bits, probes] and the
-    ``codebook`` [2**bits, F]. The bucket (of ``probes`` consecutive entries) and the slot are the
-    corner's spatial hashes with ``bucket_primes`` and ``slot_primes``."""
+    """Features [N, levels, F] at ``positions`` in [0, 1]^3 [N, 3] of probed levels with ``resolutions``
+    [levels, 3] (int32) vertices per axis, all in one kernel: each corner's ``codebook[bucket +
+    argmax(logits[slot])]`` with trilinear weights, straight-through gradients to each level's
+    index-table ``logits`` [slots, probes] and ``codebook`` [entries, F] (one shape for every level).
+    The bucket (of ``probes`` consecutive entries) and the slot are the corner's spatial hashes with
+    ``bucket_primes`` and ``slot_primes``."""
     _ensure_triton()
-    entries, probes = codebook.shape[0], logits.shape[1]
-    if entries & (entries - 1) or probes & (probes - 1) or probes > entries or logits.shape[0] != 1 << probe_table_bits:
-        raise ValueError(
-            f"probed logits {tuple(logits.shape)} and codebook {tuple(codebook.shape)}: powers of 2, "
-            f"2**{probe_table_bits} slots of at most {entries} probes"
-        )
+    (slots, probes), (entries, _) = logits[0].shape, codebooks[0].shape
+    shapes = {(tuple(a.shape), tuple(c.shape)) for a, c in zip(logits, codebooks, strict=True)}
+    if len(shapes) != 1 or len(logits) != resolutions.shape[0]:
+        raise ValueError(f"probed levels of one shape, one per row of resolutions {tuple(resolutions.shape)}: {shapes}")
+    if entries & (entries - 1) or probes & (probes - 1) or probes > entries or slots & (slots - 1):
+        raise ValueError(f"probed logits {(slots, probes)}, codebook entries {entries}: powers of 2, probes <= entries")
     hashing = _probed_hash_args(
-        entries.bit_length() - 1, probes.bit_length() - 1, probe_table_bits, bucket_primes, slot_primes
+        entries.bit_length() - 1, probes.bit_length() - 1, slots.bit_length() - 1, bucket_primes, slot_primes
     )
-    return _probed_forward(positions, logits, codebook, list(resolution), list(hashing))
+    return _probed_forward(positions, _stacked(logits), _stacked(codebooks), resolutions, list(hashing))
 
 
-def stored_probed_level_lookup(
+def stored_probed_lookup(
     positions: Tensor,
-    probes: Tensor,
-    codebook: Tensor,
-    resolution: Tuple[int, int, int],
+    probes: Sequence[Tensor],
+    codebooks: Sequence[Tensor],
+    resolutions: Tensor,
     probe_bits: int,
     bucket_primes: Primes,
     slot_primes: Primes,
 ) -> Tensor:
-    """Features [N, F] at ``positions`` of a probed level whose index table holds stored probes
-    (``probes`` [2**table_bits], integers, as a file holds them): each corner's ``codebook[bucket +
+    """Features [N, levels, F] at ``positions`` of probed levels whose index tables hold stored probes
+    (``probes`` [slots] per level, integers, as a file holds them): each corner's ``codebook[bucket +
     probes[slot]]`` with trilinear weights, in one kernel; no gradients (rendering a file)."""
     _ensure_triton()
-    entries, slots = codebook.shape[0], probes.numel()
+    (entries, _), slots = codebooks[0].shape, probes[0].numel()
     if entries & (entries - 1) or slots & (slots - 1) or not 1 <= probe_bits <= entries.bit_length() - 1:
-        raise ValueError(f"probes {tuple(probes.shape)} and codebook {tuple(codebook.shape)}: powers of 2")
+        raise ValueError(f"probes {tuple(probes[0].shape)} and codebook {tuple(codebooks[0].shape)}: powers of 2")
     hashing = _probed_hash_args(
         entries.bit_length() - 1, probe_bits, slots.bit_length() - 1, bucket_primes, slot_primes
     )
-    return _run_probed_forward(positions, probes, codebook, list(resolution), list(hashing), 1 << probe_bits, True)
+    table, codebook = _stacked(probes), _stacked(codebooks)
+    return _run_probed_forward(positions, table, codebook, resolutions, list(hashing), 1 << probe_bits, True)

@@ -188,3 +188,15 @@ def test_fused_lookup_speed_row_times_both_paths_and_compares_them(tmp_path: Pat
     assert row["label"] == "fused-lookup-6-4bit-8f" and row["points"] == 64
     assert row["torch_forward_backward_ms"] > 0 and row["fused_forward_backward_ms"] > 0
     assert row["max_value_difference"] <= 1e-6
+
+
+def test_fused_lookup_speed_probed_row_times_the_default_grid_every_level_at_once(tmp_path: Path) -> None:
+    pytest.importorskip("triton")
+    rows = tmp_path / "rows.jsonl"
+    args = ["--probed", "--points", "32", "--repeats", "1", "--results", str(rows)]
+    _script("fused_lookup_speed.py", args, tmp_path, env={"TRITON_INTERPRET": "1"})  # through Triton's interpreter
+    (row,) = [json.loads(line) for line in rows.read_text().splitlines()]
+    assert row["label"] == "fused-probed-lookup-16-levels" and row["points"] == 32
+    assert min(row[f"{path}_ms"] for path in ("torch_forward_backward", "fused_forward_backward")) > 0
+    assert min(row[f"{path}_ms"] for path in ("per_level_no_grad", "all_levels_no_grad")) > 0
+    assert row["max_value_difference"] <= 1e-6  # the kernel's argmax lookup is the straight-through value

@@ -172,50 +172,75 @@ import torch
 import nerfqat_plugin.field_components.codebook_grid as codebook_grid
 from nerfqat_plugin.field_components.codebook_grid import LearnedIndexCodebookGrid
 
-calls = []
-fused = codebook_grid.fused_probed_level_lookup
-codebook_grid.fused_probed_level_lookup = lambda *args: calls.append(1) or fused(*args)
+calls = []  # the levels of each fused call
+fused = codebook_grid.fused_probed_lookup
+codebook_grid.fused_probed_lookup = lambda *args: calls.append(len(args[1])) or fused(*args)
 torch.manual_seed(0)
-# 6-bit codebooks of 4-probe buckets, 64-slot index tables: levels of 150 and 378 vertices collide.
+# 6-bit codebooks of 4-probe buckets, 256-slot index tables: levels of 378 and 1,716 vertices
+# collide. Levels concatenated and padded to 4: the level axis's layout is the output's.
 grid = LearnedIndexCodebookGrid(
-    resolutions=(5, (9, 7, 6)), bits=6, feature_dim=3, index_mode="probed", probe_bits=2, probe_table_bits=6
+    resolutions=(5, (9, 7, 6), (13, 12, 11)), bits=6, feature_dim=3, index_mode="probed", probe_bits=2,
+    probe_table_bits=8, concat_levels=4,
 ).train()
 with torch.no_grad():
     for logits in grid.logits:
         logits.normal_(0.0, 2.0)  # probes spread over each bucket
 g = torch.Generator().manual_seed(1)
 positions = torch.cat([torch.rand(40, 3, generator=g), torch.rand(8, 3, generator=g) * 1.6 - 0.3])
-upstream = torch.randn(len(positions), 3, generator=g)
+upstream = torch.randn(len(positions), 12, generator=g)
+level_mask = (torch.rand(len(positions), 3, generator=g) > 0.4).float()
 
 
 def run(function, fused_lookup):
     grid.fused_lookup = fused_lookup
     grid.zero_grad()
     out = function()
-    (out * upstream).sum().backward()
+    (out * upstream[:, : out.shape[1]]).sum().backward()
     grads = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in [*grid.logits, *grid.codebooks]]
     return [out.detach(), *grads]
 
 
+def differences(got, expected):
+    return [float((a - b).abs().max()) for a, b in zip(got, expected)]
+
+
 levels = []
-for level in range(2):
+for level in range(3):
     expected = run(lambda: grid.level_features(positions, level, hard=False), False)
     got = run(lambda: grid.level_features(positions, level, hard=False), True)
     logit_grad, fused_logit_grad = expected[1 + level], got[1 + level]
     levels.append({
-        "scales": [float(t.abs().max()) for t in (expected[0], logit_grad, expected[3 + level])],
-        "differences": [float((a - b).abs().max()) for a, b in zip(got, expected)],
+        "scales": [float(t.abs().max()) for t in (expected[0], logit_grad, expected[4 + level])],
+        "differences": differences(got, expected),
         "touched": int((fused_logit_grad.abs().sum(-1) > 0).sum()),
         "expected_touched": int((logit_grad.abs().sum(-1) > 0).sum()),
         "slots": logit_grad.shape[0],
     })
+per_level_calls = list(calls)
+together = {}
+for name, call in {
+    "all": lambda: grid(positions),
+    "two levels, masked": lambda: grid(positions, num_levels=2, level_mask=level_mask),
+}.items():
+    expected = run(call, False)
+    together[name] = differences(run(call, True), expected)
+eager_calls = calls[len(per_level_calls):]
+with torch.no_grad():  # a training model's densities: the logits' argmax, every level in one kernel
+    grid.fused_lookup = False
+    hard = grid(positions, num_levels=2, level_mask=level_mask)
+no_grad_calls = calls[len(per_level_calls) + len(eager_calls):]
 eager = run(lambda: grid(positions), False)
 compiled = torch.compile(grid, backend="aot_eager", fullgraph=True)
 in_graph = run(lambda: compiled(positions), True)
 print(json.dumps({
     "levels": levels,
-    "compiled": [float((a - b).abs().max()) for a, b in zip(in_graph, eager)],
-    "calls": len(calls),
+    "per_level_calls": per_level_calls,
+    "together": together,
+    "together_calls": eager_calls,
+    "no_grad": float((hard - run(lambda: grid(positions, num_levels=2, level_mask=level_mask), False)[0]).abs().max()),
+    "no_grad_calls": no_grad_calls,
+    "compiled": differences(in_graph, eager),
+    "compiled_calls": calls[len(per_level_calls) + len(eager_calls) + len(no_grad_calls):],
 }))
 """
 
@@ -225,11 +250,17 @@ def test_the_fused_probed_lookup_has_the_torch_paths_values_and_gradients() -> N
     proc = subprocess.run([sys.executable, "-c", PROBED], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["calls"] >= 4, result  # each level eagerly, then both in the compiled graph
+    assert result["per_level_calls"] == [1, 1, 1], result  # one level each
     for level in result["levels"]:
         assert min(level["scales"]) > 1e-2, level  # values and gradients say something
         assert max(level["differences"]) <= 1e-5, level  # values, logits' and codebooks' gradients
         assert 0 < level["touched"] == level["expected_touched"] < level["slots"], level  # touched slots only
+    # Every level in one call, with levels masked per point and the concatenation padded.
+    assert result["together_calls"] == [3, 2], result
+    for name, found in result["together"].items():
+        assert max(found) <= 1e-5, (name, result)
+    assert result["no_grad_calls"] == [2] and result["no_grad"] <= 1e-6, result  # densities without gradients
+    assert result["compiled_calls"] and set(result["compiled_calls"]) == {3}, result
     assert max(result["compiled"]) <= 1e-5, result  # one graph (fullgraph), the same values and gradients
 
 
@@ -240,7 +271,7 @@ import nerfqat_plugin.field_components.codebook_grid as codebook_grid
 from nerfqat_plugin.field_components.codebook_grid import LearnedIndexCodebookGrid
 
 calls = []
-for name in ("stored_probed_level_lookup", "fused_probed_level_lookup"):
+for name in ("stored_probed_lookup", "fused_probed_lookup"):
     kernel = getattr(codebook_grid, name)
     setattr(codebook_grid, name, lambda *args, kernel=kernel, name=name: calls.append(name) or kernel(*args))
 codebook_grid.MAX_DECODED_PROBED_LEVEL_BYTES = 0  # no level decodes: every lookup takes a kernel or gathers
@@ -277,7 +308,7 @@ def test_renders_look_probed_levels_up_from_stored_probes_in_one_kernel() -> Non
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     # Both levels of the trained grid (argmax of its logits), then of the frozen one (its stored probes).
-    assert result["calls"] == ["fused_probed_level_lookup"] * 2 + ["stored_probed_level_lookup"] * 2, result
+    assert result["calls"] == ["fused_probed_lookup"] * 2 + ["stored_probed_lookup"] * 2, result
     assert result["scale"] > 1e-2, result
     assert result["frozen_vs_trained"] <= 1e-6, result  # the stored probes are the argmax
     assert max(result["differences"]) <= 1e-5, result  # the kernels' values are the gathers'
