@@ -257,8 +257,9 @@ class LearnedIndexCodebookGrid(nn.Module):
         """Renders interpolate each level's decoded feature volume, and look probed levels too large to
         decode up in one kernel where Triton runs (see the module docstring)."""
         self.fused_lookup = False
-        """Training looks levels of free logits with more rows than the points have corners, and probed
-        levels, up with one Triton kernel each where it runs (:mod:`.fused_codebook_lookup`)."""
+        """Training looks levels of free logits with more rows than the points have corners up with one
+        Triton kernel each where it runs, and a probed grid's levels with one for all
+        (:mod:`.fused_codebook_lookup`)."""
         self._volume_cache: Dict[int, Tuple[Tuple[Tuple[int, int], ...], Tensor]] = {}
         self.half_logits_in_state = False
         """Checkpoints (state dicts) hold free logits as fp16, shifted so each row's largest is 0
