@@ -220,7 +220,7 @@ class LearnedIndexCodebookGrid(nn.Module):
         self.register_buffer("corner_offsets", _CORNERS.clone(), persistent=False)
         levels_float = torch.tensor(self.resolutions, dtype=torch.float32).reshape(-1, 3)
         self.register_buffer("level_resolutions", levels_float, persistent=False)
-        self.register_buffer("level_vertex_counts", levels_float.int(), persistent=False)  # the kernels' int32
+        self.register_buffer("level_resolutions_int32", levels_float.int(), persistent=False)  # the kernels'
         self.codebooks = nn.ParameterList(
             [nn.Parameter(init_std * torch.randn(self.codebook_size(lvl), feature_dim)) for lvl in self.levels]
         )
@@ -559,7 +559,7 @@ class LearnedIndexCodebookGrid(nn.Module):
         if not hard and self._fusable(rows, positions):
             return self._fused_level_features(positions, level)
         if self._fusable_probed(positions, hard):
-            codebook, vertices = round_to_half(self.codebooks[level]), self.level_vertex_counts[level : level + 1]
+            codebook, vertices = round_to_half(self.codebooks[level]), self.level_resolutions_int32[level : level + 1]
             if self.frozen:  # a file's stored probes, straight from the table
                 table = getattr(self, f"indices_{level}")
                 return stored_probed_lookup(
@@ -667,11 +667,11 @@ class LearnedIndexCodebookGrid(nn.Module):
         if self._fuses_probed_levels(positions, soft):
             codebooks = [round_to_half(codebook) for codebook in self.codebooks[:levels]]
             features = fused_probed_lookup(
-                positions, list(self.logits[:levels]), codebooks, self.level_vertex_counts[:levels],
+                positions, list(self.logits[:levels]), codebooks, self.level_resolutions_int32[:levels],
                 _HASH_PRIMES, _PROBE_HASH_PRIMES,
             )  # fmt: skip
             return self._combined_levels(features, level_mask)
-        if soft and self._probes_levels_together(positions):
+        if soft and self._probes_levels_together():
             return self._probed_levels_together(positions, levels, level_mask)
         features = [self.level_features(positions, 0, hard)]
         for lvl in range(1, levels):
@@ -694,16 +694,14 @@ class LearnedIndexCodebookGrid(nn.Module):
             return False
         return self.fused_lookup if soft else self.training and not torch.is_grad_enabled()
 
-    def _probes_levels_together(self, positions: Tensor) -> bool:
+    def _probes_levels_together(self) -> bool:
         """Whether a training (soft) lookup of a probed grid takes all levels in one set of tensor
         operations: compiled code (which fuses the level axis's temporaries; run eagerly, every level's
-        would be alive at once), levels of one codebook size (the presets'), and the per-level Triton
-        kernel (``fused_lookup``, where the levels' codebook sizes differ) not chosen instead."""
+        would be alive at once) and levels of one codebook size (the presets'). :meth:`forward` asks
+        after the all-levels kernel (:meth:`_fuses_probed_levels`) was not chosen."""
         if self.index_mode != "probed" or self.frozen or len(set(self.level_bits)) != 1:
             return False
-        if not torch.compiler.is_compiling():
-            return False
-        return not self._fusable_probed(positions, hard=False)
+        return torch.compiler.is_compiling()
 
     def _combined_levels(self, features: Tensor, level_mask: Optional[Tensor]) -> Tensor:
         """The grid's output from features [N, levels, F] with a level axis: levels dropped per point by

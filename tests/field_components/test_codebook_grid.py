@@ -347,7 +347,7 @@ def test_probed_training_lookup_of_all_levels_at_once_equals_the_loop_over_level
     monkeypatch.setattr(grid, "_probed_levels_together", lambda *a: calls.append(1) or together(*a))
     results = []
     for at_once in (True, False):
-        monkeypatch.setattr(grid, "_probes_levels_together", lambda _positions, on=at_once: on)
+        monkeypatch.setattr(grid, "_probes_levels_together", lambda on=at_once: on)
         for levels, mask in ((3, None), (2, None), (3, level_mask)):
             grid.zero_grad()
             features = grid(positions, num_levels=levels, level_mask=mask)
