@@ -559,15 +559,7 @@ class LearnedIndexCodebookGrid(nn.Module):
         if not hard and self._fusable(rows, positions):
             return self._fused_level_features(positions, level)
         if self._fusable_probed(positions, hard):
-            codebook, vertices = round_to_half(self.codebooks[level]), self.level_resolutions_int32[level : level + 1]
-            if self.frozen:  # a file's stored probes, straight from the table
-                table = getattr(self, f"indices_{level}")
-                return stored_probed_lookup(
-                    positions, [table], [codebook], vertices, self.probe_bits, _HASH_PRIMES, _PROBE_HASH_PRIMES
-                )[:, 0]
-            return fused_probed_lookup(
-                positions, [self.logits[level]], [codebook], vertices, _HASH_PRIMES, _PROBE_HASH_PRIMES
-            )[:, 0]
+            return self._probed_kernel_features(positions, range(level, level + 1))[:, 0]
         corners, ids, weights = corner_lookup(positions, self.resolutions[level], self.corner_offsets)
         mask = self.block_mask(level)
         if mask is not None:  # corners in dropped blocks contribute nothing
@@ -626,6 +618,24 @@ class LearnedIndexCodebookGrid(nn.Module):
             return self._reads_decoded_volumes(hard) or (self.training and not torch.is_grad_enabled())
         return self.fused_lookup and not self.frozen  # probed grids have free logits (no logit rank)
 
+    def _probed_kernel_features(self, positions: Tensor, levels: range) -> Tensor:
+        """Features [N, len(levels), F] of consecutive probed ``levels`` in one Triton launch: a file's
+        stored probes straight from its tables, or the logits' argmax (straight-through gradients)."""
+        codebooks = [round_to_half(self.codebooks[lvl]) for lvl in levels]
+        vertices = self.level_resolutions_int32[levels.start : levels.stop]
+        if self.frozen:
+            tables = [getattr(self, f"indices_{lvl}") for lvl in levels]
+            return stored_probed_lookup(
+                positions, tables, codebooks, vertices, self.probe_bits, _HASH_PRIMES, _PROBE_HASH_PRIMES
+            )
+        logits = [self.logits[lvl] for lvl in levels]
+        return fused_probed_lookup(positions, logits, codebooks, vertices, _HASH_PRIMES, _PROBE_HASH_PRIMES)
+
+    def _probed_levels_of_one_shape(self, levels: range) -> bool:
+        """Whether ``levels`` have index tables and codebooks of one shape (one kernel launch takes them)."""
+        tables = [getattr(self, f"indices_{lvl}") if self.frozen else self.logits[lvl] for lvl in levels]
+        return len({(self.codebooks[lvl].shape, table.shape) for lvl, table in zip(levels, tables, strict=True)}) == 1
+
     def _fused_level_features(self, positions: Tensor, level: int) -> Tensor:
         rows = self._buffers[f"vertex_rows_{level}"] if self.is_compacted(level) else None
         codebook, mask, size = round_to_half(self.codebooks[level]), self.block_mask(level), self.block_size
@@ -665,12 +675,7 @@ class LearnedIndexCodebookGrid(nn.Module):
         if level_mask is None and self._reads_decoded_volumes(hard):
             return self._rendered_features(positions, levels)
         if self._fuses_probed_levels(positions, soft):
-            codebooks = [round_to_half(codebook) for codebook in self.codebooks[:levels]]
-            features = fused_probed_lookup(
-                positions, list(self.logits[:levels]), codebooks, self.level_resolutions_int32[:levels],
-                _HASH_PRIMES, _PROBE_HASH_PRIMES,
-            )  # fmt: skip
-            return self._combined_levels(features, level_mask)
+            return self._combined_levels(self._probed_kernel_features(positions, range(levels)), level_mask)
         if soft and self._probes_levels_together():
             return self._probed_levels_together(positions, levels, level_mask)
         features = [self.level_features(positions, 0, hard)]
@@ -751,7 +756,12 @@ class LearnedIndexCodebookGrid(nn.Module):
             decoded.append(volume)
         concat = bool(self.concat_levels)
         features = [interpolate_volumes(decoded, positions, concat)] if decoded else []
-        features += [self.level_features(positions, lvl, hard=True) for lvl in range(len(decoded), levels)]
+        rest = range(len(decoded), levels)
+        if len(rest) > 1 and self._fusable_probed(positions, True) and self._probed_levels_of_one_shape(rest):
+            looked_up = self._probed_kernel_features(positions, rest)  # the fine levels in one launch
+            features.append(looked_up.flatten(1) if concat else looked_up.sum(dim=1))
+        else:
+            features += [self.level_features(positions, lvl, hard=True) for lvl in rest]
         if not concat:
             return features[0] if len(features) == 1 else torch.stack(features).sum(dim=0)
         missing = (self.concat_levels - levels) * self.feature_dim

@@ -469,6 +469,9 @@ def stored_probed_lookup(
     probes[slot]]`` with trilinear weights, in one kernel; no gradients (rendering a file)."""
     _ensure_triton()
     (entries, _), slots = codebooks[0].shape, probes[0].numel()
+    shapes = {(tuple(t.shape), tuple(c.shape)) for t, c in zip(probes, codebooks, strict=True)}
+    if len(shapes) != 1 or len(probes) != resolutions.shape[0]:
+        raise ValueError(f"stored levels of one shape, one per row of resolutions {tuple(resolutions.shape)}: {shapes}")
     if entries & (entries - 1) or slots & (slots - 1) or not 1 <= probe_bits <= entries.bit_length() - 1:
         raise ValueError(f"probes {tuple(probes[0].shape)} and codebook {tuple(codebooks[0].shape)}: powers of 2")
     hashing = _probed_hash_args(
