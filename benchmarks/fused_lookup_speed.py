@@ -3,7 +3,6 @@
     python benchmarks/fused_lookup_speed.py --scene lego --resolution 256 --bits 4 --features 8 --points 1048576
     python benchmarks/fused_lookup_speed.py --scene lego --probed --points 262144
 
-
 A learned-index level of ``--resolution``³ vertices with free logits over ``2**bits`` entries of
 ``--features`` values is looked up at ``--points`` random points, training-style (straight-through,
 gradients to logits and codebook), by the torch path and by the fused Triton kernel

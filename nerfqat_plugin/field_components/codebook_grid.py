@@ -631,10 +631,10 @@ class LearnedIndexCodebookGrid(nn.Module):
         logits = [self.logits[lvl] for lvl in levels]
         return fused_probed_lookup(positions, logits, codebooks, vertices, _HASH_PRIMES, _PROBE_HASH_PRIMES)
 
-    def _probed_levels_of_one_shape(self, levels: range) -> bool:
-        """Whether ``levels`` have index tables and codebooks of one shape (one kernel launch takes them)."""
-        tables = [getattr(self, f"indices_{lvl}") if self.frozen else self.logits[lvl] for lvl in levels]
-        return len({(self.codebooks[lvl].shape, table.shape) for lvl, table in zip(levels, tables, strict=True)}) == 1
+    def _one_codebook_size(self, levels: range) -> bool:
+        """Whether ``levels`` (at least one) have codebooks of one size: probed levels' index tables all have
+        ``2**probe_table_bits`` slots, so their tables and codebooks stack for one kernel launch."""
+        return len({self.level_bits[lvl] for lvl in levels}) == 1
 
     def _fused_level_features(self, positions: Tensor, level: int) -> Tensor:
         rows = self._buffers[f"vertex_rows_{level}"] if self.is_compacted(level) else None
@@ -693,7 +693,7 @@ class LearnedIndexCodebookGrid(nn.Module):
         file's probes) of levels of one codebook size (the presets'), Triton there, and either training
         with option ``fused_lookup`` or a training model's lookup without gradients (the occupancy,
         pruning and hidden-sample densities, from the logits' argmax)."""
-        if self.index_mode != "probed" or self.frozen or len(set(self.level_bits)) != 1:
+        if self.index_mode != "probed" or self.frozen or not self._one_codebook_size(range(self.num_levels)):
             return False
         if not fused_lookup_available(positions.device):
             return False
@@ -704,7 +704,7 @@ class LearnedIndexCodebookGrid(nn.Module):
         operations: compiled code (which fuses the level axis's temporaries; run eagerly, every level's
         would be alive at once) and levels of one codebook size (the presets'). :meth:`forward` asks
         after the all-levels kernel (:meth:`_fuses_probed_levels`) was not chosen."""
-        if self.index_mode != "probed" or self.frozen or len(set(self.level_bits)) != 1:
+        if self.index_mode != "probed" or self.frozen or not self._one_codebook_size(range(self.num_levels)):
             return False
         return torch.compiler.is_compiling()
 
@@ -757,7 +757,7 @@ class LearnedIndexCodebookGrid(nn.Module):
         concat = bool(self.concat_levels)
         features = [interpolate_volumes(decoded, positions, concat)] if decoded else []
         rest = range(len(decoded), levels)
-        if len(rest) > 1 and self._fusable_probed(positions, True) and self._probed_levels_of_one_shape(rest):
+        if self._fusable_probed(positions, True) and self._one_codebook_size(rest):
             looked_up = self._probed_kernel_features(positions, rest)  # the fine levels in one launch
             features.append(looked_up.flatten(1) if concat else looked_up.sum(dim=1))
         else:

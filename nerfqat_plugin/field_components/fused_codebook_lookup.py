@@ -423,6 +423,14 @@ def _probed_backward_autograd(ctx, grad_out):
 _probed_forward.register_autograd(_probed_backward_autograd, setup_context=_probed_setup_context)
 
 
+def _check_one_shape_per_level(tables: Sequence[Tensor], codebooks: Sequence[Tensor], resolutions: Tensor) -> None:
+    """Levels stack only with index tables and codebooks of one shape, one per row of ``resolutions``
+    (the kernels find a level's rows by offset)."""
+    shapes = {(tuple(t.shape), tuple(c.shape)) for t, c in zip(tables, codebooks, strict=True)}
+    if len(shapes) != 1 or len(tables) != resolutions.shape[0]:
+        raise ValueError(f"probed levels of one shape, one per row of resolutions {tuple(resolutions.shape)}: {shapes}")
+
+
 def _stacked(rows: Sequence[Tensor]) -> Tensor:
     """Levels' tables of one shape as one (a single level as it is)."""
     return rows[0] if len(rows) == 1 else torch.cat(list(rows))
@@ -443,10 +451,8 @@ def fused_probed_lookup(
     The bucket (of ``probes`` consecutive entries) and the slot are the corner's spatial hashes with
     ``bucket_primes`` and ``slot_primes``."""
     _ensure_triton()
+    _check_one_shape_per_level(logits, codebooks, resolutions)
     (slots, probes), (entries, _) = logits[0].shape, codebooks[0].shape
-    shapes = {(tuple(a.shape), tuple(c.shape)) for a, c in zip(logits, codebooks, strict=True)}
-    if len(shapes) != 1 or len(logits) != resolutions.shape[0]:
-        raise ValueError(f"probed levels of one shape, one per row of resolutions {tuple(resolutions.shape)}: {shapes}")
     if entries & (entries - 1) or probes & (probes - 1) or probes > entries or slots & (slots - 1):
         raise ValueError(f"probed logits {(slots, probes)}, codebook entries {entries}: powers of 2, probes <= entries")
     hashing = _probed_hash_args(
@@ -468,10 +474,8 @@ def stored_probed_lookup(
     (``probes`` [slots] per level, integers, as a file holds them): each corner's ``codebook[bucket +
     probes[slot]]`` with trilinear weights, in one kernel; no gradients (rendering a file)."""
     _ensure_triton()
+    _check_one_shape_per_level(probes, codebooks, resolutions)
     (entries, _), slots = codebooks[0].shape, probes[0].numel()
-    shapes = {(tuple(t.shape), tuple(c.shape)) for t, c in zip(probes, codebooks, strict=True)}
-    if len(shapes) != 1 or len(probes) != resolutions.shape[0]:
-        raise ValueError(f"stored levels of one shape, one per row of resolutions {tuple(resolutions.shape)}: {shapes}")
     if entries & (entries - 1) or slots & (slots - 1) or not 1 <= probe_bits <= entries.bit_length() - 1:
         raise ValueError(f"probes {tuple(probes[0].shape)} and codebook {tuple(codebooks[0].shape)}: powers of 2")
     hashing = _probed_hash_args(
