@@ -35,7 +35,6 @@ from run_benchmark import code_commit, gpu_name, synchronize
 from nerfqat_plugin.field_components.codebook_grid import LearnedIndexCodebookGrid
 from nerfqat_plugin.field_components.fused_codebook_lookup import fused_level_lookup, fused_lookup_available
 from nerfqat_plugin.field_components.half_precision import round_to_half
-from nerfqat_plugin.fields.compiled_field import compile_options
 from nerfqat_plugin.models.vqad_grid_spec import (
     PROBED_PRESET,
     PROBED_PRESET_BITS,
@@ -70,7 +69,7 @@ def probed_row(points: int, repeats: int, device: torch.device) -> Dict[str, Any
     positions = torch.rand(points, 3, device=device)
     upstream = torch.randn(points, grid.output_dim, device=device)
     # as training compiles it (Inductor fuses the level axis on CUDA)
-    compiled = torch.compile(grid, options=compile_options()) if device.type == "cuda" else grid
+    compiled = torch.compile(grid) if device.type == "cuda" else grid
 
     def training_step(fused: bool) -> Callable[[], None]:
         def step() -> None:

@@ -9,13 +9,28 @@ Linear layer of a module through ``torch.nn.utils.parametrize``, so any decoder 
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 
+@torch.library.custom_op("nerfqat::half_rounded_copy", mutates_args=())
+def _half_rounded_copy(x: Tensor) -> Tensor:
+    # An opaque op: Inductor removes a cast to fp16 and back inside its fused kernels (whatever
+    # emulate_precision_casts says, in some torch versions), so compiled training would otherwise
+    # see unrounded values where the file stores fp16.
+    return x.to(torch.float16).to(x.dtype, copy=True)
+
+
+@_half_rounded_copy.register_fake
+def _(x: Tensor) -> Tensor:
+    return torch.empty_like(x)
+
+
 def round_to_half(x: Tensor) -> Tensor:
     """``x`` rounded to the nearest fp16 value, with an identity (straight-through) gradient."""
-    return x + (x.detach().half().float() - x.detach())
+    detached = x.detach()
+    return x + (_half_rounded_copy(detached) - detached)
 
 
 class HalfPrecisionRounding(nn.Module):

@@ -55,15 +55,6 @@ def in_padded_rows(fn: Callable[..., Any], *args: Any, multiple: int) -> Any:
     return out[:n] if isinstance(out, Tensor) else tuple(o[:n] for o in out)
 
 
-def compile_options(mode: str = "default") -> Dict[str, Any]:
-    """Inductor options of torch.compile's ``mode``, with casts to lower precision kept: Inductor
-    otherwise keeps fused intermediates in fp32, so a compiled :func:`.round_to_half` returned its
-    input and training saw unrounded weights and codebooks where the file stores fp16."""
-    import torch._inductor  # imported by the first compile anyway; not at plugin import
-
-    return {**torch._inductor.list_mode_options(mode), "emulate_precision_casts": True}
-
-
 class TrainingCompiledField(Field):
     """Field with ``compiled_methods``: methods on flat tensors that :meth:`compile_for_training`
     compiles and :meth:`run` calls (compiled while training, eager otherwise)."""
@@ -81,8 +72,7 @@ class TrainingCompiledField(Field):
         lets torch recompile for a second shape; ``mode`` is torch.compile's; ``pad_rows`` > 1 pads
         their rows to a multiple of it (:func:`in_padded_rows`)."""
         self._compiled = {
-            name: torch.compile(getattr(self, name), dynamic=dynamic, options=compile_options(mode))
-            for name in self.compiled_methods
+            name: torch.compile(getattr(self, name), dynamic=dynamic, mode=mode) for name in self.compiled_methods
         }
         self._pad_rows = pad_rows
 
