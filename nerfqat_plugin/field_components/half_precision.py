@@ -14,23 +14,26 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 
-@torch.library.custom_op("nerfqat::half_rounded_copy", mutates_args=())
-def _half_rounded_copy(x: Tensor) -> Tensor:
-    # An opaque op: Inductor removes a cast to fp16 and back inside its fused kernels (whatever
-    # emulate_precision_casts says, in some torch versions), so compiled training would otherwise
-    # see unrounded values where the file stores fp16.
-    return x.to(torch.float16).to(x.dtype, copy=True)
-
-
-@_half_rounded_copy.register_fake
-def _(x: Tensor) -> Tensor:
-    return torch.empty_like(x)
+def _half_rounded(x: Tensor) -> Tensor:
+    """``x.half().float()`` for fp32 ``x``, computed on its bits. Inductor removes a cast to fp16
+    and back inside its fused kernels (in torch 2.11 on CUDA whatever ``emulate_precision_casts``
+    says), so compiled training saw unrounded values; an opaque op keeps the cast but breaks the
+    fusion of the lookup's backward. Integer arithmetic survives compilation and stays fused."""
+    if x.dtype != torch.float32:
+        return x.to(torch.float16).to(x.dtype)
+    bits = x.view(torch.int32)
+    # round the 23-bit mantissa to fp16's 10 bits, ties to even (a carry rightly bumps the exponent)
+    normal = ((bits + 0xFFF + ((bits >> 13) & 1)) & -0x2000).view(torch.float32)
+    subnormal = torch.round(x * 2.0**24) * 2.0**-24  # below 2^-14 fp16 steps by 2^-24
+    rounded = torch.where(x.abs() < 2.0**-14, subnormal, normal)
+    rounded = torch.where(x.abs() >= 65520.0, x * float("inf"), rounded)  # fp16 overflows to inf
+    return torch.where(torch.isnan(x), x, rounded)
 
 
 def round_to_half(x: Tensor) -> Tensor:
     """``x`` rounded to the nearest fp16 value, with an identity (straight-through) gradient."""
     detached = x.detach()
-    return x + (_half_rounded_copy(detached) - detached)
+    return x + (_half_rounded(detached) - detached)
 
 
 class HalfPrecisionRounding(nn.Module):
