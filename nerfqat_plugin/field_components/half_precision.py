@@ -14,20 +14,25 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 
-def _half_rounded(x: Tensor) -> Tensor:
-    """``x.half().float()`` for fp32 ``x``, computed on its bits. Inductor removes a cast to fp16
-    and back inside its fused kernels (in torch 2.11 on CUDA whatever ``emulate_precision_casts``
-    says), so compiled training saw unrounded values; an opaque op keeps the cast but breaks the
-    fusion of the lookup's backward. Integer arithmetic survives compilation and stays fused."""
-    if x.dtype != torch.float32:
-        return x.to(torch.float16).to(x.dtype)
+def half_rounded_bits(x: Tensor) -> Tensor:
+    """``x.half().float()`` for fp32 ``x``, computed on its bits (ties to even; fp16 subnormals,
+    overflow to inf and NaN as the cast gives them)."""
     bits = x.view(torch.int32)
-    # round the 23-bit mantissa to fp16's 10 bits, ties to even (a carry rightly bumps the exponent)
+    # the 23-bit mantissa rounded to fp16's 10 bits; a carry rightly bumps the exponent
     normal = ((bits + 0xFFF + ((bits >> 13) & 1)) & -0x2000).view(torch.float32)
     subnormal = torch.round(x * 2.0**24) * 2.0**-24  # below 2^-14 fp16 steps by 2^-24
     rounded = torch.where(x.abs() < 2.0**-14, subnormal, normal)
-    rounded = torch.where(x.abs() >= 65520.0, x * float("inf"), rounded)  # fp16 overflows to inf
+    rounded = torch.where(x.abs() >= 65520.0, x * float("inf"), rounded)
     return torch.where(torch.isnan(x), x, rounded)
+
+
+def _half_rounded(x: Tensor) -> Tensor:
+    # Inductor removes a cast to fp16 and back inside its fused kernels (torch 2.11 on CUDA, whatever
+    # emulate_precision_casts says), and an opaque op breaks the fusion of the lookup's backward;
+    # integer arithmetic survives compilation. Eager keeps the cast: one kernel, not a dozen.
+    if torch.compiler.is_compiling() and x.dtype == torch.float32:
+        return half_rounded_bits(x)
+    return x.to(torch.float16).to(x.dtype)
 
 
 def round_to_half(x: Tensor) -> Tensor:
