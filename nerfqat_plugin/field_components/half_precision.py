@@ -28,8 +28,8 @@ def half_rounded_bits(x: Tensor) -> Tensor:
 
 def _half_rounded(x: Tensor) -> Tensor:
     # Inductor removes a cast to fp16 and back inside its fused kernels (torch 2.11 on CUDA, whatever
-    # emulate_precision_casts says), and an opaque op breaks the fusion of the lookup's backward;
-    # integer arithmetic survives compilation. Eager keeps the cast: one kernel, not a dozen.
+    # emulate_precision_casts says), and an opaque op would add launches to a host-bound step;
+    # integer arithmetic survives compilation and fuses. Eager keeps the cast: one kernel, not a dozen.
     if torch.compiler.is_compiling() and x.dtype == torch.float32:
         return half_rounded_bits(x)
     return x.to(torch.float16).to(x.dtype)
