@@ -693,9 +693,7 @@ class LearnedIndexCodebookGrid(nn.Module):
         file's probes) of levels of one codebook size (the presets'), Triton there, and either training
         with option ``fused_lookup`` or a training model's lookup without gradients (the occupancy,
         pruning and hidden-sample densities, from the logits' argmax)."""
-        if self.index_mode != "probed" or self.frozen or not self._one_codebook_size(range(self.num_levels)):
-            return False
-        if not fused_lookup_available(positions.device):
+        if not self._trained_probed_levels_stack() or not fused_lookup_available(positions.device):
             return False
         return self.fused_lookup if soft else self.training and not torch.is_grad_enabled()
 
@@ -704,9 +702,12 @@ class LearnedIndexCodebookGrid(nn.Module):
         operations: compiled code (which fuses the level axis's temporaries; run eagerly, every level's
         would be alive at once) and levels of one codebook size (the presets'). :meth:`forward` asks
         after the all-levels kernel (:meth:`_fuses_probed_levels`) was not chosen."""
-        if self.index_mode != "probed" or self.frozen or not self._one_codebook_size(range(self.num_levels)):
-            return False
-        return torch.compiler.is_compiling()
+        return self._trained_probed_levels_stack() and torch.compiler.is_compiling()
+
+    def _trained_probed_levels_stack(self) -> bool:
+        """Whether the grid is probed, has free logits (not a file's probes) and levels of one codebook
+        size (the presets'), so its levels stack on a level axis."""
+        return self.index_mode == "probed" and not self.frozen and self._one_codebook_size(range(self.num_levels))
 
     def _combined_levels(self, features: Tensor, level_mask: Optional[Tensor]) -> Tensor:
         """The grid's output from features [N, levels, F] with a level axis: levels dropped per point by
